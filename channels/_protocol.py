@@ -1,0 +1,93 @@
+"""The Channel protocol: the one seam between the orchestrator and a payment provider.
+
+Everything the core knows about a provider is an ``AttemptOutcome``; nothing outside
+``channels/`` knows HTTP status codes.
+
+    AttemptOutcome
+     ├── CAPTURED        money moved (kept, or refunded later)
+     ├── PENDING         accepted, the final state comes later (webhook or inquiry)
+     ├── DECLINED        refused, with a decline code (hard or soft: the core decides)
+     ├── NOT_PROCESSED   nothing was charged: safe to go elsewhere
+     ├── UNKNOWN         the request may have been processed
+     ├── VOIDED          cancelled before capture
+     └── REFUNDED        captured, then given back
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "AttemptOutcome",
+    "Channel",
+    "ChannelResult",
+    "PaymentRequest",
+]
+
+
+class AttemptOutcome(enum.StrEnum):
+    CAPTURED = "captured"
+    PENDING = "pending"
+    DECLINED = "declined"
+    NOT_PROCESSED = "not_processed"
+    UNKNOWN = "unknown"
+    VOIDED = "voided"
+    REFUNDED = "refunded"
+
+    @property
+    def charged(self) -> bool:
+        """True when money is held or taken on the provider's side right now."""
+        return self in (AttemptOutcome.CAPTURED, AttemptOutcome.PENDING)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRequest:
+    """One attempt's charge, as sent to a provider. ``reference`` is the provider's
+    idempotency key: resending the same reference never charges twice."""
+
+    reference: str
+    amount_minor: int
+    currency: str
+    method: str
+    instrument: dict[str, Any]
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelResult:
+    """What one call to a provider came to.
+
+    ``outcome`` is the spec's attempt outcome. For an inquiry, ``NOT_PROCESSED`` means
+    the provider holds no such payment (HTTP 404 in protocol v1).
+    """
+
+    outcome: AttemptOutcome
+    provider_ref: str | None = None
+    decline_code: str | None = None
+    error: str | None = None
+    latency_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """One configured route to a provider. Implementations never raise for provider
+    or network failures: every failure is mapped to an outcome (``UNKNOWN`` when the
+    request may have been processed, ``NOT_PROCESSED`` when it surely was not)."""
+
+    name: str
+    kind: str
+
+    async def authorize(self, request: PaymentRequest) -> ChannelResult: ...
+
+    async def inquire(self, reference: str) -> ChannelResult: ...
+
+    async def void(self, reference: str) -> ChannelResult: ...
+
+    async def refund(self, reference: str) -> ChannelResult: ...
+
+    async def ping(self) -> ChannelResult: ...
+
+    async def close(self) -> None: ...

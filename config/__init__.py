@@ -1,0 +1,43 @@
+"""The config: schema, loader and validator (SPEC section 10)."""
+
+from config._currencies import EXPONENTS, exponent, is_known
+from config._loader import ConfigError, LoadedConfig, load_file, load_text, parse
+from config._schema import (
+    BreakerConfig,
+    ChannelConfig,
+    ClientConfig,
+    Config,
+    FeeConfig,
+    HealthConfig,
+    InquiryConfig,
+    PricingConfig,
+    RoutingConfig,
+    RuleConfig,
+    RuleMatch,
+    ServerConfig,
+    StorageConfig,
+)
+
+__all__ = [
+    "EXPONENTS",
+    "BreakerConfig",
+    "ChannelConfig",
+    "ClientConfig",
+    "Config",
+    "ConfigError",
+    "FeeConfig",
+    "HealthConfig",
+    "InquiryConfig",
+    "LoadedConfig",
+    "PricingConfig",
+    "RoutingConfig",
+    "RuleConfig",
+    "RuleMatch",
+    "ServerConfig",
+    "StorageConfig",
+    "exponent",
+    "is_known",
+    "load_file",
+    "load_text",
+    "parse",
+]

@@ -1,0 +1,282 @@
+"""The config schema: one YAML file, validated whole into frozen, typed models.
+
+Key names are fixed by SPEC section 10 (SREs and tests write them). Every model forbids
+unknown keys, so a typo is an error with its path rather than a silently ignored knob.
+Cross-references (rules naming channels, currencies without a rate) are checked on the
+whole document in ``Config._check_references``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from config._currencies import is_known
+
+__all__ = [
+    "BreakerConfig",
+    "ChannelConfig",
+    "ClientConfig",
+    "Config",
+    "FeeConfig",
+    "HealthConfig",
+    "InquiryConfig",
+    "PricingConfig",
+    "RoutingConfig",
+    "RuleConfig",
+    "RuleMatch",
+    "ServerConfig",
+    "StorageConfig",
+]
+
+ChannelKind = Literal["direct_api", "digital_currency", "bank"]
+Strategy = Literal["smart", "priority", "weighted", "cheapest"]
+Scope = Literal["recharge", "admin"]
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+Method = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+DeclineCode = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _check_currency(code: str) -> str:
+    if not is_known(code):
+        raise ValueError(f"unknown currency {code!r} (not an ISO 4217 code this product knows)")
+    return code
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    sync_wait_s: float = Field(10.0, ge=0, le=120)
+    max_body_bytes: int = Field(64 * 1024, gt=0, le=1024 * 1024)
+    # Where providers send webhooks; defaults to http://{host}:{port}.
+    public_url: str | None = None
+
+
+class StorageConfig(_Model):
+    url: str = "sqlite:///data/orchestrator.db"
+    # Upper bound on journal steps folded into one transaction/fsync.
+    group_commit_max_batch: int = Field(512, gt=0, le=100_000)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not (url.startswith("sqlite:///") or url.startswith("postgresql://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return url
+
+
+class ClientConfig(_Model):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    key_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    scopes: Annotated[list[Scope], Field(min_length=1)]
+
+
+class FeeConfig(_Model):
+    fixed_minor: int = Field(0, ge=0)
+    percent: float = Field(0.0, ge=0, le=100)
+
+
+class ChannelConfig(_Model):
+    name: Name
+    kind: ChannelKind
+    base_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]
+    api_key: str | None = None
+    webhook_secret: Annotated[str, StringConstraints(min_length=8, max_length=256)]
+    currencies: Annotated[list[CurrencyCode], Field(min_length=1)]
+    countries: Annotated[list[CountryCode], Field(min_length=1)]
+    methods: Annotated[list[Method], Field(min_length=1)]
+    min_amount_minor: int = Field(1, ge=1)
+    max_amount_minor: int = Field(10**12, ge=1)
+    timeout_ms: int = Field(2000, gt=0, le=120_000)
+    fee: FeeConfig = FeeConfig()
+    weight: float = Field(1.0, ge=0, le=1000)
+    max_in_flight: int | None = Field(None, gt=0, le=100_000)
+
+    @field_validator("currencies")
+    @classmethod
+    def _known_currencies(cls, codes: list[str]) -> list[str]:
+        for code in codes:
+            _check_currency(code)
+        return codes
+
+    @model_validator(mode="after")
+    def _amount_range(self) -> ChannelConfig:
+        if self.max_amount_minor < self.min_amount_minor:
+            raise ValueError("max_amount_minor must be >= min_amount_minor")
+        return self
+
+
+class RuleMatch(_Model):
+    currency: CurrencyCode | None = None
+    country: CountryCode | None = None
+    method: Method | None = None
+    segment: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    min_amount_minor: int | None = Field(None, ge=0)
+    max_amount_minor: int | None = Field(None, ge=0)
+
+
+class RuleConfig(_Model):
+    name: str | None = None
+    match: RuleMatch = RuleMatch()
+    strategy: Strategy = "smart"
+    channels: list[Name] | None = None
+
+
+class InquiryConfig(_Model):
+    """How an attempt whose outcome is unknown is chased before anything else is tried."""
+
+    attempts: int = Field(4, ge=1, le=50)
+    initial_backoff_ms: int = Field(100, gt=0, le=60_000)
+    max_backoff_ms: int = Field(2000, gt=0, le=300_000)
+    # How often a pending recharge is re-inquired by the background reconciler.
+    reconcile_interval_s: float = Field(5.0, gt=0, le=3600)
+
+
+class RoutingConfig(_Model):
+    strategy: Strategy = "smart"
+    max_attempts: int = Field(3, ge=1, le=10)
+    deadline_s: float = Field(15.0, gt=0, le=3600)
+    soft_decline_codes: list[DeclineCode] = Field(
+        default_factory=lambda: ["issuer_unavailable", "do_not_honor"]
+    )
+    rules: list[RuleConfig] = Field(default_factory=list)
+    inquiry: InquiryConfig = InquiryConfig()
+
+
+class BreakerConfig(_Model):
+    consecutive_failures: int = Field(5, ge=1, le=1000)
+    min_success_rate: float = Field(0.5, ge=0, le=1)
+    min_volume: int = Field(20, ge=1)
+    base_ejection_s: float = Field(10.0, gt=0, le=3600)
+    max_ejection_s: float = Field(300.0, gt=0, le=86_400)
+    half_open_trials: int = Field(3, ge=1, le=1000)
+
+
+class HealthConfig(_Model):
+    probe_interval_s: float = Field(2.0, gt=0, le=3600)
+    probe_timeout_ms: int = Field(1000, gt=0, le=60_000)
+    breaker: BreakerConfig = BreakerConfig()
+
+
+class PricingConfig(_Model):
+    base_currency: CurrencyCode = "USD"
+    coins_per_unit: Decimal = Field(Decimal(70), gt=0)
+    rates: dict[CurrencyCode, Decimal] = Field(default_factory=dict)
+
+    @field_validator("coins_per_unit", mode="before")
+    @classmethod
+    def _exact_decimal(cls, value: object) -> object:
+        # YAML hands us floats; repr() gives the shortest text that round-trips, so
+        # 0.1404 becomes Decimal("0.1404") and not 0.14039999999999999...
+        return Decimal(repr(value)) if isinstance(value, float) else value
+
+    @field_validator("rates", mode="before")
+    @classmethod
+    def _exact_rates(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {k: Decimal(repr(v)) if isinstance(v, float) else v for k, v in value.items()}
+        return value
+
+    @field_validator("rates")
+    @classmethod
+    def _positive_known(cls, rates: dict[str, Decimal]) -> dict[str, Decimal]:
+        for code, rate in rates.items():
+            _check_currency(code)
+            if not rate.is_finite() or rate <= 0:
+                raise ValueError(f"rate for {code} must be > 0")
+        return rates
+
+    @model_validator(mode="after")
+    def _base_has_rate(self) -> PricingConfig:
+        _check_currency(self.base_currency)
+        return self
+
+    def rate(self, currency: str) -> Decimal | None:
+        """Base-currency units per one unit of ``currency``; the base itself is 1."""
+        if currency == self.base_currency:
+            return Decimal(1)
+        return self.rates.get(currency)
+
+
+class Config(_Model):
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    clients: list[ClientConfig] = Field(default_factory=list)
+    channels: list[ChannelConfig] = Field(default_factory=list)
+    routing: RoutingConfig = RoutingConfig()
+    health: HealthConfig = HealthConfig()
+    pricing: PricingConfig = PricingConfig()
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Config:
+        errors = list(reference_errors(self))
+        if errors:
+            raise ValueError(_REFERENCE_MARK + "\n".join(f"{p}: {m}" for p, m in errors))
+        return self
+
+    def channel(self, name: str) -> ChannelConfig | None:
+        return next((c for c in self.channels if c.name == name), None)
+
+
+_REFERENCE_MARK = "reference errors:\n"
+
+
+def reference_errors(cfg: Config) -> list[tuple[str, str]]:
+    """Errors that need the whole document: duplicates and dangling names."""
+    errors: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for i, ch in enumerate(cfg.channels):
+        if ch.name in seen:
+            errors.append((f"channels[{i}].name", f"duplicate channel name {ch.name!r} (also channels[{seen[ch.name]}])"))
+        seen.setdefault(ch.name, i)
+        for j, cur in enumerate(ch.currencies):
+            if cfg.pricing.rate(cur) is None:
+                errors.append((f"channels[{i}].currencies[{j}]", f"currency {cur} has no rate in pricing.rates"))
+    clients: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    for i, cl in enumerate(cfg.clients):
+        if cl.name in clients:
+            errors.append((f"clients[{i}].name", f"duplicate client name {cl.name!r}"))
+        if cl.key_sha256 in keys:
+            errors.append((f"clients[{i}].key_sha256", f"same key as clients[{keys[cl.key_sha256]}]"))
+        clients.setdefault(cl.name, i)
+        keys.setdefault(cl.key_sha256, i)
+    for i, rule in enumerate(cfg.routing.rules):
+        for j, name in enumerate(rule.channels or ()):
+            if name not in seen:
+                errors.append((f"routing.rules[{i}].channels[{j}]", f"unknown channel {name!r}"))
+        m = rule.match
+        if m.currency is not None and cfg.pricing.rate(m.currency) is None:
+            errors.append((f"routing.rules[{i}].match.currency", f"currency {m.currency} has no rate in pricing.rates"))
+        if m.min_amount_minor is not None and m.max_amount_minor is not None and m.max_amount_minor < m.min_amount_minor:
+            errors.append((f"routing.rules[{i}].match.max_amount_minor", "must be >= min_amount_minor"))
+    return errors
+
+
+def split_reference_message(message: str) -> list[tuple[str, str]] | None:
+    """Undo the packing of reference errors into one pydantic error (see the loader)."""
+    idx = message.find(_REFERENCE_MARK)
+    if idx < 0:
+        return None
+    out = []
+    for line in message[idx + len(_REFERENCE_MARK):].splitlines():
+        path, _, msg = line.partition(": ")
+        out.append((path, msg))
+    return out
+

@@ -1,0 +1,279 @@
+"""The health registry: every channel's statistics, breaker and drain flag in one place.
+
+It is where live attempts and probes are recorded, where an attempt is admitted (the
+breaker's half-open trial budget, drain and the concurrency cap are enforced here, at
+the moment of sending, since a published snapshot may be a little stale), and where
+``routing.ChannelState``s are built for the next snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from channels._protocol import AttemptOutcome
+from health._breaker import Breaker, BreakerConfig, Permit
+from health._stats import ChannelStats, Clock, StatsConfig, channel_worked
+from routing import ChannelState
+
+__all__ = ["AttemptTicket", "HealthRegistry"]
+
+# Below this window success rate a closed channel is reported "degraded" (report only;
+# routing weighs the estimate itself and the breaker has its own threshold).
+_DEGRADED_BELOW = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptTicket:
+    """An admitted attempt: pass it back to ``end_attempt`` or ``abandon_attempt``."""
+
+    channel: str
+    token: int
+    permit: Permit
+
+
+class _Channel:
+    __slots__ = ("breaker", "drained", "max_in_flight", "stats")
+
+    def __init__(self, stats: ChannelStats, breaker: Breaker, max_in_flight: int | None):
+        self.stats = stats
+        self.breaker = breaker
+        self.max_in_flight = max_in_flight
+        self.drained = False
+
+
+class HealthRegistry:
+    """Stats + breaker + drain flag per channel.
+
+    ``on_change(channel)`` is called when something routing cares about changed
+    discretely: a breaker transition, a drain or enable, a channel added or removed,
+    and after every probe (fresh latency). Live attempts do not call it (they are far
+    too frequent); publish a snapshot periodically as well. The callback runs inline:
+    it should schedule a publication, not do I/O.
+    """
+
+    def __init__(self, clock: Clock, *, stats_config: StatsConfig = StatsConfig(),
+                 breaker_config: BreakerConfig = BreakerConfig(),
+                 on_change: Callable[[str], None] | None = None,
+                 wall_clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._stats_config = stats_config
+        self._breaker_config = breaker_config
+        self.on_change = on_change
+        self._channels: dict[str, _Channel] = {}
+
+    # -- membership (config reload) ------------------------------------------------
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._channels)
+
+    def add_channel(self, name: str, *, max_in_flight: int | None = None) -> None:
+        """Start tracking ``name``; a channel already tracked keeps its history and only
+        takes the new cap."""
+        existing = self._channels.get(name)
+        if existing is not None:
+            existing.max_in_flight = max_in_flight
+            return
+        stats = ChannelStats(self._clock, self._stats_config)
+        breaker = Breaker(self._clock, self._breaker_config)
+        breaker.on_transition = lambda _old, new: self._breaker_moved(name, stats, new)
+        self._channels[name] = _Channel(stats, breaker, max_in_flight)
+        self._changed(name)
+
+    def remove_channel(self, name: str) -> None:
+        if self._channels.pop(name, None) is not None:
+            self._changed(name)
+
+    def sync(self, caps: Mapping[str, int | None]) -> None:
+        """Make the tracked set equal to ``caps``' keys (name -> max_in_flight):
+        new channels start fresh, kept ones keep their history, gone ones are dropped."""
+        for name in [n for n in self._channels if n not in caps]:
+            self.remove_channel(name)
+        for name, cap in caps.items():
+            self.add_channel(name, max_in_flight=cap)
+
+    def stats(self, name: str) -> ChannelStats:
+        return self._get(name).stats
+
+    def breaker(self, name: str) -> Breaker:
+        return self._get(name).breaker
+
+    def _get(self, name: str) -> _Channel:
+        try:
+            return self._channels[name]
+        except KeyError:
+            raise KeyError(f"unknown channel {name!r}") from None
+
+    def _breaker_moved(self, name: str, stats: ChannelStats, new: str) -> None:
+        if new == "half_open":
+            # Let back in on a clean slate: the failures in the window are the outage
+            # that got the channel ejected, already paid for. Kept, they would hold its
+            # success estimate down (decay shrinks old counts but not their ratio) and
+            # keep traffic away for a whole window after it recovered. Trials refill it.
+            stats.reset_success_window()
+        self._changed(name)
+
+    def _changed(self, name: str) -> None:
+        if self.on_change is not None:
+            self.on_change(name)
+
+    # -- manual override -----------------------------------------------------------
+
+    def drain(self, name: str) -> None:
+        """Take the channel out of routing at once (``POST /v1/admin/channels/{name}/drain``)."""
+        self._set_drained(name, True)
+
+    def enable(self, name: str) -> None:
+        self._set_drained(name, False)
+
+    def is_drained(self, name: str) -> bool:
+        return self._get(name).drained
+
+    def _set_drained(self, name: str, drained: bool) -> None:
+        channel = self._get(name)
+        if channel.drained != drained:
+            channel.drained = drained
+            self._changed(name)
+
+    # -- live attempts -------------------------------------------------------------
+
+    def begin_attempt(self, name: str) -> AttemptTicket | None:
+        """Admit one attempt on ``name`` now, or None when it is drained, at its in-flight
+        cap, open, or half-open with every trial out. An admitted attempt is counted in
+        flight until ``end_attempt`` or ``abandon_attempt``."""
+        channel = self._get(name)
+        if channel.drained:
+            return None
+        if channel.max_in_flight is not None and channel.stats.in_flight >= channel.max_in_flight:
+            return None
+        permit = channel.breaker.try_acquire()
+        if permit is None:
+            return None
+        return AttemptTicket(name, channel.stats.enter(), permit)
+
+    def end_attempt(self, ticket: AttemptTicket, outcome: AttemptOutcome | str,
+                    latency_ms: float) -> None:
+        """The attempt answered (or timed out: ``unknown``). Feeds stats and breaker."""
+        channel = self._channels.get(ticket.channel)
+        if channel is None:
+            return  # removed by a reload while the attempt was out
+        channel.stats.exit(ticket.token)
+        worked = channel.stats.record(outcome, latency_ms)
+        channel.breaker.record(worked, ticket.permit)
+
+    def abandon_attempt(self, ticket: AttemptTicket) -> None:
+        """The attempt ended without telling anything about the channel (cancelled before
+        sending, or the caller gave up): free its slot and any trial permit."""
+        channel = self._channels.get(ticket.channel)
+        if channel is None:
+            return
+        channel.stats.exit(ticket.token)
+        channel.breaker.release(ticket.permit)
+
+    def record_attempt(self, name: str, outcome: AttemptOutcome | str, latency_ms: float) -> None:
+        """An outcome learned outside ``begin``/``end`` (e.g. a recovered attempt)."""
+        channel = self._channels.get(name)
+        if channel is None:
+            return
+        worked = channel.stats.record(outcome, latency_ms)
+        channel.breaker.record(worked)
+
+    def record_probe(self, name: str, ok: bool, latency_ms: float) -> None:
+        channel = self._channels.get(name)
+        if channel is None:
+            return
+        channel.stats.record_probe(ok, latency_ms)
+        channel.breaker.record_probe(ok)
+        self._changed(name)
+
+    def in_flight(self) -> dict[str, int]:
+        """Live in-flight counts, for ``routing.decide(..., in_flight=...)``."""
+        return {name: ch.stats.in_flight for name, ch in self._channels.items()}
+
+    # -- views ---------------------------------------------------------------------
+
+    def states(self) -> dict[str, ChannelState]:
+        """Every channel's ``routing.ChannelState`` as of now, for a new snapshot."""
+        return {name: self._state(ch) for name, ch in self._channels.items()}
+
+    @staticmethod
+    def _state(channel: _Channel) -> ChannelState:
+        stats, breaker = channel.stats, channel.breaker
+        successes, failures = stats.decayed_counts()
+        probe = stats.last_probe
+        return ChannelState(
+            breaker=breaker.state,
+            half_open_trials_available=breaker.trials_available,
+            drained=channel.drained,
+            in_flight=stats.in_flight,
+            latency_ewma_ms=stats.latency_ewma_ms,
+            latency_p99_ms=stats.latency_quantiles()[2],
+            successes=successes,
+            failures=failures,
+            last_probe_ok=None if probe is None else probe.ok,
+            stalled_ms=stats.stalled_ms(),
+        )
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Per channel, JSON-ready, for ``GET /v1/health/channels``."""
+        return {name: self._report(name, ch) for name, ch in self._channels.items()}
+
+    def _report(self, name: str, channel: _Channel) -> dict[str, Any]:
+        stats = channel.stats
+        p50, p95, p99 = stats.latency_quantiles(fresh=True)
+        ok, failed = stats.window_counts()
+        rate = stats.success_rate()
+        ewma = stats.latency_ewma_ms
+        return {
+            "channel": name,
+            "state": self._summary(channel, rate),
+            "drained": channel.drained,
+            "breaker": channel.breaker.describe(),
+            "latency_ms": {
+                "ewma": _round(ewma), "p50": _round(p50), "p95": _round(p95), "p99": _round(p99),
+            },
+            "success_rate": None if rate is None else round(rate, 6),
+            "window": {"seconds": stats.config.window_s, "successes": ok, "failures": failed},
+            "outcomes": stats.outcome_counts(),
+            "in_flight": stats.in_flight,
+            "stalled_ms": round(stats.stalled_ms(), 3),
+            "max_in_flight": channel.max_in_flight,
+            "probes": stats.probe_counts(),
+            "last_probe": self._probe_report(stats),
+        }
+
+    def _probe_report(self, stats: ChannelStats) -> dict[str, Any] | None:
+        probe = stats.last_probe
+        if probe is None:
+            return None
+        age_s = self._clock() - probe.at
+        return {
+            "ok": probe.ok,
+            "latency_ms": _round(probe.latency_ms),
+            "age_s": round(age_s, 3),
+            # Monotonic time means nothing to a reader; give wall time when we can.
+            "at_unix": None if self._wall_clock is None else round(self._wall_clock() - age_s, 3),
+        }
+
+    @staticmethod
+    def _summary(channel: _Channel, rate: float | None) -> str:
+        if channel.drained:
+            return "drained"
+        breaker = channel.breaker.state
+        if breaker == "open":
+            return "ejected"
+        if breaker == "half_open":
+            return "recovering"
+        probe = channel.stats.last_probe
+        if (probe is not None and not probe.ok) or (rate is not None and rate < _DEGRADED_BELOW):
+            return "degraded"
+        if probe is None and rate is None:
+            return "unknown"
+        return "healthy"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -1,0 +1,286 @@
+"""The HTTP API (SPEC section 5): an aiohttp app composed around a ``Service``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from config import ClientConfig
+from orchestrator.api.errors import ApiError, error_response
+from orchestrator.api.schemas import RechargeIn, validate
+from orchestrator.clock import iso
+from orchestrator.engine import IdempotencyConflict, new_recharge_id
+from orchestrator.model import Recharge, RechargeStatus, TrailEntry
+from orchestrator.pricing import PricingError, price
+from orchestrator.service import Service
+
+__all__ = ["SERVICE", "build_app", "recharge_json"]
+
+log = structlog.get_logger("orchestrator.api")
+
+SERVICE = web.AppKey("service", Service)
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+_RECHARGE_ID = re.compile(r"^rc_[0-9a-f]{1,64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+               415: "unsupported_media_type"}
+
+
+# -- middleware ---------------------------------------------------------------------------
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Bind the request id, and make sure every error leaves in the spec's shape."""
+    rid = request.headers.get("X-Request-ID", "")
+    if not _REQUEST_ID.match(rid):
+        rid = secrets.token_hex(8)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=rid)
+    try:
+        response = await handler(request)
+    except ApiError as err:
+        response = error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "bad_request")
+        response = error_response(ApiError(code, exc.reason or code.replace("_", " ")))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        response = error_response(ApiError("internal_error", "internal error; the request id identifies it in logs"))
+    response.headers["X-Request-ID"] = rid
+    return response
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def recharge_json(rec: Recharge) -> dict[str, Any]:
+    return {
+        "id": rec.id,
+        "status": rec.status.value,
+        "user_id": rec.user_id,
+        "amount_minor": rec.amount_minor,
+        "currency": rec.currency,
+        "country": rec.country,
+        "method": rec.method,
+        "coins": rec.coins,
+        "bonus_coins": rec.bonus_coins,
+        "channel": rec.channel,
+        "attempts": [a.to_api() for a in rec.attempts],
+        "decline_code": rec.decline_code,
+        "reason": rec.reason,
+        "metadata": rec.metadata,
+        "config_version": rec.config_version,
+        "created_at": iso(rec.created_at),
+        "updated_at": iso(rec.updated_at),
+    }
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+async def _read_json(request: web.Request, limit: int) -> Any:
+    if request.content_type != "application/json":
+        raise ApiError("unsupported_media_type", "send the body as application/json")
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError("payload_too_large", f"the body must be at most {limit} bytes")
+    raw = await request.read()  # aiohttp enforces client_max_size while reading
+    if len(raw) > limit:
+        raise ApiError("payload_too_large", f"the body must be at most {limit} bytes")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError("malformed_json", f"the body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+
+
+def _idempotency_key(request: web.Request) -> str:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        raise ApiError("missing_idempotency_key", "the Idempotency-Key header is required", field="Idempotency-Key")
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters",
+                       field="Idempotency-Key")
+    return key
+
+
+def _visible(rec: Recharge | None, client: ClientConfig) -> Recharge:
+    """A client sees its own recharges; admin sees all. Others' are simply not found."""
+    if rec is None or (rec.client != client.name and "admin" not in client.scopes):
+        raise ApiError("not_found", "no such recharge")
+    return rec
+
+
+def _require_any(svc: Service, request: web.Request) -> ClientConfig:
+    client = svc.auth.identify(request)
+    if client is None:
+        raise ApiError("unauthorized", "a valid API key is required (Authorization: Bearer <key>)")
+    if not ({"recharge", "admin"} & set(client.scopes)):
+        raise ApiError("forbidden", "this API key has no scope for this resource")
+    return client
+
+
+async def _current(svc: Service, recharge_id: str) -> Recharge | None:
+    live = svc.engine.live(recharge_id)
+    return live[1] if live is not None else await svc.journal.get(recharge_id)
+
+
+async def _answer_after_wait(svc: Service, rec: Recharge, *, replayed: bool) -> web.Response:
+    """Wait up to ``sync_wait_s`` for the recharge to end, then answer its durable state:
+    201 when terminal, 202 while it is still moving."""
+    live = svc.engine.live(rec.id)
+    if live is not None:
+        task, rec = live
+        try:
+            await asyncio.wait_for(asyncio.shield(task), svc.config.server.sync_wait_s)
+        except TimeoutError:
+            pass
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return _json(recharge_json(rec), 201 if rec.terminal else 202, headers)
+
+
+# -- handlers -----------------------------------------------------------------------------
+
+
+async def create_recharge(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    client = svc.auth.require(request, "recharge")
+    key = _idempotency_key(request)
+    body = await _read_json(request, svc.config.server.max_body_bytes)
+    req: RechargeIn = validate(RechargeIn, body)
+    fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    try:
+        p = price(svc.config.pricing, req.amount_minor, req.currency)
+    except PricingError as exc:
+        raise ApiError(exc.code, str(exc), field=exc.field) from None
+    now = svc.clock.now()
+    settings = svc.settings
+    rec = Recharge(
+        id=new_recharge_id(), client=client.name, idempotency_key=key, fingerprint=fingerprint,
+        user_id=req.user_id, amount_minor=req.amount_minor, currency=req.currency, country=req.country,
+        method=req.method, instrument=req.instrument.model_dump(), metadata=req.metadata,
+        coins=p.coins, bonus_coins=p.bonus_coins, status=RechargeStatus.PROCESSING,
+        created_at=now, updated_at=now, deadline_at=now + settings.deadline_s, config_version=settings.version,
+    )
+    created = TrailEntry(rec.id, now, "created", rec.status.value,
+                         detail={"config_version": settings.version, "coins": p.coins, "rate": str(p.rate)})
+    try:
+        rec, fresh = await svc.engine.submit(rec, created, settings)
+    except IdempotencyConflict:
+        raise ApiError("idempotency_key_reused", "this Idempotency-Key was already used with a different request body",
+                       field="Idempotency-Key") from None
+    if fresh:
+        structlog.contextvars.bind_contextvars(recharge_id=rec.id)
+    return await _answer_after_wait(svc, rec, replayed=not fresh)
+
+
+async def get_recharge(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    client = _require_any(svc, request)
+    rid = request.match_info["id"]
+    if not _RECHARGE_ID.match(rid):
+        raise ApiError("not_found", "no such recharge")
+    return _json(recharge_json(_visible(await _current(svc, rid), client)))
+
+
+async def get_trail(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    client = _require_any(svc, request)
+    rid = request.match_info["id"]
+    if not _RECHARGE_ID.match(rid):
+        raise ApiError("not_found", "no such recharge")
+    _visible(await svc.journal.get(rid), client)
+    entries = await svc.journal.trail(rid)
+    return _json({
+        "recharge_id": rid,
+        "entries": [
+            {"at": iso(e.at), "event": e.event, "status": e.status, "reference": e.reference,
+             "channel": e.channel, "detail": e.detail}
+            for e in entries
+        ],
+    })
+
+
+async def get_wallet(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    _require_any(svc, request)
+    user_id = request.match_info["user_id"]
+    if not re.match(r"^[A-Za-z0-9_.:@-]{1,64}$", user_id):
+        raise ApiError("not_found", "no such user")
+    limit_raw = request.query.get("limit", "100")
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
+        raise ApiError("invalid_field", "limit must be an integer from 1 to 1000", field="limit")
+    view = await svc.journal.wallet(user_id, int(limit_raw))
+    return _json({
+        "user_id": view.user_id,
+        "coins": view.coins,
+        "entries": [
+            {"recharge_id": e.recharge_id, "coins": e.coins, "balance_after": e.balance_after,
+             "created_at": iso(e.created_at)}
+            for e in view.entries
+        ],
+    })
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    checks: dict[str, str] = {"config": svc.loaded.version}
+    ready = True
+    try:
+        await asyncio.wait_for(svc.journal.ping(), 2.0)
+        checks["journal"] = "ok"
+    except Exception as exc:
+        checks["journal"] = f"failing: {exc}"
+        ready = False
+    checks["channels"] = str(len(svc.channels))
+    if not svc.channels:
+        ready = False
+    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    return _json(body, 200 if ready else 503, None if ready else {"Retry-After": "5"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    svc.metrics.in_flight_recharges.set(svc.engine.in_flight)
+    return web.Response(body=svc.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+# -- the app ------------------------------------------------------------------------------
+
+
+def build_app(service: Service, *, manage_service: bool = True) -> web.Application:
+    """The aiohttp app. With ``manage_service`` the app starts and stops the service
+    (aiohttp's cleanup_ctx: start, yield, stop)."""
+    app = web.Application(middlewares=[_errors], client_max_size=service.config.server.max_body_bytes)
+    app[SERVICE] = service
+    if manage_service:
+        async def _life(app: web.Application):  # type: ignore[no-untyped-def]
+            await service.start()
+            yield
+            await service.stop()
+
+        app.cleanup_ctx.append(_life)
+    app.router.add_post("/v1/recharges", create_recharge)
+    app.router.add_get("/v1/recharges/{id}", get_recharge)
+    app.router.add_get("/v1/recharges/{id}/trail", get_trail)
+    app.router.add_get("/v1/wallets/{user_id}", get_wallet)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,109 @@
+"""Request schemas: strict, closed, bounded. A wrong type is a wrong type (no "8500"
+for an integer, no 85.0 for minor units, no true for a number); an unknown key is an
+error, so a misspelt field never silently falls back to a default."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from config import exponent, is_known
+from orchestrator.api.errors import ApiError
+
+__all__ = ["RechargeIn", "validate"]
+
+_Printable = r"^[\x21-\x7e]+$"
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+MetaValue = Annotated[str, StringConstraints(max_length=500)] | int | float | bool | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class InstrumentIn(_Strict):
+    token: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_Printable)]
+
+
+class RechargeIn(_Strict):
+    user_id: UserId
+    amount_minor: int = Field(gt=0, le=10**12)
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+    method: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    instrument: InstrumentIn
+    quote_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_Printable)] | None = None
+    metadata: Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=40)], MetaValue],
+                        Field(max_length=20)] | None = None
+
+    @field_validator("currency")
+    @classmethod
+    def _known(cls, code: str) -> str:
+        if not is_known(code):
+            raise ValueError(f"unknown currency {code}")
+        return code
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _code(kind: str) -> str:
+    return {"missing": "missing_field", "extra_forbidden": "unknown_field"}.get(kind, "invalid_field")
+
+
+def _message(err: Any, field: str, data: dict[str, Any]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "missing":
+        return f"{field} is required"
+    if kind == "extra_forbidden":
+        return f"{field} is not a known field"
+    if kind == "int_type" or kind == "int_from_float":
+        hint = ""
+        if field == "amount_minor" and isinstance(data.get("currency"), str) and is_known(data["currency"]):
+            exp = exponent(data["currency"])
+            hint = f" ({data['currency']} has {exp} decimal place{'s' if exp != 1 else ''}: 85.00 is {85 * 10**exp})"
+        return f"{field} must be an integer number of minor units{hint}" if field == "amount_minor" else f"{field} must be an integer"
+    if kind == "greater_than":
+        return f"{field} must be > {ctx['gt']}"
+    if kind == "less_than_equal":
+        return f"{field} must be <= {ctx['le']}"
+    if kind == "string_type":
+        return f"{field} must be a string"
+    if kind == "string_too_long":
+        return f"{field} must be at most {ctx['max_length']} characters"
+    if kind == "string_too_short":
+        return f"{field} must not be empty"
+    if kind == "string_pattern_mismatch":
+        return f"{field} has an invalid format"
+    if kind == "too_long":
+        return f"{field} has too many entries"
+    if kind in ("dict_type", "model_type"):
+        return f"{field} must be an object"
+    if kind == "value_error":
+        return f"{field}: {ctx.get('error')}"
+    return f"{field}: {err['msg']}"
+
+
+def validate(model: type[_Strict], data: Any) -> Any:
+    """Validate a parsed JSON body; raise ApiError(422) naming the first bad field."""
+    if not isinstance(data, dict):
+        raise ApiError("validation_failed", "the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        details = []
+        for err in errors:
+            field = _path(err["loc"])
+            code = _code(err["type"])
+            if field == "currency" and err["type"] == "value_error":
+                code = "unsupported_currency"
+            details.append({"code": code, "field": field, "message": _message(err, field, data)})
+        first = details[0]
+        raise ApiError(first["code"], first["message"], field=first["field"], details=details) from None

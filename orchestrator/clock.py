@@ -1,0 +1,60 @@
+"""The clock, injected everywhere time is read or waited on.
+
+``now()`` is wall time (epoch seconds) for what is stored and shown; ``monotonic()``
+measures durations; ``sleep()`` waits. Tests hand the core a ``VirtualClock`` so backoff
+and deadlines run in virtual time, without real sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+__all__ = ["Clock", "SystemClock", "VirtualClock", "iso"]
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class VirtualClock:
+    """Time that moves only when someone sleeps: each sleep yields to the loop once,
+    then jumps the clock forward. Deadlines and backoff stay exact and instant."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self._now = start
+
+    def now(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+        self._now += max(0.0, seconds)
+
+
+def iso(ts: float) -> str:
+    """RFC 3339 UTC with milliseconds, the one timestamp format of the API."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

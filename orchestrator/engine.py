@@ -1,0 +1,473 @@
+"""The recharge state machine (SPEC sections 4 and 7).
+
+One ``drive`` loop per recharge, resumable from the journal alone: after a crash the
+same loop runs over what was journaled and carries on. The rules it keeps:
+
+- every step is durable before the outside call it guards (an attempt is journaled as
+  ``started`` before the provider hears of it; a void as ``void_requested``);
+- nothing else is tried while an attempt may hold money (``OPEN_ATTEMPT_STATES``): an
+  unknown outcome is inquired, then voided, and only a confirmed "not charged" lets the
+  recharge fail over; otherwise it waits ``pending`` for inquiry, webhook or the
+  reconciler;
+- the credit commits in the same transaction that marks the recharge ``succeeded``,
+  and the store refuses a second one;
+- a capture that arrives for a recharge already finished elsewhere is refunded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import structlog
+
+from channels import AttemptOutcome, Channel, ChannelResult, PaymentRequest
+from config import Config
+from orchestrator.clock import Clock
+from orchestrator.journal import Journal
+from orchestrator.model import (
+    TERMINAL,
+    Attempt,
+    AttemptState,
+    Credit,
+    Recharge,
+    RechargeStatus,
+    Step,
+    TrailEntry,
+)
+
+__all__ = ["Engine", "IdempotencyConflict", "Observer", "RunSettings", "new_recharge_id", "NONTERMINAL"]
+
+log = structlog.get_logger("orchestrator.engine")
+
+NONTERMINAL = frozenset(s for s in RechargeStatus if s not in TERMINAL)
+
+_OUTCOME_STATE = {
+    AttemptOutcome.CAPTURED: AttemptState.CAPTURED,
+    AttemptOutcome.PENDING: AttemptState.PENDING,
+    AttemptOutcome.DECLINED: AttemptState.DECLINED,
+    AttemptOutcome.NOT_PROCESSED: AttemptState.NOT_PROCESSED,
+    AttemptOutcome.UNKNOWN: AttemptState.UNKNOWN,
+    AttemptOutcome.VOIDED: AttemptState.VOIDED,
+    AttemptOutcome.REFUNDED: AttemptState.REFUNDED,
+}
+
+
+def new_recharge_id() -> str:
+    return "rc_" + secrets.token_hex(12)
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key is already held by a recharge with a different request."""
+
+
+class Observer(Protocol):
+    """Where the engine reports each provider call: health statistics and metrics."""
+
+    def attempt_started(self, channel: str) -> None: ...
+
+    def attempt_finished(self, channel: str, outcome: AttemptOutcome, latency_ms: float) -> None: ...
+
+
+class _NullObserver:
+    def attempt_started(self, channel: str) -> None:
+        return None
+
+    def attempt_finished(self, channel: str, outcome: AttemptOutcome, latency_ms: float) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """The part of the config one recharge runs on, fixed when it starts: a reload
+    mid-flight does not change the rules under a running recharge."""
+
+    version: str
+    max_attempts: int
+    deadline_s: float
+    soft_decline_codes: frozenset[str]
+    inquiry_attempts: int
+    inquiry_initial_backoff_s: float
+    inquiry_max_backoff_s: float
+    reconcile_interval_s: float
+
+    @classmethod
+    def from_config(cls, cfg: Config, version: str) -> RunSettings:
+        r = cfg.routing
+        return cls(
+            version=version,
+            max_attempts=r.max_attempts,
+            deadline_s=r.deadline_s,
+            soft_decline_codes=frozenset(r.soft_decline_codes),
+            inquiry_attempts=r.inquiry.attempts,
+            inquiry_initial_backoff_s=r.inquiry.initial_backoff_ms / 1000,
+            inquiry_max_backoff_s=r.inquiry.max_backoff_ms / 1000,
+            reconcile_interval_s=r.inquiry.reconcile_interval_s,
+        )
+
+
+Router = Callable[[Recharge], Sequence[str]]
+"""Ordered failover candidates for a recharge (channel names, best first)."""
+
+ChannelLookup = Callable[[str], Channel | None]
+InstrumentLookup = Callable[[Recharge], Mapping[str, object] | None]
+
+
+class Engine:
+    def __init__(
+        self,
+        journal: Journal,
+        channels: ChannelLookup,
+        router: Router,
+        clock: Clock,
+        settings: Callable[[], RunSettings],
+        *,
+        observer: Observer | None = None,
+        callback_url: Callable[[str], str | None] = lambda channel: None,
+        instrument: InstrumentLookup = lambda rec: rec.instrument,
+    ) -> None:
+        self._journal = journal
+        self._channels = channels
+        self._router = router
+        self._clock = clock
+        self._settings = settings
+        self._observer = observer or _NullObserver()
+        self._callback_url = callback_url
+        self._instrument = instrument
+        self._running: dict[str, tuple[asyncio.Task[None], Recharge]] = {}
+
+    # -- running recharges --------------------------------------------------------------
+
+    async def submit(self, rec: Recharge, created: TrailEntry, settings: RunSettings | None = None) -> tuple[Recharge, bool]:
+        """Journal a new recharge (durably, with its idempotency record) and drive it.
+        When its key is already taken, answer the recharge that holds it (and make
+        sure something drives it) instead: ``(recharge, False)``."""
+        existing = await self._journal.create(rec, created)
+        if existing is None:
+            self.start(rec, settings)
+            return rec, True
+        if existing.fingerprint != rec.fingerprint:
+            raise IdempotencyConflict(existing.id)
+        live = self._running.get(existing.id)
+        if live is not None:
+            return live[1], False
+        if not existing.terminal:
+            self.start(existing)
+        return existing, False
+
+    def start(self, rec: Recharge, settings: RunSettings | None = None) -> asyncio.Task[None]:
+        """Drive ``rec`` in the background unless this process already does."""
+        running = self._running.get(rec.id)
+        if running is not None:
+            return running[0]
+        task = asyncio.get_running_loop().create_task(self._guarded(rec, settings or self._settings()))
+        self._running[rec.id] = (task, rec)
+        task.add_done_callback(lambda _t, rid=rec.id: self._running.pop(rid, None))
+        return task
+
+    def live(self, recharge_id: str) -> tuple[asyncio.Task[None], Recharge] | None:
+        """The task and in-memory state of a recharge this process is driving."""
+        return self._running.get(recharge_id)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def recover(self) -> int:
+        """Resume every non-terminal recharge from the journal (start-up and the
+        periodic reconciler). Returns how many were (re)started."""
+        started = 0
+        for rec in await self._journal.nonterminal():
+            if rec.id not in self._running:
+                self.start(rec)
+                started += 1
+        return started
+
+    async def stop(self) -> None:
+        """Cancel running drivers. Safe at any point: every step is journaled first, so
+        the next start resumes where these stopped."""
+        tasks = [t for t, _ in self._running.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _guarded(self, rec: Recharge, settings: RunSettings) -> None:
+        with structlog.contextvars.bound_contextvars(recharge_id=rec.id, config_version=settings.version):
+            try:
+                await self._drive(rec, settings)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug or a store failure: the recharge stays as journaled, and the
+                # reconciler picks it up again.
+                log.exception("recharge_drive_failed")
+
+    # -- the state machine --------------------------------------------------------------
+
+    async def _drive(self, rec: Recharge, s: RunSettings) -> None:
+        while not rec.terminal:
+            att = rec.open_attempt()
+            if att is not None:
+                if not await self._settle(rec, att, s):
+                    return  # still unresolved: pending, the reconciler comes back
+                continue
+            if not await self._next_attempt(rec, s):
+                return
+
+    async def _next_attempt(self, rec: Recharge, s: RunSettings) -> bool:
+        """Start the next attempt, or finish the recharge when none may be made."""
+        now = self._clock.now()
+        if len(rec.attempts) >= s.max_attempts:
+            return await self._give_up(rec, "max_attempts_reached")
+        if now >= rec.deadline_at:
+            return await self._give_up(rec, "deadline_exceeded")
+        tried = {a.channel for a in rec.attempts}
+        name = next((c for c in self._router(rec) if c not in tried and self._channels(c) is not None), None)
+        if name is None:
+            return await self._give_up(rec, "no_channel_available" if rec.attempts else "no_route")
+        channel = self._channels(name)
+        assert channel is not None
+        seq = len(rec.attempts) + 1
+        att = Attempt(f"{rec.id}.{seq}", rec.id, seq, name, AttemptState.STARTED, now, now)
+        step = Step(
+            rec.id, now, expect_status=NONTERMINAL, attempt=att, attempt_is_new=True,
+            trail=(TrailEntry(rec.id, now, "attempt_started", rec.status.value, att.reference, name),),
+        )
+        if not await self._commit(rec, step):
+            return False
+        request = PaymentRequest(
+            att.reference, rec.amount_minor, rec.currency, rec.method,
+            dict(self._instrument(rec) or {}), self._callback_url(name),
+        )
+        with structlog.contextvars.bound_contextvars(attempt=att.reference, channel=name):
+            result = await self._call(channel, "authorize", request, rec.deadline_at - now)
+            log.debug("attempt_answered", outcome=result.outcome.value, latency_ms=result.latency_ms)
+            await self._record(rec, att, result, s, event="attempt")
+        return True
+
+    async def _settle(self, rec: Recharge, att: Attempt, s: RunSettings) -> bool:
+        """Resolve an attempt that may hold money. True when it was resolved (and
+        recorded); False when it is still unknown and the recharge must wait."""
+        channel = self._channels(att.channel)
+        if channel is None:
+            return await self._wait(rec, att, f"channel {att.channel} is not configured; cannot resolve")
+        with structlog.contextvars.bound_contextvars(attempt=att.reference, channel=att.channel):
+            if att.state is AttemptState.VOID_REQUESTED:
+                result = await self._call(channel, "void", att.reference, None)
+                if result.outcome in (AttemptOutcome.UNKNOWN, AttemptOutcome.PENDING):
+                    return await self._wait(rec, att, "void_unconfirmed")
+                await self._record(rec, att, result, s, event="void")
+                return True
+            result = await self._inquire(rec, att, channel, s)
+            if result.outcome is AttemptOutcome.UNKNOWN or (
+                result.outcome is AttemptOutcome.PENDING and self._clock.now() >= rec.deadline_at
+            ):
+                # Still unknown, or still pending past the deadline: cancel it, and only
+                # a confirmed void lets the recharge move on.
+                await self._transition(rec, att, AttemptState.VOID_REQUESTED, "void_requested", result)
+                return True
+            await self._record(rec, att, result, s, event="inquiry")
+            return True
+
+    async def _inquire(self, rec: Recharge, att: Attempt, channel: Channel, s: RunSettings) -> ChannelResult:
+        """Inquire with backoff. An unknown outcome gets ``inquiry_attempts`` tries; a
+        pending one is polled until it resolves or the deadline passes."""
+        delay = s.inquiry_initial_backoff_s
+        tries = 0
+        while True:
+            result = await self._call(channel, "inquire", att.reference, None)
+            tries += 1
+            if result.outcome is AttemptOutcome.PENDING:
+                if att.state is not AttemptState.PENDING:
+                    return result  # record it as pending first; polling follows
+                remaining = rec.deadline_at - self._clock.now()
+                if remaining <= 0:
+                    return result
+                await self._clock.sleep(min(delay, remaining))
+                delay = min(delay * 2, s.inquiry_max_backoff_s)
+                continue
+            if result.outcome is not AttemptOutcome.UNKNOWN or tries >= s.inquiry_attempts:
+                return result
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, s.inquiry_max_backoff_s)
+
+    async def _record(self, rec: Recharge, att: Attempt, result: ChannelResult, s: RunSettings, *, event: str) -> None:
+        """Journal what a provider answered about ``att`` and what it means for ``rec``."""
+        outcome = result.outcome
+        if outcome is AttemptOutcome.CAPTURED:
+            await self._succeed(rec, att, result)
+        elif outcome is AttemptOutcome.DECLINED and (result.decline_code or "") not in s.soft_decline_codes:
+            await self._transition(
+                rec, att, AttemptState.DECLINED, f"{event}_declined", result,
+                status=RechargeStatus.DECLINED, reason="hard_decline", decline_code=result.decline_code or "declined",
+            )
+        elif outcome is AttemptOutcome.PENDING:
+            await self._transition(
+                rec, att, AttemptState.PENDING, f"{event}_pending", result,
+                status=None if rec.status is RechargeStatus.PENDING else RechargeStatus.PENDING,
+                reason="awaiting_provider",
+            )
+        else:
+            await self._transition(rec, att, _OUTCOME_STATE[outcome], f"{event}_{outcome.value}", result)
+
+    async def _succeed(self, rec: Recharge, att: Attempt, result: ChannelResult) -> None:
+        now = self._clock.now()
+        done = replace(att, state=AttemptState.CAPTURED, provider_ref=result.provider_ref,
+                       latency_ms=result.latency_ms or att.latency_ms, updated_at=now, error=None)
+        total = rec.coins + rec.bonus_coins
+        step = Step(
+            rec.id, now, status=RechargeStatus.SUCCEEDED, expect_status=NONTERMINAL, channel=att.channel,
+            attempt=done, credit=Credit(rec.id, rec.user_id, total, now),
+            trail=(
+                TrailEntry(rec.id, now, "attempt_captured", RechargeStatus.SUCCEEDED.value, att.reference, att.channel,
+                           {"provider_ref": result.provider_ref}),
+                TrailEntry(rec.id, now, "credited", RechargeStatus.SUCCEEDED.value, att.reference, att.channel,
+                           {"coins": total}),
+            ),
+        )
+        if await self._commit(rec, step):
+            log.info("recharge_succeeded", channel=att.channel, coins=total)
+            return
+        # The recharge was finished by someone else (a webhook, another instance) while
+        # this capture was in flight: this capture is extra money, give it back.
+        await self._refresh(rec)
+        if rec.channel != att.channel or rec.status is not RechargeStatus.SUCCEEDED:
+            await self.refund_orphan(rec, att, result)
+
+    async def refund_orphan(self, rec: Recharge, att: Attempt, result: ChannelResult) -> None:
+        """Refund a capture that belongs to no succeeded recharge (a late capture)."""
+        channel = self._channels(att.channel)
+        now = self._clock.now()
+        await self._journal.apply(Step(
+            rec.id, now,
+            attempt=replace(att, state=AttemptState.REFUND_REQUESTED, provider_ref=result.provider_ref, updated_at=now),
+            trail=(TrailEntry(rec.id, now, "late_capture_refund_requested", rec.status.value, att.reference, att.channel),),
+        ))
+        log.warning("late_capture_refund", attempt=att.reference, channel=att.channel)
+        if channel is None:
+            return
+        refund = await self._call(channel, "refund", att.reference, None)
+        if refund.outcome is AttemptOutcome.REFUNDED:
+            now = self._clock.now()
+            await self._journal.apply(Step(
+                rec.id, now, attempt=replace(att, state=AttemptState.REFUNDED, updated_at=now),
+                trail=(TrailEntry(rec.id, now, "late_capture_refunded", rec.status.value, att.reference, att.channel),),
+            ))
+        await self._refresh(rec)
+
+    async def _transition(
+        self, rec: Recharge, att: Attempt, state: AttemptState, event: str, result: ChannelResult | None,
+        *, status: RechargeStatus | None = None, reason: str | None = None, decline_code: str | None = None,
+    ) -> bool:
+        now = self._clock.now()
+        updated = replace(
+            att, state=state, updated_at=now,
+            provider_ref=(result.provider_ref if result else None) or att.provider_ref,
+            decline_code=(result.decline_code if result else None) or att.decline_code,
+            error=(result.error if result else None),
+            latency_ms=att.latency_ms if att.latency_ms is not None or result is None else result.latency_ms,
+        )
+        trail = [TrailEntry(rec.id, now, event, (status or rec.status).value, att.reference, att.channel,
+                            _detail(result))]
+        step = Step(
+            rec.id, now, status=status, expect_status=NONTERMINAL if status else None, reason=reason,
+            decline_code=decline_code, channel=att.channel if status is RechargeStatus.DECLINED else None,
+            attempt=updated, trail=tuple(trail),
+        )
+        return await self._commit(rec, step)
+
+    async def _give_up(self, rec: Recharge, reason: str) -> bool:
+        last = rec.attempts[-1] if rec.attempts else None
+        soft = last is not None and last.state is AttemptState.DECLINED
+        status = RechargeStatus.DECLINED if soft else RechargeStatus.FAILED
+        now = self._clock.now()
+        step = Step(
+            rec.id, now, status=status, expect_status=NONTERMINAL, reason=reason,
+            decline_code=last.decline_code if soft and last else None,
+            trail=(TrailEntry(rec.id, now, status.value, status.value, detail={"reason": reason}),),
+        )
+        await self._commit(rec, step)
+        log.info("recharge_finished", status=status.value, reason=reason)
+        return False
+
+    async def _wait(self, rec: Recharge, att: Attempt, reason: str) -> bool:
+        """Leave the recharge ``pending`` with a reason; the reconciler retries later."""
+        if rec.status is not RechargeStatus.PENDING or rec.reason != reason:
+            now = self._clock.now()
+            await self._commit(rec, Step(
+                rec.id, now, status=RechargeStatus.PENDING, expect_status=NONTERMINAL, reason=reason,
+                trail=(TrailEntry(rec.id, now, "pending", RechargeStatus.PENDING.value, att.reference, att.channel,
+                                  {"reason": reason}),),
+            ))
+        return False
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _call(self, channel: Channel, op: str, arg: object, budget_s: float | None) -> ChannelResult:
+        """One provider call. Channels map their own failures to outcomes; anything that
+        still escapes (a bug, our own deadline) is an unknown outcome, never a crash."""
+        if op == "authorize":
+            self._observer.attempt_started(channel.name)
+        started = self._clock.monotonic()
+        try:
+            coro = getattr(channel, op)(arg)
+            if budget_s is not None:
+                async with asyncio.timeout(max(budget_s, 0.001)):
+                    result: ChannelResult = await coro
+            else:
+                result = await coro
+        except TimeoutError:
+            result = ChannelResult(AttemptOutcome.UNKNOWN, error="deadline reached while waiting for the provider")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("channel_call_raised", op=op, error=repr(exc))
+            result = ChannelResult(AttemptOutcome.UNKNOWN, error=f"channel error: {type(exc).__name__}")
+        if not result.latency_ms:
+            result = replace(result, latency_ms=(self._clock.monotonic() - started) * 1000)
+        if op == "authorize":
+            self._observer.attempt_finished(channel.name, result.outcome, result.latency_ms)
+        return result
+
+    async def _commit(self, rec: Recharge, step: Step) -> bool:
+        """Make ``step`` durable, then (and only then) mirror it in memory."""
+        if not await self._journal.apply(step):
+            await self._refresh(rec)
+            return False
+        if step.status is not None:
+            rec.status = step.status
+            rec.reason = step.reason
+            if step.channel is not None:
+                rec.channel = step.channel
+            if step.decline_code is not None:
+                rec.decline_code = step.decline_code
+        if step.attempt is not None:
+            if step.attempt_is_new:
+                rec.attempts.append(step.attempt)
+            else:
+                rec.attempts = [step.attempt if a.reference == step.attempt.reference else a for a in rec.attempts]
+        rec.updated_at = step.at
+        return True
+
+    async def _refresh(self, rec: Recharge) -> None:
+        fresh = await self._journal.get(rec.id)
+        if fresh is None:
+            return
+        for field in ("status", "channel", "decline_code", "reason", "updated_at", "attempts"):
+            setattr(rec, field, getattr(fresh, field))
+
+
+def _detail(result: ChannelResult | None) -> dict[str, object] | None:
+    if result is None:
+        return None
+    detail: dict[str, object] = {"outcome": result.outcome.value, "latency_ms": round(result.latency_ms, 1)}
+    if result.decline_code:
+        detail["decline_code"] = result.decline_code
+    if result.error:
+        detail["error"] = result.error
+    if result.provider_ref:
+        detail["provider_ref"] = result.provider_ref
+    return detail

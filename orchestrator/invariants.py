@@ -1,0 +1,115 @@
+"""SPEC section 18's money invariants, checked against the journal and the providers'
+own ledgers. Used by the end-to-end tests, the crash tests and the demo's summary.
+
+Each check returns human-readable violations; an empty list means the money is right.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["LedgerPayment", "Report", "check"]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerPayment:
+    """One payment as the provider holds it."""
+
+    channel: str
+    reference: str
+    status: str  # captured, pending, declined, voided, refunded
+
+
+class _Queryable(Protocol):
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    recharges: int
+    by_status: dict[str, int]
+    captures_kept: int
+    refunded: int
+    credits: int
+    violations: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+async def check(journal: _Queryable, ledger: Iterable[LedgerPayment], *, settled: bool = True) -> Report:
+    """``settled``: every recharge's deadline has passed, so each must be terminal, or
+    ``pending`` with a stated reason."""
+    v: list[str] = []
+    recharges = {
+        r[0]: r
+        for r in await journal.query(
+            "SELECT id, status, coins + bonus_coins, user_id, channel, reason, client, idempotency_key FROM recharges"
+        )
+    }
+    keys = Counter((r[6], r[7]) for r in recharges.values())
+    v += [f"{n} recharges share client/key {k}" for k, n in keys.items() if n > 1]
+
+    attempts = {a[0]: a for a in await journal.query("SELECT reference, recharge_id, channel, state FROM attempts")}
+    kept: dict[str, list[LedgerPayment]] = defaultdict(list)
+    refunded = 0
+    for p in ledger:
+        att = attempts.get(p.reference)
+        if att is None:
+            if p.status in ("captured", "pending"):
+                v.append(f"provider {p.channel} holds {p.status} payment {p.reference} that no attempt made")
+            continue
+        if att[2] != p.channel:
+            v.append(f"payment {p.reference} is on {p.channel} but its attempt was on {att[2]}")
+        if p.status == "captured":
+            kept[att[1]].append(p)
+        elif p.status == "refunded":
+            refunded += 1
+
+    credits = defaultdict(list)
+    for e in await journal.query("SELECT recharge_id, user_id, coins FROM wallet_entries"):
+        credits[e[0]].append(e)
+
+    for rid, (_, status, coins, user, channel, reason, _c, _k) in recharges.items():
+        caps = kept.get(rid, [])
+        creds = credits.get(rid, [])
+        if status == "succeeded":
+            if len(caps) != 1:
+                v.append(f"{rid} succeeded with {len(caps)} kept captures (want exactly 1)")
+            elif caps[0].channel != channel:
+                v.append(f"{rid} succeeded on {channel} but the capture is on {caps[0].channel}")
+            if len(creds) != 1:
+                v.append(f"{rid} succeeded with {len(creds)} credits (want exactly 1)")
+            elif creds[0][2] != coins or creds[0][1] != user:
+                v.append(f"{rid} credited {creds[0][2]} coins to {creds[0][1]}, want {coins} to {user}")
+        else:
+            if creds:
+                v.append(f"{rid} is {status} but was credited")
+            if caps and status != "pending":
+                v.append(f"{rid} is {status} but provider {caps[0].channel} kept a capture {caps[0].reference}")
+        if settled and status == "processing":
+            v.append(f"{rid} still processing after its deadline")
+        if settled and status == "pending" and not reason:
+            v.append(f"{rid} pending with no reason")
+
+    for rid in set(credits) - set(recharges):
+        v.append(f"credit for unknown recharge {rid}")
+    for user, coins, total in await journal.query(
+        "SELECT w.user_id, w.coins, COALESCE((SELECT SUM(e.coins) FROM wallet_entries e WHERE e.user_id = w.user_id), 0) "
+        "FROM wallets w"
+    ):
+        if coins != total:
+            v.append(f"wallet {user} holds {coins} coins but its entries sum to {total}")
+
+    return Report(
+        recharges=len(recharges),
+        by_status=dict(Counter(r[1] for r in recharges.values())),
+        captures_kept=sum(len(c) for c in kept.values()),
+        refunded=refunded,
+        credits=sum(len(c) for c in credits.values()),
+        violations=v,
+    )

@@ -1,0 +1,64 @@
+"""The Journal: the durable record of every recharge, attempt, trail entry and credit.
+
+Whatever the store, a method returns only once its write is durable (committed and
+synced), and every write the state machine needs to stay exactly-once is guarded by a
+constraint in the store, not by process memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from orchestrator.model import Recharge, Step, TrailEntry
+
+__all__ = ["Journal", "JournalError", "WalletEntry", "WalletView"]
+
+
+class JournalError(Exception):
+    """The store failed (disk full, database gone); the step did not become durable."""
+
+
+@dataclass(frozen=True, slots=True)
+class WalletEntry:
+    recharge_id: str
+    coins: int
+    balance_after: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WalletView:
+    user_id: str
+    coins: int
+    entries: tuple[WalletEntry, ...]
+
+
+class Journal(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create(self, recharge: Recharge, trail: TrailEntry) -> Recharge | None:
+        """Insert a new recharge and its idempotency record. Returns None when it was
+        created, or the recharge already holding (client, idempotency key)."""
+        ...
+
+    async def apply(self, step: Step) -> bool:
+        """Make ``step`` durable. False (and nothing written) when its status guard no
+        longer holds or its credit was already given."""
+        ...
+
+    async def get(self, recharge_id: str) -> Recharge | None: ...
+
+    async def trail(self, recharge_id: str) -> list[TrailEntry]: ...
+
+    async def wallet(self, user_id: str, limit: int = 100) -> WalletView: ...
+
+    async def nonterminal(self) -> list[Recharge]:
+        """Every recharge not yet terminal, oldest first: the recovery scan's input."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise JournalError unless the store accepts a write right now."""
+        ...

@@ -1,0 +1,85 @@
+"""Versioned schema migrations of the journal. Append, never edit a shipped entry: a
+store records how many it has applied and applies the rest on open."""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS"]
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: recharges, attempts, idempotency, trail, wallet.
+    (
+        """CREATE TABLE recharges (
+            id TEXT PRIMARY KEY,
+            client TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            amount_minor INTEGER NOT NULL CHECK (amount_minor > 0),
+            currency TEXT NOT NULL,
+            country TEXT NOT NULL,
+            method TEXT NOT NULL,
+            instrument TEXT NOT NULL,
+            metadata TEXT,
+            coins INTEGER NOT NULL CHECK (coins >= 0),
+            bonus_coins INTEGER NOT NULL CHECK (bonus_coins >= 0),
+            status TEXT NOT NULL,
+            channel TEXT,
+            decline_code TEXT,
+            reason TEXT,
+            config_version TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            deadline_at REAL NOT NULL,
+            UNIQUE (client, idempotency_key)
+        )""",
+        "CREATE INDEX recharges_open ON recharges(status) WHERE status IN ('processing', 'pending')",
+        "CREATE INDEX recharges_user ON recharges(user_id, created_at)",
+        """CREATE TABLE idempotency (
+            client TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            recharge_id TEXT NOT NULL REFERENCES recharges(id) DEFERRABLE INITIALLY DEFERRED,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (client, key)
+        )""",
+        """CREATE TABLE attempts (
+            reference TEXT PRIMARY KEY,
+            recharge_id TEXT NOT NULL REFERENCES recharges(id),
+            seq INTEGER NOT NULL,
+            channel TEXT NOT NULL,
+            state TEXT NOT NULL,
+            provider_ref TEXT,
+            decline_code TEXT,
+            error TEXT,
+            latency_ms REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            UNIQUE (recharge_id, seq)
+        )""",
+        """CREATE TABLE trail (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            recharge_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            event TEXT NOT NULL,
+            status TEXT,
+            reference TEXT,
+            channel TEXT,
+            detail TEXT
+        )""",
+        "CREATE INDEX trail_recharge ON trail(recharge_id, id)",
+        """CREATE TABLE wallets (
+            user_id TEXT PRIMARY KEY,
+            coins INTEGER NOT NULL CHECK (coins >= 0),
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE wallet_entries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id TEXT NOT NULL,
+            recharge_id TEXT NOT NULL UNIQUE REFERENCES recharges(id),
+            coins INTEGER NOT NULL CHECK (coins > 0),
+            balance_after INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX wallet_entries_user ON wallet_entries(user_id, id)",
+    ),
+)

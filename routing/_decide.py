@@ -1,0 +1,161 @@
+"""``decide``: filter the channels, then rank the rest by the matched rule's strategy.
+
+Pure and synchronous: the same snapshot, transaction and rng state give the same
+decision, which is what makes ``explain``, the tests and the simulator trustworthy.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+
+from routing._model import Decision, Rule, Score, Transaction
+from routing._snapshot import Snapshot, _Prepared
+
+__all__ = ["decide", "match_rule"]
+
+_Ranker = Callable[[list[_Prepared], Transaction, random.Random, Rule | None, Snapshot],
+                   tuple[list[_Prepared], dict[str, Score]]]
+
+
+def match_rule(snapshot: Snapshot, txn: Transaction) -> tuple[int, Rule | None]:
+    """The first rule whose match accepts ``txn`` and its position, or (-1, None)."""
+    for pos, rule in enumerate(snapshot.policy.rules):
+        if rule.match.matches(txn):
+            return pos, rule
+    return -1, None
+
+
+def decide(snapshot: Snapshot, txn: Transaction, rng: random.Random, *,
+           in_flight: Mapping[str, int] | None = None) -> Decision:
+    """Choose the failover order of channels for ``txn``.
+
+    ``in_flight``, when given, overrides the snapshot's in-flight counts for the
+    concurrency cap (a live gauge is fresher than the last published snapshot).
+    """
+    pos, rule = match_rule(snapshot, txn)
+    strategy = rule.strategy if rule is not None else snapshot.policy.strategy
+    eligible, filtered = _filter(snapshot, pos, txn, in_flight)
+    ranked, scores = _RANKERS[strategy](eligible, txn, rng, rule, snapshot)
+    return Decision(
+        candidates=tuple(p.name for p in ranked),
+        rule=rule.name if rule is not None else None,
+        strategy=strategy,
+        scores=scores,
+        filtered=filtered,
+        snapshot_version=snapshot.version,
+    )
+
+
+def _filter(snapshot: Snapshot, rule_pos: int, txn: Transaction,
+            in_flight: Mapping[str, int] | None) -> tuple[list[_Prepared], dict[str, str]]:
+    """Eligible channels in config order, and every other channel with its reason.
+
+    Reasons are checked in a fixed order (rule, currency, country, method, amount,
+    drain, breaker, cap) so each filtered channel reports the first one that applies.
+    """
+    static, static_reasons = snapshot._index.static(rule_pos, txn.currency, txn.country, txn.method)
+    filtered = dict(static_reasons)
+    eligible: list[_Prepared] = []
+    amount = txn.amount_minor
+    for p in static:
+        spec = p.spec
+        if amount < spec.min_amount_minor:
+            filtered[p.name] = f"amount {amount} below min {spec.min_amount_minor}"
+        elif spec.max_amount_minor is not None and amount > spec.max_amount_minor:
+            filtered[p.name] = f"amount {amount} above max {spec.max_amount_minor}"
+        elif p.health_reason is not None:
+            filtered[p.name] = p.health_reason
+        elif (in_flight is not None and spec.max_in_flight is not None
+              and in_flight.get(p.name, 0) >= spec.max_in_flight):
+            filtered[p.name] = f"in-flight cap {spec.max_in_flight} reached"
+        else:
+            eligible.append(p)
+    return eligible, filtered
+
+
+def _base_scores(eligible: list[_Prepared], txn: Transaction, snapshot: Snapshot
+                 ) -> dict[str, Score]:
+    """Every factor except exploration; shown for every strategy so ``explain`` can
+    say how a static order compares with what ``smart`` would have chosen."""
+    cost_weight = snapshot.policy.weights.cost
+    amount = txn.amount_minor
+    scores: dict[str, Score] = {}
+    for p in eligible:
+        cost = -cost_weight * (p.fee_fixed + amount * p.fee_rate) / amount
+        total = p.success_term + p.latency_term + cost + p.weight_term
+        scores[p.name] = Score(total, p.success_term, p.latency_term, cost, p.weight_term, 0.0)
+    return scores
+
+
+def _sample_success(p: _Prepared, rng: random.Random) -> float:
+    """One Thompson draw from the channel's Beta posterior.
+
+    Exact while the counts are small (the shape matters there); beyond that the normal
+    approximation, clamped to [0, 1], has the same mean and variance at a quarter of
+    the cost.
+    """
+    if p.exact_beta:
+        return rng.betavariate(p.alpha, p.beta)
+    draw = rng.gauss(p.mean, p.sd)
+    return 0.0 if draw < 0.0 else 1.0 if draw > 1.0 else draw
+
+
+def _rank_smart(eligible: list[_Prepared], txn: Transaction, rng: random.Random,
+                rule: Rule | None, snapshot: Snapshot) -> tuple[list[_Prepared], dict[str, Score]]:
+    """Highest total first: success estimate (+ Thompson exploration), latency, cost,
+    weight. One pass, one Score per channel: this is the hot path."""
+    w = snapshot.policy.weights
+    thompson = snapshot.policy.exploration == "thompson"
+    amount = txn.amount_minor
+    scores: dict[str, Score] = {}
+    keyed: list[tuple[float, int, _Prepared]] = []
+    for p in eligible:
+        cost = -w.cost * (p.fee_fixed + amount * p.fee_rate) / amount
+        explore = w.success * (_sample_success(p, rng) - p.mean) if thompson else 0.0
+        total = p.success_term + p.latency_term + cost + p.weight_term + explore
+        scores[p.name] = Score(total, p.success_term, p.latency_term, cost, p.weight_term, explore)
+        keyed.append((-total, p.order, p))
+    keyed.sort(key=_first_two)
+    return [k[2] for k in keyed], scores
+
+
+def _first_two(item: tuple[float, int, _Prepared]) -> tuple[float, int]:
+    return item[0], item[1]
+
+
+def _rank_priority(eligible: list[_Prepared], txn: Transaction, rng: random.Random,
+                   rule: Rule | None, snapshot: Snapshot) -> tuple[list[_Prepared], dict[str, Score]]:
+    """The rule's list order; without one, configured weight (descending), then config order."""
+    if rule is not None and rule.channels is not None:
+        position = {name: i for i, name in enumerate(rule.channels)}
+        ranked = sorted(eligible, key=lambda p: position[p.name])
+    else:
+        ranked = sorted(eligible, key=lambda p: (-p.spec.weight, p.order))
+    return ranked, _base_scores(eligible, txn, snapshot)
+
+
+def _rank_weighted(eligible: list[_Prepared], txn: Transaction, rng: random.Random,
+                   rule: Rule | None, snapshot: Snapshot) -> tuple[list[_Prepared], dict[str, Score]]:
+    """A weighted random order (Efraimidis-Spirakis): each channel comes first with
+    probability weight / total weight, so the first choices split volume by weight."""
+    keys = {p.name: rng.expovariate(p.spec.weight) for p in eligible}
+    ranked = sorted(eligible, key=lambda p: (keys[p.name], p.order))
+    return ranked, _base_scores(eligible, txn, snapshot)
+
+
+def _rank_cheapest(eligible: list[_Prepared], txn: Transaction, rng: random.Random,
+                   rule: Rule | None, snapshot: Snapshot) -> tuple[list[_Prepared], dict[str, Score]]:
+    """Ascending fee on this amount; ties by latency (unmeasured counts as its timeout),
+    then config order."""
+    amount = txn.amount_minor
+    ranked = sorted(eligible, key=lambda p: (p.fee_fixed + amount * p.fee_rate, p.latency_ms, p.order))
+    return ranked, _base_scores(eligible, txn, snapshot)
+
+
+_RANKERS: dict[str, _Ranker] = {
+    "smart": _rank_smart,
+    "priority": _rank_priority,
+    "weighted": _rank_weighted,
+    "cheapest": _rank_cheapest,
+}
