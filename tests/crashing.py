@@ -1,0 +1,76 @@
+"""A journal that dies at a chosen write, as a kill -9 would leave it.
+
+At write number ``at`` the process "dies": in mode ``before`` that write never reaches
+the disk; in mode ``after`` it does, but its caller never hears back. From then on every
+call raises ``SimulatedCrash`` (a BaseException, so no ``except Exception`` in the code
+under test can swallow it), and the test abandons the whole instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from orchestrator.journal import Journal
+from orchestrator.model import Recharge, Step, TrailEntry
+
+T = TypeVar("T")
+
+
+class SimulatedCrash(BaseException):
+    pass
+
+
+class CrashingJournal:
+    def __init__(self, inner: Journal, at: int | None = None, mode: str = "before") -> None:
+        self.inner = inner
+        self.at = at
+        self.mode = mode
+        self.writes = 0
+        self.dead = False
+
+    async def _write(self, fn: Callable[[], Awaitable[T]]) -> T:
+        if self.dead:
+            raise SimulatedCrash
+        self.writes += 1
+        if self.writes == self.at:
+            self.dead = True
+            if self.mode == "after":
+                await fn()
+            raise SimulatedCrash
+        return await fn()
+
+    async def _read(self, fn: Callable[[], Awaitable[T]]) -> T:
+        if self.dead:
+            raise SimulatedCrash
+        return await fn()
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def create(self, recharge: Recharge, trail: TrailEntry) -> Recharge | None:
+        return await self._write(lambda: self.inner.create(recharge, trail))
+
+    async def apply(self, step: Step) -> bool:
+        return await self._write(lambda: self.inner.apply(step))
+
+    async def get(self, recharge_id: str) -> Recharge | None:
+        return await self._read(lambda: self.inner.get(recharge_id))
+
+    async def trail(self, recharge_id: str) -> list[TrailEntry]:
+        return await self._read(lambda: self.inner.trail(recharge_id))
+
+    async def wallet(self, user_id: str, limit: int = 100) -> Any:
+        return await self._read(lambda: self.inner.wallet(user_id, limit))
+
+    async def nonterminal(self) -> list[Recharge]:
+        return await self._read(self.inner.nonterminal)
+
+    async def ping(self) -> None:
+        await self._read(self.inner.ping)
+
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return await self.inner.query(sql, params)  # type: ignore[attr-defined]
