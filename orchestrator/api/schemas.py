@@ -15,7 +15,6 @@ __all__ = ["RechargeIn", "validate"]
 
 _Printable = r"^[\x21-\x7e]+$"
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
-MetaValue = Annotated[str, StringConstraints(max_length=500)] | int | float | bool | None
 
 
 class _Strict(BaseModel):
@@ -34,8 +33,20 @@ class RechargeIn(_Strict):
     method: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
     instrument: InstrumentIn
     quote_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_Printable)] | None = None
-    metadata: Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=40)], MetaValue],
+    metadata: Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=40)], Any],
                         Field(max_length=20)] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _flat_metadata(cls, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Metadata is echoed back and stored: flat scalars only, strings bounded.
+        for key, value in (meta or {}).items():
+            if isinstance(value, str):
+                if len(value) > 500:
+                    raise ValueError(f"metadata.{key} must be at most 500 characters")
+            elif value is not None and not isinstance(value, (bool, int, float)):
+                raise ValueError(f"metadata.{key} must be a string, number, boolean or null")
+        return meta
 
     @field_validator("currency")
     @classmethod
@@ -86,7 +97,8 @@ def _message(err: Any, field: str, data: dict[str, Any]) -> str:
     if kind in ("dict_type", "model_type"):
         return f"{field} must be an object"
     if kind == "value_error":
-        return f"{field}: {ctx.get('error')}"
+        msg = str(ctx.get("error"))
+        return msg if msg.startswith(field) else f"{field}: {msg}"
     return f"{field}: {err['msg']}"
 
 

@@ -1,0 +1,126 @@
+"""The command line: ``python -m orchestrator`` (also installed as ``orchestrator``).
+
+    orchestrator serve --config FILE [--db URL] [--host H] [--port N]
+    orchestrator config check FILE
+    orchestrator simulate --config FILE [--port N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orchestrator", description="Smart-routing recharge orchestrator")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the orchestrator HTTP API")
+    serve.add_argument("--config", required=True, help="YAML config file")
+    serve.add_argument("--db", help="storage URL, overrides storage.url (sqlite:///path or postgresql://...)")
+    serve.add_argument("--host", help="overrides server.host")
+    serve.add_argument("--port", type=int, help="overrides server.port")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    cfg = sub.add_parser("config", help="config tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a config file; every error with its path")
+    check.add_argument("file")
+
+    sim = sub.add_parser("simulate", help="run the provider simulator")
+    sim.add_argument("--config", required=True, help="simulator YAML config")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=9000)
+    return p
+
+
+def _config_check(path: str) -> int:
+    from config import ConfigError, load_file
+
+    try:
+        loaded = load_file(path)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
+        return 1
+    cfg = loaded.config
+    print(f"{path}: ok (version {loaded.version}, {len(cfg.channels)} channels, {len(cfg.routing.rules)} rules, "
+          f"{len(cfg.clients)} clients)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from config import ConfigError, load_file, parse
+    from orchestrator.logs import configure
+
+    try:
+        loaded = load_file(args.config)
+        overrides: dict[str, dict[str, object]] = {}
+        if args.db:
+            overrides.setdefault("storage", {})["url"] = args.db
+        if args.host:
+            overrides.setdefault("server", {})["host"] = args.host
+        if args.port is not None:
+            overrides.setdefault("server", {})["port"] = args.port
+        if overrides:
+            doc = loaded.config.model_dump(mode="json")
+            for section, values in overrides.items():
+                doc[section].update(values)
+            loaded = parse(doc, loaded.source)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return 1
+    configure(args.log_level)
+    import uvloop
+
+    uvloop.run(_run_server(loaded))
+    return 0
+
+
+async def _run_server(loaded: object) -> None:
+    from aiohttp import web
+
+    from orchestrator.api.app import build_app
+    from orchestrator.wiring import build_service
+
+    service = build_service(loaded)  # type: ignore[arg-type]
+    app = build_app(service)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    server = service.config.server
+    site = web.TCPSite(runner, server.host, server.port, backlog=1024, reuse_address=True)
+    await site.start()
+    import structlog
+
+    structlog.get_logger("orchestrator").info("listening", host=server.host, port=server.port,
+                                              config_version=service.loaded.version)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "config":
+        return _config_check(args.file)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "simulate":
+        from channels.simulator import main as simulate
+
+        return int(simulate(["--config", args.config, "--host", args.host, "--port", str(args.port)]) or 0)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""The front-service API (SPEC section 5) over real loopback HTTP: auth and scopes,
+idempotency, the error shape for every kind of bad input, and the money invariants."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from channels.memory import Action, MemoryChannel
+from config import parse
+from orchestrator.api.app import build_app
+from orchestrator.invariants import LedgerPayment, check
+from orchestrator.service import Service
+
+FRONT_KEY, OTHER_KEY, SRE_KEY = "front-key-123", "other-key-456", "sre-key-789"
+
+
+def _sha(k: str) -> str:
+    return hashlib.sha256(k.encode()).hexdigest()
+
+
+def _channel(name: str, **kw: object) -> dict[str, object]:
+    return {"name": name, "kind": "direct_api", "base_url": f"http://127.0.0.1:1/{name}",
+            "webhook_secret": "whsec_secret_" + name, "currencies": ["CNY", "JPY"], "countries": ["CN", "JP"],
+            "methods": ["ewallet"], **kw}
+
+
+def make_config(tmp_path, sync_wait_s: float = 5.0):
+    return parse({
+        "server": {"sync_wait_s": sync_wait_s},
+        "storage": {"url": f"sqlite:///{tmp_path}/j.db"},
+        "clients": [
+            {"name": "front", "key_sha256": _sha(FRONT_KEY), "scopes": ["recharge"]},
+            {"name": "other", "key_sha256": _sha(OTHER_KEY), "scopes": ["recharge"]},
+            {"name": "sre", "key_sha256": _sha(SRE_KEY), "scopes": ["admin"]},
+        ],
+        "channels": [_channel("a"), _channel("b")],
+        "pricing": {"base_currency": "USD", "coins_per_unit": 70, "rates": {"CNY": 0.1404, "JPY": 0.0067}},
+    })
+
+
+class Api:
+    def __init__(self, client: TestClient, service: Service, channels: dict[str, MemoryChannel]) -> None:
+        self.client = client
+        self.service = service
+        self.channels = channels
+
+    async def post(self, body: object, *, key: str | None = "k1", token: str | None = FRONT_KEY,
+                   raw: bytes | None = None, content_type: str = "application/json"):
+        headers = {"Content-Type": content_type}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = raw if raw is not None else json.dumps(body).encode()  # stdlib: big ints too
+        resp = await self.client.post("/v1/recharges", data=data, headers=headers)
+        return resp, await resp.json()
+
+    async def get(self, path: str, token: str | None = FRONT_KEY):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        resp = await self.client.get(path, headers=headers)
+        return resp, await resp.json()
+
+    async def invariants(self) -> None:
+        ledger = [LedgerPayment(c.name, p.reference, p.status) for c in self.channels.values() for p in c.ledger.values()]
+        report = await check(self.service.journal, ledger, settled=False)  # type: ignore[arg-type]
+        assert report.ok, report.violations
+
+
+@pytest.fixture
+async def api(tmp_path):
+    channels: dict[str, MemoryChannel] = {}
+
+    def factory(cfg):
+        channels[cfg.name] = MemoryChannel(cfg.name)
+        return channels[cfg.name]
+
+    service = Service(make_config(tmp_path), channel_factory=factory,
+                      router=lambda svc, rec: [c.name for c in svc.config.channels], reconcile=False)
+    client = TestClient(TestServer(build_app(service), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        yield Api(client, service, channels)
+    finally:
+        await client.close()
+
+
+BODY = {"user_id": "u_1", "amount_minor": 8500, "currency": "CNY", "country": "CN", "method": "ewallet",
+        "instrument": {"token": "tok_abc"}, "metadata": {"order": "x"}}
+
+
+def assert_error(resp, body, status: int, code: str, field: str | None = None) -> None:
+    assert resp.status == status, body
+    assert resp.content_type == "application/json"
+    assert set(body) == {"error"}
+    err = body["error"]
+    assert err["code"] == code, err
+    assert isinstance(err["message"], str) and err["message"]
+    if field is not None:
+        assert err.get("field") == field, err
+
+
+async def test_a_recharge_succeeds_and_credits_the_wallet(api):
+    resp, body = await api.post(BODY)
+    assert resp.status == 201, body
+    assert body["status"] == "succeeded" and body["channel"] == "a"
+    assert body["coins"] == 835 and body["bonus_coins"] == 0
+    assert body["id"].startswith("rc_")
+    assert body["attempts"][0]["outcome"] == "captured" and body["attempts"][0]["reference"]
+    assert resp.headers.get("X-Request-ID")
+    _, got = await api.get(f"/v1/recharges/{body['id']}")
+    assert got["status"] == "succeeded" and got["attempts"] == body["attempts"]
+    _, trail = await api.get(f"/v1/recharges/{body['id']}/trail")
+    assert [e["event"] for e in trail["entries"]] == ["created", "attempt_started", "attempt_captured", "credited"]
+    _, wallet = await api.get("/v1/wallets/u_1")
+    assert wallet["coins"] == 835
+    assert wallet["entries"] == [{"recharge_id": body["id"], "coins": 835, "balance_after": 835,
+                                  "created_at": wallet["entries"][0]["created_at"]}]
+    await api.invariants()
+
+
+async def test_replay_answers_the_stored_result_and_charges_nothing_more(api):
+    first, b1 = await api.post(BODY)
+    again, b2 = await api.post(BODY)
+    assert again.status == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert b2 == b1
+    assert len(api.channels["a"].ledger) == 1
+    _, wallet = await api.get("/v1/wallets/u_1")
+    assert wallet["coins"] == 835
+    await api.invariants()
+
+
+async def test_the_same_key_with_another_body_is_refused(api):
+    await api.post(BODY)
+    resp, body = await api.post({**BODY, "amount_minor": 9900})
+    assert_error(resp, body, 422, "idempotency_key_reused", "Idempotency-Key")
+    await api.invariants()
+
+
+async def test_keys_are_scoped_per_client(api):
+    _, mine = await api.post(BODY)
+    resp, theirs = await api.post(BODY, token=OTHER_KEY)
+    assert resp.status == 201 and theirs["id"] != mine["id"]
+    resp, body = await api.get(f"/v1/recharges/{mine['id']}", token=OTHER_KEY)
+    assert_error(resp, body, 404, "not_found")
+    resp, body = await api.get(f"/v1/recharges/{mine['id']}", token=SRE_KEY)
+    assert resp.status == 200
+    await api.invariants()
+
+
+async def test_concurrent_requests_with_one_key_make_one_recharge(api):
+    api.channels["a"].latency_s = 0.05
+    results = await asyncio.gather(*(api.post(BODY) for _ in range(20)))
+    ids = {body["id"] for resp, body in results if resp.status in (201, 202)}
+    assert len(ids) == 1, results
+    assert all(resp.status in (201, 202, 409) for resp, _ in results)
+    assert len(api.channels["a"].ledger) == 1
+    rows = await api.service.journal.query("SELECT count(*) FROM recharges")  # type: ignore[attr-defined]
+    assert rows == [(1,)]
+    await api.invariants()
+
+
+async def test_a_recharge_still_moving_after_sync_wait_answers_202_pending(tmp_path):
+    pend = MemoryChannel("a", lambda op, ref, n: Action.PEND if op == "authorize" else Action.OK, kind="bank")
+    service = Service(make_config(tmp_path, sync_wait_s=0.2), channel_factory=lambda cfg: pend,
+                      router=lambda svc, rec: ["a"], reconcile=False)
+    client = TestClient(TestServer(build_app(service), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        resp = await client.post("/v1/recharges", data=orjson.dumps(BODY),
+                                 headers={"Idempotency-Key": "p1", "Authorization": f"Bearer {FRONT_KEY}",
+                                          "Content-Type": "application/json"})
+        body = await resp.json()
+        assert resp.status == 202 and body["status"] == "pending", body
+        pend.settle(body["attempts"][0]["reference"], "captured")
+        for _ in range(100):
+            got = await (await client.get(f"/v1/recharges/{body['id']}",
+                                          headers={"Authorization": f"Bearer {FRONT_KEY}"})).json()
+            if got["status"] == "succeeded":
+                break
+            await asyncio.sleep(0.05)
+        assert got["status"] == "succeeded"
+    finally:
+        await client.close()
+
+
+# -- auth -------------------------------------------------------------------------------
+
+
+async def test_missing_or_wrong_keys_are_401_and_wrong_scope_403(api):
+    resp, body = await api.post(BODY, token=None)
+    assert_error(resp, body, 401, "unauthorized")
+    resp, body = await api.post(BODY, token="nope")
+    assert_error(resp, body, 401, "unauthorized")
+    resp, body = await api.post(BODY, token=SRE_KEY)
+    assert_error(resp, body, 403, "forbidden")
+    resp, body = await api.get("/v1/wallets/u_1", token=None)
+    assert_error(resp, body, 401, "unauthorized")
+    assert api.channels["a"].calls == []
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+BAD_FIELDS = [
+    ({**BODY, "extra": 1}, "unknown_field", "extra"),
+    ({k: v for k, v in BODY.items() if k != "user_id"}, "missing_field", "user_id"),
+    ({**BODY, "amount_minor": "8500"}, "invalid_field", "amount_minor"),
+    ({**BODY, "amount_minor": 85.5}, "invalid_field", "amount_minor"),
+    ({**BODY, "amount_minor": 8500.0}, "invalid_field", "amount_minor"),
+    ({**BODY, "amount_minor": True}, "invalid_field", "amount_minor"),
+    ({**BODY, "amount_minor": 0}, "invalid_field", "amount_minor"),
+    ({**BODY, "amount_minor": -100}, "invalid_field", "amount_minor"),
+    ({**BODY, "amount_minor": 10**13}, "invalid_field", "amount_minor"),
+    ({**BODY, "amount_minor": 10**40}, "invalid_field", "amount_minor"),
+    ({**BODY, "amount_minor": None}, "invalid_field", "amount_minor"),
+    ({**BODY, "currency": "XYZ"}, "unsupported_currency", "currency"),
+    ({**BODY, "currency": "EUR"}, "unsupported_currency", "currency"),  # known, but no rate
+    ({**BODY, "currency": "cny"}, "invalid_field", "currency"),
+    ({**BODY, "country": "CHN"}, "invalid_field", "country"),
+    ({**BODY, "method": "Not A Method"}, "invalid_field", "method"),
+    ({**BODY, "user_id": "u" * 65}, "invalid_field", "user_id"),
+    ({**BODY, "user_id": ""}, "invalid_field", "user_id"),
+    ({**BODY, "user_id": 42}, "invalid_field", "user_id"),
+    ({**BODY, "instrument": {"token": "t", "pan": "4111"}}, "unknown_field", "instrument.pan"),
+    ({**BODY, "instrument": {}}, "missing_field", "instrument.token"),
+    ({**BODY, "instrument": "tok"}, "invalid_field", "instrument"),
+    ({**BODY, "instrument": {"token": "x" * 129}}, "invalid_field", "instrument.token"),
+    ({**BODY, "metadata": {f"k{i}": i for i in range(21)}}, "invalid_field", "metadata"),
+    ({**BODY, "metadata": {"k": "v" * 501}}, "invalid_field", "metadata"),
+    ({**BODY, "metadata": {"k": {"nested": 1}}}, "invalid_field", None),
+    ({**BODY, "quote_id": ""}, "invalid_field", "quote_id"),
+    ({**BODY, "currency": "JPY", "amount_minor": 1}, "amount_too_small", "amount_minor"),
+]
+
+
+@pytest.mark.parametrize(("body", "code", "field"), BAD_FIELDS)
+async def test_invalid_content_is_422_naming_the_field(api, body, code, field):
+    resp, answer = await api.post(body)
+    assert_error(resp, answer, 422, code, field)
+    assert api.channels["a"].calls == [] and api.channels["b"].calls == []
+    rows = await api.service.journal.query("SELECT count(*) FROM recharges")  # type: ignore[attr-defined]
+    assert rows == [(0,)], "nothing is stored for a refused request"
+
+
+@pytest.mark.parametrize("body", [[], [BODY], "text", 42, None])
+async def test_a_body_that_is_not_an_object_is_422(api, body):
+    resp, answer = await api.post(body)
+    assert_error(resp, answer, 422, "validation_failed")
+
+
+async def test_malformed_json_is_400(api):
+    resp, body = await api.post(None, raw=b'{"user_id": "u_1",')
+    assert_error(resp, body, 400, "malformed_json")
+    resp, body = await api.post(None, raw=b"\xff\xfe")
+    assert_error(resp, body, 400, "malformed_json")
+
+
+async def test_wrong_content_type_is_415(api):
+    resp, body = await api.post(BODY, content_type="text/plain")
+    assert_error(resp, body, 415, "unsupported_media_type")
+
+
+async def test_a_body_over_64_kib_is_413(api):
+    big = {**BODY, "metadata": {"k": "v" * 70_000}}
+    resp, body = await api.post(big)
+    assert_error(resp, body, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize(("key", "code"), [(None, "missing_idempotency_key"), ("", "invalid_idempotency_key"),
+                                           ("k" * 256, "invalid_idempotency_key"),
+                                           ("caf\u00e9", "invalid_idempotency_key")])
+async def test_idempotency_key_is_required_and_printable_ascii(api, key, code):
+    if key is not None and not key.isascii():
+        # aiohttp refuses to send a non-latin-1 header; latin-1 é is what arrives.
+        key = "caf\xe9"
+    resp, body = await api.post(BODY, key=key)
+    assert_error(resp, body, 400, code, "Idempotency-Key")
+
+
+async def test_a_key_of_255_characters_is_accepted(api):
+    resp, body = await api.post(BODY, key="k" * 255)
+    assert resp.status == 201, body
+
+
+async def test_unknown_recharge_and_route_and_method_answer_in_the_error_shape(api):
+    resp, body = await api.get("/v1/recharges/rc_0123456789abcdef")
+    assert_error(resp, body, 404, "not_found")
+    resp, body = await api.get("/v1/recharges/not-an-id")
+    assert_error(resp, body, 404, "not_found")
+    resp, body = await api.get("/v1/nothing-here")
+    assert_error(resp, body, 404, "not_found")
+    resp = await api.client.delete("/v1/recharges", headers={"Authorization": f"Bearer {FRONT_KEY}"})
+    assert_error(resp, await resp.json(), 405, "method_not_allowed")
+    resp, body = await api.get("/v1/wallets/u_1?limit=0")
+    assert_error(resp, body, 422, "invalid_field", "limit")
+
+
+async def test_health_endpoints(api):
+    resp, body = await api.get("/healthz", token=None)
+    assert resp.status == 200 and body == {"status": "ok"}
+    resp, body = await api.get("/readyz", token=None)
+    assert resp.status == 200 and body["checks"]["journal"] == "ok"
+    resp = await api.client.get("/metrics")
+    text = await resp.text()
+    assert resp.status == 200 and "orchestrator_journal_commit_seconds" in text
