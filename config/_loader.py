@@ -11,7 +11,7 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
-from config._schema import Config, split_reference_message
+from config._schema import Config, reference_errors
 
 __all__ = ["ConfigError", "LoadedConfig", "load_file", "load_text", "parse"]
 
@@ -75,14 +75,7 @@ def _message(err: dict[str, Any]) -> str:
 
 
 def _errors_of(exc: ValidationError) -> list[tuple[str, str]]:
-    errors: list[tuple[str, str]] = []
-    for err in exc.errors():
-        packed = split_reference_message(str(err.get("ctx", {}).get("error", "")))
-        if packed is not None:
-            errors.extend(packed)
-        else:
-            errors.append((_path(err["loc"]), _message(err)))
-    return errors
+    return [(_path(err["loc"]), _message(err)) for err in exc.errors()]
 
 
 def parse(document: Any, source: str = "<memory>") -> LoadedConfig:
@@ -91,10 +84,13 @@ def parse(document: Any, source: str = "<memory>") -> LoadedConfig:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError([("", "the config must be a mapping at the top level")])
+    errors = reference_errors(document)
     try:
         cfg = Config.model_validate(document)
     except ValidationError as exc:
-        raise ConfigError(_errors_of(exc)) from None
+        errors = _errors_of(exc) + errors
+    if errors:
+        raise ConfigError(errors)
     canonical = orjson.dumps(cfg.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     return LoadedConfig(cfg, hashlib.sha256(canonical).hexdigest()[:12], source)
 

@@ -3,13 +3,13 @@
 Key names are fixed by SPEC section 10 (SREs and tests write them). Every model forbids
 unknown keys, so a typo is an error with its path rather than a silently ignored knob.
 Cross-references (rules naming channels, currencies without a rate) are checked on the
-whole document in ``Config._check_references``.
+whole document by ``reference_errors``, beside the field errors.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -223,60 +223,61 @@ class Config(_Model):
     health: HealthConfig = HealthConfig()
     pricing: PricingConfig = PricingConfig()
 
-    @model_validator(mode="after")
-    def _check_references(self) -> Config:
-        errors = list(reference_errors(self))
-        if errors:
-            raise ValueError(_REFERENCE_MARK + "\n".join(f"{p}: {m}" for p, m in errors))
-        return self
-
     def channel(self, name: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.name == name), None)
 
 
-_REFERENCE_MARK = "reference errors:\n"
-
-
-def reference_errors(cfg: Config) -> list[tuple[str, str]]:
-    """Errors that need the whole document: duplicates and dangling names."""
+def reference_errors(doc: Any) -> list[tuple[str, str]]:
+    """Errors that need the whole document: duplicates and dangling names. Works on the
+    raw document, defensively, so they are reported beside field errors, not after."""
     errors: list[tuple[str, str]] = []
+    if not isinstance(doc, dict):
+        return errors
+    pricing = doc.get("pricing") if isinstance(doc.get("pricing"), dict) else {}
+    rates = pricing.get("rates") if isinstance(pricing.get("rates"), dict) else {}
+    base = pricing.get("base_currency", "USD")
+
+    def has_rate(code: object) -> bool:
+        return code == base or code in rates
+
     seen: dict[str, int] = {}
-    for i, ch in enumerate(cfg.channels):
-        if ch.name in seen:
-            errors.append((f"channels[{i}].name", f"duplicate channel name {ch.name!r} (also channels[{seen[ch.name]}])"))
-        seen.setdefault(ch.name, i)
-        for j, cur in enumerate(ch.currencies):
-            if cfg.pricing.rate(cur) is None:
+    for i, ch in enumerate(_items(doc.get("channels"))):
+        name = ch.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                errors.append((f"channels[{i}].name", f"duplicate channel name {name!r} (also channels[{seen[name]}])"))
+            seen.setdefault(name, i)
+        for j, cur in enumerate(ch.get("currencies") or []):
+            if isinstance(cur, str) and is_known(cur) and not has_rate(cur):
                 errors.append((f"channels[{i}].currencies[{j}]", f"currency {cur} has no rate in pricing.rates"))
-    clients: dict[str, int] = {}
+    names: dict[str, int] = {}
     keys: dict[str, int] = {}
-    for i, cl in enumerate(cfg.clients):
-        if cl.name in clients:
-            errors.append((f"clients[{i}].name", f"duplicate client name {cl.name!r}"))
-        if cl.key_sha256 in keys:
-            errors.append((f"clients[{i}].key_sha256", f"same key as clients[{keys[cl.key_sha256]}]"))
-        clients.setdefault(cl.name, i)
-        keys.setdefault(cl.key_sha256, i)
-    for i, rule in enumerate(cfg.routing.rules):
-        for j, name in enumerate(rule.channels or ()):
-            if name not in seen:
+    for i, cl in enumerate(_items(doc.get("clients"))):
+        name, key = cl.get("name"), cl.get("key_sha256")
+        if isinstance(name, str) and name in names:
+            errors.append((f"clients[{i}].name", f"duplicate client name {name!r}"))
+        if isinstance(key, str) and key in keys:
+            errors.append((f"clients[{i}].key_sha256", f"same key as clients[{keys[key]}]"))
+        if isinstance(name, str):
+            names.setdefault(name, i)
+        if isinstance(key, str):
+            keys.setdefault(key, i)
+    routing = doc.get("routing") if isinstance(doc.get("routing"), dict) else {}
+    for i, rule in enumerate(_items(routing.get("rules"))):
+        for j, name in enumerate(rule.get("channels") or []):
+            if isinstance(name, str) and name not in seen:
                 errors.append((f"routing.rules[{i}].channels[{j}]", f"unknown channel {name!r}"))
-        m = rule.match
-        if m.currency is not None and cfg.pricing.rate(m.currency) is None:
-            errors.append((f"routing.rules[{i}].match.currency", f"currency {m.currency} has no rate in pricing.rates"))
-        if m.min_amount_minor is not None and m.max_amount_minor is not None and m.max_amount_minor < m.min_amount_minor:
+        match = rule.get("match") if isinstance(rule.get("match"), dict) else {}
+        cur = match.get("currency")
+        if isinstance(cur, str) and is_known(cur) and not has_rate(cur):
+            errors.append((f"routing.rules[{i}].match.currency", f"currency {cur} has no rate in pricing.rates"))
+        lo, hi = match.get("min_amount_minor"), match.get("max_amount_minor")
+        if isinstance(lo, int) and isinstance(hi, int) and hi < lo:
             errors.append((f"routing.rules[{i}].match.max_amount_minor", "must be >= min_amount_minor"))
     return errors
 
 
-def split_reference_message(message: str) -> list[tuple[str, str]] | None:
-    """Undo the packing of reference errors into one pydantic error (see the loader)."""
-    idx = message.find(_REFERENCE_MARK)
-    if idx < 0:
-        return None
-    out = []
-    for line in message[idx + len(_REFERENCE_MARK):].splitlines():
-        path, _, msg = line.partition(": ")
-        out.append((path, msg))
-    return out
-
+def _items(value: object) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        return []
+    return [v if isinstance(v, dict) else {} for v in value]

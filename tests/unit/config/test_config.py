@@ -1,0 +1,111 @@
+"""The config schema and `config check`: every error named by its path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from config import ConfigError, load_file, load_text, parse
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE = ROOT / "config" / "orchestrator.example.yaml"
+
+
+def example() -> dict:
+    return yaml.safe_load(EXAMPLE.read_text())
+
+
+def errors_of(doc) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(doc)
+    return info.value.lines()
+
+
+def test_the_example_config_is_valid_and_versioned():
+    loaded = load_file(EXAMPLE)
+    assert len(loaded.config.channels) >= 7
+    assert {c.kind for c in loaded.config.channels} == {"direct_api", "digital_currency", "bank"}
+    assert len(loaded.version) == 12
+    assert loaded.config.pricing.rates["CNY"] == Decimal("0.1404")
+
+
+def test_the_version_is_the_content_not_the_text():
+    text = EXAMPLE.read_text()
+    assert load_text(text).version == load_text("# a comment\n" + text).version
+    doc = example()
+    doc["routing"]["max_attempts"] = 2
+    assert parse(doc).version != load_text(text).version
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d["channels"][2].update(timeout_ms=0), "channels[2].timeout_ms: must be > 0"),
+        (lambda d: d["channels"][0].update(kind="carrier_pigeon"), "channels[0].kind: must be one of"),
+        (lambda d: d["channels"][0].pop("base_url"), "channels[0].base_url: is required"),
+        (lambda d: d["channels"][1].update(colour="red"), "channels[1].colour: unknown key"),
+        (lambda d: d["channels"][0].update(currencies=["XXX"]), "channels[0].currencies: unknown currency"),
+        (lambda d: d["channels"][0].update(min_amount_minor=5, max_amount_minor=4), "channels[0]: max_amount_minor must be >= min_amount_minor"),
+        (lambda d: d["routing"].update(max_attempts=0), "routing.max_attempts: must be >= 1"),
+        (lambda d: d["routing"]["rules"][0].update(channels=["nope"]), "routing.rules[0].channels[0]: unknown channel 'nope'"),
+        (lambda d: d["channels"][1].update(name=d["channels"][0]["name"]), "channels[1].name: duplicate channel name"),
+        (lambda d: d["pricing"]["rates"].pop("PHP"), "channels[2].currencies[0]: currency PHP has no rate"),
+        (lambda d: d["pricing"]["rates"].update(CNY=-1), "pricing.rates: rate for CNY must be > 0"),
+        (lambda d: d["clients"][0].update(key_sha256="abc"), "clients[0].key_sha256: does not match"),
+        (lambda d: d["clients"][0].update(scopes=["root"]), "clients[0].scopes[0]: must be one of"),
+        (lambda d: d["storage"].update(url="mysql://x"), "storage.url: must start with sqlite:/// or postgresql://"),
+        (lambda d: d["server"].update(port=70000), "server.port: must be <= 65535"),
+    ],
+)
+def test_each_error_is_reported_with_its_path(mutate, expected):
+    doc = example()
+    mutate(doc)
+    lines = errors_of(doc)
+    assert any(line.startswith(expected) for line in lines), lines
+
+
+def test_every_error_is_reported_not_just_the_first():
+    doc = example()
+    doc["channels"][0]["timeout_ms"] = -1
+    doc["channels"][3]["weight"] = -2
+    doc["routing"]["deadline_s"] = 0
+    lines = errors_of(doc)
+    assert len(lines) == 3, lines
+
+
+def test_not_yaml_and_not_a_mapping_are_errors():
+    with pytest.raises(ConfigError) as info:
+        load_text("channels: [unclosed")
+    assert "not valid YAML" in str(info.value)
+    with pytest.raises(ConfigError):
+        load_text("- a\n- b\n")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+
+
+def test_config_check_accepts_the_example():
+    proc = _cli("config", "check", str(EXAMPLE))
+    assert proc.returncode == 0, proc.stderr
+    assert "ok" in proc.stdout
+
+
+def test_config_check_prints_every_error_with_its_path_and_exits_1(tmp_path):
+    doc = example()
+    doc["channels"][2]["timeout_ms"] = 0
+    doc["routing"]["rules"][0]["channels"] = ["gcash_direct", "ghost"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    proc = _cli("config", "check", str(bad))
+    assert proc.returncode == 1
+    assert "channels[2].timeout_ms: must be > 0" in proc.stderr
+    assert "routing.rules[0].channels[1]: unknown channel 'ghost'" in proc.stderr
+    missing = _cli("config", "check", str(tmp_path / "missing.yaml"))
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
