@@ -29,6 +29,7 @@ from config import Config
 from orchestrator.clock import Clock
 from orchestrator.journal import Journal
 from orchestrator.model import (
+    OPEN_ATTEMPT_STATES,
     TERMINAL,
     Attempt,
     AttemptState,
@@ -138,6 +139,8 @@ class Engine:
         self._callback_url = callback_url
         self._instrument = instrument
         self._running: dict[str, tuple[asyncio.Task[None], Recharge]] = {}
+        self._refunding: dict[str, asyncio.Task[None]] = {}
+        self._wakers: dict[str, asyncio.Event] = {}
 
     # -- running recharges --------------------------------------------------------------
 
@@ -165,8 +168,12 @@ class Engine:
             return running[0]
         task = asyncio.get_running_loop().create_task(self._guarded(rec, settings or self._settings()))
         self._running[rec.id] = (task, rec)
-        task.add_done_callback(lambda _t, rid=rec.id: self._running.pop(rid, None))
+        task.add_done_callback(lambda _t, rid=rec.id: self._forget(rid))
         return task
+
+    def _forget(self, recharge_id: str) -> None:
+        self._running.pop(recharge_id, None)
+        self._wakers.pop(recharge_id, None)
 
     def live(self, recharge_id: str) -> tuple[asyncio.Task[None], Recharge] | None:
         """The task and in-memory state of a recharge this process is driving."""
@@ -184,12 +191,16 @@ class Engine:
             if rec.id not in self._running:
                 self.start(rec)
                 started += 1
+        for rec in await self._journal.refunds_due():
+            for att in rec.attempts:
+                if att.state is AttemptState.REFUND_REQUESTED:
+                    self._spawn_refund(rec, att.reference)
         return started
 
     async def stop(self) -> None:
         """Cancel running drivers. Safe at any point: every step is journaled first, so
         the next start resumes where these stopped."""
-        tasks = [t for t, _ in self._running.values()]
+        tasks = [t for t, _ in self._running.values()] + list(self._refunding.values())
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -286,7 +297,7 @@ class Engine:
                 remaining = rec.deadline_at - self._clock.now()
                 if remaining <= 0:
                     return result
-                await self._clock.sleep(min(delay, remaining))
+                await self._pause(rec.id, min(delay, remaining))
                 delay = min(delay * 2, s.inquiry_max_backoff_s)
                 continue
             if result.outcome is not AttemptOutcome.UNKNOWN or tries >= s.inquiry_attempts:
@@ -320,7 +331,7 @@ class Engine:
         total = rec.coins + rec.bonus_coins
         step = Step(
             rec.id, now, status=RechargeStatus.SUCCEEDED, expect_status=NONTERMINAL, channel=att.channel,
-            attempt=done, credit=Credit(rec.id, rec.user_id, total, now),
+            attempt=done, expect_attempt=frozenset({att.state}), credit=Credit(rec.id, rec.user_id, total, now),
             trail=(
                 TrailEntry(rec.id, now, "attempt_captured", RechargeStatus.SUCCEEDED.value, att.reference, att.channel,
                            {"provider_ref": result.provider_ref}),
@@ -331,32 +342,49 @@ class Engine:
         if await self._commit(rec, step):
             log.info("recharge_succeeded", channel=att.channel, coins=total)
             return
-        # The recharge was finished by someone else (a webhook, another instance) while
-        # this capture was in flight: this capture is extra money, give it back.
-        await self._refresh(rec)
-        if rec.channel != att.channel or rec.status is not RechargeStatus.SUCCEEDED:
-            await self.refund_orphan(rec, att, result)
+        # Someone else moved first (a webhook, another instance). If the recharge ended
+        # by other means, this capture is extra money: give it back. Otherwise the loop
+        # goes on from the fresh state.
+        if rec.terminal and not (rec.status is RechargeStatus.SUCCEEDED and rec.channel == att.channel):
+            fresh = next((a for a in rec.attempts if a.reference == att.reference), att)
+            await self._late_capture(rec, fresh, result.provider_ref)
 
-    async def refund_orphan(self, rec: Recharge, att: Attempt, result: ChannelResult) -> None:
-        """Refund a capture that belongs to no succeeded recharge (a late capture)."""
-        channel = self._channels(att.channel)
+    async def _late_capture(self, rec: Recharge, att: Attempt, provider_ref: str | None,
+                            event: tuple[str, str] | None = None) -> bool:
+        """Journal that ``att`` captured money no succeeded recharge keeps, then refund
+        it. The refund is retried by the reconciler until the provider confirms it."""
         now = self._clock.now()
-        await self._journal.apply(Step(
-            rec.id, now,
-            attempt=replace(att, state=AttemptState.REFUND_REQUESTED, provider_ref=result.provider_ref, updated_at=now),
-            trail=(TrailEntry(rec.id, now, "late_capture_refund_requested", rec.status.value, att.reference, att.channel),),
-        ))
-        log.warning("late_capture_refund", attempt=att.reference, channel=att.channel)
-        if channel is None:
+        step = Step(
+            rec.id, now, event=event, expect_attempt=frozenset({att.state}),
+            attempt=replace(att, state=AttemptState.REFUND_REQUESTED, updated_at=now,
+                            provider_ref=provider_ref or att.provider_ref),
+            trail=(TrailEntry(rec.id, now, "late_capture_refund_requested", rec.status.value, att.reference,
+                              att.channel, {"was": att.state.value}),),
+        )
+        if not await self._commit(rec, step):
+            return False
+        log.warning("late_capture", attempt=att.reference, channel=att.channel)
+        self._spawn_refund(rec, att.reference)
+        return True
+
+    def _spawn_refund(self, rec: Recharge, reference: str) -> None:
+        if reference in self._refunding:
             return
-        refund = await self._call(channel, "refund", att.reference, None)
-        if refund.outcome is AttemptOutcome.REFUNDED:
-            now = self._clock.now()
-            await self._journal.apply(Step(
-                rec.id, now, attempt=replace(att, state=AttemptState.REFUNDED, updated_at=now),
-                trail=(TrailEntry(rec.id, now, "late_capture_refunded", rec.status.value, att.reference, att.channel),),
-            ))
-        await self._refresh(rec)
+        task = asyncio.get_running_loop().create_task(self._refund(rec, reference))
+        self._refunding[reference] = task
+        task.add_done_callback(lambda _t: self._refunding.pop(reference, None))
+
+    async def _refund(self, rec: Recharge, reference: str) -> None:
+        att = next((a for a in rec.attempts if a.reference == reference), None)
+        channel = self._channels(att.channel) if att else None
+        if att is None or channel is None or att.state is not AttemptState.REFUND_REQUESTED:
+            return
+        with structlog.contextvars.bound_contextvars(recharge_id=rec.id, attempt=reference, channel=att.channel):
+            result = await self._call(channel, "refund", reference, None)
+            if result.outcome in (AttemptOutcome.REFUNDED, AttemptOutcome.VOIDED, AttemptOutcome.NOT_PROCESSED):
+                await self._transition(rec, att, AttemptState.REFUNDED, "late_capture_refunded", result)
+            else:
+                log.warning("refund_unconfirmed", outcome=result.outcome.value, error=result.error)
 
     async def _transition(
         self, rec: Recharge, att: Attempt, state: AttemptState, event: str, result: ChannelResult | None,
@@ -375,7 +403,7 @@ class Engine:
         step = Step(
             rec.id, now, status=status, expect_status=NONTERMINAL if status else None, reason=reason,
             decline_code=decline_code, channel=att.channel if status is RechargeStatus.DECLINED else None,
-            attempt=updated, trail=tuple(trail),
+            attempt=updated, expect_attempt=frozenset({att.state}), trail=tuple(trail),
         )
         return await self._commit(rec, step)
 
@@ -403,6 +431,108 @@ class Engine:
                                   {"reason": reason}),),
             ))
         return False
+
+    async def _pause(self, recharge_id: str, seconds: float) -> None:
+        """Sleep between polls, or less if a provider event for this recharge arrives
+        (now, or since the last pause: the nudge is kept until a pause consumes it)."""
+        waker = self._wakers.setdefault(recharge_id, asyncio.Event())
+        if not waker.is_set():
+            sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+            woken = asyncio.ensure_future(waker.wait())
+            try:
+                await asyncio.wait((sleeper, woken), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                woken.cancel()
+        waker.clear()
+
+    # -- provider events (webhooks) -----------------------------------------------------
+
+    async def on_event(self, channel: str, event_id: str, reference: str, status: AttemptOutcome,
+                       provider_ref: str | None = None, decline_code: str | None = None) -> str:
+        """Apply one provider event, at most once (by ``(channel, event_id)``), durably,
+        and never backwards: an event about an attempt already resolved changes nothing,
+        except a capture nobody keeps, which is refunded. Returns what it did."""
+        if await self._journal.event_seen(channel, event_id):
+            return "duplicate"
+        stored = await self._journal.attempt(reference)
+        if stored is None or stored.channel != channel:
+            log.warning("event_for_unknown_payment", channel=channel, reference=reference)
+            return "unknown_payment"
+        live = self._running.get(stored.recharge_id)
+        rec = live[1] if live is not None else await self._journal.get(stored.recharge_id)
+        if rec is None:
+            return "unknown_payment"
+        result = ChannelResult(status, provider_ref=provider_ref, decline_code=decline_code)
+        with structlog.contextvars.bound_contextvars(recharge_id=rec.id, attempt=reference, channel=channel):
+            for _ in range(5):
+                att = next(a for a in rec.attempts if a.reference == reference)
+                applied, what = await self._apply_event(rec, att, result, (channel, event_id))
+                if applied:
+                    break
+                if await self._journal.event_seen(channel, event_id):
+                    return "duplicate"
+                await self._refresh(rec)
+            else:
+                raise RuntimeError(f"event {event_id} kept losing races on {reference}")
+            log.info("provider_event", event_id=event_id, status=status.value, effect=what)
+        if rec.id in self._running:
+            # Wake the driver: it re-inquires now, and stops if the event ended it.
+            self._wakers.setdefault(rec.id, asyncio.Event()).set()
+        elif not rec.terminal:
+            self.start(rec)
+        return what
+
+    async def _apply_event(self, rec: Recharge, att: Attempt, result: ChannelResult,
+                           event: tuple[str, str]) -> tuple[bool, str]:
+        status = result.outcome
+        now = self._clock.now()
+        s = self._settings()
+        if att.state in OPEN_ATTEMPT_STATES and status is AttemptOutcome.CAPTURED:
+            total = rec.coins + rec.bonus_coins
+            step = Step(
+                rec.id, now, status=RechargeStatus.SUCCEEDED, expect_status=NONTERMINAL, channel=att.channel,
+                attempt=replace(att, state=AttemptState.CAPTURED, updated_at=now,
+                                provider_ref=result.provider_ref or att.provider_ref),
+                expect_attempt=frozenset({att.state}), credit=Credit(rec.id, rec.user_id, total, now), event=event,
+                trail=(TrailEntry(rec.id, now, "webhook_captured", "succeeded", att.reference, att.channel),
+                       TrailEntry(rec.id, now, "credited", "succeeded", att.reference, att.channel, {"coins": total})),
+            )
+            return await self._commit(rec, step), "succeeded"
+        if att.state in OPEN_ATTEMPT_STATES and status is not AttemptOutcome.PENDING:
+            new_status = None
+            if status is AttemptOutcome.DECLINED and (result.decline_code or "") not in s.soft_decline_codes:
+                new_status = RechargeStatus.DECLINED
+            state = _OUTCOME_STATE.get(status, AttemptState.UNKNOWN)
+            step = Step(
+                rec.id, now, status=new_status, expect_status=NONTERMINAL if new_status else None,
+                reason="hard_decline" if new_status else None,
+                decline_code=(result.decline_code or "declined") if new_status else None,
+                channel=att.channel if new_status else None,
+                attempt=replace(att, state=state, updated_at=now, decline_code=result.decline_code),
+                expect_attempt=frozenset({att.state}), event=event,
+                trail=(TrailEntry(rec.id, now, f"webhook_{status.value}", (new_status or rec.status).value,
+                                  att.reference, att.channel, _detail(result)),),
+            )
+            return await self._commit(rec, step), f"attempt_{state.value}"
+        if status is AttemptOutcome.CAPTURED and att.state not in (
+            AttemptState.CAPTURED, AttemptState.REFUND_REQUESTED, AttemptState.REFUNDED
+        ):
+            return await self._late_capture(rec, att, result.provider_ref, event), "late_capture_refunding"
+        if att.state in (AttemptState.STARTED, AttemptState.UNKNOWN) and status is AttemptOutcome.PENDING:
+            step = Step(
+                rec.id, now, status=None if rec.status is RechargeStatus.PENDING else RechargeStatus.PENDING,
+                expect_status=NONTERMINAL, reason="awaiting_provider",
+                attempt=replace(att, state=AttemptState.PENDING, updated_at=now), expect_attempt=frozenset({att.state}),
+                event=event,
+                trail=(TrailEntry(rec.id, now, "webhook_pending", "pending", att.reference, att.channel),),
+            )
+            return await self._commit(rec, step), "attempt_pending"
+        # Old news, or out of order: record it, change nothing.
+        step = Step(rec.id, now, event=event, trail=(TrailEntry(
+            rec.id, now, "webhook_ignored", rec.status.value, att.reference, att.channel,
+            {"status": status.value, "attempt_state": att.state.value}),))
+        return await self._commit(rec, step), "ignored"
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -69,6 +69,15 @@ class CrashingJournal:
     async def nonterminal(self) -> list[Recharge]:
         return await self._read(self.inner.nonterminal)
 
+    async def refunds_due(self) -> list[Recharge]:
+        return await self._read(self.inner.refunds_due)
+
+    async def event_seen(self, channel: str, event_id: str) -> bool:
+        return await self._read(lambda: self.inner.event_seen(channel, event_id))
+
+    async def attempt(self, reference: str) -> Any:
+        return await self._read(lambda: self.inner.attempt(reference))
+
     async def ping(self) -> None:
         await self._read(self.inner.ping)
 

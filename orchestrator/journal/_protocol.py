@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.model import Recharge, Step, TrailEntry
+from orchestrator.model import Attempt, Recharge, Step, TrailEntry
 
 __all__ = ["Journal", "JournalError", "WalletEntry", "WalletView"]
 
@@ -57,6 +57,16 @@ class Journal(Protocol):
 
     async def nonterminal(self) -> list[Recharge]:
         """Every recharge not yet terminal, oldest first: the recovery scan's input."""
+        ...
+
+    async def event_seen(self, channel: str, event_id: str) -> bool:
+        """Whether a provider event was already applied (recorded by a ``Step.event``)."""
+        ...
+
+    async def attempt(self, reference: str) -> Attempt | None: ...
+
+    async def refunds_due(self) -> list[Recharge]:
+        """Recharges with a late capture whose refund is not yet confirmed."""
         ...
 
     async def ping(self) -> None:

@@ -82,4 +82,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX wallet_entries_user ON wallet_entries(user_id, id)",
     ),
+    # 2: provider events (webhooks), de-duplicated by (channel, event_id).
+    (
+        """CREATE TABLE provider_events (
+            channel TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            reference TEXT,
+            status TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            PRIMARY KEY (channel, event_id)
+        )""",
+    ),
 )

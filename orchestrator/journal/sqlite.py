@@ -284,6 +284,17 @@ class SqliteJournal:
     async def ping(self) -> None:
         await self._write(lambda conn: conn.execute("SELECT 1").fetchone())
 
+    async def event_seen(self, channel: str, event_id: str) -> bool:
+        return bool(await self._read(lambda conn: conn.execute(
+            "SELECT 1 FROM provider_events WHERE channel=? AND event_id=?", (channel, event_id)).fetchone()))
+
+    async def attempt(self, reference: str) -> Attempt | None:
+        def fn(conn: sqlite3.Connection) -> Attempt | None:
+            a = conn.execute(f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE reference=?", (reference,)).fetchone()
+            return None if a is None else _attempt(a)
+
+        return await self._read(fn)
+
     # -- reads --------------------------------------------------------------------------
 
     async def get(self, recharge_id: str) -> Recharge | None:
@@ -329,6 +340,15 @@ class SqliteJournal:
 
         return await self._read(fn)
 
+    async def refunds_due(self) -> list[Recharge]:
+        def fn(conn: sqlite3.Connection) -> list[Recharge]:
+            ids = conn.execute(
+                "SELECT DISTINCT recharge_id FROM attempts WHERE state=?", (AttemptState.REFUND_REQUESTED.value,)
+            ).fetchall()
+            return [r for (rid,) in ids if (r := _load(conn, rid)) is not None]
+
+        return await self._read(fn)
+
     # -- for tests and the invariant checks --------------------------------------------
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -359,15 +379,19 @@ def _recharge_row(r: Recharge) -> tuple[Any, ...]:
     )
 
 
+def _attempt(a: tuple[Any, ...]) -> Attempt:
+    return Attempt(
+        reference=a[0], recharge_id=a[1], seq=a[2], channel=a[3], state=AttemptState(a[4]),
+        provider_ref=a[5], decline_code=a[6], error=a[7], latency_ms=a[8], created_at=a[9], updated_at=a[10],
+    )
+
+
 def _load(conn: sqlite3.Connection, recharge_id: str) -> Recharge | None:
     row = conn.execute(f"SELECT {_RECHARGE_COLUMNS} FROM recharges WHERE id=?", (recharge_id,)).fetchone()
     if row is None:
         return None
     attempts = [
-        Attempt(
-            reference=a[0], recharge_id=a[1], seq=a[2], channel=a[3], state=AttemptState(a[4]),
-            provider_ref=a[5], decline_code=a[6], error=a[7], latency_ms=a[8], created_at=a[9], updated_at=a[10],
-        )
+        _attempt(a)
         for a in conn.execute(
             f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE recharge_id=? ORDER BY seq", (recharge_id,)
         ).fetchall()
@@ -414,8 +438,22 @@ def _apply(conn: sqlite3.Connection, step: Step) -> bool:
         row = conn.execute("SELECT status FROM recharges WHERE id=?", (step.recharge_id,)).fetchone()
         if row is None or RechargeStatus(row[0]) not in step.expect_status:
             raise _Rejected
+    if step.event is not None:
+        inserted = conn.execute(
+            "INSERT OR IGNORE INTO provider_events(channel, event_id, reference, status, received_at) "
+            "VALUES (?,?,?,?,?)",
+            (step.event[0], step.event[1], step.attempt.reference if step.attempt else None,
+             step.status.value if step.status else (step.attempt.state.value if step.attempt else "recorded"),
+             step.at),
+        ).rowcount
+        if not inserted:
+            raise _Rejected
     if step.attempt is not None:
         a = step.attempt
+        if step.expect_attempt is not None:
+            row = conn.execute("SELECT state FROM attempts WHERE reference=?", (a.reference,)).fetchone()
+            if row is None or AttemptState(row[0]) not in step.expect_attempt:
+                raise _Rejected
         if step.attempt_is_new:
             conn.execute(
                 f"INSERT INTO attempts({_ATTEMPT_COLUMNS}) VALUES ({','.join('?' * 11)})",
