@@ -309,3 +309,24 @@ async def test_health_endpoints(api):
     resp = await api.client.get("/metrics")
     text = await resp.text()
     assert resp.status == 200 and "orchestrator_journal_commit_seconds" in text
+
+
+async def test_log_lines_carry_request_recharge_attempt_and_channel(api):
+    import structlog
+    from structlog.testing import capture_logs
+
+    api.channels["a"].script = lambda op, ref, n: Action.NOT_PROCESSED if op == "authorize" else Action.OK
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        resp = await api.client.post(
+            "/v1/recharges", data=orjson.dumps(BODY),
+            headers={"Idempotency-Key": "log-1", "Authorization": f"Bearer {FRONT_KEY}",
+                     "Content-Type": "application/json", "X-Request-ID": "req-abc"})
+        body = await resp.json()
+    assert resp.headers["X-Request-ID"] == "req-abc"
+    done = [e for e in logs if e["event"] == "recharge_succeeded"]
+    assert done and done[0]["recharge_id"] == body["id"] and done[0]["request_id"] == "req-abc"
+    assert done[0]["channel"] == "b"
+    attempts = [e for e in logs if e["event"] == "attempt_answered"]
+    assert {e["channel"] for e in attempts} == {"a", "b"}
+    assert all(e["attempt"].startswith(body["id"]) and e["recharge_id"] == body["id"] for e in attempts)
+    assert not any("tok_abc" in repr(e) for e in logs), "instrument tokens never reach the logs"
