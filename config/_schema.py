@@ -105,7 +105,7 @@ class ChannelConfig(_Model):
     max_amount_minor: int = Field(10**12, ge=1)
     timeout_ms: int = Field(2000, gt=0, le=120_000)
     fee: FeeConfig = FeeConfig()
-    weight: float = Field(1.0, ge=0, le=1000)
+    weight: float = Field(1.0, gt=0, le=1000)
     max_in_flight: int | None = Field(None, gt=0, le=100_000)
 
     @field_validator("currencies")
