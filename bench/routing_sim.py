@@ -7,7 +7,8 @@ settlement ~1.2 s, banks ~4.8 s, each with its own fee) serve a Poisson stream o
 recharges. Their latency and success rate change over time by scenario. Each policy
 sees the same arrivals; every transaction tries its candidates in order with failover
 (at most 3 attempts, 15 s deadline), as the orchestrator does. A failed attempt costs
-its latency: the full timeout when the channel hangs.
+its latency: the full timeout when the channel hangs. Traffic starts after a 4 s
+probe-only warm-up (every channel probed at least once, as at start-up).
 
 Nothing sleeps and nothing touches the network: an event heap orders arrivals, attempt
 completions (fed back into ``HealthRegistry`` when they complete, not when they start,
@@ -54,6 +55,7 @@ RATE_PER_S = 1000.0
 SNAPSHOT_REFRESH_S = 0.02
 PROBE_INTERVAL_S = 2.0
 PROBE_JITTER = 0.1
+WARMUP_S = 2 * PROBE_INTERVAL_S  # probes only, as at start-up, before the first recharge
 MAX_ATTEMPTS = 3
 DEADLINE_MS = 15_000.0
 LATENCY_SIGMA = 0.25  # lognormal spread: p99 is ~1.8x the median
@@ -185,8 +187,8 @@ def draw_attempt(ch: SimChannel, cond: Condition, rng: random.Random) -> tuple[A
 class VirtualClock:
     __slots__ = ("now",)
 
-    def __init__(self) -> None:
-        self.now = 0.0
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
 
     def __call__(self) -> float:
         return self.now
@@ -282,7 +284,7 @@ def simulate(scenario_name: str, policy: str, n: int, seed: int = SEED) -> Resul
     started = time.perf_counter()
     scenario = SCENARIOS[scenario_name]
     duration = n / RATE_PER_S
-    clock = VirtualClock()
+    clock = VirtualClock(-WARMUP_S)
     arrivals_rng = random.Random(seed)  # same arrivals for every policy
     outcome_rng = random.Random(seed + 1)
     router = Router(policy, scenario, duration, clock, random.Random(seed + 2))
@@ -292,7 +294,8 @@ def simulate(scenario_name: str, policy: str, n: int, seed: int = SEED) -> Resul
     if registry is not None:
         for name in ORDER:
             seq += 1
-            heapq.heappush(heap, (arrivals_rng.uniform(0, PROBE_INTERVAL_S), seq, _PROBE, name))
+            first = -WARMUP_S + arrivals_rng.uniform(0, PROBE_INTERVAL_S)
+            heapq.heappush(heap, (first, seq, _PROBE, name))
 
     latencies = array("d")
     succeeded = attempts_total = 0

@@ -43,7 +43,9 @@ class Prober:
         # Per-channel overrides: a bank's health check may legitimately take longer.
         self.timeouts_s = dict(timeouts_s or {})
         self.jitter = jitter
-        self._rng = rng if rng is not None else random.Random(0)
+        # Unseeded by default: instances of a fleet must not probe in lockstep. Tests and
+        # the simulator pass a seeded one for a reproducible schedule.
+        self._rng = rng if rng is not None else random.Random()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False
 

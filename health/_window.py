@@ -11,6 +11,8 @@ from array import array
 
 __all__ = ["LatencyWindow", "SlidingCounts", "TimeDecayedEwma"]
 
+_NO_EPOCH = -(2**62)  # marks an empty bucket; no clock reading maps to it
+
 
 class SlidingCounts:
     """Successes and failures over the last ``window_s`` seconds, in ``bucket_s`` buckets.
@@ -29,7 +31,7 @@ class SlidingCounts:
         self._n = max(1, math.ceil(window_s / bucket_s))
         self._ok = [0] * self._n
         self._fail = [0] * self._n
-        self._epoch = [-1] * self._n
+        self._epoch = [_NO_EPOCH] * self._n
         self._decay = [0.5 ** (age * bucket_s / half_life_s) for age in range(self._n)]
 
     @property
@@ -72,7 +74,9 @@ class SlidingCounts:
 
     def clear(self) -> None:
         for slot in range(self._n):
-            self._epoch[slot] = -1
+            self._epoch[slot] = _NO_EPOCH
+            self._ok[slot] = 0
+            self._fail[slot] = 0
 
 
 class LatencyWindow:

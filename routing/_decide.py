@@ -6,6 +6,7 @@ decision, which is what makes ``explain``, the tests and the simulator trustwort
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Mapping
 
@@ -103,21 +104,36 @@ def _sample_success(p: _Prepared, rng: random.Random) -> float:
 
 def _rank_smart(eligible: list[_Prepared], txn: Transaction, rng: random.Random,
                 rule: Rule | None, snapshot: Snapshot) -> tuple[list[_Prepared], dict[str, Score]]:
-    """Highest total first: success estimate (+ Thompson exploration), latency, cost,
-    weight. One pass, one Score per channel: this is the hot path."""
+    """First the channel with the highest sampled total (Thompson: success estimate
+    drawn from its posterior, plus latency, cost, weight); then the fallbacks by their
+    total without exploration.
+
+    Exploration pays for itself on the first attempt, which almost every transaction
+    makes, so a channel that may have recovered soon gets enough traffic to show it.
+    A fallback is tried only after a failure: curiosity there buys little evidence
+    and can put a 4.8 s bank ahead of a 1.2 s channel at the worst moment.
+    One pass, one Score per channel: this is the hot path.
+    """
     w = snapshot.policy.weights
     thompson = snapshot.policy.exploration == "thompson"
     amount = txn.amount_minor
     scores: dict[str, Score] = {}
     keyed: list[tuple[float, int, _Prepared]] = []
+    best: _Prepared | None = None
+    best_key = (math.inf, 0)
     for p in eligible:
         cost = -w.cost * (p.fee_fixed + amount * p.fee_rate) / amount
+        expected = p.success_term + p.latency_term + cost + p.weight_term
         explore = w.success * (_sample_success(p, rng) - p.mean) if thompson else 0.0
-        total = p.success_term + p.latency_term + cost + p.weight_term + explore
+        total = expected + explore
         scores[p.name] = Score(total, p.success_term, p.latency_term, cost, p.weight_term, explore)
-        keyed.append((-total, p.order, p))
+        keyed.append((-expected, p.order, p))
+        if (-total, p.order) < best_key:
+            best, best_key = p, (-total, p.order)
+    if best is None:
+        return [], scores
     keyed.sort(key=_first_two)
-    return [k[2] for k in keyed], scores
+    return [best] + [k[2] for k in keyed if k[2] is not best], scores
 
 
 def _first_two(item: tuple[float, int, _Prepared]) -> tuple[float, int]:

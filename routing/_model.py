@@ -170,8 +170,15 @@ class ScoringWeights:
     - ``weight``: multiplies ln(configured weight) (weight 1 is neutral).
     - ``stall_factor``, ``stall_gaps``: a channel silent, while attempts are outstanding,
       for longer than ``stall_factor`` x its p99 latency, or than ``stall_gaps`` times
-      its expected gap between answers (latency / in-flight), is scored as if attempts
-      on it would time out: outage detection before the timeouts come back.
+      its expected gap between answers (latency / in-flight), is suspected of hanging:
+      its latency estimate moves towards its timeout, reaching it at twice that
+      threshold. Outage detection before the timeouts come back.
+    - ``prior_successes``, ``prior_failures``: the Beta prior of the success estimate,
+      Beta(successes + a0, failures + b0). The default (19, 1) says a channel nobody has
+      measured is taken as 95 % likely to work, worth 20 observations: wide enough for
+      exploration to find out, narrow enough that a cold start or an idle fallback is
+      not ranked on a coin toss (a uniform Beta(1, 1) would put a 4.8 s bank first a
+      third of the time on a blank record).
     - ``exact_beta_below``: Thompson samples come from the exact Beta posterior while
       successes + failures are below this; above it, from its normal approximation,
       which is indistinguishable there and four times cheaper.
@@ -184,12 +191,16 @@ class ScoringWeights:
     weight: float = 0.02
     stall_factor: float = 1.5
     stall_gaps: float = 10.0
+    prior_successes: float = 19.0
+    prior_failures: float = 1.0
     exact_beta_below: float = 200.0
 
     def __post_init__(self) -> None:
         for name in ("success", "latency", "cost", "weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"scoring weight {name} must be >= 0")
+        if self.prior_successes <= 0 or self.prior_failures <= 0:
+            raise ValueError("prior_successes and prior_failures must be > 0")
         if self.latency_ref_ms <= 0 or self.stall_factor <= 0 or self.stall_gaps <= 0:
             raise ValueError("latency_ref_ms, stall_factor and stall_gaps must be > 0")
 
@@ -255,7 +266,10 @@ class Decision:
     """The failover order for one transaction and why.
 
     ``rule`` is None when no rule matched and the policy's default strategy was used.
-    ``filtered`` names every channel left out, with the reason.
+    ``filtered`` names every channel left out, with the reason. ``scores`` has every
+    candidate's factors for every strategy; with ``smart`` the first candidate has the
+    highest ``total`` (exploration included) and the fallbacks follow by ``total`` minus
+    ``exploration``.
     """
 
     candidates: tuple[str, ...]

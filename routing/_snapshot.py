@@ -53,17 +53,16 @@ class _Prepared:
         self.spec = spec
         self.state = state
         self.health_reason = _health_reason(spec, state)
-        # Beta(successes + 1, failures + 1): the uniform prior keeps an unmeasured
-        # channel's estimate wide, which is what lets exploration find it.
-        self.alpha = state.successes + 1.0
-        self.beta = state.failures + 1.0
+        # Beta(successes + a0, failures + b0): the prior keeps an unmeasured channel's
+        # estimate wide, which is what lets exploration find it.
+        self.alpha = state.successes + w.prior_successes
+        self.beta = state.failures + w.prior_failures
         total = self.alpha + self.beta
         self.mean = self.alpha / total
         self.sd = math.sqrt(self.alpha * self.beta / (total * total * (total + 1.0)))
         self.exact_beta = total < w.exact_beta_below
         self.success_term = w.success * self.mean
-        self.stalled = _is_stalled(state, w)
-        self.latency_ms = _effective_latency(spec, state, self.stalled)
+        self.latency_ms, self.stalled = _effective_latency(spec, state, w)
         self.latency_term = _latency_term(self.latency_ms, w)
         self.weight_term = w.weight * math.log(spec.weight)
         self.fee_fixed = float(spec.fee_fixed_minor)
@@ -83,8 +82,8 @@ def _health_reason(spec: ChannelSpec, state: ChannelState) -> str | None:
     return None
 
 
-def _is_stalled(state: ChannelState, w: ScoringWeights) -> bool:
-    """Whether the channel has gone silent for far longer than is in its character.
+def _stall_threshold(state: ChannelState, w: ScoringWeights) -> float | None:
+    """How long a channel may stay silent, attempts outstanding, before it is suspect.
 
     A hung channel reports nothing until its timeouts come back, seconds later; the
     time it has been busy without answering anything is the earliest honest evidence.
@@ -92,30 +91,40 @@ def _is_stalled(state: ChannelState, w: ScoringWeights) -> bool:
     always hanging somewhere while the channel as a whole keeps answering.)
     """
     latency = state.latency_ewma_ms
-    stalled = state.stalled_ms
-    if stalled <= 0.0 or latency is None:
-        return False
+    if state.stalled_ms <= 0.0 or latency is None:
+        return None
     tail = state.latency_p99_ms if state.latency_p99_ms is not None else latency
     threshold = w.stall_factor * tail
     if state.in_flight > 0:
         # Little's law: a healthy channel with n attempts out answers about every
         # latency / n ms; a silence of many such gaps is already far out of character.
         threshold = min(threshold, w.stall_gaps * latency / state.in_flight)
-    return stalled > threshold
+    return threshold
 
 
-def _effective_latency(spec: ChannelSpec, state: ChannelState, stalled: bool) -> float:
-    """The EWMA; for a stalled channel, what an attempt on a hung channel costs: the
-    timeout (or the silence so far, if longer). Suspicion lasts only until the channel
-    answers again, one snapshot later if it was a fluke.
+def _effective_latency(spec: ChannelSpec, state: ChannelState, w: ScoringWeights
+                       ) -> tuple[float, bool]:
+    """(latency to score, whether the channel is suspected of hanging).
 
-    An unmeasured channel is also taken at its timeout: until a probe or an attempt
-    has answered, nothing says it is fast, and a new channel should not take traffic
-    from measured ones on a blank record (the first probe fixes this within seconds).
+    Normally the EWMA. Past the stall threshold, the estimate moves towards what an
+    attempt on a hung channel costs (the timeout), reaching it at twice the threshold:
+    a short silence is enough to prefer a similar channel, only a long one to fall
+    back to one that is many times slower. Suspicion lasts until the channel answers
+    again, so a fluke costs one snapshot.
+
+    An unmeasured channel is taken at its timeout: until a probe or an attempt has
+    answered, nothing says it is fast, and a new channel should not take traffic from
+    measured ones on a blank record (the first probe fixes this within seconds).
     """
-    if stalled or state.latency_ewma_ms is None:
-        return max(float(spec.timeout_ms), state.stalled_ms, state.latency_ewma_ms or 0.0)
-    return state.latency_ewma_ms
+    ewma = state.latency_ewma_ms
+    if ewma is None:
+        return max(float(spec.timeout_ms), state.stalled_ms), False
+    threshold = _stall_threshold(state, w)
+    if threshold is None or state.stalled_ms <= threshold:
+        return ewma, False
+    hung = max(float(spec.timeout_ms), state.stalled_ms)
+    evidence = min(1.0, (state.stalled_ms - threshold) / threshold)
+    return ewma + evidence * max(0.0, hung - ewma), True
 
 
 def _latency_term(latency_ms: float, w: ScoringWeights) -> float:
