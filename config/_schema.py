@@ -66,6 +66,8 @@ class ServerConfig(_Model):
     max_body_bytes: int = Field(64 * 1024, gt=0, le=1024 * 1024)
     # Where providers send webhooks; defaults to http://{host}:{port}.
     public_url: str | None = None
+    # Read-only endpoints that need an API key (any scope) when listed here.
+    restrict: list[Literal["metrics", "channel_health", "status"]] = Field(default_factory=list)
 
 
 class StorageConfig(_Model):
@@ -160,12 +162,15 @@ class RoutingConfig(_Model):
 
 
 class BreakerConfig(_Model):
+    """Outlier ejection per channel, in the manner of Envoy's outlier detection."""
+
     consecutive_failures: int = Field(5, ge=1, le=1000)
-    min_success_rate: float = Field(0.5, ge=0, le=1)
-    min_volume: int = Field(20, ge=1)
-    base_ejection_s: float = Field(10.0, gt=0, le=3600)
+    success_rate_threshold: float = Field(0.85, ge=0, le=1)
+    success_rate_min_volume: int = Field(50, ge=1)
+    success_rate_window_s: float = Field(30.0, gt=0, le=3600)
+    base_ejection_s: float = Field(30.0, gt=0, le=3600)
     max_ejection_s: float = Field(300.0, gt=0, le=86_400)
-    half_open_trials: int = Field(3, ge=1, le=1000)
+    half_open_max_trials: int = Field(3, ge=1, le=1000)
 
 
 class HealthConfig(_Model):

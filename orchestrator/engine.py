@@ -40,7 +40,7 @@ from orchestrator.model import (
     TrailEntry,
 )
 
-__all__ = ["Engine", "IdempotencyConflict", "Observer", "RunSettings", "new_recharge_id", "NONTERMINAL"]
+__all__ = ["Engine", "Gate", "IdempotencyConflict", "RunSettings", "new_recharge_id", "NONTERMINAL"]
 
 log = structlog.get_logger("orchestrator.engine")
 
@@ -65,19 +65,26 @@ class IdempotencyConflict(Exception):
     """The idempotency key is already held by a recharge with a different request."""
 
 
-class Observer(Protocol):
-    """Where the engine reports each provider call: health statistics and metrics."""
+class Gate(Protocol):
+    """Admission and accounting of provider attempts: health statistics, breakers,
+    in-flight caps and metrics live behind it. ``admit`` may refuse (an open breaker,
+    a full channel): the engine then moves on to the next candidate."""
 
-    def attempt_started(self, channel: str) -> None: ...
+    def admit(self, channel: str) -> object | None: ...
 
-    def attempt_finished(self, channel: str, outcome: AttemptOutcome, latency_ms: float) -> None: ...
+    def finished(self, ticket: object, outcome: AttemptOutcome, latency_ms: float) -> None: ...
+
+    def abandoned(self, ticket: object) -> None: ...
 
 
-class _NullObserver:
-    def attempt_started(self, channel: str) -> None:
+class _OpenGate:
+    def admit(self, channel: str) -> object | None:
+        return channel
+
+    def finished(self, ticket: object, outcome: AttemptOutcome, latency_ms: float) -> None:
         return None
 
-    def attempt_finished(self, channel: str, outcome: AttemptOutcome, latency_ms: float) -> None:
+    def abandoned(self, ticket: object) -> None:
         return None
 
 
@@ -126,7 +133,7 @@ class Engine:
         clock: Clock,
         settings: Callable[[], RunSettings],
         *,
-        observer: Observer | None = None,
+        gate: Gate | None = None,
         callback_url: Callable[[str], str | None] = lambda channel: None,
         instrument: InstrumentLookup = lambda rec: rec.instrument,
     ) -> None:
@@ -135,7 +142,7 @@ class Engine:
         self._router = router
         self._clock = clock
         self._settings = settings
-        self._observer = observer or _NullObserver()
+        self._gate = gate or _OpenGate()
         self._callback_url = callback_url
         self._instrument = instrument
         self._running: dict[str, tuple[asyncio.Task[None], Recharge]] = {}
@@ -236,7 +243,15 @@ class Engine:
         if now >= rec.deadline_at:
             return await self._give_up(rec, "deadline_exceeded")
         tried = {a.channel for a in rec.attempts}
-        name = next((c for c in self._router(rec) if c not in tried and self._channels(c) is not None), None)
+        ticket: object | None = None
+        name = None
+        for candidate in self._router(rec):
+            if candidate in tried or self._channels(candidate) is None:
+                continue
+            ticket = self._gate.admit(candidate)
+            if ticket is not None:
+                name = candidate
+                break
         if name is None:
             return await self._give_up(rec, "no_channel_available" if rec.attempts else "no_route")
         channel = self._channels(name)
@@ -247,16 +262,23 @@ class Engine:
             rec.id, now, expect_status=NONTERMINAL, attempt=att, attempt_is_new=True,
             trail=(TrailEntry(rec.id, now, "attempt_started", rec.status.value, att.reference, name),),
         )
-        if not await self._commit(rec, step):
-            return False
-        request = PaymentRequest(
-            att.reference, rec.amount_minor, rec.currency, rec.method,
-            dict(self._instrument(rec) or {}), self._callback_url(name),
-        )
-        with structlog.contextvars.bound_contextvars(attempt=att.reference, channel=name):
-            result = await self._call(channel, "authorize", request, rec.deadline_at - now)
-            log.debug("attempt_answered", outcome=result.outcome.value, latency_ms=result.latency_ms)
-            await self._record(rec, att, result, s, event="attempt")
+        try:
+            if not await self._commit(rec, step):
+                self._gate.abandoned(ticket)
+                return False
+            request = PaymentRequest(
+                att.reference, rec.amount_minor, rec.currency, rec.method,
+                dict(self._instrument(rec) or {}), self._callback_url(name),
+            )
+            with structlog.contextvars.bound_contextvars(attempt=att.reference, channel=name):
+                result = await self._call(channel, "authorize", request, rec.deadline_at - now)
+                self._gate.finished(ticket, result.outcome, result.latency_ms)
+                ticket = None
+                log.debug("attempt_answered", outcome=result.outcome.value, latency_ms=result.latency_ms)
+                await self._record(rec, att, result, s, event="attempt")
+        finally:
+            if ticket is not None:  # cancelled or crashed before the provider answered
+                self._gate.abandoned(ticket)
         return True
 
     async def _settle(self, rec: Recharge, att: Attempt, s: RunSettings) -> bool:
@@ -539,8 +561,6 @@ class Engine:
     async def _call(self, channel: Channel, op: str, arg: object, budget_s: float | None) -> ChannelResult:
         """One provider call. Channels map their own failures to outcomes; anything that
         still escapes (a bug, our own deadline) is an unknown outcome, never a crash."""
-        if op == "authorize":
-            self._observer.attempt_started(channel.name)
         started = self._clock.monotonic()
         try:
             coro = getattr(channel, op)(arg)
@@ -558,8 +578,6 @@ class Engine:
             result = ChannelResult(AttemptOutcome.UNKNOWN, error=f"channel error: {type(exc).__name__}")
         if not result.latency_ms:
             result = replace(result, latency_ms=(self._clock.monotonic() - started) * 1000)
-        if op == "authorize":
-            self._observer.attempt_finished(channel.name, result.outcome, result.latency_ms)
         return result
 
     async def _commit(self, rec: Recharge, step: Step) -> bool:

@@ -22,6 +22,13 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.in_flight_attempts = Gauge("orchestrator_attempts_in_flight", "Provider calls in flight", ["channel"], registry=r)
+        self.routing_decisions = Counter(
+            "orchestrator_routing_decisions", "Routing decisions by rule, strategy and first choice",
+            ["rule", "strategy", "first"], registry=r,
+        )
+        self.breaker_state = Gauge(
+            "orchestrator_breaker_state", "Breaker per channel: 0 closed, 1 half-open, 2 open", ["channel"], registry=r
+        )
         self.in_flight_recharges = Gauge("orchestrator_recharges_in_flight", "Recharges being driven", registry=r)
         self.commit_latency = Histogram(
             "orchestrator_journal_commit_seconds", "Journal group-commit duration", registry=r,
@@ -31,10 +38,6 @@ class Metrics:
             "orchestrator_journal_batch_size", "Steps per journal commit", registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         )
-
-    # Observer protocol of the engine.
-    def attempt_started(self, channel: str) -> None:
-        self.in_flight_attempts.labels(channel).inc()
 
     def attempt_finished(self, channel: str, outcome: AttemptOutcome, latency_ms: float) -> None:
         self.in_flight_attempts.labels(channel).dec()

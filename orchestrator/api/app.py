@@ -12,6 +12,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+import routing
 from config import ClientConfig
 from orchestrator.api.errors import ApiError, error_response
 from orchestrator.api.schemas import RechargeIn, validate
@@ -248,16 +249,61 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["journal"] = f"failing: {exc}"
         ready = False
-    checks["channels"] = str(len(svc.channels))
-    if not svc.channels:
+    routable = svc.routable()
+    checks["channels"] = f"{len(routable)} of {len(svc.channels)} routable"
+    if not routable:
         ready = False
     body = {"status": "ready" if ready else "not_ready", "checks": checks}
     return _json(body, 200 if ready else 503, None if ready else {"Retry-After": "5"})
 
 
+def _restricted(svc: Service, request: web.Request, what: str) -> None:
+    """Channel health, metrics and the status page are open unless the config says
+    otherwise (``server.restrict``); a valid key is always accepted."""
+    if what in svc.config.server.restrict:
+        client = svc.auth.identify(request)
+        if client is None:
+            raise ApiError("unauthorized", "a valid API key is required (Authorization: Bearer <key>)")
+
+
+async def channel_health(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    _restricted(svc, request, "channel_health")
+    report = svc.health.report()
+    snapshot = svc.routing.current
+    channels = []
+    for cfg in svc.config.channels:
+        entry = dict(report.get(cfg.name, {}))
+        entry.update(channel=cfg.name, kind=cfg.kind)
+        channels.append(entry)
+    return _json({"config_version": svc.loaded.version, "snapshot_version": snapshot.version,
+                  "channels": channels})
+
+
+async def explain_route(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    svc.auth.require(request, "admin")
+    q = request.query
+    missing = [k for k in ("currency", "country", "method", "amount_minor") if not q.get(k)]
+    if missing:
+        raise ApiError("missing_field", f"query parameter {missing[0]} is required", field=missing[0])
+    if not re.fullmatch(r"[0-9]{1,13}", q["amount_minor"]) or int(q["amount_minor"]) <= 0:
+        raise ApiError("invalid_field", "amount_minor must be a positive integer", field="amount_minor")
+    for key, pattern in (("currency", r"[A-Z]{3}"), ("country", r"[A-Z]{2}"), ("method", r"[a-z][a-z0-9_]{0,31}")):
+        if not re.fullmatch(pattern, q[key]):
+            raise ApiError("invalid_field", f"{key} has an invalid format", field=key)
+    segment = q.get("segment") or None
+    txn = routing.Transaction(currency=q["currency"], country=q["country"], method=q["method"],
+                              amount_minor=int(q["amount_minor"]), segment=segment)
+    return _json(svc.explain(txn))
+
+
 async def metrics(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
+    _restricted(svc, request, "metrics")
     svc.metrics.in_flight_recharges.set(svc.engine.in_flight)
+    for name, state in svc.routing.current.states.items():
+        svc.metrics.breaker_state.labels(name).set({"closed": 0, "half_open": 1, "open": 2}[state.breaker])
     return web.Response(body=svc.metrics.render(), content_type="text/plain", charset="utf-8")
 
 
@@ -283,4 +329,6 @@ def build_app(service: Service, *, manage_service: bool = True) -> web.Applicati
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/health/channels", channel_health)
+    app.router.add_get("/v1/admin/routing/explain", explain_route)
     return app

@@ -330,3 +330,32 @@ async def test_log_lines_carry_request_recharge_attempt_and_channel(api):
     assert {e["channel"] for e in attempts} == {"a", "b"}
     assert all(e["attempt"].startswith(body["id"]) and e["recharge_id"] == body["id"] for e in attempts)
     assert not any("tok_abc" in repr(e) for e in logs), "instrument tokens never reach the logs"
+
+
+async def test_channel_health_lists_every_channel_with_its_breaker_and_latency(api):
+    await api.post(BODY)
+    resp, body = await api.get("/v1/health/channels", token=None)
+    assert resp.status == 200
+    assert [c["channel"] for c in body["channels"]] == ["a", "b"]
+    a = body["channels"][0]
+    assert a["breaker"]["state"] == "closed" and a["kind"] == "direct_api"
+    assert {"p50", "p95", "p99"} <= set(a["latency_ms"])
+    assert "success_rate" in a and "in_flight" in a
+    assert body["config_version"] == api.service.loaded.version
+
+
+async def test_explain_ranks_and_names_the_filtered(api):
+    q = "/v1/admin/routing/explain?currency=CNY&country=CN&method=ewallet&amount_minor=8500"
+    resp, body = await api.get(q, token=FRONT_KEY)
+    assert_error(resp, body, 403, "forbidden")
+    resp, body = await api.get(q, token=SRE_KEY)
+    assert resp.status == 200, body
+    assert [r["channel"] for r in body["ranking"]] and body["strategy"] == "smart"
+    assert set(body["ranking"][0]["factors"]) >= {"success", "latency", "cost", "weight"}
+    resp, body = await api.get(q.replace("CNY", "PHP"), token=SRE_KEY)
+    assert {f["channel"]: f["reason"] for f in body["filtered"]} == {
+        "a": "currency PHP not supported", "b": "currency PHP not supported"}
+    resp, body = await api.get("/v1/admin/routing/explain?currency=CNY", token=SRE_KEY)
+    assert_error(resp, body, 422, "missing_field", "country")
+    resp, body = await api.get(q.replace("8500", "-1"), token=SRE_KEY)
+    assert_error(resp, body, 422, "invalid_field", "amount_minor")
