@@ -26,6 +26,7 @@ import structlog
 
 from channels import AttemptOutcome, Channel, ChannelResult, PaymentRequest
 from config import Config
+from orchestrator.activity import Activity
 from orchestrator.clock import Clock
 from orchestrator.journal import Journal
 from orchestrator.model import (
@@ -136,6 +137,7 @@ class Engine:
         gate: Gate | None = None,
         callback_url: Callable[[str], str | None] = lambda channel: None,
         instrument: InstrumentLookup = lambda rec: rec.instrument,
+        activity: Activity | None = None,
     ) -> None:
         self._journal = journal
         self._channels = channels
@@ -145,6 +147,7 @@ class Engine:
         self._gate = gate or _OpenGate()
         self._callback_url = callback_url
         self._instrument = instrument
+        self._activity = activity
         self._running: dict[str, tuple[asyncio.Task[None], Recharge]] = {}
         self._refunding: dict[str, asyncio.Task[None]] = {}
         self._wakers: dict[str, asyncio.Event] = {}
@@ -266,6 +269,11 @@ class Engine:
             if not await self._commit(rec, step):
                 self._gate.abandoned(ticket)
                 return False
+            if self._activity is not None:
+                self._activity.attempt(name)
+                if seq > 1:
+                    prev = rec.attempts[-2]
+                    self._activity.failover(rec.id, prev.channel, name, prev.state.value)
             request = PaymentRequest(
                 att.reference, rec.amount_minor, rec.currency, rec.method,
                 dict(self._instrument(rec) or {}), self._callback_url(name),
@@ -586,6 +594,8 @@ class Engine:
             await self._refresh(rec)
             return False
         if step.status is not None:
+            if self._activity is not None and step.status in TERMINAL:
+                self._activity.outcome(step.status.value)
             rec.status = step.status
             rec.reason = step.reason
             if step.channel is not None:

@@ -22,6 +22,7 @@ import health
 import routing
 from channels import AttemptOutcome, Channel
 from config import ChannelConfig, Config, LoadedConfig
+from orchestrator.activity import Activity
 from orchestrator.api.auth import Authenticator
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine, RunSettings
@@ -138,6 +139,7 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._publish_due = False
         self.settings = RunSettings.from_config(loaded.config, loaded.version)
+        self.activity = Activity(self.clock.monotonic)
         self.engine = Engine(
             self.journal,
             self.channels.get,
@@ -146,6 +148,7 @@ class Service:
             lambda: self.settings,
             gate=HealthGate(self.health, self.metrics),
             callback_url=self.callback_url,
+            activity=self.activity,
         )
 
     @property

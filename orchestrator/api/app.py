@@ -16,6 +16,7 @@ import routing
 from config import ClientConfig
 from orchestrator.api.errors import ApiError, error_response
 from orchestrator.api.schemas import RechargeIn, validate
+from orchestrator.api.status import STATUS_HTML, status_view
 from orchestrator.clock import iso
 from orchestrator.engine import IdempotencyConflict, new_recharge_id
 from orchestrator.model import Recharge, RechargeStatus, TrailEntry
@@ -298,6 +299,19 @@ async def explain_route(request: web.Request) -> web.Response:
     return _json(svc.explain(txn))
 
 
+async def status_page(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    _restricted(svc, request, "status")
+    return web.Response(text=STATUS_HTML, content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})
+
+
+async def status_json(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    _restricted(svc, request, "status")
+    return _json(status_view(svc))
+
+
 async def metrics(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     _restricted(svc, request, "metrics")
@@ -330,5 +344,7 @@ def build_app(service: Service, *, manage_service: bool = True) -> web.Applicati
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/health/channels", channel_health)
+    app.router.add_get("/status", status_page)
+    app.router.add_get("/v1/status", status_json)
     app.router.add_get("/v1/admin/routing/explain", explain_route)
     return app

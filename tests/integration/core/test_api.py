@@ -359,3 +359,17 @@ async def test_explain_ranks_and_names_the_filtered(api):
     assert_error(resp, body, 422, "missing_field", "country")
     resp, body = await api.get(q.replace("8500", "-1"), token=SRE_KEY)
     assert_error(resp, body, 422, "invalid_field", "amount_minor")
+
+
+async def test_status_page_and_its_data(api):
+    api.channels["a"].script = lambda op, ref, n: Action.NOT_PROCESSED if op == "authorize" else Action.OK
+    await api.post(BODY)
+    resp = await api.client.get("/status")
+    html = await resp.text()
+    assert resp.status == 200 and resp.content_type == "text/html"
+    assert "/v1/status" in html and "http" not in html.replace("http-equiv", ""), "no external assets"
+    resp, body = await api.get("/v1/status", token=None)
+    assert [c["channel"] for c in body["channels"]] == ["a", "b"]
+    assert body["failovers"][0]["from"] == "a" and body["failovers"][0]["to"] == "b"
+    assert body["outcomes_per_min"]["succeeded"] > 0
+    assert body["channels"][1]["share"] == 0.5
