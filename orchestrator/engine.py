@@ -229,16 +229,21 @@ class Engine:
     # -- the state machine --------------------------------------------------------------
 
     async def _drive(self, rec: Recharge, s: RunSettings) -> None:
+        # The routing decision is taken once per drive and its ordered candidates are the
+        # failover order: a recharge finishes on the ranking it started with.
+        plan: list[str] | None = None
         while not rec.terminal:
             att = rec.open_attempt()
             if att is not None:
                 if not await self._settle(rec, att, s):
                     return  # still unresolved: pending, the reconciler comes back
                 continue
-            if not await self._next_attempt(rec, s):
+            if plan is None:
+                plan = list(self._router(rec))
+            if not await self._next_attempt(rec, s, plan):
                 return
 
-    async def _next_attempt(self, rec: Recharge, s: RunSettings) -> bool:
+    async def _next_attempt(self, rec: Recharge, s: RunSettings, plan: Sequence[str]) -> bool:
         """Start the next attempt, or finish the recharge when none may be made."""
         now = self._clock.now()
         if len(rec.attempts) >= s.max_attempts:
@@ -248,7 +253,7 @@ class Engine:
         tried = {a.channel for a in rec.attempts}
         ticket: object | None = None
         name = None
-        for candidate in self._router(rec):
+        for candidate in plan:
             if candidate in tried or self._channels(candidate) is None:
                 continue
             ticket = self._gate.admit(candidate)
