@@ -1,6 +1,7 @@
 """The config: schema, loader and validator (SPEC section 10)."""
 
 from config._currencies import EXPONENTS, exponent, is_known
+from config._diff import diff, redacted, warnings
 from config._loader import ConfigError, LoadedConfig, load_file, load_text, parse
 from config._schema import (
     BreakerConfig,
@@ -35,9 +36,12 @@ __all__ = [
     "RuleMatch",
     "ServerConfig",
     "StorageConfig",
+    "diff",
     "exponent",
     "is_known",
     "load_file",
     "load_text",
     "parse",
+    "redacted",
+    "warnings",
 ]

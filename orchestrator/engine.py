@@ -138,9 +138,13 @@ class Engine:
         callback_url: Callable[[str], str | None] = lambda channel: None,
         instrument: InstrumentLookup = lambda rec: rec.instrument,
         activity: Activity | None = None,
+        settle_channels: ChannelLookup | None = None,
     ) -> None:
         self._journal = journal
         self._channels = channels
+        # Resolving what an attempt already started (inquire, void, refund) may use a
+        # channel that a reload retired; starting new attempts may not.
+        self._settle_channels = settle_channels or channels
         self._router = router
         self._clock = clock
         self._settings = settings
@@ -150,6 +154,7 @@ class Engine:
         self._activity = activity
         self._running: dict[str, tuple[asyncio.Task[None], Recharge]] = {}
         self._refunding: dict[str, asyncio.Task[None]] = {}
+        self._refund_channels: dict[str, str] = {}
         self._wakers: dict[str, asyncio.Event] = {}
 
     # -- running recharges --------------------------------------------------------------
@@ -188,6 +193,12 @@ class Engine:
     def live(self, recharge_id: str) -> tuple[asyncio.Task[None], Recharge] | None:
         """The task and in-memory state of a recharge this process is driving."""
         return self._running.get(recharge_id)
+
+    def running(self) -> list[tuple[asyncio.Task[None], Recharge]]:
+        return list(self._running.values())
+
+    def refunding_channels(self) -> set[str]:
+        return set(self._refund_channels.values())
 
     @property
     def in_flight(self) -> int:
@@ -297,7 +308,7 @@ class Engine:
     async def _settle(self, rec: Recharge, att: Attempt, s: RunSettings) -> bool:
         """Resolve an attempt that may hold money. True when it was resolved (and
         recorded); False when it is still unknown and the recharge must wait."""
-        channel = self._channels(att.channel)
+        channel = self._settle_channels(att.channel)
         if channel is None:
             return await self._wait(rec, att, f"channel {att.channel} is not configured; cannot resolve")
         with structlog.contextvars.bound_contextvars(attempt=att.reference, channel=att.channel):
@@ -407,11 +418,17 @@ class Engine:
             return
         task = asyncio.get_running_loop().create_task(self._refund(rec, reference))
         self._refunding[reference] = task
-        task.add_done_callback(lambda _t: self._refunding.pop(reference, None))
+        self._refund_channels[reference] = next((a.channel for a in rec.attempts if a.reference == reference), "")
+
+        def done(_t: asyncio.Task[None]) -> None:
+            self._refunding.pop(reference, None)
+            self._refund_channels.pop(reference, None)
+
+        task.add_done_callback(done)
 
     async def _refund(self, rec: Recharge, reference: str) -> None:
         att = next((a for a in rec.attempts if a.reference == reference), None)
-        channel = self._channels(att.channel) if att else None
+        channel = self._settle_channels(att.channel) if att else None
         if att is None or channel is None or att.state is not AttemptState.REFUND_REQUESTED:
             return
         with structlog.contextvars.bound_contextvars(recharge_id=rec.id, attempt=reference, channel=att.channel):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -22,15 +24,16 @@ import health
 import routing
 from channels import AttemptOutcome, Channel
 from config import ChannelConfig, Config, LoadedConfig
+from config import diff as config_diff
 from orchestrator.activity import Activity
 from orchestrator.api.auth import Authenticator
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine, RunSettings
 from orchestrator.journal import Journal, open_journal
 from orchestrator.metrics import Metrics
-from orchestrator.model import Recharge
+from orchestrator.model import OPEN_ATTEMPT_STATES, Recharge
 
-__all__ = ["ChannelFactory", "HealthGate", "Router", "Service", "snapshot_for"]
+__all__ = ["AppliedConfig", "ChannelFactory", "HealthGate", "ReloadError", "Router", "Service", "snapshot_for"]
 
 log = structlog.get_logger("orchestrator.service")
 
@@ -77,6 +80,27 @@ def _breaker(cfg: Config) -> health.BreakerConfig:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class AppliedConfig:
+    """One config the service ran on: its version, when and how it was applied."""
+
+    loaded: LoadedConfig
+    applied_at: float
+    source: str  # start, file, api, rollback
+
+    def summary(self) -> dict[str, Any]:
+        return {"version": self.loaded.version, "applied_at": self.applied_at, "source": self.source}
+
+
+class ReloadError(Exception):
+    """A reload that cannot be applied; the running config stays."""
+
+
+def _channel_identity(ch: ChannelConfig) -> tuple[Any, ...]:
+    """What, when changed, needs a new channel object (new session, new timeouts)."""
+    return (ch.kind, ch.base_url, ch.api_key, ch.timeout_ms, ch.max_in_flight)
+
+
 class HealthGate:
     """The engine's admission gate: breakers and in-flight caps decide, statistics and
     metrics are fed with every answer."""
@@ -114,8 +138,10 @@ class Service:
         reconcile: bool = True,
         probe: bool = True,
         rng: random.Random | None = None,
+        config_path: str | None = None,
     ) -> None:
         self.loaded = loaded
+        self.config_path = config_path
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
         self.journal = journal or open_journal(
@@ -125,6 +151,12 @@ class Service:
         )
         self.auth = Authenticator(loaded.config.clients)
         self.channels: dict[str, Channel] = {}
+        # Channels removed or replaced by a reload: no new attempts, but inquiries, voids,
+        # refunds and webhooks for their attempts still work until nothing needs them.
+        self.retired: dict[str, tuple[Channel, ChannelConfig, float]] = {}
+        self.history: deque[AppliedConfig] = deque(maxlen=20)
+        self.drained: set[str] = set()
+        self._reload_lock = asyncio.Lock()
         self.rng = rng or random.Random()
         self.health = health.HealthRegistry(
             self.clock.monotonic, breaker_config=_breaker(loaded.config),
@@ -149,7 +181,22 @@ class Service:
             gate=HealthGate(self.health, self.metrics),
             callback_url=self.callback_url,
             activity=self.activity,
+            settle_channels=self._any_channel,
         )
+
+    def _any_channel(self, name: str) -> Channel | None:
+        live = self.channels.get(name)
+        if live is not None:
+            return live
+        retired = self.retired.get(name)
+        return retired[0] if retired is not None else None
+
+    def channel_config(self, name: str) -> ChannelConfig | None:
+        """A channel's config, current or retired (webhooks for retired ones still land)."""
+        cfg = self.config.channel(name)
+        if cfg is None and name in self.retired:
+            cfg = self.retired[name][1]
+        return cfg
 
     @property
     def config(self) -> Config:
@@ -205,6 +252,7 @@ class Service:
     # -- life -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.history.append(AppliedConfig(self.loaded, self.clock.now(), "start"))
         await self.journal.open()
         for ch in self.config.channels:
             self.channels[ch.name] = self._channel_factory(ch)
@@ -234,9 +282,10 @@ class Service:
         if self._prober is not None:
             await self._prober.stop()
         await self.engine.stop()
-        for ch in self.channels.values():
+        for ch in [*self.channels.values(), *(c for c, _, _ in self.retired.values())]:
             await ch.close()
         self.channels.clear()
+        self.retired.clear()
         await self.journal.close()
 
     async def _reconcile_forever(self) -> None:
@@ -246,5 +295,75 @@ class Service:
             await self.clock.sleep(self.settings.reconcile_interval_s)
             try:
                 await self.engine.recover()
+                await self._close_idle_retired()
             except Exception:
                 log.exception("reconcile_failed")
+
+    # -- reload -------------------------------------------------------------------------
+
+    async def reload(self, new: LoadedConfig, source: str) -> list[str]:
+        """Swap to ``new`` (already validated whole) atomically; return the diff.
+
+        Everything a request or a decision reads is replaced between two awaits, so no
+        request sees half of it. Running recharges keep the settings and the failover
+        order they started with; removed channels take no new attempts but stay reachable
+        for the attempts they hold.
+        """
+        async with self._reload_lock:
+            old = self.loaded
+            lines = config_diff(old.config, new.config)
+            now = self.clock.now()
+            fresh: dict[str, Channel] = {}
+            old_by_name = {c.name: c for c in old.config.channels}
+            for ch in new.config.channels:
+                prev = old_by_name.get(ch.name)
+                if prev is None or _channel_identity(prev) != _channel_identity(ch) or ch.name not in self.channels:
+                    fresh[ch.name] = self._channel_factory(ch)
+            # -- the swap: no awaits from here to the end of the block --------------------
+            new_names = {c.name for c in new.config.channels}
+            for name in list(self.channels):
+                if name not in new_names or name in fresh:
+                    self.retired[name] = (self.channels.pop(name), old_by_name[name], now)
+            for name, channel in fresh.items():
+                self.retired.pop(name, None)
+                self.channels[name] = channel
+            self.health.sync({c.name: c.max_in_flight for c in new.config.channels})
+            for name in self.drained & new_names:
+                self.health.drain(name)
+            self.loaded = new
+            self.settings = RunSettings.from_config(new.config, new.version)
+            self.auth = Authenticator(new.config.clients)
+            self.routing.update(lambda snap: snapshot_for(new, self.health.states()))
+            self.history.append(AppliedConfig(new, now, source))
+            # -- end of the swap ----------------------------------------------------------
+            if self._prober is not None:
+                await self._prober.set_channels(self.channels)
+            log.info("config_applied", config_version=new.version, previous=old.version, source=source,
+                     changes=len(lines))
+            return lines
+
+    async def rollback(self) -> list[str]:
+        if len(self.history) < 2:
+            raise ReloadError("no previous config to roll back to")
+        previous = self.history[-2].loaded
+        return await self.reload(previous, "rollback")
+
+    def drain(self, name: str) -> None:
+        self.drained.add(name)
+        self.health.drain(name)
+        self.publish_snapshot()
+
+    def enable(self, name: str) -> None:
+        self.drained.discard(name)
+        self.health.enable(name)
+        self.publish_snapshot()
+
+    async def _close_idle_retired(self) -> None:
+        """Close retired channels once no running recharge holds an attempt on them and
+        a deadline has passed since they were retired."""
+        busy = {a.channel for _, rec in self.engine.running() for a in rec.attempts if a.state in OPEN_ATTEMPT_STATES}
+        now = self.clock.now()
+        for name, (channel, _cfg, since) in list(self.retired.items()):
+            if name not in busy and now - since > self.settings.deadline_s and name not in self.engine.refunding_channels():
+                del self.retired[name]
+                await channel.close()

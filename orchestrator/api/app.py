@@ -13,8 +13,11 @@ import structlog
 from aiohttp import web
 
 import routing
+from channels import AttemptOutcome, webhooks
 from config import ClientConfig
+from orchestrator.api import admin
 from orchestrator.api.errors import ApiError, error_response
+from orchestrator.api.keys import SERVICE
 from orchestrator.api.schemas import RechargeIn, validate
 from orchestrator.api.status import STATUS_HTML, status_view
 from orchestrator.clock import iso
@@ -27,7 +30,6 @@ __all__ = ["SERVICE", "build_app", "recharge_json"]
 
 log = structlog.get_logger("orchestrator.api")
 
-SERVICE = web.AppKey("service", Service)
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 _RECHARGE_ID = re.compile(r"^rc_[0-9a-f]{1,64}$")
@@ -236,6 +238,33 @@ async def get_wallet(request: web.Request) -> web.Response:
     })
 
 
+async def provider_webhook(request: web.Request) -> web.Response:
+    """A provider's callback (SPEC section 6): authenticated by its signature, applied
+    durably and at most once before the 2xx."""
+    svc = request.app[SERVICE]
+    name = request.match_info["channel"]
+    channel = svc.channel_config(name)
+    if channel is None:
+        raise ApiError("not_found", "no such channel")
+    raw = await request.read()
+    if len(raw) > svc.config.server.max_body_bytes:
+        raise ApiError("payload_too_large", "webhook body too large")
+    try:
+        event = webhooks.verify(channel.webhook_secret, request.headers.get("X-Provider-Signature"), raw,
+                                now=svc.clock.now())
+    except webhooks.SignatureError as exc:
+        raise ApiError("unauthorized", f"webhook signature rejected: {exc}") from None
+    except webhooks.MalformedEvent as exc:
+        raise ApiError("validation_failed", f"webhook body rejected: {exc}") from None
+    try:
+        status = AttemptOutcome(event.status)
+    except ValueError:
+        raise ApiError("invalid_field", f"unknown payment status {event.status!r}", field="status") from None
+    effect = await svc.engine.on_event(name, event.event_id, event.reference, status,
+                                       event.provider_ref, event.decline_code)
+    return _json({"received": True, "effect": effect})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
@@ -340,9 +369,11 @@ def build_app(service: Service, *, manage_service: bool = True) -> web.Applicati
     app.router.add_get("/v1/recharges/{id}", get_recharge)
     app.router.add_get("/v1/recharges/{id}/trail", get_trail)
     app.router.add_get("/v1/wallets/{user_id}", get_wallet)
+    app.router.add_post("/v1/webhooks/{channel}", provider_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    admin.register(app)
     app.router.add_get("/v1/health/channels", channel_health)
     app.router.add_get("/status", status_page)
     app.router.add_get("/v1/status", status_json)

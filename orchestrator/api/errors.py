@@ -24,6 +24,7 @@ STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "request_in_progress": 409,
     "quote_expired": 409,
+    "nothing_to_roll_back": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "validation_failed": 422,

@@ -4,6 +4,7 @@ idempotency, the error shape for every kind of bad input, and the money invarian
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 
@@ -72,15 +73,16 @@ class Api:
         assert report.ok, report.violations
 
 
-@pytest.fixture
-async def api(tmp_path):
+@contextlib.asynccontextmanager
+async def running_api(tmp_path, **config_kw):
+    """The app over loopback HTTP on MemoryChannels a and b (routing: config order)."""
     channels: dict[str, MemoryChannel] = {}
 
     def factory(cfg):
         channels[cfg.name] = MemoryChannel(cfg.name)
         return channels[cfg.name]
 
-    service = Service(make_config(tmp_path), channel_factory=factory,
+    service = Service(make_config(tmp_path, **config_kw), channel_factory=factory,
                       router=lambda svc, rec: [c.name for c in svc.config.channels], reconcile=False)
     client = TestClient(TestServer(build_app(service), host="127.0.0.1"))
     await client.start_server()
@@ -88,6 +90,12 @@ async def api(tmp_path):
         yield Api(client, service, channels)
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def api(tmp_path):
+    async with running_api(tmp_path) as a:
+        yield a
 
 
 BODY = {"user_id": "u_1", "amount_minor": 8500, "currency": "CNY", "country": "CN", "method": "ewallet",
