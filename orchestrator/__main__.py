@@ -55,24 +55,37 @@ def _config_check(path: str) -> int:
     return 0
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    if args.db:
+        out.setdefault("storage", {})["url"] = args.db
+    if args.host:
+        out.setdefault("server", {})["host"] = args.host
+    if args.port is not None:
+        out.setdefault("server", {})["port"] = args.port
+    return out
+
+
+def load_with_overrides(path: str, overrides: dict[str, dict[str, object]]):  # type: ignore[no-untyped-def]
+    """The config file with the command line's overrides on top (they survive reloads)."""
+    from config import load_file, parse
+
+    loaded = load_file(path)
+    if not overrides:
+        return loaded
+    doc = loaded.config.model_dump(mode="json")
+    for section, values in overrides.items():
+        doc[section].update(values)
+    return parse(doc, loaded.source)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from config import ConfigError, load_file, parse
+    from config import ConfigError
     from orchestrator.logs import configure
 
+    overrides = _overrides(args)
     try:
-        loaded = load_file(args.config)
-        overrides: dict[str, dict[str, object]] = {}
-        if args.db:
-            overrides.setdefault("storage", {})["url"] = args.db
-        if args.host:
-            overrides.setdefault("server", {})["host"] = args.host
-        if args.port is not None:
-            overrides.setdefault("server", {})["port"] = args.port
-        if overrides:
-            doc = loaded.config.model_dump(mode="json")
-            for section, values in overrides.items():
-                doc[section].update(values)
-            loaded = parse(doc, loaded.source)
+        loaded = load_with_overrides(args.config, overrides)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
@@ -80,32 +93,53 @@ def _serve(args: argparse.Namespace) -> int:
     configure(args.log_level)
     import uvloop
 
-    uvloop.run(_run_server(loaded))
+    uvloop.run(_run_server(loaded, args.config, overrides))
     return 0
 
 
-async def _run_server(loaded: object) -> None:
+async def _run_server(loaded: object, path: str, overrides: dict[str, dict[str, object]]) -> None:
+    import structlog
     from aiohttp import web
 
+    from config import ConfigError
     from orchestrator.api.app import build_app
     from orchestrator.wiring import build_service
 
-    service = build_service(loaded)  # type: ignore[arg-type]
+    log = structlog.get_logger("orchestrator")
+    service = build_service(loaded, config_path=path)  # type: ignore[arg-type]
     app = build_app(service)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     server = service.config.server
     site = web.TCPSite(runner, server.host, server.port, backlog=1024, reuse_address=True)
     await site.start()
-    import structlog
+    log.info("listening", host=server.host, port=server.port, config_version=service.loaded.version)
 
-    structlog.get_logger("orchestrator").info("listening", host=server.host, port=server.port,
-                                              config_version=service.loaded.version)
+    async def reload_file() -> None:
+        try:
+            new = load_with_overrides(path, overrides)
+        except ConfigError as exc:
+            log.error("config_reload_refused", source=path, errors=exc.lines(), config_version=service.loaded.version)
+            return
+        if new.version == service.loaded.version:
+            log.info("config_reload_unchanged", config_version=new.version)
+            return
+        await service.reload(new, "file")
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload_file())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
+    log.info("shutting_down")
     await runner.cleanup()
 
 

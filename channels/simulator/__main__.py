@@ -1,0 +1,5 @@
+import sys
+
+from channels.simulator import main
+
+sys.exit(main())
