@@ -23,7 +23,10 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m orchestrator demo
 
+# The provider simulator on :9000 and the orchestrator on :8080, both stopped by Ctrl-C.
 serve: $(STAMP)
+	@$(BIN)/python -m orchestrator simulate --config config/simulator.example.yaml --port 9000 & \
+	sim=$$!; trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/python -m orchestrator serve --config config/orchestrator.example.yaml
 
 bench: $(STAMP)

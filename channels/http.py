@@ -9,6 +9,7 @@ what happened on the wire into the spec's attempt outcomes:
                other 4xx (an explicit reject)  -> NOT_PROCESSED
                other 5xx, read timeout, reset after send, unreadable 200 -> UNKNOWN
     inquire    200 <status>                    -> that status; 404 -> NOT_PROCESSED (no such payment)
+               anything else (429/503 included: the *inquiry* was not processed) -> UNKNOWN
     void       200 voided -> VOIDED; 409 <current state> -> that state; 404 -> NOT_PROCESSED
     refund     200 refunded -> REFUNDED; 409 <current state> -> that state
     ping       200 -> CAPTURED (meaning "ok"); anything else -> NOT_PROCESSED / UNKNOWN
@@ -98,7 +99,7 @@ def outcome_of(ans: WireAnswer) -> ChannelResult:
         return ChannelResult(AttemptOutcome.UNKNOWN, error=f"{ans.op}: unreadable {ans.status} answer")
     if ans.status == 404 and ans.op in ("inquire", "void", "refund"):
         return ChannelResult(AttemptOutcome.NOT_PROCESSED, error="provider has no such payment")
-    if ans.status in (429, 503):
+    if ans.status in (429, 503) and ans.op == "authorize":
         return ChannelResult(AttemptOutcome.NOT_PROCESSED, error=f"provider answered {ans.status}: not processed")
     if 400 <= ans.status < 500 and ans.op == "authorize":
         return ChannelResult(AttemptOutcome.NOT_PROCESSED, error=f"provider rejected the request ({ans.status})")

@@ -24,6 +24,9 @@ __all__ = ["AttemptTicket", "HealthRegistry"]
 _DEGRADED_BELOW = 0.95
 
 
+PANIC_PERMIT = Permit(trial=False, period=-1)
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptTicket:
     """An admitted attempt: pass it back to ``end_attempt`` or ``abandon_attempt``."""
@@ -140,16 +143,21 @@ class HealthRegistry:
 
     # -- live attempts -------------------------------------------------------------
 
-    def begin_attempt(self, name: str) -> AttemptTicket | None:
+    def begin_attempt(self, name: str, *, panic: bool = False) -> AttemptTicket | None:
         """Admit one attempt on ``name`` now, or None when it is drained, at its in-flight
         cap, open, or half-open with every trial out. An admitted attempt is counted in
-        flight until ``end_attempt`` or ``abandon_attempt``."""
+        flight until ``end_attempt`` or ``abandon_attempt``.
+
+        ``panic``: routing found every channel for the transaction ejected and tries
+        them anyway; the breaker is bypassed (its answer is not counted as a trial)."""
         channel = self._get(name)
         if channel.drained:
             return None
         if channel.max_in_flight is not None and channel.stats.in_flight >= channel.max_in_flight:
             return None
         permit = channel.breaker.try_acquire()
+        if permit is None and panic:
+            permit = PANIC_PERMIT
         if permit is None:
             return None
         return AttemptTicket(name, channel.stats.enter(), permit)

@@ -20,7 +20,7 @@ import asyncio
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 
@@ -41,7 +41,7 @@ from orchestrator.model import (
     TrailEntry,
 )
 
-__all__ = ["Engine", "Gate", "IdempotencyConflict", "RunSettings", "new_recharge_id", "NONTERMINAL"]
+__all__ = ["Engine", "Gate", "IdempotencyConflict", "RoutePlan", "RunSettings", "new_recharge_id", "NONTERMINAL"]
 
 log = structlog.get_logger("orchestrator.engine")
 
@@ -66,12 +66,20 @@ class IdempotencyConflict(Exception):
     """The idempotency key is already held by a recharge with a different request."""
 
 
+class RoutePlan(NamedTuple):
+    """A routing decision as the engine uses it: the failover order, and whether every
+    channel in it is ejected (panic: try them anyway, bypassing their breakers)."""
+
+    candidates: tuple[str, ...]
+    panic: bool = False
+
+
 class Gate(Protocol):
     """Admission and accounting of provider attempts: health statistics, breakers,
     in-flight caps and metrics live behind it. ``admit`` may refuse (an open breaker,
     a full channel): the engine then moves on to the next candidate."""
 
-    def admit(self, channel: str) -> object | None: ...
+    def admit(self, channel: str, *, panic: bool = False) -> object | None: ...
 
     def finished(self, ticket: object, outcome: AttemptOutcome, latency_ms: float) -> None: ...
 
@@ -79,7 +87,7 @@ class Gate(Protocol):
 
 
 class _OpenGate:
-    def admit(self, channel: str) -> object | None:
+    def admit(self, channel: str, *, panic: bool = False) -> object | None:
         return channel
 
     def finished(self, ticket: object, outcome: AttemptOutcome, latency_ms: float) -> None:
@@ -118,7 +126,7 @@ class RunSettings:
         )
 
 
-Router = Callable[[Recharge], Sequence[str]]
+Router = Callable[[Recharge], "RoutePlan | Sequence[str]"]
 """Ordered failover candidates for a recharge (channel names, best first)."""
 
 ChannelLookup = Callable[[str], Channel | None]
@@ -242,7 +250,7 @@ class Engine:
     async def _drive(self, rec: Recharge, s: RunSettings) -> None:
         # The routing decision is taken once per drive and its ordered candidates are the
         # failover order: a recharge finishes on the ranking it started with.
-        plan: list[str] | None = None
+        plan: RoutePlan | None = None
         while not rec.terminal:
             att = rec.open_attempt()
             if att is not None:
@@ -250,11 +258,12 @@ class Engine:
                     return  # still unresolved: pending, the reconciler comes back
                 continue
             if plan is None:
-                plan = list(self._router(rec))
+                routed = self._router(rec)
+                plan = routed if isinstance(routed, RoutePlan) else RoutePlan(tuple(routed))
             if not await self._next_attempt(rec, s, plan):
                 return
 
-    async def _next_attempt(self, rec: Recharge, s: RunSettings, plan: Sequence[str]) -> bool:
+    async def _next_attempt(self, rec: Recharge, s: RunSettings, plan: RoutePlan) -> bool:
         """Start the next attempt, or finish the recharge when none may be made."""
         now = self._clock.now()
         if len(rec.attempts) >= s.max_attempts:
@@ -264,10 +273,10 @@ class Engine:
         tried = {a.channel for a in rec.attempts}
         ticket: object | None = None
         name = None
-        for candidate in plan:
+        for candidate in plan.candidates:
             if candidate in tried or self._channels(candidate) is None:
                 continue
-            ticket = self._gate.admit(candidate)
+            ticket = self._gate.admit(candidate, panic=plan.panic)
             if ticket is not None:
                 name = candidate
                 break

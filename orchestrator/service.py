@@ -28,7 +28,7 @@ from config import diff as config_diff
 from orchestrator.activity import Activity
 from orchestrator.api.auth import Authenticator
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.engine import Engine, RunSettings
+from orchestrator.engine import Engine, RoutePlan, RunSettings
 from orchestrator.journal import Journal, open_journal
 from orchestrator.metrics import Metrics
 from orchestrator.model import OPEN_ATTEMPT_STATES, Recharge
@@ -38,7 +38,7 @@ __all__ = ["AppliedConfig", "ChannelFactory", "HealthGate", "ReloadError", "Rout
 log = structlog.get_logger("orchestrator.service")
 
 ChannelFactory = Callable[[ChannelConfig], Channel]
-Router = Callable[["Service", Recharge], Sequence[str]]
+Router = Callable[["Service", Recharge], "RoutePlan | Sequence[str]"]
 
 SNAPSHOT_PERIOD_S = 0.02
 
@@ -109,8 +109,8 @@ class HealthGate:
         self._registry = registry
         self._metrics = metrics
 
-    def admit(self, channel: str) -> object | None:
-        ticket = self._registry.begin_attempt(channel)
+    def admit(self, channel: str, *, panic: bool = False) -> object | None:
+        ticket = self._registry.begin_attempt(channel, panic=panic)
         if ticket is not None:
             self._metrics.in_flight_attempts.labels(channel).inc()
         return ticket
@@ -217,12 +217,14 @@ class Service:
             segment=segment if isinstance(segment, str) else None, user_id=rec.user_id,
         )
 
-    def route(self, rec: Recharge) -> Sequence[str]:
+    def route(self, rec: Recharge) -> RoutePlan:
         decision = routing.decide(self.routing.current, self.transaction(rec), self.rng,
                                   in_flight=self.health.in_flight())
         self.metrics.routing_decisions.labels(decision.rule or "default", decision.strategy,
                                               decision.candidates[0] if decision.candidates else "none").inc()
-        return decision.candidates
+        if decision.panic:
+            log.warning("routing_panic", recharge_id=rec.id, candidates=decision.candidates)
+        return RoutePlan(decision.candidates, decision.panic)
 
     def explain(self, txn: routing.Transaction) -> dict[str, Any]:
         return routing.explain(self.routing.current, txn, self.rng)

@@ -37,6 +37,10 @@ def decide(snapshot: Snapshot, txn: Transaction, rng: random.Random, *,
     pos, rule = match_rule(snapshot, txn)
     strategy = rule.strategy if rule is not None else snapshot.policy.strategy
     eligible, filtered = _filter(snapshot, pos, txn, in_flight)
+    panic = False
+    if not eligible and any(reason.startswith("breaker") for reason in filtered.values()):
+        eligible, filtered = _filter(snapshot, pos, txn, in_flight, ignore_breakers=True)
+        panic = bool(eligible)
     ranked, scores = _RANKERS[strategy](eligible, txn, rng, rule, snapshot)
     return Decision(
         candidates=tuple(p.name for p in ranked),
@@ -45,11 +49,12 @@ def decide(snapshot: Snapshot, txn: Transaction, rng: random.Random, *,
         scores=scores,
         filtered=filtered,
         snapshot_version=snapshot.version,
+        panic=panic,
     )
 
 
-def _filter(snapshot: Snapshot, rule_pos: int, txn: Transaction,
-            in_flight: Mapping[str, int] | None) -> tuple[list[_Prepared], dict[str, str]]:
+def _filter(snapshot: Snapshot, rule_pos: int, txn: Transaction, in_flight: Mapping[str, int] | None,
+            *, ignore_breakers: bool = False) -> tuple[list[_Prepared], dict[str, str]]:
     """Eligible channels in config order, and every other channel with its reason.
 
     Reasons are checked in a fixed order (rule, currency, country, method, amount,
@@ -65,7 +70,7 @@ def _filter(snapshot: Snapshot, rule_pos: int, txn: Transaction,
             filtered[p.name] = f"amount {amount} below min {spec.min_amount_minor}"
         elif spec.max_amount_minor is not None and amount > spec.max_amount_minor:
             filtered[p.name] = f"amount {amount} above max {spec.max_amount_minor}"
-        elif p.health_reason is not None:
+        elif p.health_reason is not None and not (ignore_breakers and p.health_reason.startswith("breaker")):
             filtered[p.name] = p.health_reason
         elif (in_flight is not None and spec.max_in_flight is not None
               and in_flight.get(p.name, 0) >= spec.max_in_flight):

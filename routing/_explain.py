@@ -46,6 +46,7 @@ def explain(snapshot: Snapshot, txn: Transaction, rng: random.Random) -> dict[st
         "rule": decision.rule,
         "default_used": decision.rule is None,
         "strategy": decision.strategy,
+        "panic": decision.panic,
         "candidates": list(decision.candidates),
         "ranking": ranking,
         "filtered": [{"channel": name, "reason": reason}

@@ -278,3 +278,6 @@ class Decision:
     scores: Mapping[str, Score] = field(default_factory=dict)
     filtered: Mapping[str, str] = field(default_factory=dict)
     snapshot_version: str = ""
+    # Every channel that could serve the transaction had its breaker open, so they are
+    # all tried anyway (Envoy's panic routing): better a likely failure than a certain one.
+    panic: bool = False

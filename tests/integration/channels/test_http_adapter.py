@@ -159,6 +159,7 @@ async def test_outage_modes_and_recovery(sim):
         await sim.behave("t1", outage=True, outage_mode="refuse")
         assert (await ch.authorize(req("o1"))).outcome is O.NOT_PROCESSED
         assert (await ch.ping()).outcome is O.NOT_PROCESSED
+        assert (await ch.inquire("o1")).outcome is O.UNKNOWN, "a refused inquiry proves nothing"
         await sim.behave("t1", outage_mode="hang")
         assert (await ch.authorize(req("o2"))).outcome is O.UNKNOWN
         assert (await ch.ping()).outcome is O.UNKNOWN
@@ -208,7 +209,8 @@ async def test_bad_control_api_input_is_422_and_changes_nothing(sim):
         (WireAnswer("authorize", None, None, True, "timeout"), O.UNKNOWN),
         (WireAnswer("inquire", 404, None, True), O.NOT_PROCESSED),
         (WireAnswer("inquire", 200, {"status": "voided"}, True), O.VOIDED),
-        (WireAnswer("inquire", 503, None, True), O.NOT_PROCESSED),
+        (WireAnswer("inquire", 503, None, True), O.UNKNOWN),  # the inquiry failed, not the payment
+        (WireAnswer("void", 429, None, True), O.UNKNOWN),
         (WireAnswer("void", 409, {"status": "captured"}, True), O.CAPTURED),
         (WireAnswer("refund", 200, {"status": "refunded"}, True), O.REFUNDED),
         (WireAnswer("ping", 200, None, True), O.CAPTURED),

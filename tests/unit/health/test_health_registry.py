@@ -161,3 +161,21 @@ def test_drain_is_idempotent_and_notifies_once():
     assert registry.is_drained("a") and changes == ["a"]
     registry.enable("a")
     assert not registry.is_drained("a") and changes == ["a", "a"]
+
+
+def test_panic_admission_bypasses_an_open_breaker_but_not_a_drain():
+    from health import HealthRegistry
+
+    clock = [0.0]
+    reg = HealthRegistry(lambda: clock[0])
+    reg.add_channel("a")
+    while (ticket := reg.begin_attempt("a")) is not None:
+        reg.end_attempt(ticket, "not_processed", 5.0)
+    assert reg.breaker("a").state == "open"
+    assert reg.begin_attempt("a") is None
+    ticket = reg.begin_attempt("a", panic=True)
+    assert ticket is not None
+    reg.end_attempt(ticket, "captured", 5.0)
+    assert reg.breaker("a").state == "open", "a panic answer is not a half-open trial"
+    reg.drain("a")
+    assert reg.begin_attempt("a", panic=True) is None

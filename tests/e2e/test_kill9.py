@@ -1,0 +1,128 @@
+"""The simulator and the orchestrator as real processes: a few thousand recharges while the
+simulator injects every fault kind (capture-then-timeout, resets, 500s, declines, pending
+with duplicate and out-of-order webhooks, an outage), a SIGKILL of the orchestrator mid-run
+and a restart; then the simulator's ledger is compared with the orchestrator's journal."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import aiohttp
+import pytest
+from procs import FRONT_KEY, SqliteReader, behave, ledger, orchestrator, orchestrator_doc, simulator
+
+from orchestrator.invariants import check
+
+pytestmark = pytest.mark.slow
+
+FAULTY = {"latency_ms": 3, "latency_jitter_ms": 1, "ping_latency_ms": 0, "hang_ms": 900,
+          "decline_rate": 0.03, "decline_codes": {"insufficient_funds": 1, "issuer_unavailable": 1},
+          "not_processed_rate": 0.04, "timeout_before_capture_rate": 0.02, "timeout_after_capture_rate": 0.03,
+          "reset_rate": 0.02, "error_500_after_capture_rate": 0.02, "pending_rate": 0.08, "webhook_delay_ms": 300,
+          "duplicate_webhook_rate": 0.3, "out_of_order_webhook_rate": 0.3, "webhook_drop_rate": 0.1}
+CHANNELS = [
+    {"name": "alpha", "kind": "direct_api", "webhook_secret": "whsec_alpha_e2e", "behaviour": FAULTY},
+    {"name": "beta", "kind": "direct_api", "webhook_secret": "whsec_beta_e2e", "behaviour": {**FAULTY, "latency_ms": 6}},
+    {"name": "gamma", "kind": "digital_currency", "webhook_secret": "whsec_gamma_e2e",
+     "behaviour": {**FAULTY, "latency_ms": 15, "pending_rate": 0.3}},
+]
+TOTAL = 2500
+CONCURRENCY = 40
+
+
+def body_for(i: int) -> dict:
+    rnd = random.Random(i)
+    return {"user_id": f"u{i % 300}", "amount_minor": rnd.choice([500, 1000, 8500, 20000, 64800]),
+            "currency": "CNY", "country": "CN", "method": "ewallet", "instrument": {"token": f"tok_{i % 50}"}}
+
+
+async def test_kill_9_mid_run_loses_nothing_and_charges_nothing_twice(tmp_path):
+    sim = simulator(tmp_path, {"seed": 3, "channels": CHANNELS}).start()
+    db = tmp_path / "orch.db"
+    doc = orchestrator_doc("", db, CHANNELS)
+    orch = None
+    try:
+        await sim.wait_ready()
+        doc = orchestrator_doc(sim.url, db, CHANNELS)
+        orch = orchestrator(tmp_path, doc).start()
+        await orch.wait_ready()
+        answers: dict[int, dict] = {}
+        sent = 0
+        killed = asyncio.Event()
+        restarted = asyncio.Event()
+
+        async def one(session: aiohttp.ClientSession, i: int) -> None:
+            nonlocal sent
+            headers = {"Authorization": f"Bearer {FRONT_KEY}", "Idempotency-Key": f"key-{i}"}
+            for _ in range(200):  # a front service retries with the same key until it hears back
+                try:
+                    async with session.post(orch.url + "/v1/recharges", json=body_for(i), headers=headers,
+                                            timeout=aiohttp.ClientTimeout(total=15)) as r:
+                        if r.status in (201, 202):
+                            answers[i] = await r.json()
+                            return
+                        if r.status == 409:
+                            await asyncio.sleep(0.2)
+                            continue
+                        raise AssertionError(f"key-{i}: {r.status} {await r.text()}")
+                except (aiohttp.ClientError, TimeoutError):
+                    if killed.is_set():
+                        await restarted.wait()
+                    await asyncio.sleep(0.1)
+            raise AssertionError(f"key-{i} never answered")
+
+        async def outage_and_kill() -> None:
+            while sent < TOTAL // 3:
+                await asyncio.sleep(0.05)
+            await behave(sim, "alpha", outage=True, outage_mode="refuse")
+            while sent < TOTAL // 2:
+                await asyncio.sleep(0.05)
+            killed.set()
+            orch.kill9()
+            await asyncio.sleep(0.5)
+            orch.start()
+            await orch.wait_ready()
+            restarted.set()
+            await behave(sim, "alpha", outage=False)
+
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(TOTAL):
+            queue.put_nowait(i)
+
+        async def worker(session: aiohttp.ClientSession) -> None:
+            nonlocal sent
+            while not queue.empty():
+                i = queue.get_nowait()
+                sent += 1
+                await one(session, i)
+
+        async with aiohttp.ClientSession() as session:
+            chaos = asyncio.create_task(outage_and_kill())
+            await asyncio.gather(*(worker(session) for _ in range(CONCURRENCY)))
+            await chaos
+        assert len(answers) == TOTAL
+
+        # Let every deadline pass and the reconciler finish what is pending.
+        reader = SqliteReader(db)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = await reader.query("SELECT count(*) FROM recharges WHERE status IN ('processing', 'pending')")
+            if rows[0][0] == 0:
+                break
+            await asyncio.sleep(0.5)
+        report = await check(reader, await ledger(sim), settled=True)
+        assert report.ok, report.violations[:20]
+        assert report.recharges == TOTAL, report
+        keys = await reader.query("SELECT idempotency_key, id FROM recharges")
+        assert len({k for k, _ in keys}) == TOTAL
+        by_key = dict(keys)
+        assert all(by_key[f"key-{i}"] == a["id"] for i, a in answers.items()), "a retry made a second recharge"
+        assert report.by_status.get("succeeded", 0) > TOTAL * 0.8, report.by_status
+        assert "pending" not in report.by_status and "processing" not in report.by_status, report.by_status
+        print(f"\nkill -9 e2e: {report}")
+    finally:
+        if orch is not None:
+            orch.stop()
+        sim.stop()

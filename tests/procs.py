@@ -1,0 +1,167 @@
+"""Real processes for end-to-end tests: the simulator and the orchestrator, started on
+free loopback ports, waited for, and always stopped (kill -9 included)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    def __init__(self, name: str, args: list[str], log: Path, url: str, ready_path: str) -> None:
+        self.name = name
+        self.args = args
+        self.log_path = log
+        self.url = url
+        self.ready_path = ready_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        log = open(self.log_path, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", *self.args], cwd=ROOT, stdout=log, stderr=log, env=env)
+        log.close()
+        return self
+
+    async def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as s:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
+                try:
+                    async with s.get(self.url + self.ready_path, timeout=aiohttp.ClientTimeout(total=1)) as r:
+                        if r.status == 200:
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.name} not ready in {timeout}s: {self.tail()}")
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+
+def simulator(tmp: Path, doc: dict[str, Any]) -> Proc:
+    port = free_port()
+    cfg = tmp / "simulator.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    return Proc("simulator", ["orchestrator", "simulate", "--config", str(cfg), "--port", str(port)],
+                tmp / "simulator.log", f"http://127.0.0.1:{port}", "/_sim/stats")
+
+
+def orchestrator(tmp: Path, doc: dict[str, Any], *, name: str = "orchestrator", db: str | None = None) -> Proc:
+    port = doc.setdefault("server", {}).get("port") or free_port()
+    doc["server"]["port"] = port
+    cfg = tmp / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    args = ["orchestrator", "serve", "--config", str(cfg)]
+    if db:
+        args += ["--db", db]
+    return Proc(name, args, tmp / f"{name}.log", f"http://127.0.0.1:{port}", "/healthz")
+
+
+class SqliteReader:
+    """Read-only queries on the orchestrator's SQLite file (the invariant checker's input)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+
+FRONT_KEY = "e2e-front-key"
+SRE_KEY = "e2e-sre-key"
+
+
+def orchestrator_doc(sim_url: str, db: Path, channels: list[dict[str, Any]], **sections: Any) -> dict[str, Any]:
+    """An orchestrator config for the simulator's ``channels`` (their simulator docs)."""
+    import hashlib
+
+    def sha(k: str) -> str:
+        return hashlib.sha256(k.encode()).hexdigest()
+
+    chans = []
+    for ch in channels:
+        chans.append({
+            "name": ch["name"], "kind": ch["kind"], "base_url": f"{sim_url}/{ch['name']}",
+            "webhook_secret": ch["webhook_secret"], "currencies": ["CNY", "PHP"], "countries": ["CN", "PH"],
+            "methods": ["ewallet"], "timeout_ms": ch.get("timeout_ms", 500), **({"api_key": ch["api_key"]} if ch.get("api_key") else {}),
+        })
+    doc: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "sync_wait_s": 3},
+        "storage": {"url": f"sqlite:///{db}"},
+        "clients": [{"name": "front", "key_sha256": sha(FRONT_KEY), "scopes": ["recharge"]},
+                    {"name": "sre", "key_sha256": sha(SRE_KEY), "scopes": ["admin"]}],
+        "channels": chans,
+        "routing": {"max_attempts": 3, "deadline_s": 8,
+                    "inquiry": {"attempts": 3, "initial_backoff_ms": 50, "max_backoff_ms": 400,
+                                "reconcile_interval_s": 1}},
+        "health": {"probe_interval_s": 0.5, "probe_timeout_ms": 300},
+        "pricing": {"base_currency": "USD", "coins_per_unit": 70, "rates": {"CNY": 0.1404, "PHP": 0.0171}},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key].update(value)
+        else:
+            doc[key] = value
+    return doc
+
+
+async def ledger(sim: Proc) -> list[Any]:
+    from orchestrator.invariants import LedgerPayment
+
+    async with aiohttp.ClientSession() as s, s.get(sim.url + "/_sim/ledger") as r:
+        body = await r.json()
+    return [LedgerPayment(p["channel"], p["reference"], p["status"]) for p in body["payments"]]
+
+
+async def behave(sim: Proc, channel: str, **changes: Any) -> None:
+    async with aiohttp.ClientSession() as s, s.put(f"{sim.url}/_sim/{channel}/behaviour", json=changes) as r:
+        assert r.status == 200, await r.text()
