@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from collections.abc import Callable, Mapping
 
 from routing._model import Decision, Rule, Score, Transaction
-from routing._snapshot import Snapshot, _Prepared
+from routing._snapshot import Snapshot, _health_reason, _Prepared
 
 __all__ = ["decide", "match_rule"]
 
@@ -70,14 +71,21 @@ def _filter(snapshot: Snapshot, rule_pos: int, txn: Transaction, in_flight: Mapp
             filtered[p.name] = f"amount {amount} below min {spec.min_amount_minor}"
         elif spec.max_amount_minor is not None and amount > spec.max_amount_minor:
             filtered[p.name] = f"amount {amount} above max {spec.max_amount_minor}"
-        elif p.health_reason is not None and not (ignore_breakers and p.health_reason.startswith("breaker")):
-            filtered[p.name] = p.health_reason
+        elif (reason := _live_reason(p, ignore_breakers)) is not None:
+            filtered[p.name] = reason
         elif (in_flight is not None and spec.max_in_flight is not None
               and in_flight.get(p.name, 0) >= spec.max_in_flight):
             filtered[p.name] = f"in-flight cap {spec.max_in_flight} reached"
         else:
             eligible.append(p)
     return eligible, filtered
+
+
+def _live_reason(p: _Prepared, ignore_breakers: bool) -> str | None:
+    if ignore_breakers and p.health_reason is not None and p.health_reason.startswith("breaker"):
+        # Panic: judge the channel as if its breaker were closed (drain and cap still hold).
+        return _health_reason(p.spec, replace(p.state, breaker="closed"))
+    return p.health_reason
 
 
 def _base_scores(eligible: list[_Prepared], txn: Transaction, snapshot: Snapshot
