@@ -3,6 +3,7 @@
     orchestrator serve --config FILE [--db URL] [--host H] [--port N]
     orchestrator config check FILE
     orchestrator simulate --config FILE [--port N]
+    orchestrator demo [--duration S] [--rate N] [--plain]
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file; every error with its path")
     check.add_argument("file")
+
+    sub.add_parser("demo", help="the product in three minutes (simulator + orchestrator + traffic); "
+                   "see `orchestrator demo --help`")
 
     sim = sub.add_parser("simulate", help="run the provider simulator")
     sim.add_argument("--config", required=True, help="simulator YAML config")
@@ -144,6 +148,11 @@ async def _run_server(loaded: object, path: str, overrides: dict[str, dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:  # the demo has its own options
+        from orchestrator.demo import main as demo_main
+
+        return demo_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "config":
         return _config_check(args.file)

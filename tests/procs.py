@@ -3,84 +3,17 @@ free loopback ports, waited for, and always stopped (kill -9 included)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from orchestrator.launch import Child, free_port
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Proc:
-    def __init__(self, name: str, args: list[str], log: Path, url: str, ready_path: str) -> None:
-        self.name = name
-        self.args = args
-        self.log_path = log
-        self.url = url
-        self.ready_path = ready_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        log = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", *self.args], cwd=ROOT, stdout=log, stderr=log, env=env)
-        log.close()
-        return self
-
-    async def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
-                try:
-                    async with s.get(self.url + self.ready_path, timeout=aiohttp.ClientTimeout(total=1)) as r:
-                        if r.status == 200:
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.name} not ready in {timeout}s: {self.tail()}")
-
-    def kill9(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except OSError:
-            return ""
+Proc = Child
 
 
 def simulator(tmp: Path, doc: dict[str, Any]) -> Proc:

@@ -1,0 +1,27 @@
+"""`make demo` runs non-interactively (no TTY, as in CI): plain progress lines, and a
+summary whose exactly-once check passes against the simulator's ledger."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.launch import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_demo_runs_unattended_and_its_exactly_once_check_passes(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "demo", "--duration", "12", "--rate", "60", "--dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "] steady traffic: sent" in out, "plain progress lines when there is no terminal"
+    assert "OUTAGE of" in out
+    assert "exactly-once check (simulator ledger vs journal and wallets): PASSED" in out
+    assert (tmp_path / "orchestrator.db").exists() and (tmp_path / "orchestrator.log").exists()
+    assert "\x1b[" not in out, "no terminal escapes in a non-interactive run"
