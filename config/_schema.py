@@ -64,6 +64,9 @@ class ServerConfig(_Model):
     port: int = Field(8080, ge=0, le=65535)
     sync_wait_s: float = Field(10.0, ge=0, le=120)
     max_body_bytes: int = Field(64 * 1024, gt=0, le=1024 * 1024)
+    # Recharge requests being answered at once; past it, 503 + Retry-After before any
+    # work, so an overload sheds load instead of queueing into collapse.
+    max_concurrent_requests: int = Field(2000, gt=0, le=1_000_000)
     # Where providers send webhooks; defaults to http://{host}:{port}.
     public_url: str | None = None
     # Read-only endpoints that need an API key (any scope) when listed here.

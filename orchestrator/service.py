@@ -157,6 +157,7 @@ class Service:
         self.history: deque[AppliedConfig] = deque(maxlen=20)
         self.drained: set[str] = set()
         self._reload_lock = asyncio.Lock()
+        self.requests_in_flight = 0
         self.rng = rng or random.Random()
         self.health = health.HealthRegistry(
             self.clock.monotonic, breaker_config=_breaker(loaded.config),

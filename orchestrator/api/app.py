@@ -160,6 +160,17 @@ async def _answer_after_wait(svc: Service, rec: Recharge, *, replayed: bool) -> 
 
 async def create_recharge(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
+    if svc.requests_in_flight >= svc.config.server.max_concurrent_requests:
+        svc.metrics.shed.inc()
+        raise ApiError("unavailable", "overloaded: too many recharges in progress, retry shortly", retry_after=1)
+    svc.requests_in_flight += 1
+    try:
+        return await _create_recharge(request, svc)
+    finally:
+        svc.requests_in_flight -= 1
+
+
+async def _create_recharge(request: web.Request, svc: Service) -> web.Response:
     client = svc.auth.require(request, "recharge")
     key = _idempotency_key(request)
     body = await _read_json(request, svc.config.server.max_body_bytes)

@@ -381,3 +381,16 @@ async def test_status_page_and_its_data(api):
     assert body["failovers"][0]["from"] == "a" and body["failovers"][0]["to"] == "b"
     assert body["outcomes_per_min"]["succeeded"] > 0
     assert body["channels"][1]["share"] == 0.5
+
+
+async def test_an_overload_is_shed_with_503_and_retry_after_before_any_work(tmp_path):
+    async with running_api(tmp_path) as api:
+        api.service.requests_in_flight = api.service.config.server.max_concurrent_requests
+        resp, body = await api.post(BODY, key="shed")
+        assert_error(resp, body, 503, "unavailable")
+        assert resp.headers["Retry-After"] == "1"
+        api.service.requests_in_flight = 0
+        rows = await api.service.journal.query("SELECT count(*) FROM recharges")  # type: ignore[attr-defined]
+        assert rows == [(0,)]
+        resp, body = await api.post(BODY, key="shed")
+        assert resp.status == 201
