@@ -222,6 +222,19 @@ class PricingConfig(_Model):
         return self.rates.get(currency)
 
 
+class RateLimit(_Model):
+    rate_per_s: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(gt=0, le=10_000_000)
+
+
+class LimitsConfig(_Model):
+    """Token buckets, checked before any work: over the limit is 429 with Retry-After."""
+
+    per_client: RateLimit = RateLimit(rate_per_s=5000, burst=10000)
+    per_user: RateLimit = RateLimit(rate_per_s=2, burst=10)
+    max_users_tracked: int = Field(100_000, ge=1, le=10_000_000)
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -230,6 +243,7 @@ class Config(_Model):
     routing: RoutingConfig = RoutingConfig()
     health: HealthConfig = HealthConfig()
     pricing: PricingConfig = PricingConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     def channel(self, name: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.name == name), None)

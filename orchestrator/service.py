@@ -31,6 +31,7 @@ from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine, RoutePlan, RunSettings
 from orchestrator.journal import Journal, open_journal
 from orchestrator.metrics import Metrics
+from orchestrator.ratelimit import Limiter
 from orchestrator.model import OPEN_ATTEMPT_STATES, Recharge
 
 __all__ = ["AppliedConfig", "ChannelFactory", "HealthGate", "ReloadError", "Router", "Service", "snapshot_for"]
@@ -158,6 +159,11 @@ class Service:
         self.drained: set[str] = set()
         self._reload_lock = asyncio.Lock()
         self.requests_in_flight = 0
+        lim = loaded.config.limits
+        self.client_limits = Limiter(lim.per_client.rate_per_s, lim.per_client.burst, self.clock.monotonic,
+                                     max_keys=1000)
+        self.user_limits = Limiter(lim.per_user.rate_per_s, lim.per_user.burst, self.clock.monotonic,
+                                   max_keys=lim.max_users_tracked)
         self.rng = rng or random.Random()
         self.health = health.HealthRegistry(
             self.clock.monotonic, breaker_config=_breaker(loaded.config),
@@ -336,6 +342,9 @@ class Service:
             self.loaded = new
             self.settings = RunSettings.from_config(new.config, new.version)
             self.auth = Authenticator(new.config.clients)
+            lim = new.config.limits
+            self.client_limits.reconfigure(lim.per_client.rate_per_s, lim.per_client.burst)
+            self.user_limits.reconfigure(lim.per_user.rate_per_s, lim.per_user.burst)
             self.routing.update(lambda snap: snapshot_for(new, self.health.states()))
             self.history.append(AppliedConfig(new, now, source))
             # -- end of the swap ----------------------------------------------------------

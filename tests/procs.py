@@ -78,6 +78,8 @@ def orchestrator_doc(sim_url: str, db: Path, channels: list[dict[str, Any]], **s
                                 "reconcile_interval_s": 1}},
         "health": {"probe_interval_s": 0.5, "probe_timeout_ms": 300},
         "pricing": {"base_currency": "USD", "coins_per_unit": 70, "rates": {"CNY": 0.1404, "PHP": 0.0171}},
+        # Test traffic reuses few users at high rates: lift the per-user limit.
+        "limits": {"per_user": {"rate_per_s": 10000, "burst": 10000}},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(doc.get(key), dict):

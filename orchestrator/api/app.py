@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import secrets
 from typing import Any
@@ -170,11 +171,20 @@ async def create_recharge(request: web.Request) -> web.Response:
         svc.requests_in_flight -= 1
 
 
+def _limit(limiter: Any, key: str, what: str) -> None:
+    wait = limiter.check(key)
+    if wait > 0:
+        raise ApiError("rate_limited", f"too many requests for this {what}; retry later",
+                       retry_after=max(1, math.ceil(wait)))
+
+
 async def _create_recharge(request: web.Request, svc: Service) -> web.Response:
     client = svc.auth.require(request, "recharge")
+    _limit(svc.client_limits, client.name, "client")
     key = _idempotency_key(request)
     body = await _read_json(request, svc.config.server.max_body_bytes)
     req: RechargeIn = validate(RechargeIn, body)
+    _limit(svc.user_limits, req.user_id, "user")
     fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
     try:
         p = price(svc.config.pricing, req.amount_minor, req.currency)

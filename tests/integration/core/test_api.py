@@ -163,6 +163,7 @@ async def test_keys_are_scoped_per_client(api):
 
 
 async def test_concurrent_requests_with_one_key_make_one_recharge(api):
+    api.service.user_limits.reconfigure(1000, 1000)
     api.channels["a"].latency_s = 0.05
     results = await asyncio.gather(*(api.post(BODY) for _ in range(20)))
     ids = {body["id"] for resp, body in results if resp.status in (201, 202)}
@@ -394,3 +395,17 @@ async def test_an_overload_is_shed_with_503_and_retry_after_before_any_work(tmp_
         assert rows == [(0,)]
         resp, body = await api.post(BODY, key="shed")
         assert resp.status == 201
+
+
+async def test_rate_limits_per_user_answer_429_with_retry_after_and_store_nothing(api):
+    for i in range(10):  # the default per-user burst
+        resp, _ = await api.post(BODY, key=f"rl-{i}")
+        assert resp.status == 201
+    resp, body = await api.post(BODY, key="rl-over")
+    assert_error(resp, body, 429, "rate_limited")
+    assert int(resp.headers["Retry-After"]) >= 1
+    rows = await api.service.journal.query("SELECT count(*) FROM recharges")  # type: ignore[attr-defined]
+    assert rows == [(10,)]
+    resp, _ = await api.post({**BODY, "user_id": "u_other"}, key="rl-other")
+    assert resp.status == 201, "another user is not limited"
+    await api.invariants()
