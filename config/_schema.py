@@ -69,8 +69,17 @@ class ServerConfig(_Model):
     max_concurrent_requests: int = Field(2000, gt=0, le=1_000_000)
     # Where providers send webhooks; defaults to http://{host}:{port}.
     public_url: str | None = None
+    # HTTPS only when both are set (PEM files); --tls-cert/--tls-key override them.
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # Read-only endpoints that need an API key (any scope) when listed here.
     restrict: list[Literal["metrics", "channel_health", "status"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
 
 class StorageConfig(_Model):
@@ -112,6 +121,8 @@ class ChannelConfig(_Model):
     fee: FeeConfig = FeeConfig()
     weight: float = Field(1.0, gt=0, le=1000)
     max_in_flight: int | None = Field(None, gt=0, le=100_000)
+    # Outbound TLS is verified against the system CAs; this pins a CA bundle instead.
+    ca_file: str | None = None
 
     @field_validator("currencies")
     @classmethod

@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", help="storage URL, overrides storage.url (sqlite:///path or postgresql://...)")
     serve.add_argument("--host", help="overrides server.host")
     serve.add_argument("--port", type=int, help="overrides server.port")
+    serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS only (with --tls-key)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     cfg = sub.add_parser("config", help="config tools")
@@ -67,6 +69,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         out.setdefault("server", {})["host"] = args.host
     if args.port is not None:
         out.setdefault("server", {})["port"] = args.port
+    if args.tls_cert or args.tls_key:
+        out.setdefault("server", {}).update(tls_cert=args.tls_cert, tls_key=args.tls_key)
     return out
 
 
@@ -115,9 +119,17 @@ async def _run_server(loaded: object, path: str, overrides: dict[str, dict[str, 
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     server = service.config.server
-    site = web.TCPSite(runner, server.host, server.port, backlog=1024, reuse_address=True)
+    tls = None
+    if server.tls_cert and server.tls_key:
+        import ssl
+
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls.load_cert_chain(server.tls_cert, server.tls_key)
+    site = web.TCPSite(runner, server.host, server.port, backlog=1024, reuse_address=True, ssl_context=tls)
     await site.start()
-    log.info("listening", host=server.host, port=server.port, config_version=service.loaded.version)
+    log.info("listening", host=server.host, port=server.port, tls=tls is not None,
+             config_version=service.loaded.version)
 
     async def reload_file() -> None:
         try:

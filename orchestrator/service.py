@@ -211,7 +211,8 @@ class Service:
 
     def callback_url(self, channel: str) -> str:
         server = self.config.server
-        base = server.public_url or f"http://{server.host}:{server.port}"
+        scheme = "https" if server.tls_cert else "http"
+        base = server.public_url or f"{scheme}://{server.host}:{server.port}"
         return f"{base.rstrip('/')}/v1/webhooks/{channel}"
 
     # -- routing ----------------------------------------------------------------------

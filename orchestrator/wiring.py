@@ -12,7 +12,7 @@ __all__ = ["build_service", "http_channel"]
 
 def http_channel(cfg: ChannelConfig) -> HttpChannel:
     return HttpChannel(cfg.name, cfg.kind, cfg.base_url, api_key=cfg.api_key, timeout_ms=cfg.timeout_ms,
-                       max_in_flight=cfg.max_in_flight)
+                       max_in_flight=cfg.max_in_flight, ca_file=cfg.ca_file)
 
 
 def build_service(loaded: LoadedConfig, *, config_path: str | None = None) -> Service:
