@@ -147,12 +147,14 @@ class Engine:
         instrument: InstrumentLookup = lambda rec: rec.instrument,
         activity: Activity | None = None,
         settle_channels: ChannelLookup | None = None,
+        on_terminal: Callable[[Recharge], None] | None = None,
     ) -> None:
         self._journal = journal
         self._channels = channels
         # Resolving what an attempt already started (inquire, void, refund) may use a
         # channel that a reload retired; starting new attempts may not.
         self._settle_channels = settle_channels or channels
+        self._on_terminal = on_terminal
         self._router = router
         self._clock = clock
         self._settings = settings
@@ -244,6 +246,9 @@ class Engine:
                 # A bug or a store failure: the recharge stays as journaled, and the
                 # reconciler picks it up again.
                 log.exception("recharge_drive_failed")
+            finally:
+                if rec.terminal and self._on_terminal is not None:
+                    self._on_terminal(rec)
 
     # -- the state machine --------------------------------------------------------------
 
@@ -282,6 +287,10 @@ class Engine:
                 break
         if name is None:
             return await self._give_up(rec, "no_channel_available" if rec.attempts else "no_route")
+        instrument = self._instrument(rec)
+        if instrument is None:
+            self._gate.abandoned(ticket)
+            return await self._give_up(rec, "instrument_unavailable")
         channel = self._channels(name)
         assert channel is not None
         seq = len(rec.attempts) + 1
@@ -301,7 +310,7 @@ class Engine:
                     self._activity.failover(rec.id, prev.channel, name, prev.state.value)
             request = PaymentRequest(
                 att.reference, rec.amount_minor, rec.currency, rec.method,
-                dict(self._instrument(rec) or {}), self._callback_url(name),
+                dict(instrument), self._callback_url(name),
             )
             with structlog.contextvars.bound_contextvars(attempt=att.reference, channel=name):
                 result = await self._call(channel, "authorize", request, rec.deadline_at - now)

@@ -189,7 +189,21 @@ class Service:
             callback_url=self.callback_url,
             activity=self.activity,
             settle_channels=self._any_channel,
+            instrument=self._instrument_of,
+            on_terminal=lambda rec: self._instruments.pop(rec.id, None),
         )
+        # Whole card/account numbers, in memory only, while their recharge runs.
+        self._instruments: dict[str, dict[str, str]] = {}
+
+    def hold_instrument(self, recharge_id: str, instrument: dict[str, str]) -> None:
+        self._instruments[recharge_id] = instrument
+
+    def _instrument_of(self, rec: Recharge) -> dict[str, str] | None:
+        """What the provider gets: the token, or the whole number held in memory. A
+        masked number (after a restart) cannot be charged: None, and no new attempt."""
+        if "token" in rec.instrument:
+            return rec.instrument
+        return self._instruments.get(rec.id)
 
     def _any_channel(self, name: str) -> Channel | None:
         live = self.channels.get(name)

@@ -185,7 +185,10 @@ async def _create_recharge(request: web.Request, svc: Service) -> web.Response:
     body = await _read_json(request, svc.config.server.max_body_bytes)
     req: RechargeIn = validate(RechargeIn, body)
     _limit(svc.user_limits, req.user_id, "user")
-    fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    # The fingerprint never hashes a whole card number (a hash of one is guessable):
+    # the instrument enters it as stored, masked.
+    fingerprint = hashlib.sha256(orjson.dumps({**body, "instrument": req.instrument.stored()},
+                                              option=orjson.OPT_SORT_KEYS)).hexdigest()
     try:
         p = price(svc.config.pricing, req.amount_minor, req.currency)
     except PricingError as exc:
@@ -195,12 +198,14 @@ async def _create_recharge(request: web.Request, svc: Service) -> web.Response:
     rec = Recharge(
         id=new_recharge_id(), client=client.name, idempotency_key=key, fingerprint=fingerprint,
         user_id=req.user_id, amount_minor=req.amount_minor, currency=req.currency, country=req.country,
-        method=req.method, instrument=req.instrument.model_dump(), metadata=req.metadata,
+        method=req.method, instrument=req.instrument.stored(), metadata=req.metadata,
         coins=p.coins, bonus_coins=p.bonus_coins, status=RechargeStatus.PROCESSING,
         created_at=now, updated_at=now, deadline_at=now + settings.deadline_s, config_version=settings.version,
     )
     created = TrailEntry(rec.id, now, "created", rec.status.value,
                          detail={"config_version": settings.version, "coins": p.coins, "rate": str(p.rate)})
+    if req.instrument.account_number is not None:
+        svc.hold_instrument(rec.id, {"account_number": req.instrument.account_number})
     try:
         rec, fresh = await svc.engine.submit(rec, created, settings)
     except IdempotencyConflict:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from config import exponent, is_known
 from orchestrator.api.errors import ApiError
 
-__all__ = ["RechargeIn", "validate"]
+__all__ = ["InstrumentIn", "RechargeIn", "mask", "validate"]
 
 _Printable = r"^[\x21-\x7e]+$"
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
@@ -22,7 +22,29 @@ class _Strict(BaseModel):
 
 
 class InstrumentIn(_Strict):
-    token: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_Printable)]
+    """A payment instrument: a token, or a card/account number. A number is masked (first
+    6 / last 4) before it is stored, logged or answered; only the provider sees it whole."""
+
+    token: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_Printable)] | None = None
+    account_number: Annotated[str, StringConstraints(pattern=r"^[0-9]{12,19}$")] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> InstrumentIn:
+        if (self.token is None) == (self.account_number is None):
+            raise ValueError("give exactly one of instrument.token or instrument.account_number")
+        return self
+
+    def stored(self) -> dict[str, str]:
+        """What the journal keeps: the token, or the masked number."""
+        if self.token is not None:
+            return {"token": self.token}
+        return {"account_number_masked": mask(self.account_number or "")}
+
+
+def mask(number: str) -> str:
+    """First 6 and last 4 digits at most (PCI DSS), the rest as '*'."""
+    keep_head, keep_tail = (6, 4) if len(number) >= 16 else (min(6, len(number) - 8), 4)
+    return number[:keep_head] + "*" * (len(number) - keep_head - keep_tail) + number[-keep_tail:]
 
 
 class RechargeIn(_Strict):
@@ -98,6 +120,8 @@ def _message(err: Any, field: str, data: dict[str, Any]) -> str:
         return f"{field} must be an object"
     if kind == "value_error":
         msg = str(ctx.get("error"))
+        if not field:
+            return msg
         return msg if msg.startswith(field) else f"{field}: {msg}"
     return f"{field}: {err['msg']}"
 

@@ -7,6 +7,7 @@ constraint in the store, not by process memory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,4 +72,24 @@ class Journal(Protocol):
 
     async def ping(self) -> None:
         """Raise JournalError unless the store accepts a write right now."""
+        ...
+
+    # Recovery leases: with several instances on one store, each non-terminal recharge
+    # is driven by the instance holding its lease. A lease is (owner, expires_at); it is
+    # live while ``now < expires_at``.
+
+    async def claim(self, owner: str, lease_s: float, now: float, limit: int = 500) -> list[Recharge]:
+        """Take a lease (``owner``, ``now + lease_s``) on up to ``limit`` non-terminal
+        recharges, oldest first, that no live lease of another owner holds (no lease, an
+        expired one, or one ``owner`` already holds, which is renewed), and return them.
+        Atomic: two claimers never both get one recharge while its lease is live."""
+        ...
+
+    async def release(self, owner: str, recharge_id: str) -> None:
+        """Drop ``owner``'s lease on ``recharge_id`` (nothing if another owner holds it)."""
+        ...
+
+    async def renew(self, owner: str, recharge_ids: Sequence[str], lease_s: float, now: float) -> None:
+        """Extend to ``now + lease_s`` the leases ``owner`` still holds among
+        ``recharge_ids``; one another owner has taken is left alone."""
         ...

@@ -93,4 +93,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (channel, event_id)
         )""",
     ),
+    # 3: recovery leases, so several instances on one store split the recovery scan.
+    (
+        """CREATE TABLE leases (
+            recharge_id TEXT PRIMARY KEY REFERENCES recharges(id),
+            owner TEXT,
+            expires_at REAL NOT NULL
+        )""",
+        "CREATE INDEX leases_owner ON leases(owner)",
+    ),
 )

@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -294,6 +294,37 @@ class SqliteJournal:
             return None if a is None else _attempt(a)
 
         return await self._read(fn)
+
+    # -- recovery leases ----------------------------------------------------------------
+
+    async def claim(self, owner: str, lease_s: float, now: float, limit: int = 500) -> list[Recharge]:
+        def op(conn: sqlite3.Connection) -> list[Recharge]:
+            # One writer: the select and the lease writes share its transaction, so no
+            # other claim can come between them.
+            marks = ",".join("?" * len(_NONTERMINAL))
+            ids = [rid for (rid,) in conn.execute(
+                f"SELECT r.id FROM recharges r LEFT JOIN leases l ON l.recharge_id = r.id "
+                f"WHERE r.status IN ({marks}) AND (l.owner IS NULL OR l.owner = ? OR l.expires_at <= ?) "
+                f"ORDER BY r.created_at, r.id LIMIT ?",
+                (*_NONTERMINAL, owner, now, limit),
+            ).fetchall()]
+            conn.executemany(
+                "INSERT INTO leases(recharge_id, owner, expires_at) VALUES (?,?,?) "
+                "ON CONFLICT(recharge_id) DO UPDATE SET owner=excluded.owner, expires_at=excluded.expires_at",
+                [(rid, owner, now + lease_s) for rid in ids],
+            )
+            return [r for rid in ids if (r := _load(conn, rid)) is not None]
+
+        return await self._write(op)
+
+    async def release(self, owner: str, recharge_id: str) -> None:
+        await self._write(lambda conn: conn.execute(
+            "DELETE FROM leases WHERE recharge_id=? AND owner=?", (recharge_id, owner)))
+
+    async def renew(self, owner: str, recharge_ids: Sequence[str], lease_s: float, now: float) -> None:
+        await self._write(lambda conn: conn.executemany(
+            "UPDATE leases SET expires_at=? WHERE owner=? AND recharge_id=?",
+            [(now + lease_s, owner, rid) for rid in recharge_ids]))
 
     # -- reads --------------------------------------------------------------------------
 

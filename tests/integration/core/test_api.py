@@ -237,7 +237,7 @@ BAD_FIELDS = [
     ({**BODY, "user_id": ""}, "invalid_field", "user_id"),
     ({**BODY, "user_id": 42}, "invalid_field", "user_id"),
     ({**BODY, "instrument": {"token": "t", "pan": "4111"}}, "unknown_field", "instrument.pan"),
-    ({**BODY, "instrument": {}}, "missing_field", "instrument.token"),
+    ({**BODY, "instrument": {}}, "invalid_field", "instrument"),
     ({**BODY, "instrument": "tok"}, "invalid_field", "instrument"),
     ({**BODY, "instrument": {"token": "x" * 129}}, "invalid_field", "instrument.token"),
     ({**BODY, "metadata": {f"k{i}": i for i in range(21)}}, "invalid_field", "metadata"),

@@ -1,0 +1,106 @@
+"""Versioned schema migrations of the PostgreSQL journal, one for one with the SQLite
+ones in ``_schema`` (same tables, columns, constraints and indexes; PostgreSQL types).
+Append, never edit a shipped entry: ``schema_migrations`` records what was applied."""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS"]
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: recharges, attempts, idempotency, trail, wallet.
+    (
+        """CREATE TABLE recharges (
+            id TEXT PRIMARY KEY,
+            client TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            amount_minor BIGINT NOT NULL CHECK (amount_minor > 0),
+            currency TEXT NOT NULL,
+            country TEXT NOT NULL,
+            method TEXT NOT NULL,
+            instrument TEXT NOT NULL,
+            metadata TEXT,
+            coins BIGINT NOT NULL CHECK (coins >= 0),
+            bonus_coins BIGINT NOT NULL CHECK (bonus_coins >= 0),
+            status TEXT NOT NULL,
+            channel TEXT,
+            decline_code TEXT,
+            reason TEXT,
+            config_version TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            deadline_at DOUBLE PRECISION NOT NULL,
+            UNIQUE (client, idempotency_key)
+        )""",
+        "CREATE INDEX recharges_open ON recharges(status) WHERE status IN ('processing', 'pending')",
+        "CREATE INDEX recharges_user ON recharges(user_id, created_at)",
+        """CREATE TABLE idempotency (
+            client TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            recharge_id TEXT NOT NULL REFERENCES recharges(id) DEFERRABLE INITIALLY DEFERRED,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (client, key)
+        )""",
+        """CREATE TABLE attempts (
+            reference TEXT PRIMARY KEY,
+            recharge_id TEXT NOT NULL REFERENCES recharges(id),
+            seq INTEGER NOT NULL,
+            channel TEXT NOT NULL,
+            state TEXT NOT NULL,
+            provider_ref TEXT,
+            decline_code TEXT,
+            error TEXT,
+            latency_ms DOUBLE PRECISION,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            UNIQUE (recharge_id, seq)
+        )""",
+        """CREATE TABLE trail (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            recharge_id TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            event TEXT NOT NULL,
+            status TEXT,
+            reference TEXT,
+            channel TEXT,
+            detail TEXT
+        )""",
+        "CREATE INDEX trail_recharge ON trail(recharge_id, id)",
+        """CREATE TABLE wallets (
+            user_id TEXT PRIMARY KEY,
+            coins BIGINT NOT NULL CHECK (coins >= 0),
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE wallet_entries (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            recharge_id TEXT NOT NULL UNIQUE REFERENCES recharges(id),
+            coins BIGINT NOT NULL CHECK (coins > 0),
+            balance_after BIGINT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX wallet_entries_user ON wallet_entries(user_id, id)",
+    ),
+    # 2: provider events (webhooks), de-duplicated by (channel, event_id).
+    (
+        """CREATE TABLE provider_events (
+            channel TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            reference TEXT,
+            status TEXT NOT NULL,
+            received_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (channel, event_id)
+        )""",
+    ),
+    # 3: recovery leases, so several instances on one database split the recovery scan.
+    (
+        """CREATE TABLE leases (
+            recharge_id TEXT PRIMARY KEY REFERENCES recharges(id),
+            owner TEXT,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX leases_owner ON leases(owner)",
+    ),
+)

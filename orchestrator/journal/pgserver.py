@@ -1,0 +1,170 @@
+"""A throwaway PostgreSQL server for tests and benchmarks: ``initdb`` and ``pg_ctl`` on a
+temporary directory, reachable only through a unix socket in that directory.
+
+PostgreSQL refuses to run as root, so as root the directories are handed to the
+``postgres`` user and every server binary runs through ``runuser -u postgres``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PgServer", "PgServerError", "find_bindir", "running"]
+
+_BINDIRS = ("/usr/lib/postgresql/15/bin",)
+_USER = "postgres"
+
+
+class PgServerError(RuntimeError):
+    """The server could not be set up, started or reached."""
+
+
+def find_bindir() -> Path:
+    """The directory holding ``initdb``, ``pg_ctl`` and ``postgres``."""
+    candidates = [os.environ["PG_BINDIR"]] if os.environ.get("PG_BINDIR") else list(_BINDIRS)
+    for d in candidates:
+        if all((Path(d) / b).is_file() for b in ("initdb", "pg_ctl", "postgres")):
+            return Path(d)
+    raise PgServerError(f"PostgreSQL 15 binaries not found in {', '.join(candidates)} (set PG_BINDIR)")
+
+
+class PgServer:
+    """One server. ``start()`` then ``url(db)``; ``stop()`` kills it and deletes its files."""
+
+    def __init__(self, *, bindir: Path | None = None, fsync: bool = True, base: str | None = None) -> None:
+        self.bindir = bindir or find_bindir()
+        self.fsync = fsync
+        self.base = Path(tempfile.mkdtemp(prefix="pg-", dir=base))
+        self.data = self.base / "data"
+        self.socket_dir = self.base / "sock"
+        self.log = self.base / "server.log"
+        self._as_root = os.geteuid() == 0
+        self._started = False
+        self._names = itertools.count(1)
+
+    # -- life ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            self._prepare_dirs()
+            self._run("initdb", "-D", str(self.data), "-U", _USER, "--auth=trust", "-E", "UTF8",
+                      "--locale=C", "--no-sync")
+            with open(self.data / "postgresql.conf", "a") as conf:
+                conf.write(
+                    "\n# throwaway server: unix socket only\n"
+                    "listen_addresses = ''\n"
+                    f"unix_socket_directories = '{self.socket_dir}'\n"
+                    "max_connections = 200\n"
+                    "shared_buffers = 64MB\n"
+                    f"fsync = {'on' if self.fsync else 'off'}\n"
+                    "synchronous_commit = on\n"
+                    "full_page_writes = on\n"
+                    "log_min_messages = warning\n"
+                )
+            self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
+            self._started = True
+        except (OSError, subprocess.SubprocessError, PgServerError) as exc:
+            detail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            self.stop()
+            raise PgServerError(f"cannot start PostgreSQL: {exc}\n{detail}") from exc
+
+    def stop(self) -> None:
+        if self._started:
+            self._started = False
+            try:
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop")
+            except (OSError, subprocess.SubprocessError, PgServerError):
+                pass
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> PgServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- databases ----------------------------------------------------------------------
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{_USER}@/{database}?host={self.socket_dir}"
+
+    def create_database(self, prefix: str = "t") -> str:
+        """A new empty database; returns its URL."""
+        name = f"{prefix}_{os.getpid()}_{next(self._names)}"
+        self.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        name = url.split("/")[3].split("?")[0]
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def execute(self, sql: str, *args: Any, database: str = "postgres") -> list[tuple[Any, ...]]:
+        """Run one statement from synchronous code, even inside a running event loop
+        (it gets a thread and a loop of its own)."""
+        return _in_thread(self._execute(sql, args, database))
+
+    async def _execute(self, sql: str, args: tuple[Any, ...], database: str) -> list[tuple[Any, ...]]:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.url(database))
+        try:
+            return [tuple(r) for r in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _prepare_dirs(self) -> None:
+        self.socket_dir.mkdir()
+        if self._as_root:
+            pw = pwd.getpwnam(_USER)
+            for d in (self.base, self.socket_dir):
+                os.chown(d, pw.pw_uid, pw.pw_gid)
+
+    def _run(self, binary: str, *args: str) -> None:
+        cmd = [str(self.bindir / binary), *args]
+        if self._as_root:
+            cmd = ["runuser", "-u", _USER, "--", *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.base)
+        if proc.returncode != 0:
+            raise PgServerError(f"{binary} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def _in_thread(coro: Any) -> Any:
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # handed back to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="pgserver-sql")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@contextmanager
+def running(**kwargs: Any) -> Iterator[PgServer]:
+    """``with running() as server:`` a started server, stopped and deleted on exit."""
+    server = PgServer(**kwargs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,644 @@
+"""The scale-out journal: PostgreSQL through an asyncpg pool, with group commit.
+
+Writes go through a writer coroutine that owns one connection. It folds every step
+waiting in its queue into one transaction (each step in its own savepoint, so one failure
+does not sink its neighbours), commits once (``synchronous_commit`` on: the commit is
+flushed to the WAL before it returns), and only then answers the callers. Reads use the
+rest of the pool.
+
+Several orchestrator instances may share one database: every guard of ``apply`` is a
+constraint or a row lock in the database (the status guard is an ``UPDATE ... WHERE
+status = ANY(...)``, re-checked by PostgreSQL on the newest row version; a guard without
+an update locks the row), never a check in process memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+import structlog
+
+from orchestrator.journal._protocol import JournalError, WalletEntry, WalletView
+from orchestrator.journal._schema_pg import MIGRATIONS
+from orchestrator.model import (
+    TERMINAL,
+    Attempt,
+    AttemptState,
+    Recharge,
+    RechargeStatus,
+    Step,
+    TrailEntry,
+)
+
+__all__ = ["PostgresJournal"]
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+_NONTERMINAL = [s.value for s in RechargeStatus if s not in TERMINAL]
+# Any key will do, as long as nothing else on the database takes it.
+_MIGRATION_LOCK = 0x6A6F75726E616C  # "journal"
+# A step that hits one of these lost a lock race with another transaction, not a rule:
+# it is run again in the next batch.
+_TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_MAX_TRIES = 5
+# The connection or the server failed, not the statement.
+_STORE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+Op = Callable[[asyncpg.Connection], Awaitable[Any]]
+
+
+class _Rejected(Exception):
+    """A step's guard failed: roll back its savepoint and answer False."""
+
+
+class _Item:
+    __slots__ = ("op", "fut", "tries")
+
+    def __init__(self, op: Op, fut: asyncio.Future[Any]) -> None:
+        self.op = op
+        self.fut = fut
+        self.tries = 0
+
+
+class _Writer:
+    """One writer coroutine and its connection. Batches whatever is queued into one
+    transaction per commit."""
+
+    def __init__(self, pool: asyncpg.Pool, queue: asyncio.Queue[_Item | None], max_batch: int,
+                 on_commit: Callable[[int, float], None] | None) -> None:
+        self._pool = pool
+        self._queue = queue
+        self._max_batch = max_batch
+        self._on_commit = on_commit
+        self._conn: asyncpg.Connection | None = None
+        self._retry: list[_Item] = []
+
+    async def run(self) -> None:
+        try:
+            while True:
+                batch, stop = await self._next_batch()
+                if batch:
+                    await self._run_batch(batch)
+                if stop:
+                    break
+            # Steps that lost a lock race get one more go before the writer stops.
+            while self._retry:
+                batch, self._retry = self._retry, []
+                await self._run_batch(batch)
+        finally:
+            await self._drop_connection(terminate=False)
+
+    async def _next_batch(self) -> tuple[list[_Item], bool]:
+        batch, self._retry = self._retry, []
+        if not batch:
+            item = await self._queue.get()
+            if item is None:
+                return [], True
+            batch.append(item)
+        while len(batch) < self._max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        results: list[tuple[_Item, Any, BaseException | None]] = []
+        try:
+            conn = await self._connection()
+            async with conn.transaction():
+                for item in batch:
+                    outcome = await self._run_step(conn, item)
+                    if outcome is not None:
+                        results.append(outcome)
+        except asyncio.CancelledError:
+            await self._drop_connection(terminate=True)
+            _deliver([(item, None, JournalError("journal writer cancelled")) for item in batch])
+            raise
+        except Exception as exc:
+            # The transaction as a whole failed (server gone, disk full, connection
+            # lost): nothing in it is known to be durable, so every caller hears so.
+            # The connection may be broken or stuck mid-transaction: start afresh.
+            await self._drop_connection(terminate=True)
+            self._retry = []
+            err = JournalError(f"commit failed: {exc}")
+            err.__cause__ = exc
+            results = [(item, None, err) for item in batch]
+        elapsed = time.perf_counter() - started
+        if self._on_commit is not None:
+            self._on_commit(len(batch), elapsed)
+        _deliver(results)
+
+    async def _run_step(self, conn: asyncpg.Connection,
+                        item: _Item) -> tuple[_Item, Any, BaseException | None] | None:
+        savepoint = conn.transaction()
+        await savepoint.start()
+        try:
+            value = await item.op(conn)
+        except _Rejected:
+            await savepoint.rollback()
+            return item, False, None
+        except _TRANSIENT as exc:
+            await savepoint.rollback()
+            item.tries += 1
+            if item.tries >= _MAX_TRIES:
+                return item, None, JournalError(f"step kept losing lock races: {exc}")
+            self._retry.append(item)  # after this commit has released our locks
+            return None
+        except Exception as exc:  # one step's failure stays that step's
+            if conn.is_closed():
+                raise
+            await savepoint.rollback()  # if even this fails, the whole batch does
+            return item, None, exc
+        await savepoint.commit()
+        return item, value, None
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        return self._conn
+
+    async def _drop_connection(self, *, terminate: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if terminate:
+            conn.terminate()
+        try:
+            await asyncio.shield(self._pool.release(conn))
+        except Exception:  # a broken connection: the pool replaces it
+            pass
+
+
+def _deliver(results: list[tuple[_Item, Any, BaseException | None]]) -> None:
+    for item, value, exc in results:
+        if item.fut.done():
+            continue
+        if exc is not None:
+            item.fut.set_exception(exc)
+        else:
+            item.fut.set_result(value)
+
+
+class PostgresJournal:
+    """Journal on one PostgreSQL database. ``on_commit(batch_size, seconds)`` feeds
+    metrics. ``writers`` writer coroutines (one connection each) share the queue."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_min: int = 2,
+        pool_max: int = 10,
+        max_batch: int = 512,
+        writers: int = 1,
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if writers < 1 or pool_max < writers + 1:
+            raise ValueError("pool_max must leave at least one connection beside the writers")
+        self.url = url
+        self._pool_min = min(pool_min, pool_max)
+        self._pool_max = pool_max
+        self._max_batch = max_batch
+        self._writers_n = writers
+        self._on_commit = on_commit
+        self._pool: asyncpg.Pool | None = None
+        self._queue: asyncio.Queue[_Item | None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- life ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            pool = await asyncpg.create_pool(self.url, min_size=self._pool_min, max_size=self._pool_max)
+        except (*_STORE_ERRORS, ValueError) as exc:
+            raise JournalError(f"cannot open journal {self.url}: {exc}") from exc
+        try:
+            async with pool.acquire() as conn:
+                await _migrate(conn)
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, _STORE_ERRORS):
+                raise JournalError(f"cannot migrate journal {self.url}: {exc}") from exc
+            raise
+        self._pool = pool
+        self._queue = asyncio.Queue()
+        self._tasks = [
+            asyncio.get_running_loop().create_task(
+                _Writer(pool, self._queue, self._max_batch, self._on_commit).run(), name=f"journal-writer-{i}")
+            for i in range(self._writers_n)
+        ]
+
+    async def close(self) -> None:
+        pool, queue, tasks = self._pool, self._queue, self._tasks
+        self._pool, self._queue, self._tasks = None, None, []
+        if queue is not None:
+            for _ in tasks:
+                queue.put_nowait(None)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            while not queue.empty():  # queued behind the stop: never written
+                item = queue.get_nowait()
+                if item is not None and not item.fut.done():
+                    item.fut.set_exception(JournalError("journal is closed"))
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except (TimeoutError, *_STORE_ERRORS):
+                pool.terminate()
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    async def _write(self, op: Op) -> Any:
+        if self._queue is None:
+            raise JournalError("journal is closed")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(op, fut))
+        return await fut
+
+    async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, snapshot: bool = False) -> T:
+        """``fn`` on a pooled connection; ``snapshot``: all its statements see one
+        snapshot (a read-only repeatable-read transaction)."""
+        if self._pool is None:
+            raise JournalError("journal is closed")
+        try:
+            async with self._pool.acquire() as conn:
+                if not snapshot:
+                    return await fn(conn)
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    return await fn(conn)
+        except _STORE_ERRORS as exc:
+            raise JournalError(f"read failed: {exc}") from exc
+
+    async def _direct(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """A write outside the group commit (lease bookkeeping), in its own transaction."""
+        if self._pool is None:
+            raise JournalError("journal is closed")
+        try:
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    return await fn(conn)
+        except _STORE_ERRORS as exc:
+            raise JournalError(f"write failed: {exc}") from exc
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def create(self, recharge: Recharge, trail: TrailEntry) -> Recharge | None:
+        async def op(conn: asyncpg.Connection) -> str | None:
+            # ON CONFLICT waits for a concurrent inserter of the same key (another
+            # instance) to finish, so exactly one of them makes the recharge.
+            inserted = await conn.fetchval(
+                "INSERT INTO idempotency(client, key, fingerprint, recharge_id, created_at) VALUES ($1,$2,$3,$4,$5) "
+                "ON CONFLICT (client, key) DO NOTHING RETURNING recharge_id",
+                recharge.client, recharge.idempotency_key, recharge.fingerprint, recharge.id, recharge.created_at,
+            )
+            if inserted is None:
+                holder: str = await conn.fetchval(
+                    "SELECT recharge_id FROM idempotency WHERE client=$1 AND key=$2",
+                    recharge.client, recharge.idempotency_key,
+                )
+                return holder
+            await conn.execute(_INSERT_RECHARGE, *_recharge_row(recharge))
+            await _insert_trail(conn, (trail,))
+            return None
+
+        existing_id = await self._write(op)
+        if existing_id is None:
+            return None
+        existing = await self.get(existing_id)
+        if existing is None:  # cannot happen: the row is committed before we read
+            raise JournalError(f"idempotency record points at missing recharge {existing_id}")
+        return existing
+
+    async def apply(self, step: Step) -> bool:
+        result: bool = await self._write(lambda conn: _apply(conn, step))
+        return result
+
+    async def ping(self) -> None:
+        await self._write(lambda conn: conn.fetchval("SELECT 1"))
+
+    # -- recovery leases ----------------------------------------------------------------
+
+    async def claim(self, owner: str, lease_s: float, now: float, limit: int = 500) -> list[Recharge]:
+        async def ensure_rows(conn: asyncpg.Connection) -> None:
+            # Every candidate needs a lease row to lock. Made in id order (and committed
+            # at once), so two claimers making them together wait instead of deadlocking.
+            await conn.execute(
+                "INSERT INTO leases(recharge_id, owner, expires_at) "
+                "SELECT r.id, NULL, 0 FROM recharges r WHERE r.status = ANY($1::text[]) "
+                "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.recharge_id = r.id) ORDER BY r.id "
+                "ON CONFLICT (recharge_id) DO NOTHING",
+                _NONTERMINAL,
+            )
+
+        async def take(conn: asyncpg.Connection) -> list[Recharge]:
+            # SKIP LOCKED: a lease another claimer is taking right now is not ours; one
+            # it took since our snapshot is re-checked on its new row version and dropped.
+            rows = await conn.fetch(
+                "UPDATE leases SET owner = $1, expires_at = $2 WHERE recharge_id IN ("
+                " SELECT l.recharge_id FROM leases l JOIN recharges r ON r.id = l.recharge_id"
+                " WHERE r.status = ANY($5::text[]) AND (l.owner IS NULL OR l.owner = $1 OR l.expires_at <= $3)"
+                " ORDER BY r.created_at, r.id LIMIT $4 FOR UPDATE OF l SKIP LOCKED"
+                ") RETURNING recharge_id",
+                owner, now + lease_s, now, limit, _NONTERMINAL,
+            )
+            recs = await _load_many(conn, [r[0] for r in rows])
+            return [r for r in recs if not r.terminal]
+
+        await self._direct(ensure_rows)
+        return await self._direct(take)
+
+    async def release(self, owner: str, recharge_id: str) -> None:
+        await self._direct(lambda conn: conn.execute(
+            "DELETE FROM leases WHERE recharge_id = $1 AND owner = $2", recharge_id, owner))
+
+    async def renew(self, owner: str, recharge_ids: Sequence[str], lease_s: float, now: float) -> None:
+        await self._direct(lambda conn: conn.execute(
+            "UPDATE leases SET expires_at = $3 WHERE owner = $1 AND recharge_id = ANY($2::text[])",
+            owner, list(recharge_ids), now + lease_s))
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def event_seen(self, channel: str, event_id: str) -> bool:
+        return bool(await self._read(lambda conn: conn.fetchval(
+            "SELECT 1 FROM provider_events WHERE channel=$1 AND event_id=$2", channel, event_id)))
+
+    async def attempt(self, reference: str) -> Attempt | None:
+        async def fn(conn: asyncpg.Connection) -> Attempt | None:
+            a = await conn.fetchrow(f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE reference=$1", reference)
+            return None if a is None else _attempt(a)
+
+        return await self._read(fn)
+
+    async def get(self, recharge_id: str) -> Recharge | None:
+        async def fn(conn: asyncpg.Connection) -> Recharge | None:
+            recs = await _load_many(conn, [recharge_id])
+            return recs[0] if recs else None
+
+        return await self._read(fn, snapshot=True)
+
+    async def trail(self, recharge_id: str) -> list[TrailEntry]:
+        async def fn(conn: asyncpg.Connection) -> list[TrailEntry]:
+            rows = await conn.fetch(
+                "SELECT recharge_id, at, event, status, reference, channel, detail FROM trail "
+                "WHERE recharge_id=$1 ORDER BY id",
+                recharge_id,
+            )
+            return [
+                TrailEntry(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6]) if r[6] else None) for r in rows
+            ]
+
+        return await self._read(fn)
+
+    async def wallet(self, user_id: str, limit: int = 100) -> WalletView:
+        async def fn(conn: asyncpg.Connection) -> WalletView:
+            coins = await conn.fetchval("SELECT coins FROM wallets WHERE user_id=$1", user_id)
+            entries = await conn.fetch(
+                "SELECT recharge_id, coins, balance_after, created_at FROM wallet_entries "
+                "WHERE user_id=$1 ORDER BY id DESC LIMIT $2",
+                user_id, limit,
+            )
+            return WalletView(user_id, coins or 0, tuple(WalletEntry(*e) for e in entries))
+
+        return await self._read(fn, snapshot=True)
+
+    async def nonterminal(self) -> list[Recharge]:
+        async def fn(conn: asyncpg.Connection) -> list[Recharge]:
+            ids = await conn.fetch(
+                "SELECT id FROM recharges WHERE status = ANY($1::text[]) ORDER BY created_at", _NONTERMINAL)
+            return await _load_many(conn, [r[0] for r in ids])
+
+        return await self._read(fn, snapshot=True)
+
+    async def refunds_due(self) -> list[Recharge]:
+        async def fn(conn: asyncpg.Connection) -> list[Recharge]:
+            ids = await conn.fetch(
+                "SELECT DISTINCT recharge_id FROM attempts WHERE state=$1", AttemptState.REFUND_REQUESTED.value)
+            return await _load_many(conn, [r[0] for r in ids])
+
+        return await self._read(fn, snapshot=True)
+
+    # -- for tests and the invariant checks --------------------------------------------
+
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read-only SQL, for the invariant checks of tests, the demo and the CLI. ``?``
+        placeholders (as for SQLite) are accepted beside PostgreSQL's ``$1``."""
+        if params and "$1" not in sql:
+            sql = _numbered(sql)
+
+        async def fn(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
+            return [tuple(r) for r in await conn.fetch(sql, *params)]
+
+        return await self._read(fn, snapshot=True)
+
+
+# -- migrations -------------------------------------------------------------------------
+
+
+async def _migrate(conn: asyncpg.Connection) -> None:
+    """Apply what ``schema_migrations`` lacks, in one transaction under an advisory lock:
+    instances starting together take turns, and the later ones find nothing to do."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        for version, statements in enumerate(MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            for sql in statements:
+                await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations(version, applied_at) VALUES ($1, $2)",
+                               version, time.time())
+            log.info("journal_migrated", version=version)
+
+
+# -- SQL --------------------------------------------------------------------------------
+
+_RECHARGE_COLUMNS = (
+    "id, client, idempotency_key, fingerprint, user_id, amount_minor, currency, country, method, "
+    "instrument, metadata, coins, bonus_coins, status, channel, decline_code, reason, config_version, "
+    "created_at, updated_at, deadline_at"
+)
+_INSERT_RECHARGE = (
+    f"INSERT INTO recharges({_RECHARGE_COLUMNS}) VALUES ({','.join(f'${i}' for i in range(1, 22))})"
+)
+_ATTEMPT_COLUMNS = (
+    "reference, recharge_id, seq, channel, state, provider_ref, decline_code, error, latency_ms, created_at, updated_at"
+)
+_INSERT_ATTEMPT = f"INSERT INTO attempts({_ATTEMPT_COLUMNS}) VALUES ({','.join(f'${i}' for i in range(1, 12))})"
+_INSERT_TRAIL = "INSERT INTO trail(recharge_id, at, event, status, reference, channel, detail) VALUES ($1,$2,$3,$4,$5,$6,$7)"
+# channel and decline_code change only when the step names them, as in SQLite.
+_UPDATE_STATUS = (
+    "UPDATE recharges SET status=$1, updated_at=$2, reason=$3, channel=COALESCE($4, channel), "
+    "decline_code=COALESCE($5, decline_code) WHERE id=$6 AND ($7::text[] IS NULL OR status = ANY($7::text[]))"
+)
+_UPDATE_ATTEMPT = (
+    "UPDATE attempts SET state=$1, provider_ref=COALESCE($2, provider_ref), decline_code=$3, error=$4, "
+    "latency_ms=COALESCE($5, latency_ms), updated_at=$6 "
+    "WHERE reference=$7 AND ($8::text[] IS NULL OR state = ANY($8::text[]))"
+)
+# The wallet row's lock (taken by the upsert) serializes credits to one user across
+# instances; the entry's UNIQUE(recharge_id) refuses a second credit, and the savepoint
+# then takes the balance bump back.
+_CREDIT = (
+    "WITH w AS ("
+    " INSERT INTO wallets(user_id, coins, updated_at) VALUES ($1, $2, $3)"
+    " ON CONFLICT (user_id) DO UPDATE SET coins = wallets.coins + excluded.coins, updated_at = excluded.updated_at"
+    " RETURNING coins) "
+    "INSERT INTO wallet_entries(user_id, recharge_id, coins, balance_after, created_at) "
+    "SELECT $1, $4, $2, w.coins, $3 FROM w ON CONFLICT (recharge_id) DO NOTHING RETURNING balance_after"
+)
+
+
+def _recharge_row(r: Recharge) -> tuple[Any, ...]:
+    return (
+        r.id, r.client, r.idempotency_key, r.fingerprint, r.user_id, r.amount_minor, r.currency,
+        r.country, r.method, orjson.dumps(r.instrument).decode(),
+        None if r.metadata is None else orjson.dumps(r.metadata).decode(),
+        r.coins, r.bonus_coins, r.status.value, r.channel, r.decline_code, r.reason, r.config_version,
+        float(r.created_at), float(r.updated_at), float(r.deadline_at),
+    )
+
+
+def _attempt(a: Sequence[Any]) -> Attempt:
+    return Attempt(
+        reference=a[0], recharge_id=a[1], seq=a[2], channel=a[3], state=AttemptState(a[4]),
+        provider_ref=a[5], decline_code=a[6], error=a[7], latency_ms=a[8], created_at=a[9], updated_at=a[10],
+    )
+
+
+async def _load_many(conn: asyncpg.Connection, ids: list[str]) -> list[Recharge]:
+    """The recharges ``ids`` with their attempts, in the order given (missing ones left out)."""
+    if not ids:
+        return []
+    rows = await conn.fetch(f"SELECT {_RECHARGE_COLUMNS} FROM recharges WHERE id = ANY($1::text[])", ids)
+    attempts: dict[str, list[Attempt]] = {}
+    for a in await conn.fetch(
+        f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE recharge_id = ANY($1::text[]) ORDER BY recharge_id, seq", ids
+    ):
+        attempts.setdefault(a[1], []).append(_attempt(a))
+    by_id = {row[0]: row for row in rows}
+    out = []
+    for rid in ids:
+        row = by_id.get(rid)
+        if row is None:
+            continue
+        out.append(Recharge(
+            id=row[0], client=row[1], idempotency_key=row[2], fingerprint=row[3], user_id=row[4],
+            amount_minor=row[5], currency=row[6], country=row[7], method=row[8],
+            instrument=orjson.loads(row[9]), metadata=None if row[10] is None else orjson.loads(row[10]),
+            coins=row[11], bonus_coins=row[12], status=RechargeStatus(row[13]), channel=row[14],
+            decline_code=row[15], reason=row[16], config_version=row[17], created_at=row[18],
+            updated_at=row[19], deadline_at=row[20], attempts=attempts.get(rid, []),
+        ))
+    return out
+
+
+def _trail_row(e: TrailEntry) -> tuple[Any, ...]:
+    return (e.recharge_id, float(e.at), e.event, e.status, e.reference, e.channel,
+            None if e.detail is None else orjson.dumps(e.detail).decode())
+
+
+async def _insert_trail(conn: asyncpg.Connection, entries: Sequence[TrailEntry]) -> None:
+    if len(entries) == 1:
+        await conn.execute(_INSERT_TRAIL, *_trail_row(entries[0]))
+    elif entries:
+        await conn.executemany(_INSERT_TRAIL, [_trail_row(e) for e in entries])
+
+
+def _float(x: float | None) -> float | None:
+    return None if x is None else float(x)
+
+
+def _values(states: frozenset[Any] | None) -> list[str] | None:
+    return None if states is None else sorted(s.value for s in states)
+
+
+async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
+    if step.status is not None:
+        done = await conn.execute(
+            _UPDATE_STATUS, step.status.value, float(step.at), step.reason, step.channel, step.decline_code,
+            step.recharge_id, _values(step.expect_status),
+        )
+        if done != "UPDATE 1":
+            raise _Rejected
+    elif step.expect_status is not None:
+        # Lock the row as the UPDATE above would: the guard must still hold when we
+        # commit, whatever another instance does to this recharge meanwhile.
+        status = await conn.fetchval(
+            "SELECT status FROM recharges WHERE id=$1 FOR NO KEY UPDATE", step.recharge_id)
+        if status is None or RechargeStatus(status) not in step.expect_status:
+            raise _Rejected
+    if step.event is not None:
+        inserted = await conn.execute(
+            "INSERT INTO provider_events(channel, event_id, reference, status, received_at) "
+            "VALUES ($1,$2,$3,$4,$5) ON CONFLICT (channel, event_id) DO NOTHING",
+            step.event[0], step.event[1], step.attempt.reference if step.attempt else None,
+            step.status.value if step.status else (step.attempt.state.value if step.attempt else "recorded"),
+            float(step.at),
+        )
+        if inserted != "INSERT 0 1":
+            raise _Rejected
+    if step.attempt is not None:
+        await _write_attempt(conn, step)
+    if step.credit is not None:
+        c = step.credit
+        if await conn.fetchval(_CREDIT, c.user_id, c.coins, float(c.at), c.recharge_id) is None:
+            raise _Rejected
+    if step.trail:
+        await _insert_trail(conn, step.trail)
+    return True
+
+
+async def _write_attempt(conn: asyncpg.Connection, step: Step) -> None:
+    a = step.attempt
+    assert a is not None
+    if step.attempt_is_new:
+        if step.expect_attempt is not None:
+            state = await conn.fetchval(
+                "SELECT state FROM attempts WHERE reference=$1 FOR NO KEY UPDATE", a.reference)
+            if state is None or AttemptState(state) not in step.expect_attempt:
+                raise _Rejected
+        await conn.execute(
+            _INSERT_ATTEMPT, a.reference, a.recharge_id, a.seq, a.channel, a.state.value, a.provider_ref,
+            a.decline_code, a.error, _float(a.latency_ms), float(a.created_at), float(a.updated_at),
+        )
+        return
+    done = await conn.execute(
+        _UPDATE_ATTEMPT, a.state.value, a.provider_ref, a.decline_code, a.error, _float(a.latency_ms),
+        float(a.updated_at), a.reference, _values(step.expect_attempt),
+    )
+    # Without a guard a missing attempt is no rejection (as in SQLite); with one it is.
+    if step.expect_attempt is not None and done != "UPDATE 1":
+        raise _Rejected
+
+
+def _numbered(sql: str) -> str:
+    """``?`` placeholders -> ``$1, $2, ...``, leaving quoted text alone."""
+    out: list[str] = []
+    n = 0
+    quote: str | None = None
+    for ch in sql:
+        if quote is not None:
+            if ch == quote:
+                quote = None
+        elif ch in ("'", '"'):
+            quote = ch
+        elif ch == "?":
+            n += 1
+            out.append(f"${n}")
+            continue
+        out.append(ch)
+    return "".join(out)
