@@ -19,6 +19,7 @@ from config import ClientConfig
 from orchestrator.api import admin
 from orchestrator.api.errors import ApiError, error_response
 from orchestrator.api.keys import SERVICE
+from orchestrator.api.openapi import OPENAPI
 from orchestrator.api.schemas import RechargeIn, validate
 from orchestrator.api.status import STATUS_HTML, status_view
 from orchestrator.clock import iso
@@ -367,6 +368,10 @@ async def status_json(request: web.Request) -> web.Response:
     return _json(status_view(svc))
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return _json(OPENAPI)
+
+
 async def metrics(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     _restricted(svc, request, "metrics")
@@ -403,5 +408,6 @@ def build_app(service: Service, *, manage_service: bool = True) -> web.Applicati
     app.router.add_get("/v1/health/channels", channel_health)
     app.router.add_get("/status", status_page)
     app.router.add_get("/v1/status", status_json)
+    app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/v1/admin/routing/explain", explain_route)
     return app

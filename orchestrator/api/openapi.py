@@ -1,0 +1,232 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at ``/v1/openapi.json``. A test
+validates real responses against it, so it cannot drift from what the server answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["OPENAPI"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): {"$ref": "#/components/responses/Error"} for c in codes}
+
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_TIME = {"type": "string", "format": "date-time"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
+                "message": {"type": "string", "minLength": 1},
+                "field": {"type": "string"},
+                "details": {"type": "array", "items": {"type": "object"}},
+            },
+        }},
+    },
+    "Instrument": {
+        "type": "object", "additionalProperties": False,
+        "description": "Exactly one of token or account_number (12-19 digits, masked before storage).",
+        "properties": {
+            "token": {"type": "string", "minLength": 1, "maxLength": 128},
+            "account_number": {"type": "string", "pattern": "^[0-9]{12,19}$"},
+        },
+    },
+    "RechargeRequest": {
+        "type": "object", "additionalProperties": False,
+        "required": ["user_id", "amount_minor", "currency", "country", "method", "instrument"],
+        "properties": {
+            "user_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"},
+            "amount_minor": {"type": "integer", "minimum": 1, "maximum": 10**12},
+            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "country": {"type": "string", "pattern": "^[A-Z]{2}$"},
+            "method": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
+            "instrument": _ref("Instrument"),
+            "quote_id": {"type": "string", "minLength": 1, "maxLength": 64},
+            "metadata": {"type": "object", "maxProperties": 20},
+        },
+    },
+    "Attempt": {
+        "type": "object", "required": ["channel", "reference", "outcome"],
+        "properties": {
+            "channel": {"type": "string"},
+            "reference": {"type": "string"},
+            "outcome": {"enum": ["captured", "pending", "declined", "not_processed", "unknown", "voided", "refunded"]},
+            "latency_ms": {"type": ["number", "null"]},
+            "decline_code": _NULLABLE_STR,
+            "error": _NULLABLE_STR,
+        },
+    },
+    "Recharge": {
+        "type": "object",
+        "required": ["id", "status", "user_id", "amount_minor", "currency", "coins", "bonus_coins", "channel",
+                     "attempts", "decline_code", "created_at", "updated_at"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^rc_[0-9a-f]+$"},
+            "status": {"enum": ["processing", "pending", "succeeded", "declined", "failed", "blocked"]},
+            "user_id": {"type": "string"},
+            "amount_minor": {"type": "integer"},
+            "currency": {"type": "string"},
+            "country": {"type": "string"},
+            "method": {"type": "string"},
+            "coins": {"type": "integer", "minimum": 0},
+            "bonus_coins": {"type": "integer", "minimum": 0},
+            "channel": _NULLABLE_STR,
+            "attempts": {"type": "array", "items": _ref("Attempt")},
+            "decline_code": _NULLABLE_STR,
+            "reason": _NULLABLE_STR,
+            "metadata": {"type": ["object", "null"]},
+            "config_version": {"type": "string"},
+            "created_at": _TIME,
+            "updated_at": _TIME,
+        },
+    },
+    "Trail": {
+        "type": "object", "required": ["recharge_id", "entries"],
+        "properties": {
+            "recharge_id": {"type": "string"},
+            "entries": {"type": "array", "items": {
+                "type": "object", "required": ["at", "event"],
+                "properties": {"at": _TIME, "event": {"type": "string"}, "status": _NULLABLE_STR,
+                               "reference": _NULLABLE_STR, "channel": _NULLABLE_STR,
+                               "detail": {"type": ["object", "null"]}},
+            }},
+        },
+    },
+    "Wallet": {
+        "type": "object", "required": ["user_id", "coins", "entries"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "coins": {"type": "integer", "minimum": 0},
+            "entries": {"type": "array", "items": {
+                "type": "object", "required": ["recharge_id", "coins", "balance_after", "created_at"],
+                "properties": {"recharge_id": {"type": "string"}, "coins": {"type": "integer"},
+                               "balance_after": {"type": "integer"}, "created_at": _TIME},
+            }},
+        },
+    },
+    "WebhookEvent": {
+        "type": "object", "required": ["event_id", "reference", "status"],
+        "properties": {"event_id": {"type": "string"}, "reference": {"type": "string"},
+                       "provider_ref": _NULLABLE_STR, "decline_code": _NULLABLE_STR,
+                       "status": {"enum": ["captured", "pending", "declined", "voided", "refunded"]}},
+    },
+    "ChannelHealth": {
+        "type": "object", "required": ["config_version", "channels"],
+        "properties": {"config_version": {"type": "string"}, "snapshot_version": {"type": "string"},
+                       "channels": {"type": "array", "items": {
+                           "type": "object", "required": ["channel", "kind", "breaker", "drained"],
+                           "properties": {"channel": {"type": "string"}, "kind": {"type": "string"},
+                                          "state": {"type": "string"}, "drained": {"type": "boolean"},
+                                          "breaker": {"type": "object"}, "latency_ms": {"type": "object"},
+                                          "success_rate": {"type": ["number", "null"]},
+                                          "in_flight": {"type": "integer"}}}}},
+    },
+}
+
+_bearer = [{"bearer": []}]
+_key_header = {"name": "Idempotency-Key", "in": "header", "required": True,
+               "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"}}
+_rid = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+PATHS: dict[str, Any] = {
+    "/v1/recharges": {"post": {
+        "summary": "Create a recharge (idempotent per client and Idempotency-Key)",
+        "security": _bearer, "parameters": [_key_header],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RechargeRequest")}}},
+        "responses": {"201": _json(_ref("Recharge"), "terminal within sync_wait_s"),
+                      "202": _json(_ref("Recharge"), "still pending"),
+                      **_errors(400, 401, 403, 409, 413, 415, 422, 429, 503)},
+    }},
+    "/v1/recharges/{id}": {"get": {
+        "summary": "A recharge", "security": _bearer, "parameters": [_rid],
+        "responses": {"200": _json(_ref("Recharge"), "the recharge"), **_errors(401, 403, 404)},
+    }},
+    "/v1/recharges/{id}/trail": {"get": {
+        "summary": "Every transition and attempt, in order", "security": _bearer, "parameters": [_rid],
+        "responses": {"200": _json(_ref("Trail"), "the trail"), **_errors(401, 403, 404)},
+    }},
+    "/v1/wallets/{user_id}": {"get": {
+        "summary": "A user's coin wallet", "security": _bearer,
+        "parameters": [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+        "responses": {"200": _json(_ref("Wallet"), "the wallet"), **_errors(401, 403, 404, 422)},
+    }},
+    "/v1/webhooks/{channel}": {"post": {
+        "summary": "Provider callback, authenticated by X-Provider-Signature",
+        "parameters": [{"name": "channel", "in": "path", "required": True, "schema": {"type": "string"}},
+                       {"name": "X-Provider-Signature", "in": "header", "required": True,
+                        "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("WebhookEvent")}}},
+        "responses": {"200": _json({"type": "object"}, "applied (or a no-op repeat)"), **_errors(401, 404, 413, 422)},
+    }},
+    "/healthz": {"get": {"summary": "Process alive", "responses": {"200": _json({"type": "object"}, "alive")}}},
+    "/readyz": {"get": {"summary": "Journal writable, config loaded, a channel routable",
+                        "responses": {"200": _json({"type": "object"}, "ready"),
+                                      "503": _json({"type": "object"}, "not ready")}}},
+    "/v1/health/channels": {"get": {"summary": "Per-channel health", "responses": {
+        "200": _json(_ref("ChannelHealth"), "channels"), **_errors(401)}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+        "200": {"description": "text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        **_errors(401)}}},
+    "/status": {"get": {"summary": "Status page for on-call", "responses": {
+        "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}, **_errors(401)}}},
+    "/v1/status": {"get": {"summary": "The status page's data", "responses": {
+        "200": _json({"type": "object"}, "status"), **_errors(401)}}},
+    "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},
+    "/v1/admin/routing/explain": {"get": {
+        "summary": "The routing decision for a transaction, each factor's contribution, filtered channels",
+        "security": _bearer,
+        "parameters": [{"name": n, "in": "query", "required": n != "segment", "schema": {"type": "string"}}
+                       for n in ("currency", "country", "method", "amount_minor", "segment")],
+        "responses": {"200": _json({"type": "object"}, "explanation"), **_errors(401, 403, 422)},
+    }},
+    "/v1/admin/config": {
+        "get": {"summary": "Running config (secrets redacted) and version", "security": _bearer,
+                "responses": {"200": _json({"type": "object"}, "config"), **_errors(401, 403)}},
+        "put": {"summary": "Validate and apply a config (YAML or JSON); ?dry_run=1 diffs only", "security": _bearer,
+                "parameters": [{"name": "dry_run", "in": "query", "schema": {"type": "string"}}],
+                "requestBody": {"required": True, "content": {"application/yaml": {"schema": {"type": "string"}},
+                                                              "application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": _json({"type": "object"}, "applied or diffed"),
+                              **_errors(400, 401, 403, 413, 415, 422)}},
+    },
+    "/v1/admin/config/history": {"get": {"summary": "Recent config versions", "security": _bearer,
+                                         "responses": {"200": _json({"type": "object"}, "history"),
+                                                       **_errors(401, 403)}}},
+    "/v1/admin/config/rollback": {"post": {"summary": "Restore the previous config", "security": _bearer,
+                                           "responses": {"200": _json({"type": "object"}, "rolled back"),
+                                                         **_errors(401, 403, 409)}}},
+    "/v1/admin/channels/{name}/drain": {"post": {
+        "summary": "Take a channel out of routing now", "security": _bearer,
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": _json({"type": "object"}, "drained"), **_errors(401, 403, 404)}}},
+    "/v1/admin/channels/{name}/enable": {"post": {
+        "summary": "Put a drained channel back", "security": _bearer,
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": _json({"type": "object"}, "enabled"), **_errors(401, 403, 404)}}},
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "Recharge orchestrator", "version": "1.0.0",
+             "description": "Smart-routing payment orchestrator for virtual-currency recharges (SPEC section 5)."},
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "responses": {"Error": _json(_ref("Error"), "an error, always in this shape")},
+    },
+}
