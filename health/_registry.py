@@ -73,14 +73,15 @@ class HealthRegistry:
     def names(self) -> tuple[str, ...]:
         return tuple(self._channels)
 
-    def add_channel(self, name: str, *, max_in_flight: int | None = None) -> None:
+    def add_channel(self, name: str, *, max_in_flight: int | None = None, ping_like_payment: bool = True) -> None:
         """Start tracking ``name``; a channel already tracked keeps its history and only
-        takes the new cap."""
+        takes the new cap. ``ping_like_payment``: see ``ChannelStats.record_probe``."""
         existing = self._channels.get(name)
         if existing is not None:
             existing.max_in_flight = max_in_flight
+            existing.stats.ping_like_payment = ping_like_payment
             return
-        stats = ChannelStats(self._clock, self._stats_config)
+        stats = ChannelStats(self._clock, self._stats_config, ping_like_payment=ping_like_payment)
         breaker = Breaker(self._clock, self._breaker_config)
         breaker.on_transition = lambda _old, new: self._breaker_moved(name, stats, new)
         self._channels[name] = _Channel(stats, breaker, max_in_flight)
@@ -90,13 +91,13 @@ class HealthRegistry:
         if self._channels.pop(name, None) is not None:
             self._changed(name)
 
-    def sync(self, caps: Mapping[str, int | None]) -> None:
+    def sync(self, caps: Mapping[str, int | None], ping_like: Mapping[str, bool] | None = None) -> None:
         """Make the tracked set equal to ``caps``' keys (name -> max_in_flight):
         new channels start fresh, kept ones keep their history, gone ones are dropped."""
         for name in [n for n in self._channels if n not in caps]:
             self.remove_channel(name)
         for name, cap in caps.items():
-            self.add_channel(name, max_in_flight=cap)
+            self.add_channel(name, max_in_flight=cap, ping_like_payment=(ping_like or {}).get(name, True))
 
     def stats(self, name: str) -> ChannelStats:
         return self._get(name).stats

@@ -65,9 +65,13 @@ class ChannelStats:
     A hang still shows, as ``stalled_ms``.
     """
 
-    def __init__(self, clock: Clock, config: StatsConfig = StatsConfig()) -> None:
+    def __init__(self, clock: Clock, config: StatsConfig = StatsConfig(), *,
+                 ping_like_payment: bool = True) -> None:
         self._clock = clock
         self.config = config
+        # Whether a ping takes about as long as a payment (a direct API: same server, same
+        # path) or not (a bank's ping is 40 ms, its payments 4.8 s).
+        self.ping_like_payment = ping_like_payment
         self._counts = SlidingCounts(config.window_s, config.bucket_s, config.half_life_s)
         self._latency = LatencyWindow(config.latency_samples, config.window_s)
         self._ewma = TimeDecayedEwma(config.ewma_tau_s, config.ewma_min_alpha)
@@ -76,6 +80,7 @@ class ChannelStats:
         self._tokens = itertools.count(1)
         self._last_probe: ProbeResult | None = None
         self._last_answer_at = -math.inf
+        self._last_live_latency_at: float | None = None
         self._probes = {"ok": 0, "failed": 0}
 
     # -- feeding -------------------------------------------------------------------
@@ -91,17 +96,24 @@ class ChannelStats:
             self._last_answer_at = now  # a reply, even a refusal, proves it is not hung
         if worked:
             self._add_latency(latency_ms, now)
+            self._last_live_latency_at = now
         return worked
 
     def record_probe(self, ok: bool, latency_ms: float) -> None:
-        """A probe measures latency (when it succeeds) but not payment success: ``/ping``
-        answering says nothing about whether payments go through."""
+        """A probe says the channel answers, not how long a payment takes: a bank's
+        ``/ping`` takes 40 ms and its payments 4.8 s. So a probe's latency stands in for
+        payment latency only on a channel that has carried traffic before but none for a
+        half-life (ejected, or idle): that keeps a recovered channel from being judged
+        on its outage forever. A channel never measured stays unmeasured (routing scores
+        it at its timeout) rather than looking as fast as its ping."""
         now = self._clock()
         self._last_probe = ProbeResult(now, ok, latency_ms)
         self._probes["ok" if ok else "failed"] += 1
         if ok:
             self._last_answer_at = now
-            self._add_latency(latency_ms, now)
+            live = self._last_live_latency_at
+            if self.ping_like_payment or (live is not None and now - live > self.config.half_life_s):
+                self._add_latency(latency_ms, now)
 
     def _add_latency(self, latency_ms: float, now: float) -> None:
         self._ewma.add(latency_ms, now)

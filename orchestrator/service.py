@@ -280,7 +280,8 @@ class Service:
         await self.journal.open()
         for ch in self.config.channels:
             self.channels[ch.name] = self._channel_factory(ch)
-            self.health.add_channel(ch.name, max_in_flight=ch.max_in_flight)
+            self.health.add_channel(ch.name, max_in_flight=ch.max_in_flight,
+                                    ping_like_payment=ch.kind == "direct_api")
         self.publish_snapshot()
         loop = asyncio.get_running_loop()
         if self._probe:
@@ -351,7 +352,8 @@ class Service:
             for name, channel in fresh.items():
                 self.retired.pop(name, None)
                 self.channels[name] = channel
-            self.health.sync({c.name: c.max_in_flight for c in new.config.channels})
+            self.health.sync({c.name: c.max_in_flight for c in new.config.channels},
+                             {c.name: c.kind == "direct_api" for c in new.config.channels})
             for name in self.drained & new_names:
                 self.health.drain(name)
             self.loaded = new

@@ -49,17 +49,28 @@ def test_latency_describes_answers_not_timeouts():
     assert stats.latency_quantiles(fresh=True) == (30.0, 30.0, 30.0)
 
 
-def test_probes_feed_latency_and_last_probe_but_not_success_rate():
+def test_probes_feed_last_probe_but_not_success_rate_nor_a_never_measured_latency():
     clock = FakeClock()
-    stats = ChannelStats(clock)
+    stats = ChannelStats(clock, ping_like_payment=False)
     stats.record_probe(True, 25.0)
     clock.advance(2)
     stats.record_probe(False, 1000.0)
     assert stats.window_counts() == (0, 0)
-    assert stats.latency_ewma_ms == 25.0
+    assert stats.latency_ewma_ms is None, "a bank's ping latency is not its payments'"
     assert stats.last_probe is not None and stats.last_probe.ok is False
     assert stats.last_probe.at == clock.now
     assert stats.probe_counts() == {"ok": 1, "failed": 1}
+
+
+def test_probes_refresh_the_latency_of_a_channel_idle_for_a_window():
+    clock = FakeClock()
+    stats = ChannelStats(clock, StatsConfig(window_s=60, half_life_s=10), ping_like_payment=False)
+    stats.record(AttemptOutcome.CAPTURED, 4800.0)
+    stats.record_probe(True, 40.0)
+    assert stats.latency_ewma_ms == 4800.0, "while live traffic speaks, pings do not"
+    clock.advance(11)
+    stats.record_probe(True, 40.0)
+    assert stats.latency_ewma_ms < 4800.0, "after a silent half-life the probe stands in"
 
 
 def test_decayed_counts_weigh_recent_results_more():
@@ -128,3 +139,10 @@ def test_stats_config_validates():
         StatsConfig(bucket_s=0)
     with pytest.raises(ValueError):
         StatsConfig(latency_samples=0)
+
+
+def test_a_direct_apis_ping_counts_as_its_latency():
+    clock = FakeClock()
+    stats = ChannelStats(clock)
+    stats.record_probe(True, 25.0)
+    assert stats.latency_ewma_ms == 25.0
