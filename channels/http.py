@@ -1,55 +1,92 @@
 """The reference adapter for provider protocol v1 (SPEC section 6).
 
-It only builds requests and reads answers; ``outcome_of`` is the one place that turns
-what happened on the wire into the spec's attempt outcomes:
+It only builds requests and reads answers. ``outcome_of`` is the one place that turns what
+happened on the wire into the spec's attempt outcomes; nothing outside this module knows an
+HTTP status code:
 
-    authorize  200 captured|pending|declined   -> that outcome
-               429, 503                        -> NOT_PROCESSED (the provider says: nothing charged)
-               connect refused / DNS / connect timeout (nothing was sent) -> NOT_PROCESSED
-               other 4xx (an explicit reject)  -> NOT_PROCESSED
-               other 5xx, read timeout, reset after send, unreadable 200 -> UNKNOWN
-    inquire    200 <status>                    -> that status; 404 -> NOT_PROCESSED (no such payment)
-               anything else (429/503 included: the *inquiry* was not processed) -> UNKNOWN
-    void       200 voided -> VOIDED; 409 <current state> -> that state; 404 -> NOT_PROCESSED
-    refund     200 refunded -> REFUNDED; 409 <current state> -> that state
-    ping       200 -> CAPTURED (meaning "ok"); anything else -> NOT_PROCESSED / UNKNOWN
+    authorize  200|409 captured|pending|declined    -> that outcome (409: the state it already has)
+               429, 503                             -> NOT_PROCESSED: the provider says nothing was charged
+               no answer, nothing sent (connect refused, DNS failure, connect timeout, pool wait)
+                                                    -> NOT_PROCESSED
+               404 and every other 4xx              -> NOT_PROCESSED: an explicit reject (bad request,
+                                                       bad key, unknown channel path) charges nothing
+               other 5xx, read timeout, reset or disconnect after sending, unreadable 200/409
+                                                    -> UNKNOWN: the request may have been processed
+    inquire    200 <status>                         -> that status (captured, pending, declined,
+                                                       voided, refunded)
+               404                                  -> NOT_PROCESSED: the provider has no such payment
+               anything else, 429/503 and no answer at all included
+                                                    -> UNKNOWN: the *inquiry* failed, which proves
+                                                       nothing about the payment
+    void       200|409 <state>                      -> that state (VOIDED when it was cancelled)
+               404                                  -> NOT_PROCESSED (nothing to cancel)
+               anything else, no answer included    -> UNKNOWN
+    refund     as void, REFUNDED when it was given back
+    ping       200 {"status": "ok"}                 -> CAPTURED, read as "ok" (the Channel protocol
+                                                       has one result type; the prober checks for it)
+               another HTTP answer                  -> NOT_PROCESSED (the provider is up but refuses)
+               no answer                            -> NOT_PROCESSED if nothing was sent, else UNKNOWN
 
-One ``aiohttp.ClientSession`` per channel: pooled keep-alive connections, at most
-``max_in_flight`` of them.
+Kinds differ only in defaults (``KIND_DEFAULTS``), never in code paths.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from channels._protocol import AttemptOutcome, ChannelResult, PaymentRequest
 
-__all__ = ["KIND_DEFAULTS", "HttpChannel", "KindDefaults", "outcome_of"]
+__all__ = [
+    "KIND_DEFAULTS",
+    "HttpChannel",
+    "KindDefaults",
+    "Op",
+    "WireAnswer",
+    "WirePayment",
+    "outcome_of",
+]
+
+MAX_BODY_BYTES = 1 << 20
+"""A provider answer larger than this is not a protocol-v1 answer: read as unreadable."""
 
 
 @dataclass(frozen=True, slots=True)
 class KindDefaults:
-    """What differs between kinds: defaults, not code paths."""
+    """What differs between kinds: defaults, not code paths. ``poll_schedule_s`` is the
+    gap before each inquiry when the outcome is pending or unknown."""
 
     timeout_ms: int
     connect_timeout_ms: int
     expects_pending: bool
+    poll_schedule_s: tuple[float, ...]
 
 
-KIND_DEFAULTS = {
-    "direct_api": KindDefaults(timeout_ms=2000, connect_timeout_ms=500, expects_pending=False),
-    "digital_currency": KindDefaults(timeout_ms=4000, connect_timeout_ms=1000, expects_pending=True),
-    "bank": KindDefaults(timeout_ms=8000, connect_timeout_ms=1000, expects_pending=True),
+KIND_DEFAULTS: dict[str, KindDefaults] = {
+    "direct_api": KindDefaults(2_000, 500, expects_pending=False, poll_schedule_s=(0.2, 0.5, 1.0, 2.0, 4.0)),
+    "digital_currency": KindDefaults(4_000, 1_000, expects_pending=True, poll_schedule_s=(1.0, 2.0, 4.0, 8.0)),
+    "bank": KindDefaults(10_000, 1_000, expects_pending=True, poll_schedule_s=(2.0, 4.0, 8.0, 15.0)),
 }
 
-_STATUS = {
+
+class Op(enum.StrEnum):
+    AUTHORIZE = "authorize"
+    INQUIRE = "inquire"
+    VOID = "void"
+    REFUND = "refund"
+    PING = "ping"
+
+
+_PAYMENT_STATUS = {
     "captured": AttemptOutcome.CAPTURED,
     "pending": AttemptOutcome.PENDING,
     "declined": AttemptOutcome.DECLINED,
@@ -58,56 +95,157 @@ _STATUS = {
 }
 
 
+def _opt_str(doc: dict[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class WirePayment:
+    """A payment object as a protocol-v1 provider sends it."""
+
+    reference: str | None
+    provider_ref: str | None
+    status: str
+    decline_code: str | None
+
+    @classmethod
+    def parse(cls, raw: bytes) -> WirePayment | None:
+        """The payment in ``raw``, or None when it is not one (not JSON, no known status)."""
+        doc = _json_object(raw)
+        status = _opt_str(doc, "status") if doc is not None else None
+        if doc is None or status is None or status not in _PAYMENT_STATUS:
+            return None
+        return cls(_opt_str(doc, "reference"), _opt_str(doc, "provider_ref"), status, _opt_str(doc, "decline_code"))
+
+
+@dataclass(frozen=True, slots=True)
+class WirePing:
+    """The probe answer: ``{"status": "ok"}``."""
+
+    ok: bool
+
+    @classmethod
+    def parse(cls, raw: bytes) -> WirePing:
+        doc = _json_object(raw)
+        return cls(doc is not None and doc.get("status") == "ok")
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 @dataclass(frozen=True, slots=True)
 class WireAnswer:
-    """What came back, before interpretation. ``status`` is None when no HTTP answer
-    arrived; ``sent`` says whether the request may have reached the provider."""
+    """What happened on the wire, before interpretation.
 
-    op: str
-    status: int | None
-    body: dict[str, Any] | None
-    sent: bool
+    ``http_status`` is None when no HTTP answer arrived; then ``sent`` says whether the
+    request may have reached the provider. ``raw`` is the body as received.
+    """
+
+    op: Op
+    http_status: int | None
+    raw: bytes = b""
+    sent: bool = True
     error: str | None = None
 
 
-def _payment(body: dict[str, Any] | None, err: str) -> ChannelResult | None:
-    if not isinstance(body, dict):
-        return None
-    outcome = _STATUS.get(str(body.get("status")))
-    if outcome is None:
-        return None
-    ref = body.get("provider_ref")
-    code = body.get("decline_code")
-    return ChannelResult(outcome, provider_ref=ref if isinstance(ref, str) else None,
-                         decline_code=code if isinstance(code, str) else None, error=err or None)
-
-
 def outcome_of(ans: WireAnswer) -> ChannelResult:
-    """The exhaustive map from a wire answer to an attempt outcome (see module doc)."""
-    if ans.status is None:
-        # No answer: if the request may have been sent, the payment may exist.
-        kind = AttemptOutcome.UNKNOWN if ans.sent else AttemptOutcome.NOT_PROCESSED
-        return ChannelResult(kind, error=ans.error)
-    if ans.op == "ping":
-        ok = ans.status == 200
-        return ChannelResult(AttemptOutcome.CAPTURED if ok else AttemptOutcome.NOT_PROCESSED,
-                             error=None if ok else f"ping answered {ans.status}")
-    if ans.status in (200, 409) and ans.op in ("authorize", "inquire", "void", "refund"):
-        parsed = _payment(ans.body, "" if ans.status == 200 else f"{ans.op} refused: payment is in this state")
-        if parsed is not None:
-            return parsed
-        return ChannelResult(AttemptOutcome.UNKNOWN, error=f"{ans.op}: unreadable {ans.status} answer")
-    if ans.status == 404 and ans.op in ("inquire", "void", "refund"):
-        return ChannelResult(AttemptOutcome.NOT_PROCESSED, error="provider has no such payment")
-    if ans.status in (429, 503) and ans.op == "authorize":
-        return ChannelResult(AttemptOutcome.NOT_PROCESSED, error=f"provider answered {ans.status}: not processed")
-    if 400 <= ans.status < 500 and ans.op == "authorize":
-        return ChannelResult(AttemptOutcome.NOT_PROCESSED, error=f"provider rejected the request ({ans.status})")
-    return ChannelResult(AttemptOutcome.UNKNOWN, error=f"provider answered {ans.status}")
+    """The exhaustive map from a wire answer to an attempt outcome (see the module doc)."""
+    if ans.http_status is None:
+        # Only a charge that never left is known not to have happened; an inquiry, void
+        # or refund that never left says nothing about the payment.
+        not_processed = not ans.sent and ans.op in (Op.AUTHORIZE, Op.PING)
+        return ChannelResult(AttemptOutcome.NOT_PROCESSED if not_processed else AttemptOutcome.UNKNOWN,
+                             error=ans.error)
+    status = ans.http_status
+    if ans.op is Op.PING:
+        if status == 200 and WirePing.parse(ans.raw).ok:
+            return ChannelResult(AttemptOutcome.CAPTURED)
+        return ChannelResult(AttemptOutcome.NOT_PROCESSED, error=f"ping answered {status}, not ok")
+    if status in (200, 409):
+        return _payment_result(ans)
+    if status == 404:
+        what = "no such payment" if ans.op is not Op.AUTHORIZE else "no such endpoint"
+        return ChannelResult(AttemptOutcome.NOT_PROCESSED, error=f"provider answered 404: {what}")
+    if ans.op is Op.AUTHORIZE and status in (429, 503):
+        return ChannelResult(AttemptOutcome.NOT_PROCESSED, error=f"provider answered {status}: not processed")
+    if ans.op is Op.AUTHORIZE and 400 <= status < 500:
+        return ChannelResult(AttemptOutcome.NOT_PROCESSED, error=f"provider rejected the request ({status})")
+    return ChannelResult(AttemptOutcome.UNKNOWN, error=f"{ans.op} answered {status}")
+
+
+def _payment_result(ans: WireAnswer) -> ChannelResult:
+    payment = WirePayment.parse(ans.raw)
+    if payment is None:
+        return ChannelResult(AttemptOutcome.UNKNOWN, error=f"{ans.op}: unreadable {ans.http_status} answer")
+    error = None if ans.http_status == 200 else f"{ans.op} refused (409): the payment is {payment.status}"
+    return ChannelResult(_PAYMENT_STATUS[payment.status], provider_ref=payment.provider_ref,
+                         decline_code=payment.decline_code, error=error)
+
+
+# Errors that prove the request never left: the connection was not made, or the URL
+# could not be used. A connect timeout includes the wait for a pooled connection.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.InvalidURL)
+
+
+def _no_answer(op: Op, exc: BaseException, possibly_sent: bool) -> WireAnswer:
+    """A failure with no HTTP answer. A bare deadline (TimeoutError) counts as not sent
+    only when the request trace saw that no request headers were written."""
+    not_sent = isinstance(exc, _NOT_SENT) or (isinstance(exc, TimeoutError) and not possibly_sent)
+    kind = "connect failed" if not_sent else "timeout" if isinstance(exc, TimeoutError) else "connection lost"
+    return WireAnswer(op, None, sent=not not_sent, error=f"{kind}: {type(exc).__name__}")
+
+
+async def _on_request_start(_s: aiohttp.ClientSession, ctx: SimpleNamespace, _p: object) -> None:
+    if isinstance(ctx.trace_request_ctx, _SendProbe):
+        ctx.trace_request_ctx.traced = True
+
+
+async def _on_headers_sent(_s: aiohttp.ClientSession, ctx: SimpleNamespace, _p: object) -> None:
+    if isinstance(ctx.trace_request_ctx, _SendProbe):
+        ctx.trace_request_ctx.headers_sent = True
+
+
+class _SendProbe:
+    """Per-request trace state. Without a trace (a session handed in from outside),
+    ``possibly_sent`` stays True: when unsure, assume the provider may have it."""
+
+    __slots__ = ("headers_sent", "traced")
+
+    def __init__(self) -> None:
+        self.traced = False
+        self.headers_sent = False
+
+    @property
+    def possibly_sent(self) -> bool:
+        return self.headers_sent or not self.traced
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return b""  # unreadable, and not worth holding in memory
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class HttpChannel:
-    """A Channel speaking protocol v1 over HTTP(S)."""
+    """A Channel speaking protocol v1 over HTTP(S).
+
+    One ``aiohttp.ClientSession`` per channel, created on first use inside the running
+    loop: pooled keep-alive connections, at most ``max_in_flight`` at once (a request
+    waiting for a free one counts against the connect timeout, so it stays NOT_PROCESSED).
+    Every call returns a ``ChannelResult`` with ``latency_ms`` measured around the wire
+    exchange; provider and network failures never raise.
+    """
 
     def __init__(
         self,
@@ -122,32 +260,39 @@ class HttpChannel:
         ca_file: str | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
+        if kind not in KIND_DEFAULTS:
+            raise ValueError(f"kind must be one of {sorted(KIND_DEFAULTS)}, not {kind!r}")
         defaults = KIND_DEFAULTS[kind]
+        total_ms = timeout_ms if timeout_ms is not None else defaults.timeout_ms
+        connect_ms = connect_timeout_ms if connect_timeout_ms is not None else defaults.connect_timeout_ms
+        if total_ms <= 0 or connect_ms <= 0 or (max_in_flight is not None and max_in_flight <= 0):
+            raise ValueError("timeout_ms, connect_timeout_ms and max_in_flight must be > 0")
         self.name = name
         self.kind = kind
         self.base_url = base_url.rstrip("/")
         self.expects_pending = defaults.expects_pending
-        self._timeout = aiohttp.ClientTimeout(
-            total=(timeout_ms or defaults.timeout_ms) / 1000,
-            connect=(connect_timeout_ms or defaults.connect_timeout_ms) / 1000,
-        )
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.poll_schedule_s = defaults.poll_schedule_s
+        # The connect phase must end before the whole deadline, or a slow connect would
+        # surface as a bare deadline instead of the connect timeout that proves "not sent".
+        self._timeout = aiohttp.ClientTimeout(total=total_ms / 1000, connect=min(connect_ms, total_ms * 0.9) / 1000)
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._limit = max_in_flight or 0
         self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self._session = session
         self._owns_session = session is None
 
     def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+        if self._session is None or (self._owns_session and self._session.closed):
+            trace = aiohttp.TraceConfig()
+            trace.on_request_start.append(_on_request_start)
+            trace.on_request_headers_sent.append(_on_headers_sent)
             connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=30, ssl=self._ssl)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode(),
-            )
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trace_configs=[trace])
         return self._session
 
-    async def _send(self, op: str, method: str, path: str, *, body: dict[str, Any] | None = None,
+    async def _call(self, op: Op, method: str, path: str, *, body: dict[str, Any] | None = None,
                     idempotency_key: str | None = None) -> ChannelResult:
-        headers = dict(self._headers)
+        headers = dict(self._auth)
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -155,28 +300,19 @@ class HttpChannel:
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         started = time.perf_counter()
-        ans = await self._exchange(op, method, self.base_url + path, headers, data)
-        result = outcome_of(ans)
-        return ChannelResult(result.outcome, result.provider_ref, result.decline_code, result.error,
-                             (time.perf_counter() - started) * 1000)
+        answer = await self._exchange(op, method, self.base_url + path, headers, data)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        return replace(outcome_of(answer), latency_ms=elapsed_ms)
 
-    async def _exchange(self, op: str, method: str, url: str, headers: dict[str, str], data: bytes | None) -> WireAnswer:
+    async def _exchange(self, op: Op, method: str, url: str, headers: dict[str, str], data: bytes | None) -> WireAnswer:
+        """The one seam to the network: every library error becomes a ``WireAnswer``."""
+        probe = _SendProbe()
         try:
-            async with self._client().request(method, url, headers=headers, data=data) as resp:
-                raw = await resp.read()
-                try:
-                    parsed = orjson.loads(raw) if raw else None
-                except orjson.JSONDecodeError:
-                    parsed = None
-                return WireAnswer(op, resp.status, parsed if isinstance(parsed, dict) else None, True)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            # The connection was never made: nothing was sent.
-            return WireAnswer(op, None, None, False, f"connect failed: {type(exc).__name__}")
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            return WireAnswer(op, None, None, True, f"timeout: {type(exc).__name__}")
-        except (aiohttp.ClientError, OSError) as exc:
-            # Reset, disconnect, bad answer after the request went out: may have been processed.
-            return WireAnswer(op, None, None, True, f"connection error: {type(exc).__name__}")
+            async with self._client().request(method, url, headers=headers, data=data, timeout=self._timeout,
+                                              trace_request_ctx=probe) as resp:
+                return WireAnswer(op, resp.status, await _read_capped(resp))
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return _no_answer(op, exc, probe.possibly_sent)
 
     # -- the Channel protocol ----------------------------------------------------------
 
@@ -189,23 +325,32 @@ class HttpChannel:
             "instrument": request.instrument,
             "callback_url": request.callback_url,
         }
-        return await self._send("authorize", "POST", "/payments", body=body, idempotency_key=request.reference)
+        return await self._call(Op.AUTHORIZE, "POST", "/payments", body=body, idempotency_key=request.reference)
 
     async def inquire(self, reference: str) -> ChannelResult:
-        return await self._send("inquire", "GET", f"/payments/{reference}")
+        return await self._call(Op.INQUIRE, "GET", f"/payments/{_segment(reference)}")
 
     async def void(self, reference: str) -> ChannelResult:
-        return await self._send("void", "POST", f"/payments/{reference}/void", idempotency_key=f"{reference}.void")
+        return await self._call(Op.VOID, "POST", f"/payments/{_segment(reference)}/void",
+                                idempotency_key=f"{reference}.void")
 
     async def refund(self, reference: str) -> ChannelResult:
-        return await self._send("refund", "POST", f"/payments/{reference}/refund",
+        return await self._call(Op.REFUND, "POST", f"/payments/{_segment(reference)}/refund",
                                 idempotency_key=f"{reference}.refund")
 
     async def ping(self) -> ChannelResult:
-        return await self._send("ping", "GET", "/ping")
+        """CAPTURED means the provider answered ``200 {"status": "ok"}``; ``latency_ms``
+        is the probe's round trip. Anything else is NOT_PROCESSED or UNKNOWN (module doc)."""
+        return await self._call(Op.PING, "GET", "/ping")
 
     async def close(self) -> None:
+        """Close the session this channel created (never one handed in)."""
         if self._session is not None and self._owns_session and not self._session.closed:
             await self._session.close()
             # Let the connector's transports finish closing (aiohttp's advice).
             await asyncio.sleep(0)
+
+
+def _segment(reference: str) -> str:
+    """A reference as one URL path segment: a '/' or '?' in it must not change the route."""
+    return quote(reference, safe="")

@@ -1,43 +1,69 @@
-"""Provider webhooks, protocol v1: signing and verification, and the event body.
+"""Provider webhooks, protocol v1: signing, verification and the event body.
 
     X-Provider-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>
 
 The signature covers the raw bytes as received, so verification happens before any
-parsing; ``t`` bounds replays to a tolerance window (300 s by default).
+parsing; ``t`` bounds replays to a tolerance window (300 s by default). Both functions are
+pure (the caller passes the time), so the simulator signs with them and the orchestrator
+verifies with them, and tests need no clock.
 
-    WebhookError
-     ├── SignatureError   missing, malformed, wrong or stale signature (401)
-     └── MalformedEvent   signed, but not an event body (422)
+    WebhookError (ValueError)
+     ├── SignatureError   missing, malformed, wrong or stale signature: answer 401
+     └── MalformedEvent   correctly signed, but not an event body: answer 422
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-__all__ = ["MalformedEvent", "SignatureError", "WebhookError", "WebhookEvent", "parse_event", "sign", "verify"]
+__all__ = [
+    "EVENT_STATUSES",
+    "SIGNATURE_HEADER",
+    "TOLERANCE_S",
+    "MalformedEvent",
+    "SignatureError",
+    "WebhookError",
+    "WebhookEvent",
+    "event_body",
+    "parse_event",
+    "sign",
+    "verify",
+]
 
+SIGNATURE_HEADER = "X-Provider-Signature"
 TOLERANCE_S = 300
-_STATUSES = frozenset({"captured", "pending", "declined", "voided", "refunded"})
+EVENT_STATUSES = frozenset({"captured", "pending", "declined", "voided", "refunded"})
+_MAX_FIELD = 255
+_MAX_T_DIGITS = 12  # unix seconds stay under 12 digits for 30,000 years; longer is an attack
 
 
 class WebhookError(ValueError):
-    pass
+    """Base of every webhook rejection; ``reason`` is safe to show the sender."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class SignatureError(WebhookError):
-    pass
+    """The body cannot be trusted: nothing in it may be acted on."""
 
 
 class MalformedEvent(WebhookError):
-    pass
+    """The body is authentic but is not a protocol-v1 event."""
 
 
 @dataclass(frozen=True, slots=True)
 class WebhookEvent:
+    """One provider event. ``event_id`` deduplicates deliveries; ``status`` is the
+    payment's state as the provider saw it when it sent the event (it may be stale)."""
+
     event_id: str
     reference: str
     provider_ref: str | None
@@ -51,67 +77,86 @@ def _mac(secret: str, t: int, body: bytes) -> str:
 
 def sign(secret: str, body: bytes, t: int) -> str:
     """The ``X-Provider-Signature`` header value for ``body`` sent at unix time ``t``."""
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise ValueError("t must be a non-negative integer of unix seconds")
     return f"t={t},v1={_mac(secret, t, body)}"
 
 
-def _parse_header(header: str) -> tuple[int, list[str]]:
+def _parse_header(header: str) -> tuple[int, list[bytes]]:
+    """``t`` and every ``v1`` candidate (several during a secret rotation). Unknown
+    schemes (``v0=``, a future ``v2=``) are ignored, as the header format allows."""
     t: int | None = None
-    sigs: list[str] = []
+    candidates: list[bytes] = []
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
         if key == "t":
-            if not value.isdigit() or len(value) > 12:
-                raise SignatureError("malformed timestamp")
+            # isdigit() alone accepts '²' and other non-ASCII digits int() refuses.
+            if not (value.isascii() and value.isdigit()) or len(value) > _MAX_T_DIGITS:
+                raise SignatureError("malformed timestamp in signature header")
             t = int(value)
         elif key == "v1":
-            sigs.append(value)
-    if t is None or not sigs:
+            # compare_digest refuses non-ASCII str; bytes keep a hostile header a 401, not a 500.
+            candidates.append(value.encode("utf-8", "surrogateescape"))
+    if t is None or not candidates:
         raise SignatureError("signature header needs t= and v1=")
-    return t, sigs
+    return t, candidates
 
 
-def verify(secret: str, header: str | None, body: bytes, *, now: float, tolerance_s: float = TOLERANCE_S) -> WebhookEvent:
-    """Check the signature (constant time, within the tolerance), then parse the event."""
+def verify(secret: str, header: str | None, body: bytes, now: float, tolerance_s: float = TOLERANCE_S) -> WebhookEvent:
+    """Check the signature (constant time, within ``tolerance_s`` of ``now``), then parse
+    the event. Raises ``SignatureError`` or ``MalformedEvent``; never anything else for
+    any header or body."""
     if not header:
-        raise SignatureError("missing X-Provider-Signature")
-    t, sigs = _parse_header(header)
-    if abs(now - t) > tolerance_s:
-        raise SignatureError(f"timestamp {t} is more than {tolerance_s:.0f} s away")
-    expected = _mac(secret, t, body)
-    # Compare against every v1 given (rotation), each in constant time, all of them.
-    ok = False
-    for sig in sigs:
-        ok |= hmac.compare_digest(expected, sig)
-    if not ok:
+        raise SignatureError(f"missing {SIGNATURE_HEADER}")
+    t, candidates = _parse_header(header)
+    if not math.isfinite(now) or abs(now - t) > tolerance_s:
+        raise SignatureError(f"timestamp {t} is more than {tolerance_s:g} s away from now")
+    expected = _mac(secret, t, body).encode()
+    # Compare with every candidate, without stopping early, so timing says nothing.
+    matched = False
+    for candidate in candidates:
+        matched |= hmac.compare_digest(expected, candidate)
+    if not matched:
         raise SignatureError("signature does not match")
     return parse_event(body)
 
 
-def _text(doc: dict[str, object], key: str, *, required: bool) -> str | None:
+def _optional(doc: dict[str, Any], key: str) -> str | None:
     value = doc.get(key)
     if value is None:
-        if required:
-            raise MalformedEvent(f"{key} is required")
         return None
-    if not isinstance(value, str) or not 0 < len(value) <= 255:
-        raise MalformedEvent(f"{key} must be a string of 1 to 255 characters")
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_FIELD:
+        raise MalformedEvent(f"{key} must be a string of 1 to {_MAX_FIELD} characters")
+    return value
+
+
+def _required(doc: dict[str, Any], key: str) -> str:
+    value = _optional(doc, key)
+    if value is None:
+        raise MalformedEvent(f"{key} is required")
     return value
 
 
 def parse_event(body: bytes) -> WebhookEvent:
+    """The event in a (verified) body; ``MalformedEvent`` names the first bad field."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedEvent(f"not JSON: {exc.msg}") from None
     if not isinstance(doc, dict):
         raise MalformedEvent("the event must be a JSON object")
-    status = _text(doc, "status", required=True)
-    if status not in _STATUSES:
-        raise MalformedEvent(f"status must be one of {sorted(_STATUSES)}")
-    return WebhookEvent(
-        event_id=_text(doc, "event_id", required=True) or "",
-        reference=_text(doc, "reference", required=True) or "",
-        provider_ref=_text(doc, "provider_ref", required=False),
-        status=status,
-        decline_code=_text(doc, "decline_code", required=False),
-    )
+    event_id, reference, status = (_required(doc, k) for k in ("event_id", "reference", "status"))
+    if status not in EVENT_STATUSES:
+        raise MalformedEvent(f"status must be one of {sorted(EVENT_STATUSES)}")
+    return WebhookEvent(event_id, reference, _optional(doc, "provider_ref"), status, _optional(doc, "decline_code"))
+
+
+def event_body(event: WebhookEvent) -> bytes:
+    """The wire body of ``event``: what a provider signs and sends."""
+    return orjson.dumps({
+        "event_id": event.event_id,
+        "reference": event.reference,
+        "provider_ref": event.provider_ref,
+        "status": event.status,
+        "decline_code": event.decline_code,
+    })

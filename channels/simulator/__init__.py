@@ -1,64 +1,122 @@
-"""The provider simulator: many protocol-v1 channels on one port, with live-changeable
-behaviour, signed webhooks and a ledger of what was really charged."""
+"""The provider simulator (SPEC section 16): many protocol-v1 channels on one port, with
+live-changeable behaviour, signed webhooks and a ledger of what was really charged.
+
+    python -m channels.simulator --config config/simulator.example.yaml --port 9000
+    python -m orchestrator simulate --config FILE --port N      (the same ``main``)
+
+In-process (tests): ``build_app(config)`` gives the aiohttp app to run on any port.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-from channels.simulator._app import SIMULATOR, Payment, SimConfigError, Simulator, build_app, load_config
-from channels.simulator._behaviour import KIND_DEFAULTS, OUTAGE_MODES, Behaviour, BehaviourError
+import orjson
+import structlog
+import uvloop
+from aiohttp import web
+
+from channels.simulator._app import SIMULATOR, Simulator, build_app
+from channels.simulator._behaviour import (
+    KIND_DEFAULTS,
+    LATENCY_DISTRIBUTIONS,
+    OUTAGE_MODES,
+    Behaviour,
+    BehaviourError,
+    Fate,
+)
+from channels.simulator._config import ChannelSpec, SimConfig, SimConfigError, load_config, parse_config
+from channels.simulator._ledger import COUNTERS, Payment, SimChannel
 
 __all__ = [
+    "COUNTERS",
     "KIND_DEFAULTS",
+    "LATENCY_DISTRIBUTIONS",
     "OUTAGE_MODES",
     "SIMULATOR",
     "Behaviour",
     "BehaviourError",
+    "ChannelSpec",
+    "Fate",
     "Payment",
+    "SimChannel",
+    "SimConfig",
     "SimConfigError",
     "Simulator",
     "build_app",
+    "configure_logging",
     "load_config",
     "main",
+    "parse_config",
+    "run",
     "serve",
 ]
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9000
 
-async def serve(doc: dict, host: str, port: int, ready: "asyncio.Event | None" = None) -> None:
-    from aiohttp import web
 
-    runner = web.AppRunner(build_app(doc), access_log=None, handle_signals=False)
+async def serve(config: SimConfig | Mapping[str, Any], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then stop cleanly (webhook deliveries cancelled)."""
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
-    await site.start()
-    print(f"simulator listening on http://{host}:{port} ({len(doc['channels'])} channels)", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
-    await stop.wait()
-    await runner.cleanup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
+        await site.start()
+        channels = len(app[SIMULATOR].channels)
+        print(f"simulator listening on http://{host}:{port} ({channels} channels)", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """JSON log lines on stderr, as the orchestrator writes them, for a simulator run as its
+    own process (in-process users keep whatever logging they set up)."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.BytesLoggerFactory(file=sys.stderr.buffer),
+        cache_logger_on_first_use=True,
+    )
+
+
+def run(config_path: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
+    """Load, validate and serve a config file; 1 (with the error on stderr) when it is invalid."""
+    configure_logging()
+    try:
+        config = load_config(config_path)
+    except SimConfigError as exc:
+        print(f"simulator config {config_path}: {exc}", file=sys.stderr)
+        return 1
+    uvloop.run(serve(config, host, port))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="simulate", description="provider simulator (protocol v1)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9000)
-    args = p.parse_args(argv)
-    try:
-        doc = load_config(args.config)
-        build_app(doc)  # validate before binding the port
-    except SimConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    import uvloop
-
-    uvloop.run(serve(doc, args.host, args.port))
-    return 0
+    parser = argparse.ArgumentParser(prog="simulate", description="provider simulator (protocol v1)")
+    parser.add_argument("--config", required=True, help="simulator YAML (see config/simulator.example.yaml)")
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    args = parser.parse_args(argv)
+    return run(args.config, args.host, args.port)

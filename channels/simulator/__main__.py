@@ -1,3 +1,5 @@
+"""``python -m channels.simulator --config FILE --port N``."""
+
 import sys
 
 from channels.simulator import main

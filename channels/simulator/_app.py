@@ -1,423 +1,340 @@
-"""The provider simulator (SPEC section 16): any number of channels on one port, each at
-``/{channel}/...`` speaking protocol v1 with its own live-changeable behaviour, idempotent
-by reference like a real provider, sending signed webhooks, and keeping a ledger of what
-it really charged for tests to compare against.
+"""The provider simulator's HTTP face (SPEC section 16): any number of channels on one
+port, each at ``/{channel}/...`` speaking protocol v1 with its own live-changeable
+behaviour, idempotent by reference like a real provider, and a control API under
+``/_sim`` for tests and the demo.
 
-Control API: ``PUT|GET /_sim/{channel}/behaviour``, ``GET /_sim/ledger[?channel=]``,
-``GET /_sim/stats``.
+    POST /{ch}/payments                      charge (Idempotency-Key must equal the reference)
+    GET  /{ch}/payments/{reference}          the payment, or 404
+    POST /{ch}/payments/{reference}/void     200 voided when not yet settled, else 409 + state
+    POST /{ch}/payments/{reference}/refund   200 refunded when captured, else 409 + state
+    GET  /{ch}/ping                          200 {"status": "ok"}
+
+    GET|PUT /_sim/{ch}/behaviour             read / change behaviour (partial, validated: 422)
+    GET  /_sim/ledger[?channel=]             every payment held, with its status history
+    GET  /_sim/stats                         counters per channel
+    POST /_sim/reset[?channel=]              back to the configured state, ledger emptied
+
+Every error is JSON ``{"error": {"code", "message", "field"?}}``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import secrets
-import time
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
+import contextlib
+import hmac
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 import structlog
-import yaml
 from aiohttp import web
 
-from channels.simulator._behaviour import KIND_DEFAULTS, Behaviour, BehaviourError
-from channels.webhooks import sign
+from channels.simulator._behaviour import BehaviourError, Fate
+from channels.simulator._config import SimConfig, parse_config
+from channels.simulator._ledger import Payment, SimChannel
+from channels.simulator._notifier import Notifier
 
-__all__ = ["Payment", "SimChannel", "SimConfigError", "Simulator", "build_app", "load_config"]
+__all__ = ["SIMULATOR", "Simulator", "build_app"]
 
 log = structlog.get_logger("simulator")
 
+MAX_BODY_BYTES = 64 * 1024
+_STALL_POLL_S = 0.02
+_LIMITS = {"reference": 255, "currency": 3, "method": 64}
 
-class SimConfigError(ValueError):
-    pass
-
-
-@dataclass
-class Payment:
-    channel: str
-    reference: str
-    provider_ref: str
-    amount_minor: int
-    currency: str
-    status: str
-    created_at: float
-    callback_url: str | None
-    decline_code: str | None = None
-    history: list[tuple[float, str]] = field(default_factory=list)
-
-    def wire(self) -> dict[str, Any]:
-        return {"reference": self.reference, "provider_ref": self.provider_ref, "status": self.status,
-                "decline_code": self.decline_code, "amount_minor": self.amount_minor, "currency": self.currency}
-
-    def ledger(self) -> dict[str, Any]:
-        return {**self.wire(), "channel": self.channel, "created_at": self.created_at,
-                "history": [{"at": t, "status": s} for t, s in self.history]}
+V1Handler = Callable[[web.Request, SimChannel], Awaitable[web.StreamResponse]]
 
 
-@dataclass
-class SimChannel:
-    name: str
-    kind: str
-    webhook_secret: str
-    behaviour: Behaviour
-    rng: random.Random
-    api_key: str | None = None
-    payments: dict[str, Payment] = field(default_factory=dict)
-    stats: Counter[str] = field(default_factory=Counter)
-    finalizers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+# -- answers ------------------------------------------------------------------------------
 
-    def set(self, p: Payment, status: str, decline_code: str | None = None) -> None:
-        p.status = status
-        if decline_code is not None:
-            p.decline_code = decline_code
-        p.history.append((time.time(), status))
-        self.stats[f"status_{status}"] += 1
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SimConfigError(f"cannot read simulator config {path}: {exc}") from None
-    return doc
-
-
-def _channels_from(doc: Any) -> dict[str, SimChannel]:
-    if not isinstance(doc, dict) or not isinstance(doc.get("channels"), list) or not doc["channels"]:
-        raise SimConfigError("channels: a non-empty list is required")
-    seed = doc.get("seed", 0)
-    out: dict[str, SimChannel] = {}
-    for i, ch in enumerate(doc["channels"]):
-        if not isinstance(ch, dict):
-            raise SimConfigError(f"channels[{i}]: must be a mapping")
-        name, kind = ch.get("name"), ch.get("kind")
-        if not isinstance(name, str) or not name.replace("_", "").isalnum():
-            raise SimConfigError(f"channels[{i}].name: a name of letters, digits and _ is required")
-        if name in out:
-            raise SimConfigError(f"channels[{i}].name: duplicate {name!r}")
-        if kind not in KIND_DEFAULTS:
-            raise SimConfigError(f"channels[{i}].kind: must be one of {sorted(KIND_DEFAULTS)}")
-        secret = ch.get("webhook_secret")
-        if not isinstance(secret, str) or len(secret) < 8:
-            raise SimConfigError(f"channels[{i}].webhook_secret: at least 8 characters")
-        try:
-            behaviour = KIND_DEFAULTS[kind].updated(ch.get("behaviour") or {})
-        except BehaviourError as exc:
-            raise SimConfigError(f"channels[{i}].behaviour.{exc.field}: {exc.message}") from None
-        out[name] = SimChannel(name, kind, secret, behaviour, random.Random(f"{seed}:{name}"), ch.get("api_key"))
-    return out
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-def _error(status: int, code: str, message: str, field_name: str | None = None) -> web.Response:
+def _error(status: int, code: str, message: str, field: str | None = None,
+           headers: Mapping[str, str] | None = None) -> web.Response:
     err: dict[str, Any] = {"code": code, "message": message}
-    if field_name:
-        err["field"] = field_name
-    return _json({"error": err}, status)
+    if field is not None:
+        err["field"] = field
+    return _json({"error": err}, status, headers)
 
+
+def _connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
+def _drop(request: web.Request) -> web.StreamResponse:
+    """Drop the connection with a TCP reset (SO_LINGER 0), as a crashing provider or a
+    middlebox does. The response returned is never written: the transport is gone."""
+    transport = request.transport
+    if transport is not None and not transport.is_closing():
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return web.Response(status=204)
+
+
+async def _stall_then_drop(request: web.Request, seconds: float) -> web.StreamResponse:
+    """Answer nothing for ``seconds`` or until the client hangs up (its timeout), then
+    drop the connection. Polling keeps a stalled handler from outliving its client."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while _connected(request) and (left := deadline - loop.time()) > 0:
+        await asyncio.sleep(min(_STALL_POLL_S, left))
+    return _drop(request)
+
+
+def _retry_later(status: int, message: str) -> web.Response:
+    return _error(status, "unavailable" if status == 503 else "rate_limited", message, headers={"Retry-After": "1"})
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path, wrong method, body too large) as JSON too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+
+
+# -- request validation -------------------------------------------------------------------
+
+def _payment_problem(body: Any, idempotency_key: str | None) -> tuple[str, str] | None:
+    """The (field, message) of the first problem in a charge request, or None."""
+    if not isinstance(body, dict):
+        return "body", "must be a JSON object"
+    for key, limit in _LIMITS.items():
+        value = body.get(key)
+        if not isinstance(value, str) or not 0 < len(value) <= limit:
+            return key, f"a string of 1 to {limit} characters is required"
+    amount = body.get("amount_minor")
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        return "amount_minor", "a positive integer is required"
+    if not isinstance(body.get("instrument", {}), dict):
+        return "instrument", "must be a JSON object"
+    callback = body.get("callback_url")
+    if callback is not None and (not isinstance(callback, str) or not callback.startswith(("http://", "https://"))):
+        return "callback_url", "must be an http(s) URL"
+    if idempotency_key != body["reference"]:
+        return "Idempotency-Key", "the Idempotency-Key header must equal the reference"
+    return None
+
+
+def _bearer_ok(request: web.Request, api_key: str) -> bool:
+    sent = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(sent, f"Bearer {api_key}".encode())
+
+
+# -- the simulator ------------------------------------------------------------------------
 
 class Simulator:
-    """The simulator's state and handlers; ``build_app`` wires it to aiohttp."""
+    """The simulator's state and handlers; ``build_app`` wires them to aiohttp."""
 
-    def __init__(self, channels: dict[str, SimChannel]) -> None:
-        self.channels = channels
-        self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+    def __init__(self, config: SimConfig) -> None:
+        self.channels = {spec.name: SimChannel(spec) for spec in config.channels}
+        self.notifier = Notifier()
 
-    # -- life -------------------------------------------------------------------------
-
-    async def start(self, _app: web.Application) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-
-    async def stop(self, _app: web.Application) -> None:
+    async def lifespan(self, _app: web.Application) -> AsyncIterator[None]:
+        """aiohttp ``cleanup_ctx``: no settlement timer outlives the app."""
+        yield
         for ch in self.channels.values():
-            for handle in ch.finalizers.values():
-                handle.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+            ch.cancel_settlements()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    # -- protocol v1 ----------------------------------------------------------------------
 
-    # -- protocol v1 --------------------------------------------------------------------
+    def v1(self, handler: V1Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """What every protocol-v1 request goes through: the channel, its counters, its
+        outage (before authentication: a provider that is down checks nothing), its key."""
 
-    def _channel(self, request: web.Request) -> SimChannel | web.Response:
-        ch = self.channels.get(request.match_info["channel"])
-        if ch is None:
-            return _error(404, "not_found", "no such channel")
-        if ch.api_key and request.headers.get("Authorization") != f"Bearer {ch.api_key}":
-            return _error(401, "unauthorized", "bad api key")
-        ch.stats["requests"] += 1
-        return ch
+        async def route(request: web.Request) -> web.StreamResponse:
+            ch = self.channels.get(request.match_info["channel"])
+            if ch is None:
+                return _error(404, "not_found", "no such channel")
+            ch.counters["requests"] += 1
+            if ch.behaviour.outage:
+                return await self._outage(request, ch)
+            if ch.spec.api_key is not None and not _bearer_ok(request, ch.spec.api_key):
+                ch.counters["unauthorized"] += 1
+                return _error(401, "unauthorized", "missing or wrong API key")
+            return await handler(request, ch)
 
-    async def _outage(self, request: web.Request, ch: SimChannel) -> web.StreamResponse | None:
-        """Answer as a channel in outage does, or None when it is up."""
-        b = ch.behaviour
-        if not b.outage:
-            return None
-        ch.stats["outage_answers"] += 1
-        if b.outage_mode == "refuse":
-            return _error(503, "unavailable", "channel in outage")
-        if b.outage_mode == "hang":
-            await asyncio.sleep(b.hang_ms / 1000)
-        if request.transport is not None:
-            request.transport.close()
-        return web.Response(status=503)  # never reaches a client whose connection is gone
+        return route
 
-    async def _lost(self, request: web.Request, ch: SimChannel, hang: bool) -> web.StreamResponse:
-        """The answer never arrives: a stall past the client's timeout, or a reset."""
-        if hang:
-            await asyncio.sleep(ch.behaviour.hang_ms / 1000)
-        if request.transport is not None:
-            request.transport.close()
-        return web.Response(status=503)
+    async def _outage(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
+        ch.counters["outage_answers"] += 1
+        mode = ch.behaviour.outage_mode
+        if mode == "refuse":
+            return _retry_later(503, "channel in outage")
+        if mode == "hang":
+            return await _stall_then_drop(request, ch.behaviour.hang_ms / 1000)
+        return _drop(request)
 
-    async def payments(self, request: web.Request) -> web.StreamResponse:
-        ch = self._channel(request)
-        if isinstance(ch, web.Response):
-            return ch
-        if (down := await self._outage(request, ch)) is not None:
-            return down
+    async def authorize(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
+        ch.counters["authorizations"] += 1
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return _error(400, "malformed_json", "body is not JSON")
-        problem = _payment_problem(body)
-        if problem:
+            ch.counters["rejected"] += 1
+            return _error(400, "malformed_json", "the body is not JSON")
+        if problem := _payment_problem(body, request.headers.get("Idempotency-Key")):
+            ch.counters["rejected"] += 1
             return _error(422, "invalid_field", problem[1], problem[0])
-        ref = body["reference"]
-        if request.headers.get("Idempotency-Key", ref) != ref:
-            return _error(422, "invalid_field", "Idempotency-Key must equal reference", "Idempotency-Key")
-        b = ch.behaviour
-        await asyncio.sleep(b.latency_s(ch.rng))
-        existing = ch.payments.get(ref)
-        if existing is not None:  # idempotent by reference: never charge twice
-            ch.stats["replays"] += 1
+        if ch.spec.currencies is not None and body["currency"] not in ch.spec.currencies:
+            ch.counters["rejected"] += 1
+            return _error(422, "unsupported_currency", f"this channel takes {sorted(ch.spec.currencies)}", "currency")
+        await asyncio.sleep(ch.behaviour.latency_s(ch.rng))
+        existing = ch.payments.get(body["reference"])
+        if existing is not None:  # idempotent by reference: its current state, never a second charge
+            ch.counters["replays"] += 1
             return _json(existing.wire())
-        return await self._new_payment(request, ch, body)
+        return await self._charge(request, ch, body)
 
-    async def _new_payment(self, request: web.Request, ch: SimChannel, body: dict[str, Any]) -> web.StreamResponse:
+    async def _charge(self, request: web.Request, ch: SimChannel, body: dict[str, Any]) -> web.StreamResponse:
+        """A new payment meets its fate (see _behaviour.py for the list)."""
         b = ch.behaviour
-        u = ch.rng.random()
-        edges = []
-        acc = 0.0
-        for name in ("not_processed", "timeout_before_capture", "timeout_after_capture", "reset",
-                     "error_500_after_capture", "decline", "pending"):
-            acc += getattr(b, f"{name}_rate")
-            edges.append((acc, name))
-        fate = next((name for edge, name in edges if u < edge), "capture")
-        ch.stats[f"fate_{fate}"] += 1
-        if fate == "not_processed":
-            return _error(ch.rng.choice((429, 503)), "unavailable", "try elsewhere: not processed")
-        if fate == "timeout_before_capture":
-            return await self._lost(request, ch, hang=True)
-        p = Payment(ch.name, body["reference"], "pr_" + secrets.token_hex(8), body["amount_minor"], body["currency"],
-                    "new", time.time(), body.get("callback_url"))
-        ch.payments[p.reference] = p
-        if fate == "decline":
-            ch.set(p, "declined", b.decline_code(ch.rng))
-        elif fate == "pending":
-            ch.set(p, "pending")
-            self._schedule_final(ch, p)
+        fate = b.fate(ch.rng)
+        if fate is Fate.NOT_PROCESSED:
+            ch.counters["not_processed"] += 1
+            return _retry_later(ch.rng.choice((429, 503)), "not processed: try again or elsewhere")
+        if fate is Fate.TIMEOUT_BEFORE_CAPTURE:
+            ch.counters["answers_lost"] += 1
+            return await _stall_then_drop(request, b.hang_ms / 1000)
+        if fate is Fate.RESET_BEFORE_CAPTURE:
+            ch.counters["answers_lost"] += 1
+            return _drop(request)
+        payment = ch.record(body["reference"], body["amount_minor"], body["currency"], body.get("callback_url"))
+        self._settle_at_once(ch, payment, fate)
+        if fate is Fate.TIMEOUT_AFTER_CAPTURE:
+            ch.counters["answers_lost"] += 1
+            return await _stall_then_drop(request, b.hang_ms / 1000)
+        if fate is Fate.RESET:
+            ch.counters["answers_lost"] += 1
+            return _drop(request)
+        if fate is Fate.ERROR_500_AFTER_CAPTURE:
+            ch.counters["errors_500"] += 1
+            return _error(500, "internal_error", "provider error")
+        return _json(payment.wire())
+
+    def _settle_at_once(self, ch: SimChannel, payment: Payment, fate: Fate) -> None:
+        if fate is Fate.DECLINE:
+            ch.move(payment, "declined", ch.behaviour.decline_code(ch.rng))
+        elif fate is Fate.PENDING:
+            ch.move(payment, "pending")
+            self.notifier.schedule(ch, payment)
         else:
-            ch.set(p, "captured")
-        if fate == "timeout_after_capture":
-            return await self._lost(request, ch, hang=True)
-        if fate == "reset":
-            return await self._lost(request, ch, hang=False)
-        if fate == "error_500_after_capture":
-            return _error(500, "internal", "provider error after capture")
-        return _json(p.wire())
+            ch.move(payment, "captured")
 
-    def _schedule_final(self, ch: SimChannel, p: Payment) -> None:
-        b = ch.behaviour
-        delay = max(0.0, ch.rng.gauss(b.webhook_delay_ms, b.webhook_delay_ms / 10)) / 1000
-        final = "declined" if ch.rng.random() < b.pending_decline_rate else "captured"
-        code = b.decline_code(ch.rng) if final == "declined" else None
+    async def _lookup(self, request: web.Request, ch: SimChannel) -> Payment | None:
+        """A reference's payment, after the channel's light-request latency."""
+        await asyncio.sleep(ch.behaviour.ping_latency_s())
+        return ch.payments.get(request.match_info["reference"])
 
-        def settle() -> None:
-            ch.finalizers.pop(p.reference, None)
-            if p.status != "pending":
-                return
-            ch.set(p, final, code)
-            self._spawn(self._notify(ch, p))
-
-        ch.finalizers[p.reference] = asyncio.get_running_loop().call_later(delay, settle)
-
-    async def _notify(self, ch: SimChannel, p: Payment) -> None:
-        """Send the payment's final state as a signed webhook, with the channel's
-        duplicate / out-of-order / drop behaviour, retrying on failure."""
-        b = ch.behaviour
-        if not p.callback_url or ch.rng.random() < b.webhook_drop_rate:
-            ch.stats["webhooks_dropped"] += 1
-            return
-        event = {"event_id": "evt_" + secrets.token_hex(8), "reference": p.reference,
-                 "provider_ref": p.provider_ref, "status": p.status, "decline_code": p.decline_code}
-        await self._deliver(ch, p.callback_url, event)
-        if ch.rng.random() < b.duplicate_webhook_rate:
-            ch.stats["webhooks_duplicated"] += 1
-            await self._deliver(ch, p.callback_url, event)
-        if ch.rng.random() < b.out_of_order_webhook_rate:
-            ch.stats["webhooks_out_of_order"] += 1
-            stale = {**event, "event_id": "evt_" + secrets.token_hex(8), "status": "pending", "decline_code": None}
-            await self._deliver(ch, p.callback_url, stale)
-
-    async def _deliver(self, ch: SimChannel, url: str, event: dict[str, Any]) -> None:
-        raw = orjson.dumps(event)
-        delay = 0.2
-        for _ in range(6):
-            headers = {"Content-Type": "application/json",
-                       "X-Provider-Signature": sign(ch.webhook_secret, raw, int(time.time()))}
-            try:
-                assert self._session is not None
-                async with self._session.post(url, data=raw, headers=headers) as resp:
-                    if 200 <= resp.status < 300:
-                        ch.stats["webhooks_delivered"] += 1
-                        return
-                    ch.stats[f"webhook_answer_{resp.status}"] += 1
-            except (aiohttp.ClientError, TimeoutError):
-                ch.stats["webhook_errors"] += 1
-            await asyncio.sleep(delay)
-            delay *= 2
-
-    async def get_payment(self, request: web.Request) -> web.StreamResponse:
-        ch = self._channel(request)
-        if isinstance(ch, web.Response):
-            return ch
-        if (down := await self._outage(request, ch)) is not None:
-            return down
-        p = ch.payments.get(request.match_info["reference"])
-        if p is None:
+    async def inquire(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
+        if (payment := await self._lookup(request, ch)) is None:
             return _error(404, "not_found", "no such payment")
-        return _json(p.wire())
+        return _json(payment.wire())
 
-    async def void(self, request: web.Request) -> web.StreamResponse:
-        ch = self._channel(request)
-        if isinstance(ch, web.Response):
-            return ch
-        if (down := await self._outage(request, ch)) is not None:
-            return down
-        p = ch.payments.get(request.match_info["reference"])
-        if p is None:
+    async def void(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
+        if (payment := await self._lookup(request, ch)) is None:
             return _error(404, "not_found", "no such payment")
-        if p.status == "pending":
-            handle = ch.finalizers.pop(p.reference, None)
-            if handle is not None:
-                handle.cancel()
-            ch.set(p, "voided")
-        if p.status == "voided":
-            return _json(p.wire())
-        return _json(p.wire(), 409)
+        if payment.status == "pending":
+            ch.cancel_settlement(payment.reference)
+            ch.move(payment, "voided")
+        return _json(payment.wire(), 200 if payment.status == "voided" else 409)
 
-    async def refund(self, request: web.Request) -> web.StreamResponse:
-        ch = self._channel(request)
-        if isinstance(ch, web.Response):
-            return ch
-        if (down := await self._outage(request, ch)) is not None:
-            return down
-        p = ch.payments.get(request.match_info["reference"])
-        if p is None:
+    async def refund(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
+        if (payment := await self._lookup(request, ch)) is None:
             return _error(404, "not_found", "no such payment")
-        if p.status == "captured":
-            ch.set(p, "refunded")
-        if p.status == "refunded":
-            return _json(p.wire())
-        return _json(p.wire(), 409)
+        if payment.status == "captured":
+            ch.move(payment, "refunded")
+        return _json(payment.wire(), 200 if payment.status == "refunded" else 409)
 
-    async def ping(self, request: web.Request) -> web.StreamResponse:
-        ch = self._channel(request)
-        if isinstance(ch, web.Response):
-            return ch
-        if (down := await self._outage(request, ch)) is not None:
-            return down
-        b = ch.behaviour
-        await asyncio.sleep(b.ping_latency_ms * b.latency_multiplier / 1000)
+    async def ping(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
+        ch.counters["pings"] += 1
+        await asyncio.sleep(ch.behaviour.ping_latency_s())
         return _json({"status": "ok"})
 
-    # -- control API --------------------------------------------------------------------
+    # -- control API ----------------------------------------------------------------------
+
+    def _named(self, name: str | None) -> SimChannel:
+        ch = self.channels.get(name or "")
+        if ch is None:
+            raise _NoSuchChannel()
+        return ch
 
     async def get_behaviour(self, request: web.Request) -> web.Response:
-        ch = self.channels.get(request.match_info["channel"])
-        if ch is None:
-            return _error(404, "not_found", "no such channel")
-        return _json({"channel": ch.name, "kind": ch.kind, "behaviour": ch.behaviour.to_json()})
+        return self._behaviour_view(self._named(request.match_info["channel"]))
 
     async def put_behaviour(self, request: web.Request) -> web.Response:
-        ch = self.channels.get(request.match_info["channel"])
-        if ch is None:
-            return _error(404, "not_found", "no such channel")
+        ch = self._named(request.match_info["channel"])
         try:
             changes = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return _error(400, "malformed_json", "body is not JSON")
+            return _error(400, "malformed_json", "the body is not JSON")
         try:
             ch.behaviour = ch.behaviour.updated(changes)
         except BehaviourError as exc:
             return _error(422, "invalid_field", exc.message, exc.field)
         log.info("behaviour_changed", channel=ch.name, changes=changes)
-        return _json({"channel": ch.name, "kind": ch.kind, "behaviour": ch.behaviour.to_json()})
+        return self._behaviour_view(ch)
+
+    @staticmethod
+    def _behaviour_view(ch: SimChannel) -> web.Response:
+        return _json({"channel": ch.name, "kind": ch.spec.kind, "behaviour": ch.behaviour.to_json()})
+
+    def _selected(self, request: web.Request) -> list[SimChannel]:
+        only = request.query.get("channel")
+        return list(self.channels.values()) if only is None else [self._named(only)]
 
     async def ledger(self, request: web.Request) -> web.Response:
-        only = request.query.get("channel")
-        if only is not None and only not in self.channels:
-            return _error(404, "not_found", "no such channel")
-        payments = [p.ledger() for ch in self.channels.values() if only in (None, ch.name) for p in ch.payments.values()]
+        payments = [p.ledger() for ch in self._selected(request) for p in ch.payments.values()]
         return _json({"payments": payments, "count": len(payments)})
 
     async def stats(self, request: web.Request) -> web.Response:
-        return _json({name: {"kind": ch.kind, "payments": len(ch.payments), **ch.stats}
-                      for name, ch in self.channels.items()})
+        return _json({ch.name: ch.stats() for ch in self._selected(request)})
+
+    async def reset(self, request: web.Request) -> web.Response:
+        chosen = self._selected(request)
+        for ch in chosen:
+            ch.reset()
+        log.info("reset", channels=[ch.name for ch in chosen])
+        return _json({"reset": [ch.name for ch in chosen]})
+
+
+class _NoSuchChannel(web.HTTPNotFound):
+    def __init__(self) -> None:
+        super().__init__(text=orjson.dumps({"error": {"code": "not_found", "message": "no such channel"}}).decode(),
+                         content_type="application/json")
 
 
 SIMULATOR = web.AppKey("simulator", Simulator)
 
-_LIMITS = {"reference": 255, "currency": 3, "method": 64}
 
-
-def _payment_problem(body: Any) -> tuple[str, str] | None:
-    if not isinstance(body, dict):
-        return "body", "must be a JSON object"
-    for key in ("reference", "currency", "method"):
-        value = body.get(key)
-        if not isinstance(value, str) or not 0 < len(value) <= _LIMITS[key]:
-            return key, f"{key} is required (a string of at most {_LIMITS[key]} characters)"
-    amount = body.get("amount_minor")
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-        return "amount_minor", "amount_minor must be a positive integer"
-    cb = body.get("callback_url")
-    if cb is not None and (not isinstance(cb, str) or not cb.startswith(("http://", "https://"))):
-        return "callback_url", "callback_url must be an http(s) URL"
-    return None
-
-
-def build_app(doc: dict[str, Any]) -> web.Application:
-    """The simulator app for a parsed config document (see config/simulator.example.yaml)."""
-    sim = Simulator(_channels_from(doc))
-    app = web.Application(client_max_size=64 * 1024)
+def build_app(config: SimConfig | Mapping[str, Any]) -> web.Application:
+    """The simulator app for a config (a ``SimConfig`` or the parsed YAML document).
+    Nothing runs until the app starts: the webhook session lives in ``cleanup_ctx``."""
+    sim = Simulator(config if isinstance(config, SimConfig) else parse_config(config))
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
     app[SIMULATOR] = sim
-    app.on_startup.append(sim.start)
-    app.on_cleanup.append(sim.stop)
+    app.cleanup_ctx.append(sim.notifier.lifespan)
+    app.cleanup_ctx.append(sim.lifespan)  # cleaned up first: settlements stop before the session closes
     r = app.router
-    r.add_post("/{channel}/payments", sim.payments)
-    r.add_get("/{channel}/payments/{reference}", sim.get_payment)
-    r.add_post("/{channel}/payments/{reference}/void", sim.void)
-    r.add_post("/{channel}/payments/{reference}/refund", sim.refund)
-    r.add_get("/{channel}/ping", sim.ping)
     r.add_get("/_sim/ledger", sim.ledger)
     r.add_get("/_sim/stats", sim.stats)
+    r.add_post("/_sim/reset", sim.reset)
     r.add_get("/_sim/{channel}/behaviour", sim.get_behaviour)
     r.add_put("/_sim/{channel}/behaviour", sim.put_behaviour)
+    r.add_post("/{channel}/payments", sim.v1(sim.authorize))
+    r.add_get("/{channel}/payments/{reference}", sim.v1(sim.inquire))
+    r.add_post("/{channel}/payments/{reference}/void", sim.v1(sim.void))
+    r.add_post("/{channel}/payments/{reference}/refund", sim.v1(sim.refund))
+    r.add_get("/{channel}/ping", sim.v1(sim.ping))
     return app
-

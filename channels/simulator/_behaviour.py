@@ -1,49 +1,90 @@
 """A simulated channel's behaviour: what its provider does with each request.
 
-Every rate is a probability per request, drawn from the channel's own seeded RNG, so a
-run is repeatable. Behaviours change live through the control API; a partial update is
-validated whole before it is applied (a bad field changes nothing).
+Every rate is a probability per new payment, drawn from the channel's own seeded RNG, so
+a run with the same seed and the same request order is repeatable. A behaviour changes
+live through the control API; a partial update is validated whole before it is applied,
+so a bad field changes nothing.
+
+A new payment's fate is one draw over these rates, in this order (their sum is at most 1;
+the rest is a plain capture):
+
+    not_processed            429 or 503, nothing recorded
+    timeout_before_capture   stall past the client's timeout, nothing recorded
+    reset_before_capture     drop the connection (TCP reset), nothing recorded
+    timeout_after_capture    record the capture, then stall past the client's timeout
+    reset                    record the capture, then drop the connection (TCP reset)
+    error_500_after_capture  record the capture, then answer 500
+    decline                  record a decline with a weighted code from ``decline_codes``
+    pending                  record it pending; after ``webhook_delay_ms`` it becomes captured
+                             (or declined, ``pending_decline_rate``) and a signed webhook goes out
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["KIND_DEFAULTS", "Behaviour", "BehaviourError", "OUTAGE_MODES"]
+__all__ = ["KIND_DEFAULTS", "LATENCY_DISTRIBUTIONS", "OUTAGE_MODES", "Behaviour", "BehaviourError", "Fate"]
 
 OUTAGE_MODES = ("refuse", "hang", "reset")
-"""How a channel in outage answers: ``refuse`` answers 503 at once (the provider's edge
-says no: nothing processed); ``hang`` never answers (the client times out); ``reset``
-drops the connection without an answer."""
+"""How a channel in outage answers every request, ping included: ``refuse`` answers 503
+at once (what a provider's edge says when the service behind it is down: nothing was
+processed; one port serves every channel, so a real TCP refusal cannot be per channel);
+``hang`` never answers (the client times out); ``reset`` drops the connection at once."""
+
+LATENCY_DISTRIBUTIONS = ("lognormal", "normal", "fixed")
+"""``latency_ms`` is the mean and ``latency_jitter_ms`` the standard deviation of either
+random distribution; lognormal has the long right tail real providers show."""
+
+
+class Fate(enum.StrEnum):
+    NOT_PROCESSED = "not_processed"
+    TIMEOUT_BEFORE_CAPTURE = "timeout_before_capture"
+    RESET_BEFORE_CAPTURE = "reset_before_capture"
+    TIMEOUT_AFTER_CAPTURE = "timeout_after_capture"
+    RESET = "reset"
+    ERROR_500_AFTER_CAPTURE = "error_500_after_capture"
+    DECLINE = "decline"
+    PENDING = "pending"
+    CAPTURE = "capture"
+
+
+_FATE_ORDER = tuple(f for f in Fate if f is not Fate.CAPTURE)
+_FATE_RATES = tuple(f"{f.value}_rate" for f in _FATE_ORDER)
+_OTHER_RATES = ("pending_decline_rate", "duplicate_webhook_rate", "out_of_order_webhook_rate", "webhook_drop_rate")
+_DURATIONS_MS = ("latency_ms", "latency_jitter_ms", "ping_latency_ms", "webhook_delay_ms", "webhook_retry_ms",
+                 "hang_ms")
+_MAX_MS = 600_000
 
 
 class BehaviourError(ValueError):
+    """A bad behaviour field; ``field`` is its name (the control API's 422 ``field``)."""
+
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
         self.message = message
 
 
-_RATES = (
-    "decline_rate", "not_processed_rate", "timeout_before_capture_rate", "timeout_after_capture_rate",
-    "reset_rate", "error_500_after_capture_rate", "pending_rate", "duplicate_webhook_rate",
-    "out_of_order_webhook_rate", "webhook_drop_rate", "pending_decline_rate",
-)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)
 class Behaviour:
     latency_ms: float = 28.0
-    latency_jitter_ms: float = 4.0  # standard deviation; the draw is clipped at 0
+    latency_jitter_ms: float = 4.0
+    latency_distribution: str = "lognormal"
     latency_multiplier: float = 1.0  # a brownout: x20 makes a 28 ms channel answer in 560 ms
     ping_latency_ms: float = 2.0
     decline_rate: float = 0.0
     decline_codes: dict[str, float] = field(default_factory=lambda: {"insufficient_funds": 1.0})
     not_processed_rate: float = 0.0
     timeout_before_capture_rate: float = 0.0
+    reset_before_capture_rate: float = 0.0
     timeout_after_capture_rate: float = 0.0
     reset_rate: float = 0.0
     error_500_after_capture_rate: float = 0.0
@@ -53,61 +94,98 @@ class Behaviour:
     duplicate_webhook_rate: float = 0.0
     out_of_order_webhook_rate: float = 0.0
     webhook_drop_rate: float = 0.0
-    hang_ms: float = 30_000.0  # how long a "timeout" stalls before the connection is closed
+    webhook_max_attempts: int = 6
+    webhook_retry_ms: float = 200.0  # the first retry's backoff; it doubles each time
+    hang_ms: float = 30_000.0  # a "timeout" stalls this long, or until the client hangs up
     outage: bool = False
     outage_mode: str = "refuse"
 
+    # -- validation ---------------------------------------------------------------------
+
     def validate(self) -> Behaviour:
-        for name in _RATES:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        """This behaviour, or ``BehaviourError`` naming the first bad field."""
+        for name in _FATE_RATES + _OTHER_RATES:
+            if not _is_number(value := getattr(self, name)) or not 0 <= value <= 1:
                 raise BehaviourError(name, "must be a number from 0 to 1")
-        for name in ("latency_ms", "latency_jitter_ms", "ping_latency_ms", "webhook_delay_ms", "hang_ms"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 600_000:
-                raise BehaviourError(name, "must be a number of milliseconds from 0 to 600000")
-        if not isinstance(self.latency_multiplier, (int, float)) or not 0 < self.latency_multiplier <= 1000:
-            raise BehaviourError("latency_multiplier", "must be > 0 and <= 1000")
+        for name in _DURATIONS_MS:
+            if not _is_number(value := getattr(self, name)) or not 0 <= value <= _MAX_MS:
+                raise BehaviourError(name, f"must be a number of milliseconds from 0 to {_MAX_MS}")
+        if not _is_number(self.latency_multiplier) or not 0 < self.latency_multiplier <= 1000:
+            raise BehaviourError("latency_multiplier", "must be a number > 0 and <= 1000")
+        if self.latency_distribution not in LATENCY_DISTRIBUTIONS:
+            raise BehaviourError("latency_distribution", f"must be one of {list(LATENCY_DISTRIBUTIONS)}")
         if not isinstance(self.outage, bool):
             raise BehaviourError("outage", "must be true or false")
         if self.outage_mode not in OUTAGE_MODES:
             raise BehaviourError("outage_mode", f"must be one of {list(OUTAGE_MODES)}")
-        codes = self.decline_codes
-        if not isinstance(codes, dict) or not codes or not all(
-            isinstance(k, str) and k and isinstance(v, (int, float)) and v > 0 for k, v in codes.items()
-        ):
-            raise BehaviourError("decline_codes", "must map decline codes to positive weights")
-        unknown = sum(getattr(self, n) for n in (
-            "not_processed_rate", "timeout_before_capture_rate", "timeout_after_capture_rate", "reset_rate",
-            "error_500_after_capture_rate", "decline_rate", "pending_rate"))
-        if unknown > 1 + 1e-9:
-            raise BehaviourError("rates", "the per-request outcome rates must add up to at most 1")
+        attempts = self.webhook_max_attempts
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= 20:
+            raise BehaviourError("webhook_max_attempts", "must be an integer from 1 to 20")
+        self._validate_codes()
+        if (total := sum(getattr(self, name) for name in _FATE_RATES)) > 1 + 1e-9:
+            raise BehaviourError("rates", f"{' + '.join(_FATE_RATES)} must add up to at most 1, not {total:g}")
         return self
 
+    def _validate_codes(self) -> None:
+        codes = self.decline_codes
+        if not isinstance(codes, dict) or not codes or not all(
+            isinstance(code, str) and code and _is_number(weight) and weight > 0 for code, weight in codes.items()
+        ):
+            raise BehaviourError("decline_codes", "must map decline codes to positive weights")
+
     def updated(self, changes: Any) -> Behaviour:
-        """A new behaviour with ``changes`` applied, validated whole."""
+        """A new behaviour with ``changes`` (a JSON object) applied, validated whole."""
         if not isinstance(changes, dict):
             raise BehaviourError("body", "must be a JSON object")
-        names = {f.name for f in fields(self)}
+        known = {f.name for f in fields(self)}
         for key in changes:
-            if key not in names:
-                raise BehaviourError(key, "unknown behaviour field")
-        try:
-            return replace(self, **changes).validate()
-        except TypeError as exc:  # pragma: no cover - replace() refuses odd keys already
-            raise BehaviourError("body", str(exc)) from None
+            if key not in known:
+                raise BehaviourError(str(key), "unknown behaviour field")
+        return replace(self, **changes).validate()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # -- draws (each from the channel's own RNG) ------------------------------------------
 
     def latency_s(self, rng: random.Random) -> float:
-        ms = max(0.0, rng.gauss(self.latency_ms, self.latency_jitter_ms)) * self.latency_multiplier
-        return ms / 1000
+        return _draw_ms(self.latency_distribution, self.latency_ms, self.latency_jitter_ms, rng) \
+            * self.latency_multiplier / 1000
+
+    def ping_latency_s(self) -> float:
+        return self.ping_latency_ms * self.latency_multiplier / 1000
+
+    def fate(self, rng: random.Random) -> Fate:
+        u = rng.random()
+        edge = 0.0
+        for fate, rate_name in zip(_FATE_ORDER, _FATE_RATES, strict=True):
+            edge += getattr(self, rate_name)
+            if u < edge:
+                return fate
+        return Fate.CAPTURE
 
     def decline_code(self, rng: random.Random) -> str:
         codes = list(self.decline_codes)
         return rng.choices(codes, weights=[self.decline_codes[c] for c in codes])[0]
 
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in out.items()}
+    def webhook_delay_s(self, rng: random.Random) -> float:
+        # A tenth of the delay as jitter, so many pending payments do not settle in lockstep.
+        return max(0.0, rng.gauss(self.webhook_delay_ms, self.webhook_delay_ms / 10)) / 1000
+
+    def chance(self, rate_name: str, rng: random.Random) -> bool:
+        """One Bernoulli draw for a webhook or settlement rate (drawn even at 0, so the
+        RNG sequence does not depend on which rates are set)."""
+        return rng.random() < getattr(self, rate_name)
+
+
+def _draw_ms(distribution: str, mean: float, sd: float, rng: random.Random) -> float:
+    if distribution == "fixed" or sd == 0 or mean == 0:
+        return mean
+    if distribution == "normal":
+        return max(0.0, rng.gauss(mean, sd))
+    # The lognormal with this mean and standard deviation.
+    sigma2 = math.log1p((sd / mean) ** 2)
+    return rng.lognormvariate(math.log(mean) - sigma2 / 2, math.sqrt(sigma2))
 
 
 KIND_DEFAULTS = {
@@ -117,3 +195,5 @@ KIND_DEFAULTS = {
     "bank": Behaviour(latency_ms=4800, latency_jitter_ms=500, ping_latency_ms=40, pending_rate=0.3,
                       webhook_delay_ms=3000),
 }
+"""Behaviour by kind, matching the latencies of the systems the orchestrator replaces
+(direct API ~28 ms, digital-currency settlement ~1.2 s, local bank ~4.8 s)."""

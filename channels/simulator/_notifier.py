@@ -1,0 +1,133 @@
+"""Pending payments settling later, and the signed webhooks that tell the orchestrator.
+
+A pending payment settles after ``webhook_delay_ms`` (jittered) unless it was voided
+first. The settlement decides, there and then, whether its webhook is dropped,
+duplicated, or followed by a stale ``pending`` event (out of order), so the RNG sequence
+does not depend on how long deliveries take. Each delivery is retried on a non-2xx answer
+or a network error, with doubling backoff, at most ``webhook_max_attempts`` times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from channels.simulator._ledger import Payment, SimChannel
+from channels.webhooks import SIGNATURE_HEADER, WebhookEvent, event_body, sign
+
+__all__ = ["Notifier"]
+
+log = structlog.get_logger("simulator")
+
+_DELIVERY_TIMEOUT = aiohttp.ClientTimeout(total=5)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one settlement's webhooks will look like, drawn when it settles."""
+
+    drop: bool
+    duplicate: bool
+    out_of_order: bool
+
+
+class Notifier:
+    """Owns the webhook client session and every settlement and delivery in flight."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def lifespan(self, _app: web.Application) -> AsyncIterator[None]:
+        """aiohttp ``cleanup_ctx``: the session lives as long as the app."""
+        self._session = aiohttp.ClientSession(timeout=_DELIVERY_TIMEOUT)
+        try:
+            yield
+        finally:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._session.close()
+
+    def schedule(self, channel: SimChannel, payment: Payment) -> None:
+        """Settle ``payment`` (now pending) later, captured or declined."""
+        b, rng = channel.behaviour, channel.rng
+        delay = b.webhook_delay_s(rng)
+        declined = b.chance("pending_decline_rate", rng)
+        code = b.decline_code(rng) if declined else None
+
+        def settle() -> None:
+            channel.settlements.pop(payment.reference, None)
+            if payment.status != "pending":  # voided meanwhile
+                return
+            channel.move(payment, "declined" if declined else "captured", code)
+            self._notify(channel, payment)
+
+        channel.settlements[payment.reference] = asyncio.get_running_loop().call_later(delay, settle)
+
+    def _notify(self, channel: SimChannel, payment: Payment) -> None:
+        b, rng = channel.behaviour, channel.rng
+        plan = _Plan(b.chance("webhook_drop_rate", rng), b.chance("duplicate_webhook_rate", rng),
+                     b.chance("out_of_order_webhook_rate", rng))
+        if payment.callback_url is None or plan.drop:
+            channel.counters["webhooks_dropped"] += 1
+            return
+        event = WebhookEvent(channel.new_id("evt"), payment.reference, payment.provider_ref, payment.status,
+                             payment.decline_code)
+        stale = (WebhookEvent(channel.new_id("evt"), payment.reference, payment.provider_ref, "pending", None)
+                 if plan.out_of_order else None)
+        self._spawn(self._send(channel, payment.callback_url, event, plan, stale))
+
+    async def _send(self, channel: SimChannel, url: str, event: WebhookEvent, plan: _Plan,
+                    stale: WebhookEvent | None) -> None:
+        await self._deliver(channel, url, event)
+        if plan.duplicate:
+            channel.counters["webhooks_duplicated"] += 1
+            await self._deliver(channel, url, event)
+        if stale is not None:
+            # The earlier 'pending' state, arriving after the final one.
+            channel.counters["webhooks_out_of_order"] += 1
+            await self._deliver(channel, url, stale)
+
+    async def _deliver(self, channel: SimChannel, url: str, event: WebhookEvent) -> None:
+        body = event_body(event)
+        b = channel.behaviour
+        backoff = b.webhook_retry_ms / 1000
+        for attempt in range(1, b.webhook_max_attempts + 1):
+            channel.counters["webhooks_sent"] += 1
+            if await self._post(channel, url, body):
+                channel.counters["webhooks_delivered"] += 1
+                return
+            channel.counters["webhook_failures"] += 1
+            if attempt < b.webhook_max_attempts:
+                await asyncio.sleep(backoff)
+                backoff *= 2
+        channel.counters["webhooks_given_up"] += 1
+        log.warning("webhook_given_up", channel=channel.name, reference=event.reference, event_id=event.event_id,
+                    attempts=b.webhook_max_attempts)
+
+    async def _post(self, channel: SimChannel, url: str, body: bytes) -> bool:
+        """One delivery attempt, signed now (a retry carries a fresh timestamp)."""
+        if self._session is None:
+            raise RuntimeError("the notifier is not running (use build_app's cleanup_ctx)")
+        headers = {"Content-Type": "application/json",
+                   SIGNATURE_HEADER: sign(channel.spec.webhook_secret, body, int(time.time()))}
+        try:
+            async with self._session.post(url, data=body, headers=headers) as resp:
+                return 200 <= resp.status < 300
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.info("webhook_attempt_failed", channel=channel.name, url=url, error=type(exc).__name__)
+            return False
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
