@@ -11,6 +11,7 @@ from aiohttp import web
 
 from config import ConfigError, load_text, parse, redacted, warnings
 from config import diff as config_diff
+from orchestrator.api.body import read_body
 from orchestrator.api.errors import ApiError
 from orchestrator.api.keys import SERVICE
 from orchestrator.clock import iso
@@ -59,7 +60,7 @@ async def config_history(request: web.Request) -> web.Response:
 
 async def put_config(request: web.Request) -> web.Response:
     svc = _svc(request)
-    raw = await request.read()
+    raw = await read_body(request)
     if len(raw) > svc.config.server.max_body_bytes * 16:
         raise ApiError("payload_too_large", "config too large")
     ctype = request.content_type

@@ -17,6 +17,7 @@ import routing
 from channels import AttemptOutcome, webhooks
 from config import ClientConfig
 from orchestrator.api import admin
+from orchestrator.api.body import read_body
 from orchestrator.api.errors import ApiError, error_response
 from orchestrator.api.keys import SERVICE
 from orchestrator.api.openapi import OPENAPI
@@ -103,7 +104,7 @@ async def _read_json(request: web.Request, limit: int) -> Any:
         raise ApiError("unsupported_media_type", "send the body as application/json")
     if request.content_length is not None and request.content_length > limit:
         raise ApiError("payload_too_large", f"the body must be at most {limit} bytes")
-    raw = await request.read()  # aiohttp enforces client_max_size while reading
+    raw = await read_body(request)
     if len(raw) > limit:
         raise ApiError("payload_too_large", f"the body must be at most {limit} bytes")
     try:
@@ -273,7 +274,7 @@ async def provider_webhook(request: web.Request) -> web.Response:
     channel = svc.channel_config(name)
     if channel is None:
         raise ApiError("not_found", "no such channel")
-    raw = await request.read()
+    raw = await read_body(request)
     if len(raw) > svc.config.server.max_body_bytes:
         raise ApiError("payload_too_large", "webhook body too large")
     try:

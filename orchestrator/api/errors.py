@@ -18,6 +18,7 @@ STATUS: dict[str, int] = {
     "missing_idempotency_key": 400,
     "invalid_idempotency_key": 400,
     "bad_request": 400,
+    "request_timeout": 400,
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,

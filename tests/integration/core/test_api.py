@@ -409,3 +409,20 @@ async def test_rate_limits_per_user_answer_429_with_retry_after_and_store_nothin
     resp, _ = await api.post({**BODY, "user_id": "u_other"}, key="rl-other")
     assert resp.status == 201, "another user is not limited"
     await api.invariants()
+
+
+async def test_a_body_that_stalls_midway_gets_a_clear_400_and_holds_nobody_else(api, monkeypatch):
+    import orchestrator.api.body as body_mod
+
+    monkeypatch.setattr(body_mod, "BODY_READ_TIMEOUT_S", 0.5)
+    host, port = api.client.server.host, api.client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"POST /v1/recharges HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + FRONT_KEY.encode() + b"\r\nIdempotency-Key: stall\r\n"
+                 b"Content-Length: 500\r\n\r\n{\"user_id\":")
+    await writer.drain()
+    resp, body = await api.post(BODY, key="not-stalled")  # others are served meanwhile
+    assert resp.status == 201
+    answer = await asyncio.wait_for(reader.read(4096), 5)
+    assert b" 400 " in answer.split(b"\r\n")[0] and b"request_timeout" in answer
+    writer.close()
