@@ -86,6 +86,12 @@ class StorageConfig(_Model):
     url: str = "sqlite:///data/orchestrator.db"
     # Upper bound on journal steps folded into one transaction/fsync.
     group_commit_max_batch: int = Field(512, gt=0, le=100_000)
+    # Each instance leases the recharges it drives; a dead instance's leases expire after
+    # this and a live instance takes over its work.
+    lease_s: float = Field(10.0, gt=0, le=3600)
+    # This instance's lease owner name; default: one per process on PostgreSQL, and a
+    # fixed one on SQLite (one process per file), so a restart resumes at once.
+    instance_id: str | None = None
 
     @field_validator("url")
     @classmethod

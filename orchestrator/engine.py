@@ -41,7 +41,7 @@ from orchestrator.model import (
     TrailEntry,
 )
 
-__all__ = ["Engine", "Gate", "IdempotencyConflict", "RoutePlan", "RunSettings", "new_recharge_id", "NONTERMINAL"]
+__all__ = ["Engine", "Gate", "HeldElsewhere", "IdempotencyConflict", "RoutePlan", "RunSettings", "new_recharge_id", "NONTERMINAL"]
 
 log = structlog.get_logger("orchestrator.engine")
 
@@ -64,6 +64,14 @@ def new_recharge_id() -> str:
 
 class IdempotencyConflict(Exception):
     """The idempotency key is already held by a recharge with a different request."""
+
+
+class HeldElsewhere(Exception):
+    """Another instance holds the lease of this (non-terminal) recharge and drives it."""
+
+    def __init__(self, rec: Recharge) -> None:
+        super().__init__(rec.id)
+        self.recharge = rec
 
 
 class RoutePlan(NamedTuple):
@@ -148,6 +156,8 @@ class Engine:
         activity: Activity | None = None,
         settle_channels: ChannelLookup | None = None,
         on_terminal: Callable[[Recharge], None] | None = None,
+        owner: str | None = None,
+        lease_s: float = 30.0,
     ) -> None:
         self._journal = journal
         self._channels = channels
@@ -155,6 +165,11 @@ class Engine:
         # channel that a reload retired; starting new attempts may not.
         self._settle_channels = settle_channels or channels
         self._on_terminal = on_terminal
+        # With an owner, every recharge this instance drives is leased in the store, so
+        # several instances on one database never drive one recharge at once; a dead
+        # instance's leases expire and a live one claims its work.
+        self._owner = owner
+        self._lease_s = lease_s
         self._router = router
         self._clock = clock
         self._settings = settings
@@ -173,7 +188,10 @@ class Engine:
         """Journal a new recharge (durably, with its idempotency record) and drive it.
         When its key is already taken, answer the recharge that holds it (and make
         sure something drives it) instead: ``(recharge, False)``."""
-        existing = await self._journal.create(rec, created)
+        if self._owner is None:
+            existing = await self._journal.create(rec, created)
+        else:
+            existing = await self._journal.create(rec, created, lease=(self._owner, self._clock.now() + self._lease_s))
         if existing is None:
             self.start(rec, settings)
             return rec, True
@@ -183,8 +201,16 @@ class Engine:
         if live is not None:
             return live[1], False
         if not existing.terminal:
+            if not await self._take(existing):
+                raise HeldElsewhere(existing)
             self.start(existing)
         return existing, False
+
+    async def _take(self, rec: Recharge) -> bool:
+        """Lease ``rec`` for this instance (always granted without an owner)."""
+        if self._owner is None:
+            return True
+        return await self._journal.lease(self._owner, rec.id, self._lease_s, self._clock.now())
 
     def start(self, rec: Recharge, settings: RunSettings | None = None) -> asyncio.Task[None]:
         """Drive ``rec`` in the background unless this process already does."""
@@ -218,7 +244,13 @@ class Engine:
         """Resume every non-terminal recharge from the journal (start-up and the
         periodic reconciler). Returns how many were (re)started."""
         started = 0
-        for rec in await self._journal.nonterminal():
+        if self._owner is None:
+            unfinished = await self._journal.nonterminal()
+        else:
+            now = self._clock.now()
+            await self._journal.renew(self._owner, list(self._running), self._lease_s, now)
+            unfinished = await self._journal.claim(self._owner, self._lease_s, now)
+        for rec in unfinished:
             if rec.id not in self._running:
                 self.start(rec)
                 started += 1
@@ -549,7 +581,7 @@ class Engine:
         if rec.id in self._running:
             # Wake the driver: it re-inquires now, and stops if the event ended it.
             self._wakers.setdefault(rec.id, asyncio.Event()).set()
-        elif not rec.terminal:
+        elif not rec.terminal and await self._take(rec):
             self.start(rec)
         return what
 

@@ -12,7 +12,9 @@ live-traffic statistics reach it too. A decision never takes a lock.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -179,6 +181,10 @@ class Service:
         self._publish_due = False
         self.settings = RunSettings.from_config(loaded.config, loaded.version)
         self.activity = Activity(self.clock.monotonic)
+        storage = loaded.config.storage
+        self.instance_id = storage.instance_id or (
+            "local" if storage.url.startswith("sqlite") else f"{socket.gethostname()}-{os.getpid()}-{random.getrandbits(32):08x}"
+        )
         self.engine = Engine(
             self.journal,
             self.channels.get,
@@ -191,6 +197,8 @@ class Service:
             settle_channels=self._any_channel,
             instrument=self._instrument_of,
             on_terminal=lambda rec: self._instruments.pop(rec.id, None),
+            owner=self.instance_id,
+            lease_s=loaded.config.storage.lease_s,
         )
         # Whole card/account numbers, in memory only, while their recharge runs.
         self._instruments: dict[str, dict[str, str]] = {}

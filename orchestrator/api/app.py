@@ -24,7 +24,7 @@ from orchestrator.api.openapi import OPENAPI
 from orchestrator.api.schemas import RechargeIn, validate
 from orchestrator.api.status import STATUS_HTML, status_view
 from orchestrator.clock import iso
-from orchestrator.engine import IdempotencyConflict, new_recharge_id
+from orchestrator.engine import HeldElsewhere, IdempotencyConflict, new_recharge_id
 from orchestrator.model import Recharge, RechargeStatus, TrailEntry
 from orchestrator.pricing import PricingError, price
 from orchestrator.service import Service
@@ -213,6 +213,9 @@ async def _create_recharge(request: web.Request, svc: Service) -> web.Response:
     except IdempotencyConflict:
         raise ApiError("idempotency_key_reused", "this Idempotency-Key was already used with a different request body",
                        field="Idempotency-Key") from None
+    except HeldElsewhere:
+        raise ApiError("request_in_progress", "this recharge is being processed; retry to get its result",
+                       retry_after=1) from None
     if fresh:
         structlog.contextvars.bind_contextvars(recharge_id=rec.id)
     return await _answer_after_wait(svc, rec, replayed=not fresh)

@@ -40,9 +40,11 @@ class Journal(Protocol):
 
     async def close(self) -> None: ...
 
-    async def create(self, recharge: Recharge, trail: TrailEntry) -> Recharge | None:
-        """Insert a new recharge and its idempotency record. Returns None when it was
-        created, or the recharge already holding (client, idempotency key)."""
+    async def create(self, recharge: Recharge, trail: TrailEntry,
+                     lease: tuple[str, float] | None = None) -> Recharge | None:
+        """Insert a new recharge and its idempotency record (and, with ``lease`` =
+        (owner, expires_at), its lease, in the same transaction). Returns None when it
+        was created, or the recharge already holding (client, idempotency key)."""
         ...
 
     async def apply(self, step: Step) -> bool:
@@ -83,6 +85,11 @@ class Journal(Protocol):
         recharges, oldest first, that no live lease of another owner holds (no lease, an
         expired one, or one ``owner`` already holds, which is renewed), and return them.
         Atomic: two claimers never both get one recharge while its lease is live."""
+        ...
+
+    async def lease(self, owner: str, recharge_id: str, lease_s: float, now: float) -> bool:
+        """Take or renew ``owner``'s lease on one recharge; False while another owner's
+        lease is live."""
         ...
 
     async def release(self, owner: str, recharge_id: str) -> None:

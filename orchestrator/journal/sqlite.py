@@ -254,7 +254,8 @@ class SqliteJournal:
 
     # -- writes -------------------------------------------------------------------------
 
-    async def create(self, recharge: Recharge, trail: TrailEntry) -> Recharge | None:
+    async def create(self, recharge: Recharge, trail: TrailEntry,
+                     lease: tuple[str, float] | None = None) -> Recharge | None:
         def op(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
                 "SELECT recharge_id FROM idempotency WHERE client=? AND key=?",
@@ -268,6 +269,9 @@ class SqliteJournal:
             )
             conn.execute(_INSERT_RECHARGE, _recharge_row(recharge))
             _insert_trail(conn, (trail,))
+            if lease is not None:
+                conn.execute("INSERT INTO leases(recharge_id, owner, expires_at) VALUES (?,?,?)",
+                             (recharge.id, lease[0], lease[1]))
             return None
 
         existing_id = await self._write(op)
@@ -314,6 +318,17 @@ class SqliteJournal:
                 [(rid, owner, now + lease_s) for rid in ids],
             )
             return [r for rid in ids if (r := _load(conn, rid)) is not None]
+
+        return await self._write(op)
+
+    async def lease(self, owner: str, recharge_id: str, lease_s: float, now: float) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "INSERT INTO leases(recharge_id, owner, expires_at) VALUES (?,?,?) "
+                "ON CONFLICT(recharge_id) DO UPDATE SET owner=excluded.owner, expires_at=excluded.expires_at "
+                "WHERE leases.owner=excluded.owner OR leases.expires_at <= ?",
+                (recharge_id, owner, now + lease_s, now),
+            ).rowcount == 1
 
         return await self._write(op)
 

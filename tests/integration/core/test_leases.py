@@ -1,0 +1,105 @@
+"""Several engines on one store: each recharge is driven by the instance holding its
+lease; a dead instance's work is claimed by a live one once its leases expire."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from harness import SETTINGS, make_recharge
+
+from channels.memory import Action, MemoryChannel
+from orchestrator.clock import VirtualClock
+from orchestrator.engine import Engine, HeldElsewhere
+from orchestrator.invariants import LedgerPayment, check
+from orchestrator.journal import SqliteJournal
+
+
+def engine(journal, channels, clock, owner):
+    by_name = {c.name: c for c in channels}
+    return Engine(journal, by_name.get, lambda rec: [c.name for c in channels], clock, lambda: SETTINGS,
+                  owner=owner, lease_s=10.0)
+
+
+async def test_the_same_key_on_two_instances_is_driven_once(tmp_path):
+    clock = VirtualClock()
+    gate = asyncio.Event()
+    ch = MemoryChannel("a")
+    orig = ch.authorize
+
+    async def slow(req):
+        await gate.wait()
+        return await orig(req)
+
+    ch.authorize = slow
+    j1, j2 = SqliteJournal(tmp_path / "j.db"), SqliteJournal(tmp_path / "j.db")
+    await j1.open()
+    await j2.open()
+    try:
+        e1, e2 = engine(j1, [ch], clock, "one"), engine(j2, [ch], clock, "two")
+        rec, trail = make_recharge(clock, "k1")
+        first, fresh = await e1.submit(rec, trail)
+        assert fresh
+        dup, trail2 = make_recharge(clock, "k1")
+        with pytest.raises(HeldElsewhere):
+            await e2.submit(dup, trail2)
+        assert await e2.recover() == 0, "a live lease is not claimed"
+        gate.set()
+        await e1.live(rec.id)[0]
+        again, fresh = await e2.submit(dup, trail2)
+        assert not fresh and again.status == "succeeded"
+        assert len(ch.ledger) == 1
+    finally:
+        await j1.close()
+        await j2.close()
+
+
+async def test_a_dead_instances_work_is_claimed_after_its_leases_expire(tmp_path):
+    clock = VirtualClock()
+    hang = asyncio.Event()
+    ch = MemoryChannel("a", lambda op, ref, n: Action.LOST_AFTER if op == "authorize" else Action.OK)
+    orig = ch.authorize
+
+    async def dies_mid_call(req):
+        await orig(req)
+        await hang.wait()  # the instance is killed while waiting for the answer
+
+    ch.authorize = dies_mid_call
+    j1, j2 = SqliteJournal(tmp_path / "j.db"), SqliteJournal(tmp_path / "j.db")
+    await j1.open()
+    await j2.open()
+    try:
+        e1 = engine(j1, [ch], clock, "one")
+        rec, trail = make_recharge(clock, "k1")
+        await e1.submit(rec, trail)
+        await asyncio.sleep(0.05)
+        await e1.stop()  # dead: no more steps, lease left behind
+        ch.authorize = orig
+        e2 = engine(j2, [ch], clock, "two")
+        assert await e2.recover() == 0, "not before the lease expires"
+        clock.advance(11)
+        assert await e2.recover() == 1
+        await e2.live(rec.id)[0]
+        fresh = await j2.get(rec.id)
+        assert fresh.status == "succeeded" and len(ch.ledger) == 1, "inquiry found the capture; no second charge"
+        ledger = [LedgerPayment("a", p.reference, p.status) for p in ch.ledger.values()]
+        assert (await check(j2, ledger)).ok
+    finally:
+        await j1.close()
+        await j2.close()
+
+
+async def test_leases_are_taken_once_and_renewed_by_their_owner(tmp_path):
+    clock = VirtualClock()
+    j = SqliteJournal(tmp_path / "j.db")
+    await j.open()
+    try:
+        rec, trail = make_recharge(clock, "k1")
+        await j.create(rec, trail, lease=("one", clock.now() + 10))
+        assert await j.lease("two", rec.id, 10, clock.now()) is False
+        assert await j.lease("one", rec.id, 10, clock.now()) is True
+        clock.advance(11)
+        assert await j.lease("two", rec.id, 10, clock.now()) is True
+        assert await j.lease("one", rec.id, 10, clock.now()) is False
+    finally:
+        await j.close()
