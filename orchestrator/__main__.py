@@ -4,6 +4,7 @@
     orchestrator config check FILE
     orchestrator simulate --config FILE [--port N]
     orchestrator demo [--duration S] [--rate N] [--plain]
+    orchestrator audit verify [--db URL | --config FILE]
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="the product in three minutes (simulator + orchestrator + traffic); "
                    "see `orchestrator demo --help`")
+
+    audit = sub.add_parser("audit", help="the hash-chained audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the whole chain; name the first broken entry")
+    verify.add_argument("--db", help="storage URL (default: the config's storage.url)")
+    verify.add_argument("--config", default="config/orchestrator.example.yaml", help="config whose storage to use")
 
     sim = sub.add_parser("simulate", help="run the provider simulator")
     sim.add_argument("--config", required=True, help="simulator YAML config")
@@ -159,6 +166,49 @@ async def _run_server(loaded: object, path: str, overrides: dict[str, dict[str, 
     await runner.cleanup()
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    from config import ConfigError, load_file
+
+    url = args.db
+    if url is None:
+        try:
+            url = load_file(args.config).config.storage.url
+        except ConfigError as exc:
+            print("\n".join(exc.lines()), file=sys.stderr)
+            return 1
+
+    async def run() -> int:
+        from orchestrator.audit import verify_rows
+        from orchestrator.journal import JournalError, open_journal
+
+        if url.startswith("sqlite:///"):
+            from pathlib import Path
+
+            from orchestrator.journal import path_from_url
+
+            if not Path(path_from_url(url)).exists():
+                print(f"no journal at {url}", file=sys.stderr)
+                return 1
+        journal = open_journal(url)
+        try:
+            await journal.open()
+            rows = await journal.audit_rows()  # type: ignore[attr-defined]
+        except JournalError as exc:
+            print(f"cannot read the journal: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await journal.close()
+        report = verify_rows(rows)
+        if report.ok:
+            print(f"audit chain intact: {report.entries} entries verified")
+            return 0
+        print(f"audit chain BROKEN at entry {report.broken_at}: {report.reason} "
+              f"({report.entries - 1} entries before it verified)")
+        return 1
+
+    return asyncio.run(run())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:  # the demo has its own options
@@ -170,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config_check(args.file)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "audit":
+        return _audit_verify(args)
     if args.command == "simulate":
         from channels.simulator import main as simulate
 

@@ -34,7 +34,7 @@ from orchestrator.engine import Engine, RoutePlan, RunSettings
 from orchestrator.journal import Journal, open_journal
 from orchestrator.metrics import Metrics
 from orchestrator.ratelimit import Limiter
-from orchestrator.model import OPEN_ATTEMPT_STATES, Recharge
+from orchestrator.model import OPEN_ATTEMPT_STATES, Recharge, TrailEntry
 
 __all__ = ["AppliedConfig", "ChannelFactory", "HealthGate", "ReloadError", "Router", "Service", "snapshot_for"]
 
@@ -302,6 +302,8 @@ class Service:
             )
             await self._prober.start()
         self._tasks.append(loop.create_task(self._publish_forever()))
+        await self.journal.record(TrailEntry("", self.clock.now(), "config_applied", detail={
+            "version": self.loaded.version, "source": "start", "instance": self.instance_id}))
         resumed = await self.engine.recover()
         log.info("service_started", config_version=self.loaded.version, resumed=resumed, channels=len(self.channels))
         if self._reconcile:
@@ -375,6 +377,9 @@ class Service:
             # -- end of the swap ----------------------------------------------------------
             if self._prober is not None:
                 await self._prober.set_channels(self.channels)
+            await self.journal.record(TrailEntry(
+                "", now, "config_applied", detail={"version": new.version, "previous": old.version,
+                                                   "source": source, "changes": lines[:200]}))
             log.info("config_applied", config_version=new.version, previous=old.version, source=source,
                      changes=len(lines))
             return lines

@@ -3,3 +3,48 @@ from pathlib import Path
 
 # tests/harness.py and friends are imported as plain modules by the suites.
 sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+from harness import PgStore, SqliteStore, Store  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL for the whole session, started on first use only."""
+    import pg
+
+    server = pg.start_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def new_store(request, store_kind, tmp_path):
+    """``new_store(directory=None) -> Store``: a fresh, empty store of this test's kind
+    (a SQLite file, or a new PostgreSQL database), disposed of after the test."""
+    server = request.getfixturevalue("pg_server") if store_kind == "postgres" else None
+    made: list[Store] = []
+
+    def make(directory=None) -> Store:
+        if server is None:
+            d = directory or tmp_path
+            d.mkdir(parents=True, exist_ok=True)
+            made.append(SqliteStore(d / "j.db"))
+        else:
+            made.append(PgStore.fresh(server))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.dispose()
+
+
+@pytest.fixture
+def store(new_store) -> Store:
+    """This test's store: every ``store.journal()`` opens the same data."""
+    return new_store()

@@ -8,7 +8,7 @@ under test can swallow it), and the test abandons the whole instance.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from orchestrator.journal import Journal
@@ -51,8 +51,11 @@ class CrashingJournal:
     async def close(self) -> None:
         await self.inner.close()
 
-    async def create(self, recharge: Recharge, trail: TrailEntry) -> Recharge | None:
-        return await self._write(lambda: self.inner.create(recharge, trail))
+    async def create(self, recharge: Recharge, trail: TrailEntry,
+                     lease: tuple[str, float] | None = None) -> Recharge | None:
+        if lease is None:
+            return await self._write(lambda: self.inner.create(recharge, trail))
+        return await self._write(lambda: self.inner.create(recharge, trail, lease=lease))
 
     async def apply(self, step: Step) -> bool:
         return await self._write(lambda: self.inner.apply(step))
@@ -78,8 +81,26 @@ class CrashingJournal:
     async def attempt(self, reference: str) -> Any:
         return await self._read(lambda: self.inner.attempt(reference))
 
+    async def record(self, entry: TrailEntry) -> None:
+        await self._write(lambda: self.inner.record(entry))
+
+    async def audit_rows(self) -> list[tuple[Any, ...]]:
+        return await self.inner.audit_rows()
+
     async def ping(self) -> None:
         await self._read(self.inner.ping)
+
+    async def claim(self, owner: str, lease_s: float, now: float, limit: int = 500) -> list[Recharge]:
+        return await self._write(lambda: self.inner.claim(owner, lease_s, now, limit))
+
+    async def lease(self, owner: str, recharge_id: str, lease_s: float, now: float) -> bool:
+        return await self._write(lambda: self.inner.lease(owner, recharge_id, lease_s, now))
+
+    async def release(self, owner: str, recharge_id: str) -> None:
+        await self._write(lambda: self.inner.release(owner, recharge_id))
+
+    async def renew(self, owner: str, recharge_ids: Sequence[str], lease_s: float, now: float) -> None:
+        await self._write(lambda: self.inner.renew(owner, recharge_ids, lease_s, now))
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return await self.inner.query(sql, params)  # type: ignore[attr-defined]

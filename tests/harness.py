@@ -1,18 +1,22 @@
-"""A core under test: the real engine on a real SQLite journal, with in-process
-providers (channels.memory) and virtual time. Shared by the core's tests."""
+"""A core under test: the real engine on a real journal (SQLite or PostgreSQL), with
+in-process providers (channels.memory) and virtual time. Shared by the core's tests."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from channels.memory import SOFT_CODE, MemoryChannel
 from orchestrator.clock import VirtualClock
 from orchestrator.engine import Engine, RunSettings
 from orchestrator.invariants import LedgerPayment, Report, check
-from orchestrator.journal import Journal, SqliteJournal
+from orchestrator.journal import Journal, PostgresJournal, SqliteJournal
+from orchestrator.journal.pgserver import PgServer
+from orchestrator.journal.postgres import _numbered
 from orchestrator.model import Recharge, RechargeStatus, TrailEntry
 
 SETTINGS = RunSettings(
@@ -41,15 +45,77 @@ def make_recharge(clock: VirtualClock, key: str, *, user: str = "u1", amount: in
     return rec, TrailEntry(rid, now, "created", "processing")
 
 
-class Core:
-    def __init__(self, path: Path, channels: Sequence[MemoryChannel], *, settings: RunSettings = SETTINGS,
-                 clock: VirtualClock | None = None, journal: Journal | None = None) -> None:
+class Store:
+    """Where a test's journal lives. Every ``journal()`` opens the same data, as a
+    restarted instance (or a second instance) would."""
+
+    kind: str
+
+    def journal(self, **kw: Any) -> Journal:
+        raise NotImplementedError
+
+    def peek(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Read through a connection of its own (``?`` placeholders), from sync code: what
+        another process would see right now."""
+        raise NotImplementedError
+
+    def dispose(self) -> None:
+        pass
+
+
+class SqliteStore(Store):
+    kind = "sqlite"
+
+    def __init__(self, path: Path) -> None:
         self.path = path
+
+    def journal(self, **kw: Any) -> Journal:
+        return SqliteJournal(self.path, **kw)
+
+    def peek(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.path)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+
+class PgStore(Store):
+    kind = "postgres"
+
+    def __init__(self, server: PgServer, url: str) -> None:
+        self.server = server
+        self.url = url
+
+    @classmethod
+    def fresh(cls, server: PgServer) -> PgStore:
+        return cls(server, server.create_schema())
+
+    def journal(self, **kw: Any) -> Journal:
+        kw.setdefault("pool_min", 1)
+        kw.setdefault("pool_max", 4)
+        return PostgresJournal(self.url, **kw)
+
+    def peek(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        return self.server.execute(_numbered(sql), *params, url=self.url)
+
+    def dispose(self) -> None:
+        if not getattr(self, "_disposed", False):
+            self._disposed = True
+            self.server.drop(self.url)
+
+
+class Core:
+    """``where``: a Store, or a path for a SQLite journal there."""
+
+    def __init__(self, where: Store | Path, channels: Sequence[MemoryChannel], *, settings: RunSettings = SETTINGS,
+                 clock: VirtualClock | None = None, journal: Journal | None = None) -> None:
+        self.store = where if isinstance(where, Store) else SqliteStore(where)
         self.clock = clock or VirtualClock()
         self.channels = {c.name: c for c in channels}
         self.order = [c.name for c in channels]
         self.settings = settings
-        self.journal: Journal = journal or SqliteJournal(path)
+        self.journal: Journal = journal or self.store.journal()
         self.engine = Engine(self.journal, self.channels.get, lambda rec: self.order, self.clock,
                              lambda: self.settings)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestrator.model import Attempt, Recharge, Step, TrailEntry
 
@@ -70,6 +70,14 @@ class Journal(Protocol):
 
     async def refunds_due(self) -> list[Recharge]:
         """Recharges with a late capture whose refund is not yet confirmed."""
+        ...
+
+    async def record(self, entry: TrailEntry) -> None:
+        """Append an audit entry that belongs to no recharge step (a config change)."""
+        ...
+
+    async def audit_rows(self) -> list[tuple[Any, ...]]:
+        """The whole trail in order, with its chain: what ``audit verify`` checks."""
         ...
 
     async def ping(self) -> None:

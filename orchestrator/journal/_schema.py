@@ -102,4 +102,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX leases_owner ON leases(owner)",
     ),
+    # 4: the trail becomes the hash-chained audit log.
+    (
+        "ALTER TABLE trail ADD COLUMN prev_hash TEXT",
+        "ALTER TABLE trail ADD COLUMN hash TEXT",
+    ),
 )

@@ -103,4 +103,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX leases_owner ON leases(owner)",
     ),
+    # 4: the trail becomes the hash-chained audit log; one row holds the chain's head so
+    # instances append one after another (it is locked by each appending transaction).
+    (
+        "ALTER TABLE trail ADD COLUMN prev_hash TEXT",
+        "ALTER TABLE trail ADD COLUMN hash TEXT",
+        "CREATE TABLE audit_head (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), hash TEXT NOT NULL)",
+        "INSERT INTO audit_head(one, hash) VALUES (TRUE, '0000000000000000000000000000000000000000000000000000000000000000')",
+    ),
 )

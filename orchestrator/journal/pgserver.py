@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PgServer", "PgServerError", "find_bindir", "running"]
+__all__ = ["PgServer", "PgServerError", "database_of", "find_bindir", "running", "schema_of"]
 
 _BINDIRS = ("/usr/lib/postgresql/15/bin",)
 _USER = "postgres"
@@ -52,6 +53,8 @@ class PgServer:
         self._as_root = os.geteuid() == 0
         self._started = False
         self._names = itertools.count(1)
+        self._databases: set[str] = set()
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     # -- life ---------------------------------------------------------------------------
 
@@ -74,12 +77,17 @@ class PgServer:
                 )
             self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
             self._started = True
+            self._watchdog = self._start_watchdog()
         except (OSError, subprocess.SubprocessError, PgServerError) as exc:
             detail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
             self.stop()
             raise PgServerError(f"cannot start PostgreSQL: {exc}\n{detail}") from exc
 
     def stop(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None and watchdog.poll() is None:
+            watchdog.kill()
+            watchdog.wait()
         if self._started:
             self._started = False
             try:
@@ -106,19 +114,36 @@ class PgServer:
         self.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         return self.url(name)
 
-    def drop_database(self, url: str) -> None:
-        name = url.split("/")[3].split("?")[0]
-        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    def create_schema(self, prefix: str = "s", database: str = "scratch") -> str:
+        """A new empty schema (in ``database``, made on first use), and a URL whose
+        connections find their tables there first: a store much cheaper than a database."""
+        if database not in self._databases:
+            if not self.execute("SELECT 1 FROM pg_database WHERE datname = $1", database):
+                self.execute(f'CREATE DATABASE "{database}" TEMPLATE template0')
+            self._databases.add(database)
+        name = f"{prefix}_{os.getpid()}_{next(self._names)}"
+        self.execute(f'CREATE SCHEMA "{name}"', database=database)
+        # asyncpg sends unknown URL parameters as server settings.
+        return f"{self.url(database)}&search_path={name}"
 
-    def execute(self, sql: str, *args: Any, database: str = "postgres") -> list[tuple[Any, ...]]:
-        """Run one statement from synchronous code, even inside a running event loop
-        (it gets a thread and a loop of its own)."""
-        return _in_thread(self._execute(sql, args, database))
+    def drop(self, url: str) -> None:
+        """Drop what ``create_database`` or ``create_schema`` made."""
+        database, schema = database_of(url), schema_of(url)
+        if schema is not None:
+            self.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE', database=database)
+        else:
+            self.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
-    async def _execute(self, sql: str, args: tuple[Any, ...], database: str) -> list[tuple[Any, ...]]:
+    def execute(self, sql: str, *args: Any, database: str = "postgres",
+                url: str | None = None) -> list[tuple[Any, ...]]:
+        """Run one statement (on ``database``, or through ``url``) from synchronous code,
+        even inside a running event loop: it gets a thread and a loop of its own."""
+        return _in_thread(self._execute(sql, args, url or self.url(database)))
+
+    async def _execute(self, sql: str, args: tuple[Any, ...], url: str) -> list[tuple[Any, ...]]:
         import asyncpg
 
-        conn = await asyncpg.connect(self.url(database))
+        conn = await asyncpg.connect(url)
         try:
             return [tuple(r) for r in await conn.fetch(sql, *args)]
         finally:
@@ -133,6 +158,18 @@ class PgServer:
             for d in (self.base, self.socket_dir):
                 os.chown(d, pw.pw_uid, pw.pw_gid)
 
+    def _start_watchdog(self) -> subprocess.Popen[bytes]:
+        """pg_ctl detaches the server from us: should this process die without calling
+        ``stop()`` (kill -9, a CI timeout), a watchdog stops the server and deletes its
+        files within a second instead of leaving them behind."""
+        stop = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]
+        if self._as_root:
+            stop = ["runuser", "-u", _USER, "--", *stop]
+        script = (f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; "
+                  f"{shlex.join(stop)} >/dev/null 2>&1; rm -rf {shlex.quote(str(self.base))}")
+        return subprocess.Popen(["sh", "-c", script], start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def _run(self, binary: str, *args: str) -> None:
         cmd = [str(self.bindir / binary), *args]
         if self._as_root:
@@ -140,6 +177,20 @@ class PgServer:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.base)
         if proc.returncode != 0:
             raise PgServerError(f"{binary} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def database_of(url: str) -> str:
+    """``postgresql://user@/name?host=...`` -> ``name``."""
+    return url.split("://", 1)[1].split("/", 1)[1].split("?", 1)[0]
+
+
+def schema_of(url: str) -> str | None:
+    """The ``search_path`` a ``create_schema`` URL names, if any."""
+    for part in url.partition("?")[2].split("&"):
+        key, _, value = part.partition("=")
+        if key == "search_path":
+            return value
+    return None
 
 
 def _in_thread(coro: Any) -> Any:

@@ -23,6 +23,7 @@ import asyncpg
 import orjson
 import structlog
 
+from orchestrator.audit import GENESIS, entry_hash
 from orchestrator.journal._protocol import JournalError, WalletEntry, WalletView
 from orchestrator.journal._schema_pg import MIGRATIONS
 from orchestrator.model import (
@@ -116,11 +117,22 @@ class _Writer:
         results: list[tuple[_Item, Any, BaseException | None]] = []
         try:
             conn = await self._connection()
-            async with conn.transaction():
-                for item in batch:
-                    outcome = await self._run_step(conn, item)
-                    if outcome is not None:
-                        results.append(outcome)
+            # Savepoints by hand rather than nested conn.transaction(): the release of
+            # one step and the savepoint of the next then share a round trip.
+            await conn.execute("BEGIN")
+            # The audit chain's head, locked until commit: instances append one batch
+            # after another, each extending the chain where it really ends.
+            _HEADS[id(conn)] = await conn.fetchval("SELECT hash FROM audit_head FOR UPDATE")
+            await conn.execute("SAVEPOINT step")
+            for i, item in enumerate(batch):
+                outcome, kept = await self._run_step(conn, item)
+                if outcome is not None:
+                    results.append(outcome)
+                if kept and i + 1 < len(batch):
+                    # Fold the step's writes into the transaction and open the next one's.
+                    await conn.execute("RELEASE SAVEPOINT step; SAVEPOINT step")
+            await conn.execute("UPDATE audit_head SET hash=$1", _HEADS[id(conn)])
+            await conn.execute("COMMIT")
         except asyncio.CancelledError:
             await self._drop_connection(terminate=True)
             _deliver([(item, None, JournalError("journal writer cancelled")) for item in batch])
@@ -136,48 +148,67 @@ class _Writer:
             results = [(item, None, err) for item in batch]
         elapsed = time.perf_counter() - started
         if self._on_commit is not None:
-            self._on_commit(len(batch), elapsed)
+            try:
+                self._on_commit(len(batch), elapsed)
+            except Exception:  # metrics must never stop the writer
+                log.exception("journal_on_commit_failed")
         _deliver(results)
 
     async def _run_step(self, conn: asyncpg.Connection,
-                        item: _Item) -> tuple[_Item, Any, BaseException | None] | None:
-        savepoint = conn.transaction()
-        await savepoint.start()
+                        item: _Item) -> tuple[tuple[_Item, Any, BaseException | None] | None, bool]:
+        """Run one step inside the open savepoint ``step``: its answer (None when it is
+        to be retried) and whether it kept its writes. On any failure roll back to the
+        savepoint, which stays open for the next step."""
+        head = _HEADS.get(id(conn), GENESIS)
         try:
             value = await item.op(conn)
         except _Rejected:
-            await savepoint.rollback()
-            return item, False, None
+            await conn.execute("ROLLBACK TO SAVEPOINT step")
+            _HEADS[id(conn)] = head
+            return (item, False, None), False
         except _TRANSIENT as exc:
-            await savepoint.rollback()
+            await conn.execute("ROLLBACK TO SAVEPOINT step")
+            _HEADS[id(conn)] = head
             item.tries += 1
             if item.tries >= _MAX_TRIES:
-                return item, None, JournalError(f"step kept losing lock races: {exc}")
+                return (item, None, JournalError(f"step kept losing lock races: {exc}")), False
             self._retry.append(item)  # after this commit has released our locks
-            return None
+            return None, False
         except Exception as exc:  # one step's failure stays that step's
             if conn.is_closed():
                 raise
-            await savepoint.rollback()  # if even this fails, the whole batch does
-            return item, None, exc
-        await savepoint.commit()
-        return item, value, None
+            await conn.execute("ROLLBACK TO SAVEPOINT step")  # if even this fails, the whole batch does
+            _HEADS[id(conn)] = head
+            return (item, None, exc), False
+        return (item, value, None), True
 
     async def _connection(self) -> asyncpg.Connection:
+        if self._conn is not None and _is_dead(self._conn):
+            # Lost while idle (the server restarted, an admin killed it): replace it
+            # before a batch is sent into it.
+            await self._drop_connection(terminate=True)
         if self._conn is None:
             self._conn = await self._pool.acquire()
         return self._conn
 
     async def _drop_connection(self, *, terminate: bool) -> None:
+        """Give the connection back; never raises, so the writer outlives any loss."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if terminate:
-            conn.terminate()
         try:
+            if terminate:
+                conn.terminate()
             await asyncio.shield(self._pool.release(conn))
-        except Exception:  # a broken connection: the pool replaces it
+        except Exception:  # already broken or detached: the pool replaces it
             pass
+
+
+def _is_dead(conn: asyncpg.Connection) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # the pool detached it when the connection was lost
+        return True
 
 
 def _deliver(results: list[tuple[_Item, Any, BaseException | None]]) -> None:
@@ -292,23 +323,34 @@ class PostgresJournal:
 
     # -- writes -------------------------------------------------------------------------
 
-    async def create(self, recharge: Recharge, trail: TrailEntry) -> Recharge | None:
+    async def record(self, entry: TrailEntry) -> None:
+        """Append one entry that belongs to no recharge step (a config change)."""
+        await self._write(lambda conn: _insert_trail(conn, (entry,)))
+
+    async def audit_rows(self) -> list[tuple[Any, ...]]:
+        return await self.query(
+            "SELECT id, recharge_id, at, event, status, reference, channel, detail, prev_hash, hash FROM trail "
+            "ORDER BY id")
+
+    async def create(self, recharge: Recharge, trail: TrailEntry,
+                     lease: tuple[str, float] | None = None) -> Recharge | None:
         async def op(conn: asyncpg.Connection) -> str | None:
             # ON CONFLICT waits for a concurrent inserter of the same key (another
-            # instance) to finish, so exactly one of them makes the recharge.
-            inserted = await conn.fetchval(
-                "INSERT INTO idempotency(client, key, fingerprint, recharge_id, created_at) VALUES ($1,$2,$3,$4,$5) "
-                "ON CONFLICT (client, key) DO NOTHING RETURNING recharge_id",
-                recharge.client, recharge.idempotency_key, recharge.fingerprint, recharge.id, recharge.created_at,
-            )
-            if inserted is None:
+            # instance) to finish, so exactly one of them makes the recharge; the
+            # recharge and its trail entry are inserted only when the key was free.
+            head = _HEADS.get(id(conn), GENESIS)
+            made = await conn.fetchval(_CREATE, *_recharge_row(recharge), float(recharge.created_at),
+                                       *_trail_rows(conn, (trail,))[0])
+            if made is None:
+                _HEADS[id(conn)] = head  # no trail entry was written
                 holder: str = await conn.fetchval(
                     "SELECT recharge_id FROM idempotency WHERE client=$1 AND key=$2",
                     recharge.client, recharge.idempotency_key,
                 )
                 return holder
-            await conn.execute(_INSERT_RECHARGE, *_recharge_row(recharge))
-            await _insert_trail(conn, (trail,))
+            if lease is not None:
+                await conn.execute("INSERT INTO leases(recharge_id, owner, expires_at) VALUES ($1, $2, $3)",
+                                   recharge.id, lease[0], float(lease[1]))
             return None
 
         existing_id = await self._write(op)
@@ -352,10 +394,20 @@ class PostgresJournal:
                 owner, now + lease_s, now, limit, _NONTERMINAL,
             )
             recs = await _load_many(conn, [r[0] for r in rows])
-            return [r for r in recs if not r.terminal]
+            return sorted((r for r in recs if not r.terminal), key=lambda r: (r.created_at, r.id))
 
         await self._direct(ensure_rows)
         return await self._direct(take)
+
+    async def lease(self, owner: str, recharge_id: str, lease_s: float, now: float) -> bool:
+        # ON CONFLICT DO UPDATE locks the existing lease and checks the WHERE on its
+        # newest version: of two instances racing for one recharge, one gets it.
+        done = await self._direct(lambda conn: conn.execute(
+            "INSERT INTO leases(recharge_id, owner, expires_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (recharge_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+            "WHERE leases.owner = excluded.owner OR leases.owner IS NULL OR leases.expires_at <= $4",
+            recharge_id, owner, now + lease_s, now))
+        return bool(done == "INSERT 0 1")
 
     async def release(self, owner: str, recharge_id: str) -> None:
         await self._direct(lambda conn: conn.execute(
@@ -471,14 +523,24 @@ _RECHARGE_COLUMNS = (
     "instrument, metadata, coins, bonus_coins, status, channel, decline_code, reason, config_version, "
     "created_at, updated_at, deadline_at"
 )
-_INSERT_RECHARGE = (
-    f"INSERT INTO recharges({_RECHARGE_COLUMNS}) VALUES ({','.join(f'${i}' for i in range(1, 22))})"
+# $1..$21 the recharge row, $22 the idempotency record's time, $23..$29 the trail entry.
+_CREATE = (
+    "WITH idem AS ("
+    " INSERT INTO idempotency(client, key, fingerprint, recharge_id, created_at) VALUES ($2, $3, $4, $1, $22)"
+    " ON CONFLICT (client, key) DO NOTHING RETURNING recharge_id), "
+    f"rec AS (INSERT INTO recharges({_RECHARGE_COLUMNS}) "
+    f"SELECT {','.join(f'${i}' for i in range(1, 22))} FROM idem RETURNING id) "
+    "INSERT INTO trail(recharge_id, at, event, status, reference, channel, detail, prev_hash, hash) "
+    "SELECT $23, $24, $25, $26, $27, $28, $29, $30, $31 FROM rec RETURNING 1"
 )
 _ATTEMPT_COLUMNS = (
     "reference, recharge_id, seq, channel, state, provider_ref, decline_code, error, latency_ms, created_at, updated_at"
 )
 _INSERT_ATTEMPT = f"INSERT INTO attempts({_ATTEMPT_COLUMNS}) VALUES ({','.join(f'${i}' for i in range(1, 12))})"
-_INSERT_TRAIL = "INSERT INTO trail(recharge_id, at, event, status, reference, channel, detail) VALUES ($1,$2,$3,$4,$5,$6,$7)"
+_INSERT_TRAIL = (
+    "INSERT INTO trail(recharge_id, at, event, status, reference, channel, detail, prev_hash, hash) "
+    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
+)
 # channel and decline_code change only when the step names them, as in SQLite.
 _UPDATE_STATUS = (
     "UPDATE recharges SET status=$1, updated_at=$2, reason=$3, channel=COALESCE($4, channel), "
@@ -546,16 +608,28 @@ async def _load_many(conn: asyncpg.Connection, ids: list[str]) -> list[Recharge]
     return out
 
 
-def _trail_row(e: TrailEntry) -> tuple[Any, ...]:
-    return (e.recharge_id, float(e.at), e.event, e.status, e.reference, e.channel,
-            None if e.detail is None else orjson.dumps(e.detail).decode())
+# The audit chain's head per writer connection, during its batch (see _run_batch).
+_HEADS: dict[int, str] = {}
+
+
+def _trail_rows(conn: asyncpg.Connection, entries: Sequence[TrailEntry]) -> list[tuple[Any, ...]]:
+    head = _HEADS.get(id(conn), GENESIS)
+    rows = []
+    for e in entries:
+        detail = None if e.detail is None else orjson.dumps(e.detail).decode()
+        h = entry_hash(head, e.recharge_id, float(e.at), e.event, e.status, e.reference, e.channel, detail)
+        rows.append((e.recharge_id, float(e.at), e.event, e.status, e.reference, e.channel, detail, head, h))
+        head = h
+    _HEADS[id(conn)] = head
+    return rows
 
 
 async def _insert_trail(conn: asyncpg.Connection, entries: Sequence[TrailEntry]) -> None:
-    if len(entries) == 1:
-        await conn.execute(_INSERT_TRAIL, *_trail_row(entries[0]))
-    elif entries:
-        await conn.executemany(_INSERT_TRAIL, [_trail_row(e) for e in entries])
+    rows = _trail_rows(conn, entries)
+    if len(rows) == 1:
+        await conn.execute(_INSERT_TRAIL, *rows[0])
+    elif rows:
+        await conn.executemany(_INSERT_TRAIL, rows)
 
 
 def _float(x: float | None) -> float | None:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 
+from orchestrator.audit import GENESIS, entry_hash
 from orchestrator.journal._protocol import JournalError, WalletEntry, WalletView
 from orchestrator.journal._schema import MIGRATIONS
 from orchestrator.model import (
@@ -127,15 +128,22 @@ class _Writer(threading.Thread):
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # The chain head is read under the write lock, so any writer on the file (one
+            # in production) extends the chain where it really ends.
+            row = conn.execute("SELECT hash FROM trail ORDER BY id DESC LIMIT 1").fetchone()
+            _chain.head = row[0] if row and row[0] else GENESIS
             for op, fut in batch:
                 conn.execute("SAVEPOINT step")
+                step_head = _chain.head
                 try:
                     value = op(conn)
                 except _Rejected:
                     conn.execute("ROLLBACK TO step")
+                    _chain.head = step_head
                     results.append((fut, False, None))
                 except Exception as exc:  # one step's failure stays that step's
                     conn.execute("ROLLBACK TO step")
+                    _chain.head = step_head
                     results.append((fut, None, exc))
                 else:
                     results.append((fut, value, None))
@@ -287,6 +295,15 @@ class SqliteJournal:
 
     async def ping(self) -> None:
         await self._write(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def record(self, entry: TrailEntry) -> None:
+        """Append one entry that belongs to no recharge step (a config change)."""
+        await self._write(lambda conn: _insert_trail(conn, (entry,)))
+
+    async def audit_rows(self) -> list[tuple[Any, ...]]:
+        return await self._read(lambda conn: conn.execute(
+            "SELECT id, recharge_id, at, event, status, reference, channel, detail, prev_hash, hash FROM trail "
+            "ORDER BY id").fetchall())
 
     async def event_seen(self, channel: str, event_id: str) -> bool:
         return bool(await self._read(lambda conn: conn.execute(
@@ -452,15 +469,25 @@ def _load(conn: sqlite3.Connection, recharge_id: str) -> Recharge | None:
     )
 
 
+_chain = threading.local()  # the writer thread's audit chain head
+
+
 def _insert_trail(conn: sqlite3.Connection, entries: tuple[TrailEntry, ...]) -> None:
+    """Append to the trail, each entry chained to the one before (see orchestrator.audit).
+    Only the writer thread appends, so the head in memory is the head on disk."""
+    rows = []
+    head = _chain.head
+    for e in entries:
+        detail = None if e.detail is None else orjson.dumps(e.detail).decode()
+        h = entry_hash(head, e.recharge_id, e.at, e.event, e.status, e.reference, e.channel, detail)
+        rows.append((e.recharge_id, e.at, e.event, e.status, e.reference, e.channel, detail, head, h))
+        head = h
     conn.executemany(
-        "INSERT INTO trail(recharge_id, at, event, status, reference, channel, detail) VALUES (?,?,?,?,?,?,?)",
-        [
-            (e.recharge_id, e.at, e.event, e.status, e.reference, e.channel,
-             None if e.detail is None else orjson.dumps(e.detail).decode())
-            for e in entries
-        ],
+        "INSERT INTO trail(recharge_id, at, event, status, reference, channel, detail, prev_hash, hash) "
+        "VALUES (?,?,?,?,?,?,?,?,?)",
+        rows,
     )
+    _chain.head = head
 
 
 def _apply(conn: sqlite3.Connection, step: Step) -> bool:

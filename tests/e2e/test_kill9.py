@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
+import subprocess
+import sys
 import time
 
 import aiohttp
@@ -122,6 +125,21 @@ async def test_kill_9_mid_run_loses_nothing_and_charges_nothing_twice(tmp_path):
         assert report.by_status.get("succeeded", 0) > TOTAL * 0.8, report.by_status
         assert "pending" not in report.by_status and "processing" not in report.by_status, report.by_status
         print(f"\nkill -9 e2e: {report}")
+
+        # The audit chain the two processes wrote verifies; one flipped byte is named.
+        orch.stop()
+        verify = [sys.executable, "-m", "orchestrator", "audit", "verify", "--db", f"sqlite:///{db}"]
+        ok = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0 and "audit chain intact" in ok.stdout, ok.stdout + ok.stderr
+        conn = sqlite3.connect(db)
+        victim = conn.execute("SELECT id, detail FROM trail WHERE detail IS NOT NULL ORDER BY id LIMIT 1 OFFSET 500"
+                              ).fetchone()
+        flipped = victim[1].replace('"', "'", 1)
+        conn.execute("UPDATE trail SET detail=? WHERE id=?", (flipped, victim[0]))
+        conn.commit()
+        conn.close()
+        bad = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 1 and f"BROKEN at entry {victim[0]}" in bad.stdout, bad.stdout + bad.stderr
     finally:
         if orch is not None:
             orch.stop()

@@ -1,5 +1,6 @@
 """Crash the core at every journal write in turn, before and after the write lands; a
-new instance opens the same SQLite file, recovers, and the clients retry. SPEC section
+new instance opens the same store (SQLite file or PostgreSQL database), recovers, and
+the clients retry. SPEC section
 18's invariants must hold every time: no recharge lost, none charged or credited twice,
 none left non-terminal."""
 
@@ -9,10 +10,9 @@ import asyncio
 
 import pytest
 from crashing import CrashingJournal, SimulatedCrash
-from harness import Core, make_recharge
+from harness import Core, Store, make_recharge
 
 from channels.memory import Action, MemoryChannel
-from orchestrator.journal import SqliteJournal
 
 # One recharge per path through the state machine, keyed by idempotency key.
 BEHAVIOURS = {
@@ -57,10 +57,9 @@ async def _submit(core: Core, world: World, key: str, i: int) -> None:
     await core.engine.submit(rec, trail, core.settings)
 
 
-async def _run(tmp_path, world: World, *, crash_at: int | None, mode: str) -> tuple[int, Core]:
-    path = tmp_path / "j.db"
-    journal = CrashingJournal(SqliteJournal(path), crash_at, mode)
-    first = Core(path, [world.a, world.b], journal=journal)
+async def _run(store: Store, world: World, *, crash_at: int | None, mode: str) -> tuple[int, Core]:
+    journal = CrashingJournal(store.journal(), crash_at, mode)
+    first = Core(store, [world.a, world.b], journal=journal)
     await first.journal.open()
 
     async def submit(key: str, i: int) -> None:
@@ -76,8 +75,8 @@ async def _run(tmp_path, world: World, *, crash_at: int | None, mode: str) -> tu
     return journal.writes, first
 
 
-async def _recover_and_retry(tmp_path, world: World, clock) -> Core:
-    core = Core(tmp_path / "j.db", [world.a, world.b], clock=clock)
+async def _recover_and_retry(store: Store, world: World, clock) -> Core:
+    core = Core(store, [world.a, world.b], clock=clock)
     await core.journal.open()
     clock.advance(1.0)
     await core.settle_all()
@@ -100,28 +99,26 @@ async def _assert_invariants(core: Core) -> None:
     assert by_key["k-capture"] == "succeeded"
 
 
-def _count_writes(tmp_path) -> int:
+def _count_writes(store: Store) -> int:
     async def go() -> int:
         world = World()
-        writes, first = await _run(tmp_path / "probe", world, crash_at=None, mode="before")
+        writes, first = await _run(store, world, crash_at=None, mode="before")
         return writes
 
-    (tmp_path / "probe").mkdir()
     return asyncio.run(go())
 
 
-def test_a_crash_at_every_journal_write_loses_nothing_and_charges_nothing_twice(tmp_path):
-    total = _count_writes(tmp_path)
+def test_a_crash_at_every_journal_write_loses_nothing_and_charges_nothing_twice(new_store, tmp_path):
+    total = _count_writes(new_store(tmp_path / "probe"))
     assert total >= 3 * len(BEHAVIOURS), "the scenario must make many journal writes"
     for mode in ("before", "after"):
         for at in range(1, total + 1):
-            run_dir = tmp_path / f"{mode}-{at}"
-            run_dir.mkdir()
+            store = new_store(tmp_path / f"{mode}-{at}")
 
             async def go() -> None:
                 world = World()
-                writes, first = await _run(run_dir, world, crash_at=at, mode=mode)
-                core = await _recover_and_retry(run_dir, world, first.clock)
+                writes, first = await _run(store, world, crash_at=at, mode=mode)
+                core = await _recover_and_retry(store, world, first.clock)
                 try:
                     await _assert_invariants(core)
                 finally:
@@ -132,12 +129,14 @@ def test_a_crash_at_every_journal_write_loses_nothing_and_charges_nothing_twice(
                 asyncio.run(go())
             except AssertionError as exc:
                 pytest.fail(f"crash {mode} write {at} of {total}: {exc}")
+            finally:
+                store.dispose()
 
 
-async def test_without_a_crash_the_scenario_ends_as_planned(tmp_path):
+async def test_without_a_crash_the_scenario_ends_as_planned(store):
     world = World()
-    writes, first = await _run(tmp_path, world, crash_at=None, mode="before")
-    core = await _recover_and_retry(tmp_path, world, first.clock)
+    writes, first = await _run(store, world, crash_at=None, mode="before")
+    core = await _recover_and_retry(store, world, first.clock)
     try:
         await _assert_invariants(core)
         rows = dict(await core.journal.query("SELECT idempotency_key, status FROM recharges"))

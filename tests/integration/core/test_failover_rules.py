@@ -1,10 +1,9 @@
 """Every failover rule of SPEC section 7, driven through the real engine and a real
-SQLite journal with scriptable in-process providers. Each test also checks the money
+journal (each test runs on SQLite and on PostgreSQL) with scriptable in-process providers. Each test also checks the money
 invariants of SPEC section 18 against the providers' ledgers."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import replace
 
 import pytest
@@ -22,9 +21,9 @@ def healthy(name: str) -> MemoryChannel:
     return MemoryChannel(name)
 
 
-async def test_capture_on_the_best_channel_succeeds_and_credits_once(tmp_path):
+async def test_capture_on_the_best_channel_succeeds_and_credits_once(store):
     a, b = healthy("a"), healthy("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         assert rec.status == "succeeded" and rec.channel == "a"
         assert [x.outcome for x in rec.attempts] == ["captured"]
@@ -36,9 +35,9 @@ async def test_capture_on_the_best_channel_succeeds_and_credits_once(tmp_path):
         assert report.credits == 1
 
 
-async def test_hard_decline_ends_the_recharge_without_trying_another_channel(tmp_path):
+async def test_hard_decline_ends_the_recharge_without_trying_another_channel(store):
     a, b = MemoryChannel("a", script(Action.DECLINE_HARD)), healthy("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         assert rec.status == "declined" and rec.decline_code == HARD_CODE
         assert b.calls == []
@@ -46,9 +45,9 @@ async def test_hard_decline_ends_the_recharge_without_trying_another_channel(tmp
         assert (await core.check()).ok
 
 
-async def test_soft_decline_fails_over_to_the_next_channel(tmp_path):
+async def test_soft_decline_fails_over_to_the_next_channel(store):
     a, b = MemoryChannel("a", script(Action.DECLINE_SOFT)), healthy("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         assert rec.status == "succeeded" and rec.channel == "b"
         assert [x.outcome for x in rec.attempts] == ["declined", "captured"]
@@ -56,27 +55,27 @@ async def test_soft_decline_fails_over_to_the_next_channel(tmp_path):
         assert (await core.check()).ok
 
 
-async def test_soft_declines_everywhere_end_declined_with_the_last_code(tmp_path):
+async def test_soft_declines_everywhere_end_declined_with_the_last_code(store):
     chans = [MemoryChannel(n, script(Action.DECLINE_SOFT)) for n in "abc"]
-    async with Core(tmp_path / "j.db", chans) as core:
+    async with Core(store, chans) as core:
         rec = await core.run("k1")
         assert rec.status == "declined" and rec.decline_code == SOFT_CODE
         assert len(rec.attempts) == 3
         assert (await core.check()).ok
 
 
-async def test_not_processed_fails_over_at_once_without_inquiry(tmp_path):
+async def test_not_processed_fails_over_at_once_without_inquiry(store):
     a, b = MemoryChannel("a", script(Action.NOT_PROCESSED)), healthy("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         assert rec.status == "succeeded" and rec.channel == "b"
         assert [op for op, _ in a.calls] == ["authorize"]
         assert (await core.check()).ok
 
 
-async def test_unknown_then_inquiry_404_fails_over(tmp_path):
+async def test_unknown_then_inquiry_404_fails_over(store):
     a, b = MemoryChannel("a", script(Action.LOST_BEFORE)), healthy("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         assert rec.status == "succeeded" and rec.channel == "b"
         assert [op for op, _ in a.calls] == ["authorize", "inquire"]
@@ -84,9 +83,9 @@ async def test_unknown_then_inquiry_404_fails_over(tmp_path):
         assert (await core.check()).ok
 
 
-async def test_unknown_then_inquiry_captured_succeeds_without_touching_another_channel(tmp_path):
+async def test_unknown_then_inquiry_captured_succeeds_without_touching_another_channel(store):
     a, b = MemoryChannel("a", script(Action.LOST_AFTER)), healthy("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         assert rec.status == "succeeded" and rec.channel == "a"
         assert b.calls == []
@@ -94,10 +93,10 @@ async def test_unknown_then_inquiry_captured_succeeds_without_touching_another_c
         assert (await core.check()).ok
 
 
-async def test_unknown_inquiry_keeps_failing_then_void_confirmed_fails_over(tmp_path):
+async def test_unknown_inquiry_keeps_failing_then_void_confirmed_fails_over(store):
     a = MemoryChannel("a", script(Action.LOST_AFTER_PEND, inquire=Action.FAIL))
     b = healthy("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         ops = [op for op, _ in a.calls]
         assert ops == ["authorize"] + ["inquire"] * SETTINGS.inquiry_attempts + ["void"]
@@ -106,20 +105,20 @@ async def test_unknown_inquiry_keeps_failing_then_void_confirmed_fails_over(tmp_
         assert (await core.check()).ok
 
 
-async def test_void_that_finds_a_capture_succeeds_on_that_channel(tmp_path):
+async def test_void_that_finds_a_capture_succeeds_on_that_channel(store):
     a = MemoryChannel("a", script(Action.LOST_AFTER, inquire=Action.FAIL))
     b = healthy("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         assert rec.status == "succeeded" and rec.channel == "a"
         assert b.calls == []
         assert (await core.check()).ok
 
 
-async def test_unconfirmed_void_leaves_the_recharge_pending_and_never_tries_elsewhere(tmp_path):
+async def test_unconfirmed_void_leaves_the_recharge_pending_and_never_tries_elsewhere(store):
     a = MemoryChannel("a", script(Action.LOST_AFTER_PEND, inquire=Action.FAIL, void=Action.FAIL))
     b = healthy("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         assert rec.status == "pending" and rec.reason == "void_unconfirmed"
         assert b.calls == []
@@ -134,9 +133,9 @@ async def test_unconfirmed_void_leaves_the_recharge_pending_and_never_tries_else
         assert (await core.check()).ok
 
 
-async def test_pending_is_polled_until_the_provider_captures(tmp_path):
+async def test_pending_is_polled_until_the_provider_captures(store):
     a = MemoryChannel("a", lambda op, ref, n: Action.PEND if op == "authorize" else Action.OK, kind="bank")
-    async with Core(tmp_path / "j.db", [a, healthy("b")]) as core:
+    async with Core(store, [a, healthy("b")]) as core:
         rec, _ = await core.submit("k1")
         # The provider settles after the third inquiry.
         orig = a.script
@@ -154,10 +153,10 @@ async def test_pending_is_polled_until_the_provider_captures(tmp_path):
         assert (await core.check()).ok
 
 
-async def test_pending_past_the_deadline_is_voided_and_fails(tmp_path):
+async def test_pending_past_the_deadline_is_voided_and_fails(store):
     a = MemoryChannel("a", lambda op, ref, n: Action.PEND if op == "authorize" else Action.OK, kind="bank")
     b = healthy("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         assert rec.status == "failed" and rec.reason == "deadline_exceeded"
         assert a.ledger[rec.attempts[0].reference].status == "voided"
@@ -165,43 +164,40 @@ async def test_pending_past_the_deadline_is_voided_and_fails(tmp_path):
         assert (await core.check()).ok
 
 
-async def test_max_attempts_bounds_the_channels_tried(tmp_path):
+async def test_max_attempts_bounds_the_channels_tried(store):
     chans = [MemoryChannel(n, script(Action.NOT_PROCESSED)) for n in "abcd"]
-    async with Core(tmp_path / "j.db", chans) as core:
+    async with Core(store, chans) as core:
         rec = await core.run("k1")
         assert rec.status == "failed" and rec.reason == "max_attempts_reached"
         assert len(rec.attempts) == 3 and chans[3].calls == []
         assert (await core.check()).ok
 
 
-async def test_no_route_fails_with_a_reason(tmp_path):
-    async with Core(tmp_path / "j.db", []) as core:
+async def test_no_route_fails_with_a_reason(store):
+    async with Core(store, []) as core:
         rec = await core.run("k1")
         assert rec.status == "failed" and rec.reason == "no_route"
         assert (await core.check()).ok
 
 
-async def test_each_attempt_is_journaled_before_the_provider_hears_of_it(tmp_path):
-    path = tmp_path / "j.db"
+async def test_each_attempt_is_journaled_before_the_provider_hears_of_it(store):
     seen: list[bool] = []
 
     def check_journal(op, ref, n):
-        if op == "authorize":
-            conn = sqlite3.connect(path)
-            seen.append(conn.execute("SELECT count(*) FROM attempts WHERE reference=?", (ref,)).fetchone()[0] == 1)
-            conn.close()
+        if op == "authorize":  # another connection must already see the attempt
+            seen.append(store.peek("SELECT count(*) FROM attempts WHERE reference=?", ref) == [(1,)])
         return Action.NOT_PROCESSED if ref.endswith(".1") else Action.CAPTURE
 
     a, b = MemoryChannel("a", check_journal), MemoryChannel("b", check_journal)
-    async with Core(path, [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         assert rec.status == "succeeded"
         assert seen == [True, True]
 
 
-async def test_the_trail_records_every_step_in_order(tmp_path):
+async def test_the_trail_records_every_step_in_order(store):
     a, b = MemoryChannel("a", script(Action.LOST_BEFORE)), healthy("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         events = [e.event for e in await core.journal.trail(rec.id)]
         assert events == [
@@ -210,19 +206,19 @@ async def test_the_trail_records_every_step_in_order(tmp_path):
         ]
 
 
-async def test_the_deadline_stops_new_attempts(tmp_path):
+async def test_the_deadline_stops_new_attempts(store):
     a = MemoryChannel("a", script(Action.NOT_PROCESSED))
     b = healthy("b")
     settings = replace(SETTINGS, deadline_s=0.0)
-    async with Core(tmp_path / "j.db", [a, b], settings=settings) as core:
+    async with Core(store, [a, b], settings=settings) as core:
         rec = await core.run("k1")
         assert rec.status == "failed" and rec.reason == "deadline_exceeded"
         assert a.calls == [] and b.calls == []
 
 
 @pytest.mark.parametrize("same_body", [True, False])
-async def test_same_key_makes_one_recharge(tmp_path, same_body):
-    async with Core(tmp_path / "j.db", [healthy("a")]) as core:
+async def test_same_key_makes_one_recharge(store, same_body):
+    async with Core(store, [healthy("a")]) as core:
         first = await core.run("k1")
         if same_body:
             again, fresh = await core.submit("k1")

@@ -1,6 +1,6 @@
 """Property test: random provider behaviour, client replays and a crash at a random
-journal write, through the real engine and SQLite. Whatever hypothesis draws, SPEC
-section 18's invariants hold after recovery."""
+journal write, through the real engine on SQLite and on PostgreSQL. Whatever hypothesis
+draws, SPEC section 18's invariants hold after recovery."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crashing import CrashingJournal, SimulatedCrash
-from harness import Core, make_recharge
+from harness import Core, PgStore, SqliteStore, Store, make_recharge
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from channels.memory import Action, MemoryChannel
-from orchestrator.journal import SqliteJournal
 
 AUTHORIZE = [Action.CAPTURE, Action.PEND, Action.DECLINE_HARD, Action.DECLINE_SOFT, Action.NOT_PROCESSED,
              Action.LOST_BEFORE, Action.LOST_AFTER, Action.LOST_AFTER_PEND]
@@ -72,10 +71,10 @@ async def _submit(core: Core, world: World, i: int) -> None:
     await core.engine.submit(rec, trail, core.settings)
 
 
-async def scenario(path: Path, plans_: list[Plan], replays: list[int], crash_at: int | None, mode: str) -> None:
+async def scenario(store: Store, plans_: list[Plan], replays: list[int], crash_at: int | None, mode: str) -> None:
     world = World(plans_)
-    journal = CrashingJournal(SqliteJournal(path), crash_at, mode)
-    first = Core(path, world.channels, journal=journal)
+    journal = CrashingJournal(store.journal(), crash_at, mode)
+    first = Core(store, world.channels, journal=journal)
     await journal.open()
     order = list(range(len(plans_))) + [r % len(plans_) for r in replays]
     results = await asyncio.gather(*(_submit(first, world, i) for i in order), return_exceptions=True)
@@ -84,7 +83,7 @@ async def scenario(path: Path, plans_: list[Plan], replays: list[int], crash_at:
     await first.engine.stop()
     await journal.inner.close()
 
-    core = Core(path, world.channels, clock=first.clock)
+    core = Core(store, world.channels, clock=first.clock)
     await core.journal.open()
     try:
         core.clock.advance(1)
@@ -103,13 +102,29 @@ async def scenario(path: Path, plans_: list[Plan], replays: list[int], crash_at:
         await core.journal.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+draws = given(
     plans_=st.lists(plans, min_size=1, max_size=4),
     replays=st.lists(st.integers(0, 10), max_size=4),
     crash_at=st.none() | st.integers(1, 40),
     mode=st.sampled_from(["before", "after"]),
 )
-def test_random_outcomes_replays_and_crashes_keep_the_money_right(plans_, replays, crash_at, mode):
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@draws
+def test_random_outcomes_replays_and_crashes_keep_the_money_right_on_sqlite(plans_, replays, crash_at, mode):
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(scenario(Path(tmp) / "j.db", plans_, replays, crash_at, mode))
+        asyncio.run(scenario(SqliteStore(Path(tmp) / "j.db"), plans_, replays, crash_at, mode))
+
+
+# Fewer examples: each costs a schema and two connection pools.
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@draws
+def test_random_outcomes_replays_and_crashes_keep_the_money_right_on_postgres(pg_server, plans_, replays, crash_at,
+                                                                             mode):
+    store = PgStore.fresh(pg_server)
+    try:
+        asyncio.run(scenario(store, plans_, replays, crash_at, mode))
+    finally:
+        store.dispose()

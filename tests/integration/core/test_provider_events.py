@@ -26,9 +26,9 @@ async def _until(pred, core: Core, rid: str, tries: int = 200):
     raise AssertionError(f"condition never held for {rid}: {rec}")
 
 
-async def test_a_capture_event_completes_a_pending_recharge_once(tmp_path):
+async def test_a_capture_event_completes_a_pending_recharge_once(store):
     a = pending_channel()
-    async with Core(tmp_path / "j.db", [a]) as core:
+    async with Core(store, [a]) as core:
         core.clock.sleep = lambda s: asyncio.sleep(10)  # polls would take long: only the event can finish it
         rec, _ = await core.submit("k1")
         rec = await _until(lambda r: r.attempts and r.attempts[0].state == "pending", core, rec.id)
@@ -44,9 +44,9 @@ async def test_a_capture_event_completes_a_pending_recharge_once(tmp_path):
         assert report.ok and report.credits == 1, report
 
 
-async def test_a_late_or_out_of_order_event_never_moves_a_recharge_backwards(tmp_path):
+async def test_a_late_or_out_of_order_event_never_moves_a_recharge_backwards(store):
     a = MemoryChannel("a")
-    async with Core(tmp_path / "j.db", [a]) as core:
+    async with Core(store, [a]) as core:
         rec = await core.run("k1")
         ref = rec.attempts[0].reference
         assert await core.engine.on_event("a", "ev-old", ref, PENDING) == "ignored"
@@ -56,9 +56,9 @@ async def test_a_late_or_out_of_order_event_never_moves_a_recharge_backwards(tmp
         assert (await core.check()).ok
 
 
-async def test_a_hard_decline_event_ends_a_pending_recharge(tmp_path):
+async def test_a_hard_decline_event_ends_a_pending_recharge(store):
     a, b = pending_channel("a"), MemoryChannel("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         core.clock.sleep = lambda s: asyncio.sleep(10)
         rec, _ = await core.submit("k1")
         rec = await _until(lambda r: r.attempts and r.attempts[0].state == "pending", core, rec.id)
@@ -70,10 +70,10 @@ async def test_a_hard_decline_event_ends_a_pending_recharge(tmp_path):
         assert (await core.check()).ok
 
 
-async def test_a_capture_after_a_confirmed_failover_is_refunded(tmp_path):
+async def test_a_capture_after_a_confirmed_failover_is_refunded(store):
     a = MemoryChannel("a", lambda op, ref, n: Action.LOST_BEFORE if op == "authorize" else Action.OK)
     b = MemoryChannel("b")
-    async with Core(tmp_path / "j.db", [a, b]) as core:
+    async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         assert rec.status == "succeeded" and rec.channel == "b"
         ref = rec.attempts[0].reference
@@ -90,11 +90,11 @@ async def test_a_capture_after_a_confirmed_failover_is_refunded(tmp_path):
         assert report.ok and report.refunded == 1 and report.credits == 1, report
 
 
-async def test_an_unconfirmed_refund_is_retried_by_the_reconciler(tmp_path):
+async def test_an_unconfirmed_refund_is_retried_by_the_reconciler(store):
     fail_refund = {"on": True}
     a = MemoryChannel("a", lambda op, ref, n: Action.LOST_BEFORE if op == "authorize" else (
         Action.FAIL if op == "refund" and fail_refund["on"] else Action.OK))
-    async with Core(tmp_path / "j.db", [a, MemoryChannel("b")]) as core:
+    async with Core(store, [a, MemoryChannel("b")]) as core:
         rec = await core.run("k1")
         ref = rec.attempts[0].reference
         a.ledger[ref] = Payment(ref, rec.amount_minor, rec.currency, "captured", "pr_late", history=["captured"])
@@ -109,9 +109,9 @@ async def test_an_unconfirmed_refund_is_retried_by_the_reconciler(tmp_path):
         assert (await core.check()).ok
 
 
-async def test_concurrent_copies_of_one_event_apply_once(tmp_path):
+async def test_concurrent_copies_of_one_event_apply_once(store):
     a = pending_channel()
-    async with Core(tmp_path / "j.db", [a]) as core:
+    async with Core(store, [a]) as core:
         core.clock.sleep = lambda s: asyncio.sleep(10)
         rec, _ = await core.submit("k1")
         rec = await _until(lambda r: r.attempts and r.attempts[0].state == "pending", core, rec.id)
@@ -122,8 +122,8 @@ async def test_concurrent_copies_of_one_event_apply_once(tmp_path):
         assert (await core.check()).credits == 1
 
 
-async def test_an_event_for_a_payment_we_never_made_changes_nothing(tmp_path):
-    async with Core(tmp_path / "j.db", [MemoryChannel("a")]) as core:
+async def test_an_event_for_a_payment_we_never_made_changes_nothing(store):
+    async with Core(store, [MemoryChannel("a")]) as core:
         assert await core.engine.on_event("a", "ev1", "rc_nope.1", CAPTURED) == "unknown_payment"
         rec = await core.run("k1")
         assert await core.engine.on_event("b", "ev2", rec.attempts[0].reference, CAPTURED) == "unknown_payment"
