@@ -8,6 +8,7 @@ with its durable settings untouched):
   max       the rate stepped up until p99 passes 100 ms or errors appear
   outage    1,200/s; the busiest channel goes down at 20 s and comes back at 40 s
   brownout  1,200/s; the busiest channel's latency x20 from 20 s to 40 s
+  postgres  the max search again with the journal on PostgreSQL (a throwaway server)
   soak      (only with --soak) steady for 10 minutes: RSS at start and end
 
 Writes bench/results/<scenario>.json and .png, and bench/results/summary.md.
@@ -70,11 +71,13 @@ def orch_doc(sim_url: str, db: Path, port: int) -> dict[str, Any]:
 
 
 class Stack:
-    """Simulator + orchestrator (or the baseline proxy), fresh, in a work dir."""
+    """Simulator + orchestrator (or the baseline proxy), fresh, in a work dir; the
+    orchestrator on SQLite, or on PostgreSQL when ``db_url`` is given."""
 
-    def __init__(self, work: Path, target: str) -> None:
+    def __init__(self, work: Path, target: str, db_url: str | None = None) -> None:
         self.work = work
         self.target = target
+        self.db_url = db_url
         self.sim: Child | None = None
         self.server: Child | None = None
 
@@ -95,7 +98,10 @@ class Stack:
                                 f"http://127.0.0.1:{port}", "/healthz").start()
         else:
             cfg = self.work / "orch.yaml"
-            cfg.write_text(yaml.safe_dump(orch_doc(self.sim.url, self.work / "orch.db", port)))
+            doc = orch_doc(self.sim.url, self.work / "orch.db", port)
+            if self.db_url:
+                doc["storage"]["url"] = self.db_url
+            cfg.write_text(yaml.safe_dump(doc))
             self.server = Child("orchestrator", ["orchestrator", "serve", "--config", str(cfg), "--log-level",
                                                  "warning"], self.work / "orch.log",
                                 f"http://127.0.0.1:{port}", "/readyz").start()
@@ -218,8 +224,9 @@ def save(name: str, doc: dict[str, Any], window: tuple[float, float] | None = No
 # -- scenarios ------------------------------------------------------------------------------
 
 
-async def steady(work: Path, target: str, rate: float, duration: float, name: str) -> dict[str, Any]:
-    async with Stack(work / name, target) as stack:
+async def steady(work: Path, target: str, rate: float, duration: float, name: str,
+                 db_url: str | None = None) -> dict[str, Any]:
+    async with Stack(work / name, target, db_url) as stack:
         result = await load(stack, rate, duration, name)
     doc = {"scenario": name, "target": target, "title": f"{rate:.0f}/s for {duration:.0f}s",
            "summary": summarize(result, since=2.0), "errors": result["errors"],
@@ -229,10 +236,11 @@ async def steady(work: Path, target: str, rate: float, duration: float, name: st
     return doc
 
 
-async def stepped(work: Path, target: str, rates: list[float], step_s: float, name: str) -> dict[str, Any]:
+async def stepped(work: Path, target: str, rates: list[float], step_s: float, name: str,
+                  db_url: str | None = None) -> dict[str, Any]:
     steps = []
     last_good = None
-    async with Stack(work / name, target) as stack:
+    async with Stack(work / name, target, db_url) as stack:
         for rate in rates:
             result = await load(stack, rate, step_s, f"{name}-{int(rate)}")
             summ = summarize(result, since=1.0)
@@ -287,10 +295,12 @@ def report(docs: dict[str, dict[str, Any]]) -> str:
         else:
             lines.append(f"| {name} | {d['target']} | max good {d['max_good_rate']} | | | | | "
                          + ", ".join(f"{st['rate']:.0f}/s p99 {st['latency_ms']['p99']}" for st in d["steps"]) + " |")
-    base, mx = docs.get("baseline-max"), docs.get("max")
+    base, mx, pg = docs.get("baseline-max"), docs.get("max"), docs.get("max-postgres")
     if base and mx and base.get("max_good_rate") and mx.get("max_good_rate"):
-        lines += ["", f"Max sustainable throughput: orchestrator {mx['max_good_rate']:.0f}/s, bare proxy "
+        lines += ["", f"Max sustainable throughput: orchestrator on SQLite {mx['max_good_rate']:.0f}/s, bare proxy "
                   f"{base['max_good_rate']:.0f}/s, ratio {mx['max_good_rate'] / base['max_good_rate']:.2f}."]
+    if pg and mx:
+        lines += [f"On PostgreSQL: {pg.get('max_good_rate')}/s (SQLite {mx.get('max_good_rate')}/s)."]
     return "\n".join(lines) + "\n"
 
 
@@ -312,6 +322,12 @@ async def main_async(args: argparse.Namespace) -> int:
     if "brownout" in wanted:
         docs["brownout"] = await impaired(work, args.rate, "brownout", {"latency_multiplier": 20},
                                           {"latency_multiplier": 1})
+    if "postgres" in wanted:
+        from orchestrator.journal.pgserver import running
+
+        with running() as server:
+            docs["max-postgres"] = await stepped(work, "orchestrator", rates, args.step, "max-postgres",
+                                                 server.create_schema())
     if args.soak:
         docs["soak"] = await steady(work, "orchestrator", args.rate, 600, "soak")
     text = report(docs)
@@ -323,7 +339,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
-    p.add_argument("--scenarios", default="baseline,steady,max,outage,brownout")
+    p.add_argument("--scenarios", default="baseline,steady,max,outage,brownout,postgres")
     p.add_argument("--rate", type=float, default=1200)
     p.add_argument("--duration", type=float, default=60)
     p.add_argument("--step", type=float, default=10, help="seconds per step of the max search")
