@@ -317,17 +317,20 @@ async def main_async(args: argparse.Namespace) -> int:
         docs["steady"] = await steady(work, "orchestrator", args.rate, args.duration, "steady")
     if "max" in wanted:
         docs["max"] = await stepped(work, "orchestrator", rates, args.step, "max")
+    impair_rate = args.impair_rate or args.rate
+    suffix = "" if impair_rate == args.rate else f"-{impair_rate:.0f}"
     if "outage" in wanted:
-        docs["outage"] = await impaired(work, args.rate, "outage", {"outage": True}, {"outage": False})
+        docs[f"outage{suffix}"] = await impaired(work, impair_rate, f"outage{suffix}", {"outage": True},
+                                                 {"outage": False})
     if "brownout" in wanted:
-        docs["brownout"] = await impaired(work, args.rate, "brownout", {"latency_multiplier": 20},
-                                          {"latency_multiplier": 1})
+        docs[f"brownout{suffix}"] = await impaired(work, impair_rate, f"brownout{suffix}", {"latency_multiplier": 20},
+                                                   {"latency_multiplier": 1})
     if "postgres" in wanted:
         from orchestrator.journal.pgserver import running
 
         with running() as server:
-            docs["max-postgres"] = await stepped(work, "orchestrator", rates, args.step, "max-postgres",
-                                                 server.create_schema())
+            docs["max-postgres"] = await stepped(work, "orchestrator", [150.0, 300.0, 450.0, *rates], args.step,
+                                                 "max-postgres", server.create_schema())
     if args.soak:
         docs["soak"] = await steady(work, "orchestrator", args.rate, 600, "soak")
     text = report(docs)
@@ -343,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1200)
     p.add_argument("--duration", type=float, default=60)
     p.add_argument("--step", type=float, default=10, help="seconds per step of the max search")
+    p.add_argument("--impair-rate", type=float, default=None,
+                   help="rate of the outage and brownout scenarios (default: --rate)")
     p.add_argument("--max-rates", default="600,900,1200,1500,1800,2100,2400,3000")
     p.add_argument("--soak", action="store_true", help="also a 10-minute steady run for memory")
     args = p.parse_args(argv)

@@ -66,7 +66,7 @@ class ServerConfig(_Model):
     max_body_bytes: int = Field(64 * 1024, gt=0, le=1024 * 1024)
     # Recharge requests being answered at once; past it, 503 + Retry-After before any
     # work, so an overload sheds load instead of queueing into collapse.
-    max_concurrent_requests: int = Field(2000, gt=0, le=1_000_000)
+    max_concurrent_requests: int = Field(500, gt=0, le=1_000_000)
     # Where providers send webhooks; defaults to http://{host}:{port}.
     public_url: str | None = None
     # HTTPS only when both are set (PEM files); --tls-cert/--tls-key override them.
