@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -23,19 +24,29 @@ from pydantic import (
 from config._currencies import is_known
 
 __all__ = [
+    "BlocklistConfig",
     "BreakerConfig",
     "ChannelConfig",
     "ClientConfig",
     "Config",
+    "DenominationConfig",
     "FeeConfig",
+    "FirstRechargeConfig",
     "HealthConfig",
+    "HistoryRuleConfig",
     "InquiryConfig",
+    "MonthlyConfig",
     "PricingConfig",
+    "PromotionsConfig",
+    "RateSourceConfig",
+    "RiskConfig",
     "RoutingConfig",
     "RuleConfig",
     "RuleMatch",
     "ServerConfig",
     "StorageConfig",
+    "TierConfig",
+    "VelocityRule",
 ]
 
 ChannelKind = Literal["direct_api", "digital_currency", "bank"]
@@ -199,24 +210,100 @@ class HealthConfig(_Model):
     breaker: BreakerConfig = BreakerConfig()
 
 
+def _float_to_decimal(value: object) -> object:
+    # YAML hands us floats; repr() gives the shortest text that round-trips, so
+    # 0.1404 becomes Decimal("0.1404") and not 0.14039999999999999...
+    return Decimal(repr(value)) if isinstance(value, float) else value
+
+
+# A Decimal that YAML may write as a float, kept exact (no binary fraction leaks in).
+ExactDecimal = Annotated[Decimal, BeforeValidator(_float_to_decimal)]
+Percent = Annotated[ExactDecimal, Field(ge=0, le=100)]
+
+
+class RateSourceConfig(_Model):
+    """A live FX source: GET ``url`` every ``refresh_s``; a currency whose rate is older
+    than ``max_age_s`` is stale and refused (503 ``rates_stale``) until a refresh lands."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]
+    refresh_s: float = Field(60.0, gt=0, le=86_400)
+    max_age_s: float = Field(300.0, gt=0, le=7 * 86_400)
+
+    @model_validator(mode="after")
+    def _age_covers_refresh(self) -> RateSourceConfig:
+        if self.max_age_s < self.refresh_s:
+            raise ValueError("max_age_s must be >= refresh_s (else every rate goes stale between refreshes)")
+        return self
+
+
+class DenominationConfig(_Model):
+    """Per-recharge limits, in whole units of ``currency`` (5 to 2,000 CNY-equivalent),
+    applied to every currency through the rates."""
+
+    currency: CurrencyCode = "CNY"
+    min: ExactDecimal = Field(Decimal(5), gt=0)
+    max: ExactDecimal = Field(Decimal(2000), gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DenominationConfig:
+        _check_currency(self.currency)
+        if self.max < self.min:
+            raise ValueError("max must be >= min")
+        return self
+
+
+class FirstRechargeConfig(_Model):
+    enabled: bool = True
+    bonus_percent: Percent = Decimal(15)
+
+
+class TierConfig(_Model):
+    """A membership tier: users whose lifetime spend (base-currency units, before this
+    recharge) is at least ``min_lifetime`` get ``bonus_percent``."""
+
+    min_lifetime: ExactDecimal = Field(ge=0)
+    bonus_percent: Percent
+
+
+class MonthlyConfig(_Model):
+    """Frequency cashback: a user with MORE THAN ``after_recharges`` succeeded recharges
+    this calendar month (UTC) before this one gets ``bonus_percent``."""
+
+    enabled: bool = True
+    after_recharges: int = Field(5, ge=0, le=10_000)
+    bonus_percent: Percent = Decimal(8)
+
+
+class PromotionsConfig(_Model):
+    # best_of: the single largest promotion; additive: their sum. Both capped.
+    stacking: Literal["best_of", "additive"] = "best_of"
+    cap_percent: Percent = Decimal(25)
+    first_recharge: FirstRechargeConfig = FirstRechargeConfig()
+    tiers: list[TierConfig] = Field(default_factory=list, max_length=50)
+    monthly: MonthlyConfig = MonthlyConfig()
+
+    @field_validator("tiers")
+    @classmethod
+    def _increasing(cls, tiers: list[TierConfig]) -> list[TierConfig]:
+        for lower, upper in zip(tiers, tiers[1:]):
+            if upper.min_lifetime <= lower.min_lifetime:
+                raise ValueError("tiers must be in strictly increasing order of min_lifetime")
+        return tiers
+
+
 class PricingConfig(_Model):
     base_currency: CurrencyCode = "USD"
-    coins_per_unit: Decimal = Field(Decimal(70), gt=0)
-    rates: dict[CurrencyCode, Decimal] = Field(default_factory=dict)
-
-    @field_validator("coins_per_unit", mode="before")
-    @classmethod
-    def _exact_decimal(cls, value: object) -> object:
-        # YAML hands us floats; repr() gives the shortest text that round-trips, so
-        # 0.1404 becomes Decimal("0.1404") and not 0.14039999999999999...
-        return Decimal(repr(value)) if isinstance(value, float) else value
-
-    @field_validator("rates", mode="before")
-    @classmethod
-    def _exact_rates(cls, value: object) -> object:
-        if isinstance(value, dict):
-            return {k: Decimal(repr(v)) if isinstance(v, float) else v for k, v in value.items()}
-        return value
+    coins_per_unit: ExactDecimal = Field(Decimal(70), gt=0)
+    rates: dict[CurrencyCode, ExactDecimal] = Field(default_factory=dict)
+    # Without a source the config rates are used as they are and never go stale.
+    rate_source: RateSourceConfig | None = None
+    denomination: DenominationConfig = DenominationConfig()
+    quote_ttl_s: float = Field(300.0, gt=0, le=86_400)
+    # A quote is refused (409 quote_expired) once the rate moved by this fraction or more.
+    max_rate_drift: ExactDecimal = Field(Decimal("0.003"), gt=0, lt=1)
+    # Quotes held in memory (per process); the oldest go first past this.
+    max_quotes: int = Field(100_000, ge=1, le=10_000_000)
+    promotions: PromotionsConfig = PromotionsConfig()
 
     @field_validator("rates")
     @classmethod
@@ -230,6 +317,11 @@ class PricingConfig(_Model):
     @model_validator(mode="after")
     def _base_has_rate(self) -> PricingConfig:
         _check_currency(self.base_currency)
+        limit = self.denomination.currency
+        # With no rates at all only the base currency is sold; the limits then apply
+        # only if they are written in the base currency.
+        if self.rates and self.rate(limit) is None:
+            raise ValueError(f"denomination.currency {limit} has no rate in pricing.rates")
         return self
 
     def rate(self, currency: str) -> Decimal | None:
@@ -237,6 +329,69 @@ class PricingConfig(_Model):
         if currency == self.base_currency:
             return Decimal(1)
         return self.rates.get(currency)
+
+
+Action = Literal["block", "review"]
+
+
+class VelocityRule(_Model):
+    """At most ``max_count`` recharges, or at most ``max_amount_base`` base-currency
+    units, per ``key`` within the sliding ``window_s``; past it, ``action``."""
+
+    name: Name
+    key: Literal["user", "instrument"]
+    window_s: float = Field(gt=0, le=31 * 86_400)
+    max_count: int | None = Field(None, ge=1, le=100_000)
+    max_amount_base: ExactDecimal | None = Field(None, gt=0)
+    action: Action = "block"
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> VelocityRule:
+        if (self.max_count is None) == (self.max_amount_base is None):
+            raise ValueError("give exactly one of max_count or max_amount_base")
+        return self
+
+
+class BlocklistConfig(_Model):
+    users: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(default_factory=list)
+    # Instrument tokens, or masked account numbers as stored (first 6 / last 4).
+    instruments: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(default_factory=list)
+    countries: list[CountryCode] = Field(default_factory=list)
+
+
+class HistoryRuleConfig(_Model):
+    """An amount above ``multiple`` x the user's own average, once the user has at least
+    ``min_prior`` succeeded recharges, gets ``action``."""
+
+    enabled: bool = True
+    multiple: ExactDecimal = Field(Decimal(10), gt=1)
+    min_prior: int = Field(3, ge=1, le=100_000)
+    action: Action = "review"
+
+
+class RiskConfig(_Model):
+    enabled: bool = True
+    # Per recharge, in base-currency units; above it the recharge is blocked.
+    max_amount_base: ExactDecimal | None = Field(None, gt=0)
+    velocity: list[VelocityRule] = Field(default_factory=list, max_length=50)
+    blocklist: BlocklistConfig = BlocklistConfig()
+    luhn: bool = True
+    history: HistoryRuleConfig = HistoryRuleConfig()
+    # Memory bounds: users/instruments tracked (least recently seen dropped first) and
+    # events kept per key.
+    max_keys: int = Field(100_000, ge=1, le=10_000_000)
+    max_events_per_key: int = Field(256, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RiskConfig:
+        names = [rule.name for rule in self.velocity]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate velocity rule name(s): {', '.join(dupes)}")
+        counts = [rule.max_count for rule in self.velocity if rule.max_count is not None]
+        if counts and self.max_events_per_key < max(counts):
+            raise ValueError(f"max_events_per_key must be >= the largest max_count ({max(counts)})")
+        return self
 
 
 class RateLimit(_Model):
@@ -260,6 +415,7 @@ class Config(_Model):
     routing: RoutingConfig = RoutingConfig()
     health: HealthConfig = HealthConfig()
     pricing: PricingConfig = PricingConfig()
+    risk: RiskConfig = RiskConfig()
     limits: LimitsConfig = LimitsConfig()
 
     def channel(self, name: str) -> ChannelConfig | None:

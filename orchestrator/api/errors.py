@@ -34,10 +34,14 @@ STATUS: dict[str, int] = {
     "invalid_field": 422,
     "unsupported_currency": 422,
     "amount_too_small": 422,
+    "amount_out_of_range": 422,
+    "quote_not_found": 422,
+    "quote_mismatch": 422,
     "idempotency_key_reused": 422,
     "rate_limited": 429,
     "internal_error": 500,
     "unavailable": 503,
+    "rates_stale": 503,
 }
 
 

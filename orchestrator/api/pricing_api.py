@@ -1,0 +1,125 @@
+"""``POST /v1/quotes`` (SPEC section 5): price a recharge and hold that price.
+
+The handler needs three things from the app, each behind a typed key: the
+``PricingService`` (``PRICING``), and a ``QuoteGuard`` (``QUOTE_GUARD``) that checks
+the API key and the rate limits the same way the recharge endpoint does. ``register``
+puts them in place; by default the guard is the app's ``Service``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from orchestrator.api.body import read_body
+from orchestrator.api.errors import ApiError
+from orchestrator.api.keys import SERVICE
+from orchestrator.api.pricing_schemas import QuoteIn
+from orchestrator.api.schemas import validate
+from orchestrator.clock import iso
+from orchestrator.pricing import PricingError
+from orchestrator.quotes import PricingService, Quote
+
+__all__ = ["PRICING", "QUOTE_GUARD", "QuoteGuard", "ServiceGuard", "api_error", "create_quote", "quote_json",
+           "register"]
+
+# How long a client should wait before retrying when rates are stale.
+STALE_RETRY_AFTER_S = 5
+
+
+class QuoteGuard(Protocol):
+    def admit(self, request: web.Request) -> None:
+        """Raise ApiError unless the request's key has the recharge scope and its client
+        is under its rate limit."""
+        ...
+
+    def admit_user(self, user_id: str) -> None:
+        """Raise ApiError(rate_limited) if the user is over its rate limit."""
+        ...
+
+    def max_body_bytes(self, request: web.Request) -> int: ...
+
+
+PRICING = web.AppKey("pricing", PricingService)
+QUOTE_GUARD = web.AppKey("quote_guard", QuoteGuard)
+
+
+def _limit(limiter: Any, key: str, what: str) -> None:
+    wait = limiter.check(key)
+    if wait > 0:
+        raise ApiError("rate_limited", f"too many requests for this {what}; retry later",
+                       retry_after=max(1, math.ceil(wait)))
+
+
+class ServiceGuard:
+    """The guard of the recharge endpoint: the app's ``Service`` auth and limiters."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def admit(self, request: web.Request) -> None:
+        svc = self._app[SERVICE]
+        client = svc.auth.require(request, "recharge")
+        _limit(svc.client_limits, client.name, "client")
+
+    def admit_user(self, user_id: str) -> None:
+        _limit(self._app[SERVICE].user_limits, user_id, "user")
+
+    def max_body_bytes(self, request: web.Request) -> int:
+        return self._app[SERVICE].config.server.max_body_bytes
+
+
+def api_error(exc: PricingError) -> ApiError:
+    """The API error for a pricing or quote error (503s say when to retry)."""
+    retry_after = STALE_RETRY_AFTER_S if exc.code == "rates_stale" else None
+    return ApiError(exc.code, str(exc), field=exc.field, retry_after=retry_after)
+
+
+def quote_json(quote: Quote) -> dict[str, Any]:
+    return {
+        "quote_id": quote.quote_id,
+        "user_id": quote.user_id,
+        "amount_minor": quote.amount_minor,
+        "currency": quote.currency,
+        "coins": quote.coins,
+        "bonus_coins": quote.bonus_coins,
+        "rate": str(quote.rate),
+        "expires_at": iso(quote.expires_at),
+        "promotions": [p.to_api() for p in quote.price.promotions],
+    }
+
+
+async def _read_json(request: web.Request, limit: int) -> Any:
+    if request.content_type != "application/json":
+        raise ApiError("unsupported_media_type", "send the body as application/json")
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError("payload_too_large", f"the body must be at most {limit} bytes")
+    raw = await read_body(request)
+    if len(raw) > limit:
+        raise ApiError("payload_too_large", f"the body must be at most {limit} bytes")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError("malformed_json", f"the body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+
+
+async def create_quote(request: web.Request) -> web.Response:
+    guard = request.app[QUOTE_GUARD]
+    guard.admit(request)
+    req: QuoteIn = validate(QuoteIn, await _read_json(request, guard.max_body_bytes(request)))
+    guard.admit_user(req.user_id)
+    try:
+        quote = await request.app[PRICING].quote(req.user_id, req.amount_minor, req.currency)
+    except PricingError as exc:
+        raise api_error(exc) from None
+    return web.Response(body=orjson.dumps(quote_json(quote)), status=201, content_type="application/json")
+
+
+def register(app: web.Application, pricing: PricingService, guard: QuoteGuard | None = None) -> None:
+    """Mount ``POST /v1/quotes`` on ``app``; ``guard`` defaults to the app's Service."""
+    app[PRICING] = pricing
+    app[QUOTE_GUARD] = guard if guard is not None else ServiceGuard(app)
+    app.router.add_post("/v1/quotes", create_quote)
