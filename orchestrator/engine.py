@@ -28,7 +28,7 @@ from channels import AttemptOutcome, Channel, ChannelResult, PaymentRequest
 from config import Config
 from orchestrator.activity import Activity
 from orchestrator.clock import Clock
-from orchestrator.journal import Journal
+from orchestrator.journal import FirstRecharge, Journal
 from orchestrator.model import (
     OPEN_ATTEMPT_STATES,
     TERMINAL,
@@ -184,14 +184,13 @@ class Engine:
 
     # -- running recharges --------------------------------------------------------------
 
-    async def submit(self, rec: Recharge, created: TrailEntry, settings: RunSettings | None = None) -> tuple[Recharge, bool]:
+    async def submit(self, rec: Recharge, created: TrailEntry, settings: RunSettings | None = None,
+                     first: FirstRecharge | None = None) -> tuple[Recharge, bool]:
         """Journal a new recharge (durably, with its idempotency record) and drive it.
         When its key is already taken, answer the recharge that holds it (and make
         sure something drives it) instead: ``(recharge, False)``."""
-        if self._owner is None:
-            existing = await self._journal.create(rec, created)
-        else:
-            existing = await self._journal.create(rec, created, lease=(self._owner, self._clock.now() + self._lease_s))
+        lease = None if self._owner is None else (self._owner, self._clock.now() + self._lease_s)
+        existing = await self._journal.create(rec, created, lease=lease, first=first)
         if existing is None:
             self.start(rec, settings)
             return rec, True

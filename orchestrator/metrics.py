@@ -29,6 +29,8 @@ class Metrics:
         self.breaker_state = Gauge(
             "orchestrator_breaker_state", "Breaker per channel: 0 closed, 1 half-open, 2 open", ["channel"], registry=r
         )
+        self.risk_decisions = Counter("orchestrator_risk_decisions", "Recharges flagged by risk", ["action"],
+                                      registry=r)
         self.shed = Counter("orchestrator_requests_shed", "Recharge requests refused with 503: overload", registry=r)
         self.in_flight_recharges = Gauge("orchestrator_recharges_in_flight", "Recharges being driven", registry=r)
         self.commit_latency = Histogram(

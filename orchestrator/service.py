@@ -33,6 +33,9 @@ from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine, RoutePlan, RunSettings
 from orchestrator.journal import Journal, open_journal
 from orchestrator.metrics import Metrics
+from orchestrator.pricing import CurrencyTotals, UserHistory, history_from_totals, month_start
+from orchestrator.quotes import PricingService
+from orchestrator.risk import RiskEngine
 from orchestrator.ratelimit import Limiter
 from orchestrator.model import OPEN_ATTEMPT_STATES, Recharge, TrailEntry
 
@@ -181,6 +184,8 @@ class Service:
         self._publish_due = False
         self.settings = RunSettings.from_config(loaded.config, loaded.version)
         self.activity = Activity(self.clock.monotonic)
+        self.pricing = PricingService(lambda: self.config.pricing, self.clock, history=self.user_history)
+        self.risk = RiskEngine(loaded.config.risk, self.clock)
         storage = loaded.config.storage
         self.instance_id = storage.instance_id or (
             "local" if storage.url.startswith("sqlite") else f"{socket.gethostname()}-{os.getpid()}-{random.getrandbits(32):08x}"
@@ -202,6 +207,17 @@ class Service:
         )
         # Whole card/account numbers, in memory only, while their recharge runs.
         self._instruments: dict[str, dict[str, str]] = {}
+
+    async def user_history(self, user_id: str) -> UserHistory:
+        """The user's succeeded recharges, per currency (promotions and risk read it)."""
+        rows = await self.journal.query(  # type: ignore[attr-defined]
+            "SELECT currency, COUNT(*), SUM(amount_minor), "
+            "SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END) FROM recharges "
+            "WHERE user_id = ? AND status = 'succeeded' GROUP BY currency",
+            (month_start(self.clock.now()), user_id),
+        )
+        return history_from_totals([CurrencyTotals(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows],
+                                   self.pricing.rates)
 
     def hold_instrument(self, recharge_id: str, instrument: dict[str, str]) -> None:
         self._instruments[recharge_id] = instrument
@@ -369,6 +385,7 @@ class Service:
             self.loaded = new
             self.settings = RunSettings.from_config(new.config, new.version)
             self.auth = Authenticator(new.config.clients)
+            self.risk.configure(new.config.risk)
             lim = new.config.limits
             self.client_limits.reconfigure(lim.per_client.rate_per_s, lim.per_client.burst)
             self.user_limits.reconfigure(lim.per_user.rate_per_s, lim.per_user.burst)

@@ -51,11 +51,9 @@ class CrashingJournal:
     async def close(self) -> None:
         await self.inner.close()
 
-    async def create(self, recharge: Recharge, trail: TrailEntry,
-                     lease: tuple[str, float] | None = None) -> Recharge | None:
-        if lease is None:
-            return await self._write(lambda: self.inner.create(recharge, trail))
-        return await self._write(lambda: self.inner.create(recharge, trail, lease=lease))
+    async def create(self, recharge: Recharge, trail: TrailEntry, lease: tuple[str, float] | None = None,
+                     first: Any = None) -> Recharge | None:
+        return await self._write(lambda: self.inner.create(recharge, trail, lease=lease, first=first))
 
     async def apply(self, step: Step) -> bool:
         return await self._write(lambda: self.inner.apply(step))

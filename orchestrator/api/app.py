@@ -16,7 +16,7 @@ from aiohttp import web
 import routing
 from channels import AttemptOutcome, webhooks
 from config import ClientConfig
-from orchestrator.api import admin
+from orchestrator.api import admin, pricing_api
 from orchestrator.api.body import read_body
 from orchestrator.api.errors import ApiError, error_response
 from orchestrator.api.keys import SERVICE
@@ -26,7 +26,9 @@ from orchestrator.api.status import STATUS_HTML, status_view
 from orchestrator.clock import iso
 from orchestrator.engine import HeldElsewhere, IdempotencyConflict, new_recharge_id
 from orchestrator.model import Recharge, RechargeStatus, TrailEntry
-from orchestrator.pricing import PricingError, price
+from orchestrator.journal import FirstRecharge
+from orchestrator.pricing import PricingError
+from orchestrator.risk import RiskInput
 from orchestrator.service import Service
 
 __all__ = ["SERVICE", "build_app", "recharge_json"]
@@ -191,25 +193,52 @@ async def _create_recharge(request: web.Request, svc: Service) -> web.Response:
     # the instrument enters it as stored, masked.
     fingerprint = hashlib.sha256(orjson.dumps({**body, "instrument": req.instrument.stored()},
                                               option=orjson.OPT_SORT_KEYS)).hexdigest()
+    history = await svc.pricing.history(req.user_id)
     try:
-        p = price(svc.config.pricing, req.amount_minor, req.currency)
+        p = await svc.pricing.price_recharge(req.user_id, req.amount_minor, req.currency, req.quote_id, history)
     except PricingError as exc:
-        raise ApiError(exc.code, str(exc), field=exc.field) from None
+        # A retry of a recharge already made answers that recharge, even if its quote
+        # has expired since.
+        existing = await _held_by(svc, client.name, key)
+        if existing is None:
+            raise pricing_api.api_error(exc) from None
+        if existing.fingerprint != fingerprint:
+            raise ApiError("idempotency_key_reused", "this Idempotency-Key was already used with a different "
+                           "request body", field="Idempotency-Key") from None
+        return await _answer_after_wait(svc, existing, replayed=True)
+    stored_instrument = req.instrument.stored()
+    risk_input = RiskInput(req.user_id, p.base_amount, req.country,
+                           instrument_id=next(iter(stored_instrument.values())),
+                           account_number=req.instrument.account_number, history=history)
+    decision = svc.risk.assess(risk_input)
     now = svc.clock.now()
     settings = svc.settings
     rec = Recharge(
         id=new_recharge_id(), client=client.name, idempotency_key=key, fingerprint=fingerprint,
         user_id=req.user_id, amount_minor=req.amount_minor, currency=req.currency, country=req.country,
-        method=req.method, instrument=req.instrument.stored(), metadata=req.metadata,
-        coins=p.coins, bonus_coins=p.bonus_coins, status=RechargeStatus.PROCESSING,
+        method=req.method, instrument=stored_instrument, metadata=req.metadata,
+        coins=p.coins, bonus_coins=p.bonus_coins,
+        status=RechargeStatus.BLOCKED if decision.blocked else RechargeStatus.PROCESSING,
+        reason="risk: " + ",".join(decision.reasons) if decision.blocked else None,
         created_at=now, updated_at=now, deadline_at=now + settings.deadline_s, config_version=settings.version,
     )
-    created = TrailEntry(rec.id, now, "created", rec.status.value,
-                         detail={"config_version": settings.version, "coins": p.coins, "rate": str(p.rate)})
+    detail: dict[str, Any] = {"config_version": settings.version, "coins": p.coins, "bonus_coins": p.bonus_coins,
+                              "rate": str(p.rate), "promotions": [pr.to_api() for pr in p.promotions],
+                              "risk": decision.action, "risk_reasons": list(decision.reasons)}
+    if req.quote_id:
+        detail["quote_id"] = req.quote_id
+    created = TrailEntry(rec.id, now, "created", rec.status.value, detail=detail)
+    first = None
+    if p.claims_first_recharge and not decision.blocked:
+        without = p.without_first_recharge()
+        first = FirstRecharge(without.bonus_coins, {"bonus_coins": without.bonus_coins,
+                                                    "promotions": [pr.to_api() for pr in without.promotions]})
+    if decision.action != "allow":
+        svc.metrics.risk_decisions.labels(decision.action).inc()
     if req.instrument.account_number is not None:
         svc.hold_instrument(rec.id, {"account_number": req.instrument.account_number})
     try:
-        rec, fresh = await svc.engine.submit(rec, created, settings)
+        rec, fresh = await svc.engine.submit(rec, created, settings, first)
     except IdempotencyConflict:
         raise ApiError("idempotency_key_reused", "this Idempotency-Key was already used with a different request body",
                        field="Idempotency-Key") from None
@@ -218,7 +247,15 @@ async def _create_recharge(request: web.Request, svc: Service) -> web.Response:
                        retry_after=1) from None
     if fresh:
         structlog.contextvars.bind_contextvars(recharge_id=rec.id)
+        if not decision.blocked:
+            svc.risk.record(risk_input)
     return await _answer_after_wait(svc, rec, replayed=not fresh)
+
+
+async def _held_by(svc: Service, client: str, key: str) -> Recharge | None:
+    rows = await svc.journal.query(  # type: ignore[attr-defined]
+        "SELECT id FROM recharges WHERE client = ? AND idempotency_key = ?", (client, key))
+    return await _current(svc, rows[0][0]) if rows else None
 
 
 async def get_recharge(request: web.Request) -> web.Response:
@@ -409,6 +446,7 @@ def build_app(service: Service, *, manage_service: bool = True) -> web.Applicati
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     admin.register(app)
+    pricing_api.register(app, service.pricing)
     app.router.add_get("/v1/health/channels", channel_health)
     app.router.add_get("/status", status_page)
     app.router.add_get("/v1/status", status_json)

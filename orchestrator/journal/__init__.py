@@ -1,10 +1,11 @@
 """The journal (storage) of recharges, attempts, trail and wallet."""
 
-from orchestrator.journal._protocol import Journal, JournalError, WalletEntry, WalletView
+from orchestrator.journal._protocol import FirstRecharge, Journal, JournalError, WalletEntry, WalletView
 from orchestrator.journal.postgres import PostgresJournal
 from orchestrator.journal.sqlite import SqliteJournal, path_from_url
 
 __all__ = [
+    "FirstRecharge",
     "Journal",
     "JournalError",
     "PostgresJournal",

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from orchestrator.model import Attempt, Recharge, Step, TrailEntry
 
-__all__ = ["Journal", "JournalError", "WalletEntry", "WalletView"]
+__all__ = ["FirstRecharge", "Journal", "JournalError", "WalletEntry", "WalletView"]
 
 
 class JournalError(Exception):
@@ -35,13 +35,29 @@ class WalletView:
     entries: tuple[WalletEntry, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class FirstRecharge:
+    """A recharge priced with the first-recharge bonus, and its price without it: the
+    store grants the bonus only if the user has no other running or succeeded recharge,
+    checked in the creating transaction."""
+
+    bonus_without: int
+    detail_without: dict[str, Any]
+
+    def deny(self, recharge: Recharge, trail: TrailEntry) -> TrailEntry:
+        recharge.bonus_coins = self.bonus_without
+        return TrailEntry(trail.recharge_id, trail.at, trail.event, trail.status, trail.reference, trail.channel,
+                          {**(trail.detail or {}), **self.detail_without, "first_recharge": "already claimed"})
+
+
 class Journal(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
     async def create(self, recharge: Recharge, trail: TrailEntry,
-                     lease: tuple[str, float] | None = None) -> Recharge | None:
+                     lease: tuple[str, float] | None = None,
+                     first: FirstRecharge | None = None) -> Recharge | None:
         """Insert a new recharge and its idempotency record (and, with ``lease`` =
         (owner, expires_at), its lease, in the same transaction). Returns None when it
         was created, or the recharge already holding (client, idempotency key)."""

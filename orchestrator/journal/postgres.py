@@ -24,7 +24,7 @@ import orjson
 import structlog
 
 from orchestrator.audit import GENESIS, entry_hash
-from orchestrator.journal._protocol import JournalError, WalletEntry, WalletView
+from orchestrator.journal._protocol import FirstRecharge, JournalError, WalletEntry, WalletView
 from orchestrator.journal._schema_pg import MIGRATIONS
 from orchestrator.model import (
     TERMINAL,
@@ -333,8 +333,17 @@ class PostgresJournal:
             "ORDER BY id")
 
     async def create(self, recharge: Recharge, trail: TrailEntry,
-                     lease: tuple[str, float] | None = None) -> Recharge | None:
+                     lease: tuple[str, float] | None = None,
+                     first: FirstRecharge | None = None) -> Recharge | None:
         async def op(conn: asyncpg.Connection) -> str | None:
+            nonlocal trail
+            if first is not None and await conn.fetchval(
+                "SELECT 1 FROM recharges WHERE user_id=$1 AND status IN ('processing', 'pending', 'succeeded') "
+                "LIMIT 1", recharge.user_id,
+            ):
+                # Within one instance the writer serialises this; across instances two
+                # "firsts" racing in one instant may both keep the bonus (coins only).
+                trail = first.deny(recharge, trail)
             # ON CONFLICT waits for a concurrent inserter of the same key (another
             # instance) to finish, so exactly one of them makes the recharge; the
             # recharge and its trail entry are inserted only when the key was free.

@@ -24,7 +24,7 @@ import orjson
 import structlog
 
 from orchestrator.audit import GENESIS, entry_hash
-from orchestrator.journal._protocol import JournalError, WalletEntry, WalletView
+from orchestrator.journal._protocol import FirstRecharge, JournalError, WalletEntry, WalletView
 from orchestrator.journal._schema import MIGRATIONS
 from orchestrator.model import (
     TERMINAL,
@@ -263,14 +263,18 @@ class SqliteJournal:
     # -- writes -------------------------------------------------------------------------
 
     async def create(self, recharge: Recharge, trail: TrailEntry,
-                     lease: tuple[str, float] | None = None) -> Recharge | None:
+                     lease: tuple[str, float] | None = None,
+                     first: FirstRecharge | None = None) -> Recharge | None:
         def op(conn: sqlite3.Connection) -> str | None:
+            nonlocal trail
             row = conn.execute(
                 "SELECT recharge_id FROM idempotency WHERE client=? AND key=?",
                 (recharge.client, recharge.idempotency_key),
             ).fetchone()
             if row is not None:
                 return row[0]
+            if first is not None and conn.execute(_HAS_OPEN_OR_DONE, (recharge.user_id,)).fetchone():
+                trail = first.deny(recharge, trail)
             conn.execute(
                 "INSERT INTO idempotency(client, key, fingerprint, recharge_id, created_at) VALUES (?,?,?,?,?)",
                 (recharge.client, recharge.idempotency_key, recharge.fingerprint, recharge.id, recharge.created_at),
@@ -420,6 +424,12 @@ class SqliteJournal:
 
 
 # -- SQL --------------------------------------------------------------------------------
+
+# Another recharge of the user that is running or succeeded: the first-recharge bonus is
+# that one's (checked inside the creating transaction, so two "firsts" get it once).
+_HAS_OPEN_OR_DONE = (
+    "SELECT 1 FROM recharges WHERE user_id=? AND status IN ('processing', 'pending', 'succeeded') LIMIT 1"
+)
 
 _RECHARGE_COLUMNS = (
     "id, client, idempotency_key, fingerprint, user_id, amount_minor, currency, country, method, "

@@ -117,7 +117,7 @@ async def test_a_recharge_succeeds_and_credits_the_wallet(api):
     resp, body = await api.post(BODY)
     assert resp.status == 201, body
     assert body["status"] == "succeeded" and body["channel"] == "a"
-    assert body["coins"] == 835 and body["bonus_coins"] == 0
+    assert body["coins"] == 835 and body["bonus_coins"] == 125, "SPEC 5's example: 15 % first-recharge bonus"
     assert body["id"].startswith("rc_")
     assert body["attempts"][0]["outcome"] == "captured" and body["attempts"][0]["reference"]
     assert resp.headers.get("X-Request-ID")
@@ -126,8 +126,8 @@ async def test_a_recharge_succeeds_and_credits_the_wallet(api):
     _, trail = await api.get(f"/v1/recharges/{body['id']}/trail")
     assert [e["event"] for e in trail["entries"]] == ["created", "attempt_started", "attempt_captured", "credited"]
     _, wallet = await api.get("/v1/wallets/u_1")
-    assert wallet["coins"] == 835
-    assert wallet["entries"] == [{"recharge_id": body["id"], "coins": 835, "balance_after": 835,
+    assert wallet["coins"] == 960
+    assert wallet["entries"] == [{"recharge_id": body["id"], "coins": 960, "balance_after": 960,
                                   "created_at": wallet["entries"][0]["created_at"]}]
     await api.invariants()
 
@@ -140,7 +140,7 @@ async def test_replay_answers_the_stored_result_and_charges_nothing_more(api):
     assert b2 == b1
     assert len(api.channels["a"].ledger) == 1
     _, wallet = await api.get("/v1/wallets/u_1")
-    assert wallet["coins"] == 835
+    assert wallet["coins"] == 960
     await api.invariants()
 
 

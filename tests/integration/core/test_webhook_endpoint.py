@@ -62,7 +62,7 @@ async def test_a_signed_capture_completes_the_recharge_and_a_repeat_is_a_no_op(a
     _, rec = await api.get(f"/v1/recharges/{rid}")
     assert rec["status"] == "succeeded"
     _, wallet = await api.get("/v1/wallets/u_1")
-    assert wallet["coins"] == 835 and len(wallet["entries"]) == 1
+    assert wallet["coins"] == 960 and len(wallet["entries"]) == 1
     await api.invariants()
 
 
