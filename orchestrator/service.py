@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import structlog
 
 import health
@@ -33,7 +34,7 @@ from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine, RoutePlan, RunSettings
 from orchestrator.journal import Journal, open_journal
 from orchestrator.metrics import Metrics
-from orchestrator.pricing import CurrencyTotals, UserHistory, history_from_totals, month_start
+from orchestrator.pricing import CurrencyTotals, PricingError, UserHistory, history_from_totals, month_start
 from orchestrator.quotes import PricingService
 from orchestrator.risk import RiskEngine
 from orchestrator.ratelimit import Limiter
@@ -208,6 +209,17 @@ class Service:
         # Whole card/account numbers, in memory only, while their recharge runs.
         self._instruments: dict[str, dict[str, str]] = {}
 
+    async def _fetch_rates(self) -> dict[str, object]:
+        """GET the configured rate source: ``{"CNY": "0.1404", ...}`` in base units."""
+        source = self.config.pricing.rate_source
+        if source is None:
+            return {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            async with session.get(source.url) as resp:
+                resp.raise_for_status()
+                doc = await resp.json(content_type=None)
+        return doc.get("rates", doc) if isinstance(doc, dict) else doc
+
     async def user_history(self, user_id: str) -> UserHistory:
         """The user's succeeded recharges, per currency (promotions and risk read it)."""
         rows = await self.journal.query(  # type: ignore[attr-defined]
@@ -318,6 +330,12 @@ class Service:
             )
             await self._prober.start()
         self._tasks.append(loop.create_task(self._publish_forever()))
+        if self.config.pricing.rate_source is not None:
+            try:
+                await self.pricing.rates.refresh(self._fetch_rates)
+            except PricingError as exc:  # sourced currencies answer rates_stale until a fetch lands
+                log.warning("rates_first_refresh_failed", error=str(exc))
+        self._tasks.append(loop.create_task(self.pricing.rates.run(self._fetch_rates)))
         await self.journal.record(TrailEntry("", self.clock.now(), "config_applied", detail={
             "version": self.loaded.version, "source": "start", "instance": self.instance_id}))
         resumed = await self.engine.recover()

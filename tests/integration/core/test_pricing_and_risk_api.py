@@ -68,3 +68,38 @@ async def test_a_blocklisted_user_is_blocked_before_any_channel(tmp_path):
         await put(api, doc, token=SRE_KEY)
         resp, body = await api.post({**BODY, "user_id": "u_bad"}, key="bad-2")
         assert body["status"] == "succeeded", "the blocklist reloads"
+
+
+async def test_rates_from_a_source_and_stale_rates_refused(tmp_path):
+    from aiohttp import web
+
+    answers = {"CNY": "0.1404"}
+    source = web.Application()
+
+    async def rates(request):
+        return web.json_response(answers)
+
+    source.router.add_get("/rates", rates)
+    runner = web.AppRunner(source)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with running_api(tmp_path) as api:
+            doc = document(tmp_path)
+            doc["pricing"]["rate_source"] = {"url": f"http://127.0.0.1:{port}/rates", "refresh_s": 0.2,
+                                             "max_age_s": 0.5}
+            _, applied = await put(api, doc)
+            assert applied["applied"], applied
+            await api.service.pricing.rates.refresh(api.service._fetch_rates)
+            resp, body = await api.post(BODY, key="src-1")
+            assert resp.status == 201, body
+            await runner.cleanup()  # the source goes away; the rates age past max_age_s
+            await asyncio.sleep(0.8)
+            resp, body = await api.post({**BODY, "user_id": "u_2"}, key="src-2")
+            assert_error(resp, body, 503, "rates_stale")
+            assert resp.headers.get("Retry-After")
+            await api.invariants()
+    finally:
+        await runner.cleanup()
