@@ -83,6 +83,7 @@ SCHEMAS: dict[str, Any] = {
             "method": {"type": "string"},
             "coins": {"type": "integer", "minimum": 0},
             "bonus_coins": {"type": "integer", "minimum": 0},
+            "promotions": {"type": "array", "items": {"type": "object"}},
             "channel": _NULLABLE_STR,
             "attempts": {"type": "array", "items": _ref("Attempt")},
             "decline_code": _NULLABLE_STR,

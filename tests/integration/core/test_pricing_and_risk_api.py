@@ -45,6 +45,11 @@ async def test_two_simultaneous_first_recharges_get_the_bonus_once(tmp_path):
                                          for i in range(6)))
         bonuses = sorted(body["bonus_coins"] for resp, body in results if resp.status == 201)
         assert len(bonuses) == 6 and bonuses.count(125) == 1 and bonuses.count(0) == 5, bonuses
+        listed = [[pr["name"] for pr in body["promotions"]] for _, body in results]
+        assert sorted(listed) == [[]] * 5 + [["first_recharge"]], listed
+        winner = next(body for _, body in results if body["bonus_coins"] == 125)
+        _, got = await api.get(f"/v1/recharges/{winner['id']}")
+        assert [pr["name"] for pr in got["promotions"]] == ["first_recharge"], "GET lists them too"
         _, wallet = await api.get("/v1/wallets/u_first")
         assert wallet["coins"] == 6 * 835 + 125
         await api.invariants()
