@@ -75,7 +75,8 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def recharge_json(rec: Recharge, promotions: list[Any] | None = None) -> dict[str, Any]:
+def recharge_json(rec: Recharge, promotions: list[Any] | None = None,
+                  risk: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": rec.id,
         "status": rec.status.value,
@@ -87,6 +88,7 @@ def recharge_json(rec: Recharge, promotions: list[Any] | None = None) -> dict[st
         "coins": rec.coins,
         "bonus_coins": rec.bonus_coins,
         "promotions": promotions or [],
+        "risk": risk or {"action": "allow", "reasons": []},
         "channel": rec.channel,
         "attempts": [a.to_api() for a in rec.attempts],
         "decline_code": rec.decline_code,
@@ -147,15 +149,17 @@ async def _current(svc: Service, recharge_id: str) -> Recharge | None:
     return live[1] if live is not None else await svc.journal.get(recharge_id)
 
 
-async def _promotions_of(svc: Service, rec: Recharge) -> list[Any]:
-    """The promotions a stored recharge was priced with: its 'created' trail entry."""
+async def _priced_with(svc: Service, rec: Recharge) -> tuple[list[Any], dict[str, Any]]:
+    """The promotions a stored recharge was priced with and its risk verdict: both are on
+    its 'created' trail entry."""
     entries = await svc.journal.trail(rec.id)
-    detail = entries[0].detail if entries and entries[0].event == "created" else None
-    return list((detail or {}).get("promotions", []))
+    detail = (entries[0].detail if entries and entries[0].event == "created" else None) or {}
+    return list(detail.get("promotions", [])), {"action": detail.get("risk", "allow"),
+                                                "reasons": list(detail.get("risk_reasons", []))}
 
 
 async def _answer_after_wait(svc: Service, rec: Recharge, *, replayed: bool,
-                             promotions: list[Any] | None = None) -> web.Response:
+                             priced: tuple[list[Any], dict[str, Any]] | None = None) -> web.Response:
     """Wait up to ``sync_wait_s`` for the recharge to end, then answer its durable state:
     201 when terminal, 202 while it is still moving."""
     live = svc.engine.live(rec.id)
@@ -166,9 +170,8 @@ async def _answer_after_wait(svc: Service, rec: Recharge, *, replayed: bool,
         except TimeoutError:
             pass
     headers = {"Idempotent-Replayed": "true"} if replayed else None
-    if promotions is None:
-        promotions = await _promotions_of(svc, rec)
-    return _json(recharge_json(rec, promotions), 201 if rec.terminal else 202, headers)
+    promotions, risk = priced if priced is not None else await _priced_with(svc, rec)
+    return _json(recharge_json(rec, promotions, risk), 201 if rec.terminal else 202, headers)
 
 
 # -- handlers -----------------------------------------------------------------------------
@@ -256,14 +259,15 @@ async def _create_recharge(request: web.Request, svc: Service) -> web.Response:
     except HeldElsewhere:
         raise ApiError("request_in_progress", "this recharge is being processed; retry to get its result",
                        retry_after=1) from None
-    promotions = None
+    priced = None
     if fresh:
         structlog.contextvars.bind_contextvars(recharge_id=rec.id)
         if not decision.blocked:
             svc.risk.record(risk_input)
         denied = first is not None and rec.bonus_coins == first.bonus_without and p.bonus_coins != first.bonus_without
         promotions = first.detail_without["promotions"] if denied and first else [pr.to_api() for pr in p.promotions]
-    return await _answer_after_wait(svc, rec, replayed=not fresh, promotions=promotions)
+        priced = (promotions, {"action": decision.action, "reasons": list(decision.reasons)})
+    return await _answer_after_wait(svc, rec, replayed=not fresh, priced=priced)
 
 
 async def _held_by(svc: Service, client: str, key: str) -> Recharge | None:
@@ -279,7 +283,7 @@ async def get_recharge(request: web.Request) -> web.Response:
     if not _RECHARGE_ID.match(rid):
         raise ApiError("not_found", "no such recharge")
     rec = _visible(await _current(svc, rid), client)
-    return _json(recharge_json(rec, await _promotions_of(svc, rec)))
+    return _json(recharge_json(rec, *await _priced_with(svc, rec)))
 
 
 async def get_trail(request: web.Request) -> web.Response:

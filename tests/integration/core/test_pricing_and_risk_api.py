@@ -63,6 +63,7 @@ async def test_a_blocklisted_user_is_blocked_before_any_channel(tmp_path):
         assert applied["applied"], applied
         resp, body = await api.post({**BODY, "user_id": "u_bad"}, key="bad-1")
         assert resp.status == 201 and body["status"] == "blocked" and "user_blocked" in body["reason"], body
+        assert body["risk"]["action"] == "block" and body["risk"]["reasons"]
         assert api.channels["a"].calls == [] and api.channels["b"].calls == []
         _, wallet = await api.get("/v1/wallets/u_bad")
         assert wallet["coins"] == 0
