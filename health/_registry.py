@@ -14,7 +14,7 @@ from typing import Any
 
 from channels._protocol import AttemptOutcome
 from health._breaker import Breaker, BreakerConfig, Permit
-from health._stats import ChannelStats, Clock, StatsConfig, channel_worked
+from health._stats import ChannelStats, Clock, StatsConfig
 from routing import ChannelState
 
 __all__ = ["AttemptTicket", "HealthRegistry"]

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from orchestrator.invariants import LedgerPayment, Report, check
+from orchestrator.invariants import LedgerPayment, Report, SqliteFile, check
 from orchestrator.launch import ROOT, Child, free_port
 
 __all__ = ["main"]
@@ -213,7 +213,7 @@ class Demo:
         async with session.get(self.sim.url + "/_sim/ledger") as r:
             payments = (await r.json())["payments"]
         ledger = [LedgerPayment(p["channel"], p["reference"], p["status"]) for p in payments]
-        return await check(_SqliteFile(self.dir / "orchestrator.db"), ledger, settled=True)
+        return await check(SqliteFile(self.dir / "orchestrator.db"), ledger, settled=True)
 
     def _t(self) -> float:
         return time.monotonic() - self.started
@@ -288,18 +288,6 @@ class Demo:
         ]
         print("\n".join(lines), flush=True)
         return 0 if ok else 1
-
-
-class _SqliteFile:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
 
 
 def main(argv: list[str] | None = None) -> int:

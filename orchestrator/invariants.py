@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["LedgerPayment", "Report", "check"]
+__all__ = ["LedgerPayment", "Report", "SqliteFile", "check"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +113,20 @@ async def check(journal: _Queryable, ledger: Iterable[LedgerPayment], *, settled
         credits=sum(len(c) for c in credits.values()),
         violations=v,
     )
+
+
+class SqliteFile:
+    """Read-only queries on a journal's SQLite file, from outside the process that writes
+    it (the demo's summary, the end-to-end tests)."""
+
+    def __init__(self, path: Any) -> None:
+        self.path = path
+
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        import sqlite3
+
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()

@@ -3,13 +3,13 @@ free loopback ports, waited for, and always stopped (kill -9 included)."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
+from orchestrator.invariants import SqliteFile
 from orchestrator.launch import Child, free_port
 
 
@@ -35,18 +35,7 @@ def orchestrator(tmp: Path, doc: dict[str, Any], *, name: str = "orchestrator", 
     return Proc(name, args, tmp / f"{name}.log", f"http://127.0.0.1:{port}", "/healthz")
 
 
-class SqliteReader:
-    """Read-only queries on the orchestrator's SQLite file (the invariant checker's input)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+SqliteReader = SqliteFile
 
 
 FRONT_KEY = "e2e-front-key"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import re
 import secrets
 from typing import Any
@@ -17,7 +16,7 @@ import routing
 from channels import AttemptOutcome, webhooks
 from config import ClientConfig
 from orchestrator.api import admin, pricing_api
-from orchestrator.api.body import read_body
+from orchestrator.api.body import check_limit, read_body, read_json
 from orchestrator.api.errors import ApiError, error_response
 from orchestrator.api.keys import SERVICE
 from orchestrator.api.openapi import OPENAPI
@@ -104,20 +103,6 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
-async def _read_json(request: web.Request, limit: int) -> Any:
-    if request.content_type != "application/json":
-        raise ApiError("unsupported_media_type", "send the body as application/json")
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError("payload_too_large", f"the body must be at most {limit} bytes")
-    raw = await read_body(request)
-    if len(raw) > limit:
-        raise ApiError("payload_too_large", f"the body must be at most {limit} bytes")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError("malformed_json", f"the body is not valid JSON: {exc.msg} at position {exc.pos}") from None
-
-
 def _idempotency_key(request: web.Request) -> str:
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -189,20 +174,13 @@ async def create_recharge(request: web.Request) -> web.Response:
         svc.requests_in_flight -= 1
 
 
-def _limit(limiter: Any, key: str, what: str) -> None:
-    wait = limiter.check(key)
-    if wait > 0:
-        raise ApiError("rate_limited", f"too many requests for this {what}; retry later",
-                       retry_after=max(1, math.ceil(wait)))
-
-
 async def _create_recharge(request: web.Request, svc: Service) -> web.Response:
     client = svc.auth.require(request, "recharge")
-    _limit(svc.client_limits, client.name, "client")
+    check_limit(svc.client_limits, client.name, "client")
     key = _idempotency_key(request)
-    body = await _read_json(request, svc.config.server.max_body_bytes)
+    body = await read_json(request, svc.config.server.max_body_bytes)
     req: RechargeIn = validate(RechargeIn, body)
-    _limit(svc.user_limits, req.user_id, "user")
+    check_limit(svc.user_limits, req.user_id, "user")
     # The fingerprint never hashes a whole card number (a hash of one is guessable):
     # the instrument enters it as stored, masked.
     fingerprint = hashlib.sha256(orjson.dumps({**body, "instrument": req.instrument.stored()},

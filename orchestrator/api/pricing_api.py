@@ -8,13 +8,12 @@ puts them in place; by default the guard is the app's ``Service``.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
-from orchestrator.api.body import read_body
+from orchestrator.api.body import check_limit, read_json
 from orchestrator.api.errors import ApiError
 from orchestrator.api.keys import SERVICE
 from orchestrator.api.pricing_schemas import QuoteIn
@@ -47,13 +46,6 @@ PRICING = web.AppKey("pricing", PricingService)
 QUOTE_GUARD = web.AppKey("quote_guard", QuoteGuard)
 
 
-def _limit(limiter: Any, key: str, what: str) -> None:
-    wait = limiter.check(key)
-    if wait > 0:
-        raise ApiError("rate_limited", f"too many requests for this {what}; retry later",
-                       retry_after=max(1, math.ceil(wait)))
-
-
 class ServiceGuard:
     """The guard of the recharge endpoint: the app's ``Service`` auth and limiters."""
 
@@ -63,10 +55,10 @@ class ServiceGuard:
     def admit(self, request: web.Request) -> None:
         svc = self._app[SERVICE]
         client = svc.auth.require(request, "recharge")
-        _limit(svc.client_limits, client.name, "client")
+        check_limit(svc.client_limits, client.name, "client")
 
     def admit_user(self, user_id: str) -> None:
-        _limit(self._app[SERVICE].user_limits, user_id, "user")
+        check_limit(self._app[SERVICE].user_limits, user_id, "user")
 
     def max_body_bytes(self, request: web.Request) -> int:
         return self._app[SERVICE].config.server.max_body_bytes
@@ -92,24 +84,10 @@ def quote_json(quote: Quote) -> dict[str, Any]:
     }
 
 
-async def _read_json(request: web.Request, limit: int) -> Any:
-    if request.content_type != "application/json":
-        raise ApiError("unsupported_media_type", "send the body as application/json")
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError("payload_too_large", f"the body must be at most {limit} bytes")
-    raw = await read_body(request)
-    if len(raw) > limit:
-        raise ApiError("payload_too_large", f"the body must be at most {limit} bytes")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError("malformed_json", f"the body is not valid JSON: {exc.msg} at position {exc.pos}") from None
-
-
 async def create_quote(request: web.Request) -> web.Response:
     guard = request.app[QUOTE_GUARD]
     guard.admit(request)
-    req: QuoteIn = validate(QuoteIn, await _read_json(request, guard.max_body_bytes(request)))
+    req: QuoteIn = validate(QuoteIn, await read_json(request, guard.max_body_bytes(request)))
     guard.admit_user(req.user_id)
     try:
         quote = await request.app[PRICING].quote(req.user_id, req.amount_minor, req.currency)
