@@ -82,6 +82,18 @@ class RoutePlan(NamedTuple):
     panic: bool = False
 
 
+@dataclass(slots=True)
+class _Pick:
+    """An attempt chosen and admitted by the gate, not yet answered by the provider."""
+
+    channel: Channel
+    ticket: object
+    instrument: Mapping[str, object]
+    attempt: Attempt
+    trail: TrailEntry
+    released: bool = False
+
+
 class Gate(Protocol):
     """Admission and accounting of provider attempts: health statistics, breakers,
     in-flight caps and metrics live behind it. ``admit`` may refuse (an open breaker,
@@ -186,14 +198,35 @@ class Engine:
 
     async def submit(self, rec: Recharge, created: TrailEntry, settings: RunSettings | None = None,
                      first: FirstRecharge | None = None) -> tuple[Recharge, bool]:
-        """Journal a new recharge (durably, with its idempotency record) and drive it.
+        """Journal a new recharge (durably, with its idempotency key) and drive it.
         When its key is already taken, answer the recharge that holds it (and make
-        sure something drives it) instead: ``(recharge, False)``."""
+        sure something drives it) instead: ``(recharge, False)``.
+
+        The routing decision is pure, so it is taken before the insert: the first
+        attempt is journaled ``started`` in the recharge's own transaction, one durable
+        write fewer on every recharge's path."""
+        s = settings or self._settings()
         lease = None if self._owner is None else (self._owner, self._clock.now() + self._lease_s)
-        existing = await self._journal.create(rec, created, lease=lease, first=first)
+        plan: RoutePlan | None = None
+        pick: _Pick | None = None
+        if not rec.terminal:
+            plan = self._plan(rec)
+            chosen = self._pick(rec, s, plan, self._clock.now())
+            pick = chosen if isinstance(chosen, _Pick) else None
+        try:
+            existing = await self._journal.create(rec, created, lease=lease, first=first,
+                                                  started=None if pick is None else (pick.attempt, pick.trail))
+        except BaseException:
+            if pick is not None:
+                self._release(pick)
+            raise
         if existing is None:
-            self.start(rec, settings)
+            if pick is not None:
+                rec.attempts.append(pick.attempt)
+            self.start(rec, s, plan, pick)
             return rec, True
+        if pick is not None:
+            self._release(pick)
         if existing.fingerprint != rec.fingerprint:
             raise IdempotencyConflict(existing.id)
         live = self._running.get(existing.id)
@@ -211,14 +244,24 @@ class Engine:
             return True
         return await self._journal.lease(self._owner, rec.id, self._lease_s, self._clock.now())
 
-    def start(self, rec: Recharge, settings: RunSettings | None = None) -> asyncio.Task[None]:
-        """Drive ``rec`` in the background unless this process already does."""
+    def start(self, rec: Recharge, settings: RunSettings | None = None, plan: RoutePlan | None = None,
+              pick: _Pick | None = None) -> asyncio.Task[None]:
+        """Drive ``rec`` in the background unless this process already does; ``pick``
+        is its first attempt, journaled with it and not yet sent."""
         running = self._running.get(rec.id)
         if running is not None:
+            if pick is not None:
+                self._release(pick)
             return running[0]
-        task = asyncio.get_running_loop().create_task(self._guarded(rec, settings or self._settings()))
+        task = asyncio.get_running_loop().create_task(self._guarded(rec, settings or self._settings(), plan, pick))
         self._running[rec.id] = (task, rec)
-        task.add_done_callback(lambda _t, rid=rec.id: self._forget(rid))
+
+        def done(_t: asyncio.Task[None], rid: str = rec.id) -> None:
+            self._forget(rid)
+            if pick is not None:
+                self._release(pick)  # cancelled before the provider answered
+
+        task.add_done_callback(done)
         return task
 
     def _forget(self, recharge_id: str) -> None:
@@ -267,10 +310,13 @@ class Engine:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _guarded(self, rec: Recharge, settings: RunSettings) -> None:
+    async def _guarded(self, rec: Recharge, settings: RunSettings, plan: RoutePlan | None,
+                       pick: _Pick | None) -> None:
         with structlog.contextvars.bound_contextvars(recharge_id=rec.id, config_version=settings.version):
             try:
-                await self._drive(rec, settings)
+                if pick is not None:
+                    await self._send(rec, settings, pick)
+                await self._drive(rec, settings, plan)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -283,10 +329,9 @@ class Engine:
 
     # -- the state machine --------------------------------------------------------------
 
-    async def _drive(self, rec: Recharge, s: RunSettings) -> None:
+    async def _drive(self, rec: Recharge, s: RunSettings, plan: RoutePlan | None = None) -> None:
         # The routing decision is taken once per drive and its ordered candidates are the
         # failover order: a recharge finishes on the ranking it started with.
-        plan: RoutePlan | None = None
         while not rec.terminal:
             att = rec.open_attempt()
             if att is not None:
@@ -294,65 +339,88 @@ class Engine:
                     return  # still unresolved: pending, the reconciler comes back
                 continue
             if plan is None:
-                routed = self._router(rec)
-                plan = routed if isinstance(routed, RoutePlan) else RoutePlan(tuple(routed))
+                plan = self._plan(rec)
             if not await self._next_attempt(rec, s, plan):
                 return
 
+    def _plan(self, rec: Recharge) -> RoutePlan:
+        routed = self._router(rec)
+        return routed if isinstance(routed, RoutePlan) else RoutePlan(tuple(routed))
+
+    def _pick(self, rec: Recharge, s: RunSettings, plan: RoutePlan, now: float) -> _Pick | str:
+        """The next attempt to make (its channel admitted by the gate), or why none may
+        be made."""
+        if len(rec.attempts) >= s.max_attempts:
+            return "max_attempts_reached"
+        if now >= rec.deadline_at:
+            return "deadline_exceeded"
+        tried = {a.channel for a in rec.attempts}
+        for name in plan.candidates:
+            if name in tried:
+                continue
+            channel = self._channels(name)
+            if channel is None:
+                continue
+            ticket = self._gate.admit(name, panic=plan.panic)
+            if ticket is None:
+                continue
+            instrument = self._instrument(rec)
+            if instrument is None:
+                self._gate.abandoned(ticket)
+                return "instrument_unavailable"
+            seq = len(rec.attempts) + 1
+            att = Attempt(f"{rec.id}.{seq}", rec.id, seq, name, AttemptState.STARTED, now, now)
+            entry = TrailEntry(rec.id, now, "attempt_started", rec.status.value, att.reference, name)
+            return _Pick(channel, ticket, instrument, att, entry)
+        return "no_channel_available" if rec.attempts else "no_route"
+
+    def _release(self, pick: _Pick, result: ChannelResult | None = None) -> None:
+        """Account for the gate's admission of ``pick`` once: answered, or abandoned."""
+        if pick.released:
+            return
+        pick.released = True
+        if result is None:
+            self._gate.abandoned(pick.ticket)
+        else:
+            self._gate.finished(pick.ticket, result.outcome, result.latency_ms)
+
     async def _next_attempt(self, rec: Recharge, s: RunSettings, plan: RoutePlan) -> bool:
         """Start the next attempt, or finish the recharge when none may be made."""
-        now = self._clock.now()
-        if len(rec.attempts) >= s.max_attempts:
-            return await self._give_up(rec, "max_attempts_reached")
-        if now >= rec.deadline_at:
-            return await self._give_up(rec, "deadline_exceeded")
-        tried = {a.channel for a in rec.attempts}
-        ticket: object | None = None
-        name = None
-        for candidate in plan.candidates:
-            if candidate in tried or self._channels(candidate) is None:
-                continue
-            ticket = self._gate.admit(candidate, panic=plan.panic)
-            if ticket is not None:
-                name = candidate
-                break
-        if name is None:
-            return await self._give_up(rec, "no_channel_available" if rec.attempts else "no_route")
-        instrument = self._instrument(rec)
-        if instrument is None:
-            self._gate.abandoned(ticket)
-            return await self._give_up(rec, "instrument_unavailable")
-        channel = self._channels(name)
-        assert channel is not None
-        seq = len(rec.attempts) + 1
-        att = Attempt(f"{rec.id}.{seq}", rec.id, seq, name, AttemptState.STARTED, now, now)
-        step = Step(
-            rec.id, now, expect_status=NONTERMINAL, attempt=att, attempt_is_new=True,
-            trail=(TrailEntry(rec.id, now, "attempt_started", rec.status.value, att.reference, name),),
-        )
+        pick = self._pick(rec, s, plan, self._clock.now())
+        if isinstance(pick, str):
+            return await self._give_up(rec, pick)
+        step = Step(rec.id, pick.attempt.created_at, expect_status=NONTERMINAL, attempt=pick.attempt,
+                    attempt_is_new=True, trail=(pick.trail,))
         try:
             if not await self._commit(rec, step):
-                self._gate.abandoned(ticket)
                 return False
+            await self._send(rec, s, pick)
+        finally:
+            self._release(pick)  # refused, cancelled or crashed before the provider answered
+        return True
+
+    async def _send(self, rec: Recharge, s: RunSettings, pick: _Pick) -> None:
+        """Ask the provider to authorize an attempt already journaled ``started``, and
+        journal its answer."""
+        att = pick.attempt
+        name = att.channel
+        try:
             if self._activity is not None:
                 self._activity.attempt(name)
-                if seq > 1:
+                if att.seq > 1:
                     prev = rec.attempts[-2]
                     self._activity.failover(rec.id, prev.channel, name, prev.state.value)
             request = PaymentRequest(
                 att.reference, rec.amount_minor, rec.currency, rec.method,
-                dict(instrument), self._callback_url(name),
+                dict(pick.instrument), self._callback_url(name),
             )
             with structlog.contextvars.bound_contextvars(attempt=att.reference, channel=name):
-                result = await self._call(channel, "authorize", request, rec.deadline_at - now)
-                self._gate.finished(ticket, result.outcome, result.latency_ms)
-                ticket = None
+                result = await self._call(pick.channel, "authorize", request, rec.deadline_at - self._clock.now())
+                self._release(pick, result)
                 log.debug("attempt_answered", outcome=result.outcome.value, latency_ms=result.latency_ms)
                 await self._record(rec, att, result, s, event="attempt")
         finally:
-            if ticket is not None:  # cancelled or crashed before the provider answered
-                self._gate.abandoned(ticket)
-        return True
+            self._release(pick)
 
     async def _settle(self, rec: Recharge, att: Attempt, s: RunSettings) -> bool:
         """Resolve an attempt that may hold money. True when it was resolved (and

@@ -57,10 +57,13 @@ class Journal(Protocol):
 
     async def create(self, recharge: Recharge, trail: TrailEntry,
                      lease: tuple[str, float] | None = None,
-                     first: FirstRecharge | None = None) -> Recharge | None:
-        """Insert a new recharge and its idempotency record (and, with ``lease`` =
-        (owner, expires_at), its lease, in the same transaction). Returns None when it
-        was created, or the recharge already holding (client, idempotency key)."""
+                     first: FirstRecharge | None = None,
+                     started: tuple[Attempt, TrailEntry] | None = None) -> Recharge | None:
+        """Insert a new recharge, unless its (client, idempotency key) is taken; in the
+        same transaction its lease (``lease`` = (owner, expires_at)) and its first
+        attempt, journaled ``started`` with its trail entry, before the provider hears
+        of it. Returns None when it was created, or the recharge already holding the
+        key (and then writes nothing)."""
         ...
 
     async def apply(self, step: Step) -> bool:

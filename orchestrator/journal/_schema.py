@@ -107,4 +107,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE trail ADD COLUMN prev_hash TEXT",
         "ALTER TABLE trail ADD COLUMN hash TEXT",
     ),
+    # 5: the recharge row's own UNIQUE (client, idempotency_key) is the idempotency
+    # record; the separate table cost a statement per create, and its deferred foreign
+    # key made SQLite scan it whole on every insert.
+    ("DROP TABLE idempotency",),
 )

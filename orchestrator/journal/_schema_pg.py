@@ -111,4 +111,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE audit_head (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), hash TEXT NOT NULL)",
         "INSERT INTO audit_head(one, hash) VALUES (TRUE, '0000000000000000000000000000000000000000000000000000000000000000')",
     ),
+    # 5: the recharge row's own UNIQUE (client, idempotency_key) is the idempotency
+    # record; the separate table cost a statement per create, and its deferred foreign
+    # key made SQLite scan it whole on every insert.
+    ("DROP TABLE idempotency",),
 )

@@ -334,32 +334,39 @@ class PostgresJournal:
 
     async def create(self, recharge: Recharge, trail: TrailEntry,
                      lease: tuple[str, float] | None = None,
-                     first: FirstRecharge | None = None) -> Recharge | None:
+                     first: FirstRecharge | None = None,
+                     started: tuple[Attempt, TrailEntry] | None = None) -> Recharge | None:
         async def op(conn: asyncpg.Connection) -> str | None:
-            nonlocal trail
+            entry = trail
             if first is not None and await conn.fetchval(
                 "SELECT 1 FROM recharges WHERE user_id=$1 AND status IN ('processing', 'pending', 'succeeded') "
                 "LIMIT 1", recharge.user_id,
             ):
                 # Within one instance the writer serialises this; across instances two
                 # "firsts" racing in one instant may both keep the bonus (coins only).
-                trail = first.deny(recharge, trail)
+                entry = first.deny(recharge, trail)
             # ON CONFLICT waits for a concurrent inserter of the same key (another
             # instance) to finish, so exactly one of them makes the recharge; the
             # recharge and its trail entry are inserted only when the key was free.
             head = _HEADS.get(id(conn), GENESIS)
-            made = await conn.fetchval(_CREATE, *_recharge_row(recharge), float(recharge.created_at),
-                                       *_trail_rows(conn, (trail,))[0])
+            made = await conn.fetchval(_CREATE, *_recharge_row(recharge), *_trail_rows(conn, (entry,))[0])
             if made is None:
                 _HEADS[id(conn)] = head  # no trail entry was written
                 holder: str = await conn.fetchval(
-                    "SELECT recharge_id FROM idempotency WHERE client=$1 AND key=$2",
+                    "SELECT id FROM recharges WHERE client=$1 AND idempotency_key=$2",
                     recharge.client, recharge.idempotency_key,
                 )
                 return holder
             if lease is not None:
                 await conn.execute("INSERT INTO leases(recharge_id, owner, expires_at) VALUES ($1, $2, $3)",
                                    recharge.id, lease[0], float(lease[1]))
+            if started is not None:
+                a = started[0]
+                await conn.execute(
+                    _INSERT_ATTEMPT, a.reference, a.recharge_id, a.seq, a.channel, a.state.value, a.provider_ref,
+                    a.decline_code, a.error, _float(a.latency_ms), float(a.created_at), float(a.updated_at),
+                )
+                await _insert_trail(conn, (started[1],))
             return None
 
         existing_id = await self._write(op)
@@ -367,7 +374,7 @@ class PostgresJournal:
             return None
         existing = await self.get(existing_id)
         if existing is None:  # cannot happen: the row is committed before we read
-            raise JournalError(f"idempotency record points at missing recharge {existing_id}")
+            raise JournalError(f"idempotency key held by missing recharge {existing_id}")
         return existing
 
     async def apply(self, step: Step) -> bool:
@@ -532,15 +539,13 @@ _RECHARGE_COLUMNS = (
     "instrument, metadata, coins, bonus_coins, status, channel, decline_code, reason, config_version, "
     "created_at, updated_at, deadline_at"
 )
-# $1..$21 the recharge row, $22 the idempotency record's time, $23..$29 the trail entry.
+# $1..$21 the recharge row, $22..$30 the trail entry.
 _CREATE = (
-    "WITH idem AS ("
-    " INSERT INTO idempotency(client, key, fingerprint, recharge_id, created_at) VALUES ($2, $3, $4, $1, $22)"
-    " ON CONFLICT (client, key) DO NOTHING RETURNING recharge_id), "
-    f"rec AS (INSERT INTO recharges({_RECHARGE_COLUMNS}) "
-    f"SELECT {','.join(f'${i}' for i in range(1, 22))} FROM idem RETURNING id) "
+    f"WITH rec AS (INSERT INTO recharges({_RECHARGE_COLUMNS}) "
+    f"VALUES ({','.join(f'${i}' for i in range(1, 22))}) "
+    "ON CONFLICT (client, idempotency_key) DO NOTHING RETURNING id) "
     "INSERT INTO trail(recharge_id, at, event, status, reference, channel, detail, prev_hash, hash) "
-    "SELECT $23, $24, $25, $26, $27, $28, $29, $30, $31 FROM rec RETURNING 1"
+    "SELECT $22, $23, $24, $25, $26, $27, $28, $29, $30 FROM rec RETURNING 1"
 )
 _ATTEMPT_COLUMNS = (
     "reference, recharge_id, seq, channel, state, provider_ref, decline_code, error, latency_ms, created_at, updated_at"

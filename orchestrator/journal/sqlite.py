@@ -64,6 +64,50 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+# The writer leaves checkpoints to the checkpointer; it checkpoints itself (stalling its
+# commits) only if the WAL reaches this many pages (4 KiB each) anyway.
+_WRITER_AUTOCHECKPOINT_PAGES = 20000
+
+
+class _Checkpointer(threading.Thread):
+    """Copies committed WAL pages into the database file beside the writer.
+
+    SQLite's automatic checkpoint runs inside the committing writer and fsyncs the
+    database file there: every thousand pages, one batch of callers waited for it (p95
+    commit 168 ms at 844 recharges/s). A PASSIVE checkpoint on its own connection takes
+    no lock the writer needs, so commits go on while it copies and syncs."""
+
+    def __init__(self, path: str, min_interval_s: float = 0.2) -> None:
+        super().__init__(name="journal-checkpointer", daemon=True)
+        self._path = path
+        self._min_interval_s = min_interval_s
+        self._wake = threading.Event()
+        self._stopping = False
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def run(self) -> None:
+        conn = _connect(self._path)
+        try:
+            while True:
+                self._wake.wait()
+                if self._stopping:
+                    return
+                self._wake.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:  # the writer's own checkpoint is the fallback
+                    log.warning("journal_checkpoint_failed", error=str(exc))
+                time.sleep(self._min_interval_s)
+        finally:
+            conn.close()
+
+
 class _Writer(threading.Thread):
     """The one writer. Batches whatever is queued into one transaction per fsync."""
 
@@ -78,6 +122,7 @@ class _Writer(threading.Thread):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()
         self.failure: BaseException | None = None
+        self._checkpointer = None if path == ":memory:" else _Checkpointer(path)
 
     def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -93,6 +138,9 @@ class _Writer(threading.Thread):
         try:
             conn = _connect(self._path)
             _migrate(conn)
+            if self._checkpointer is not None:
+                conn.execute(f"PRAGMA wal_autocheckpoint={_WRITER_AUTOCHECKPOINT_PAGES}")
+                self._checkpointer.start()
         except BaseException as exc:  # surfaced to open()
             self.failure = exc
             self.ready.set()
@@ -101,6 +149,9 @@ class _Writer(threading.Thread):
         try:
             self._loop_forever(conn)
         finally:
+            if self._checkpointer is not None:
+                self._checkpointer.stop()
+                self._checkpointer.join()
             conn.close()
 
     def _loop_forever(self, conn: sqlite3.Connection) -> None:
@@ -125,29 +176,17 @@ class _Writer(threading.Thread):
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]) -> None:
         started = time.perf_counter()
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            # The chain head is read under the write lock, so any writer on the file (one
-            # in production) extends the chain where it really ends.
-            row = conn.execute("SELECT hash FROM trail ORDER BY id DESC LIMIT 1").fetchone()
-            _chain.head = row[0] if row and row[0] else GENESIS
-            for op, fut in batch:
-                conn.execute("SAVEPOINT step")
-                step_head = _chain.head
-                try:
-                    value = op(conn)
-                except _Rejected:
-                    conn.execute("ROLLBACK TO step")
-                    _chain.head = step_head
-                    results.append((fut, False, None))
-                except Exception as exc:  # one step's failure stays that step's
-                    conn.execute("ROLLBACK TO step")
-                    _chain.head = step_head
-                    results.append((fut, None, exc))
-                else:
-                    results.append((fut, value, None))
-                conn.execute("RELEASE step")
+            results = _run_ops(conn, batch, isolated=False)
+            if results is None:
+                # A step was refused or failed: its writes may be half done, so the
+                # batch starts over with each step in its own savepoint (rare: a race
+                # lost to a webhook, a bug).
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                results = _run_ops(conn, batch, isolated=True)
+                assert results is not None
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             # The transaction as a whole failed (disk full, I/O error): nothing in it is
@@ -161,8 +200,50 @@ class _Writer(threading.Thread):
         elapsed = time.perf_counter() - started
         if self._on_commit is not None:
             self._on_commit(len(batch), elapsed)
+        if self._checkpointer is not None:
+            self._checkpointer.nudge()
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(_deliver, results)
+
+
+_Results = list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+
+
+def _run_ops(conn: sqlite3.Connection, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
+             *, isolated: bool) -> _Results | None:
+    """Run every step of a batch inside the open transaction. Not ``isolated`` (the
+    fast path, two statements fewer per step): None as soon as one step raises, and the
+    caller rolls the batch back. ``isolated``: each step in a savepoint, so a refused or
+    failed step is undone alone and its caller told."""
+    # The chain head is read under the write lock, so any writer on the file (one in
+    # production) extends the chain where it really ends.
+    row = conn.execute("SELECT hash FROM trail ORDER BY id DESC LIMIT 1").fetchone()
+    _chain.head = row[0] if row and row[0] else GENESIS
+    results: _Results = []
+    if not isolated:
+        try:
+            for op, fut in batch:
+                results.append((fut, op(conn), None))
+        except Exception:
+            return None
+        return results
+    for op, fut in batch:
+        conn.execute("SAVEPOINT step")
+        step_head = _chain.head
+        try:
+            value = op(conn)
+        except _Rejected:
+            conn.execute("ROLLBACK TO step")
+            _chain.head = step_head
+            results.append((fut, False, None))
+        except Exception as exc:  # one step's failure stays that step's
+            conn.execute("ROLLBACK TO step")
+            _chain.head = step_head
+            results.append((fut, None, exc))
+        else:
+            results.append((fut, value, None))
+        conn.execute("RELEASE step")
+    return results
 
 
 def _deliver(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -264,26 +345,24 @@ class SqliteJournal:
 
     async def create(self, recharge: Recharge, trail: TrailEntry,
                      lease: tuple[str, float] | None = None,
-                     first: FirstRecharge | None = None) -> Recharge | None:
+                     first: FirstRecharge | None = None,
+                     started: tuple[Attempt, TrailEntry] | None = None) -> Recharge | None:
         def op(conn: sqlite3.Connection) -> str | None:
-            nonlocal trail
-            row = conn.execute(
-                "SELECT recharge_id FROM idempotency WHERE client=? AND key=?",
-                (recharge.client, recharge.idempotency_key),
-            ).fetchone()
-            if row is not None:
-                return row[0]
+            entry = trail
             if first is not None and conn.execute(_HAS_OPEN_OR_DONE, (recharge.user_id,)).fetchone():
-                trail = first.deny(recharge, trail)
-            conn.execute(
-                "INSERT INTO idempotency(client, key, fingerprint, recharge_id, created_at) VALUES (?,?,?,?,?)",
-                (recharge.client, recharge.idempotency_key, recharge.fingerprint, recharge.id, recharge.created_at),
-            )
-            conn.execute(_INSERT_RECHARGE, _recharge_row(recharge))
-            _insert_trail(conn, (trail,))
+                entry = first.deny(recharge, trail)
+            if conn.execute(_INSERT_RECHARGE, _recharge_row(recharge)).rowcount == 0:
+                (holder,) = conn.execute("SELECT id FROM recharges WHERE client=? AND idempotency_key=?",
+                                         (recharge.client, recharge.idempotency_key)).fetchone()
+                return str(holder)
             if lease is not None:
                 conn.execute("INSERT INTO leases(recharge_id, owner, expires_at) VALUES (?,?,?)",
                              (recharge.id, lease[0], lease[1]))
+            if started is None:
+                _insert_trail(conn, (entry,))
+            else:
+                _insert_attempt(conn, started[0])
+                _insert_trail(conn, (entry, started[1]))
             return None
 
         existing_id = await self._write(op)
@@ -291,7 +370,7 @@ class SqliteJournal:
             return None
         existing = await self._read(lambda conn: _load(conn, existing_id))
         if existing is None:  # cannot happen: the row is committed before we read
-            raise JournalError(f"idempotency record points at missing recharge {existing_id}")
+            raise JournalError(f"idempotency key held by missing recharge {existing_id}")
         return existing
 
     async def apply(self, step: Step) -> bool:
@@ -436,7 +515,11 @@ _RECHARGE_COLUMNS = (
     "instrument, metadata, coins, bonus_coins, status, channel, decline_code, reason, config_version, "
     "created_at, updated_at, deadline_at"
 )
-_INSERT_RECHARGE = f"INSERT INTO recharges({_RECHARGE_COLUMNS}) VALUES ({','.join('?' * 21)})"
+# A key already held leaves the row alone (rowcount 0): the holder answers instead.
+_INSERT_RECHARGE = (
+    f"INSERT INTO recharges({_RECHARGE_COLUMNS}) VALUES ({','.join('?' * 21)}) "
+    "ON CONFLICT (client, idempotency_key) DO NOTHING"
+)
 _ATTEMPT_COLUMNS = (
     "reference, recharge_id, seq, channel, state, provider_ref, decline_code, error, latency_ms, created_at, updated_at"
 )
@@ -500,6 +583,14 @@ def _insert_trail(conn: sqlite3.Connection, entries: tuple[TrailEntry, ...]) -> 
     _chain.head = head
 
 
+def _insert_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
+    conn.execute(
+        f"INSERT INTO attempts({_ATTEMPT_COLUMNS}) VALUES ({','.join('?' * 11)})",
+        (a.reference, a.recharge_id, a.seq, a.channel, a.state.value, a.provider_ref,
+         a.decline_code, a.error, a.latency_ms, a.created_at, a.updated_at),
+    )
+
+
 def _apply(conn: sqlite3.Connection, step: Step) -> bool:
     if step.status is not None:
         sets = "status=?, updated_at=?, reason=?"
@@ -533,36 +624,33 @@ def _apply(conn: sqlite3.Connection, step: Step) -> bool:
             raise _Rejected
     if step.attempt is not None:
         a = step.attempt
-        if step.expect_attempt is not None:
-            row = conn.execute("SELECT state FROM attempts WHERE reference=?", (a.reference,)).fetchone()
-            if row is None or AttemptState(row[0]) not in step.expect_attempt:
-                raise _Rejected
         if step.attempt_is_new:
-            conn.execute(
-                f"INSERT INTO attempts({_ATTEMPT_COLUMNS}) VALUES ({','.join('?' * 11)})",
-                (a.reference, a.recharge_id, a.seq, a.channel, a.state.value, a.provider_ref,
-                 a.decline_code, a.error, a.latency_ms, a.created_at, a.updated_at),
-            )
+            _insert_attempt(conn, a)
         else:
-            conn.execute(
-                "UPDATE attempts SET state=?, provider_ref=COALESCE(?, provider_ref), decline_code=?, error=?, "
-                "latency_ms=COALESCE(?, latency_ms), updated_at=? WHERE reference=?",
-                (a.state.value, a.provider_ref, a.decline_code, a.error, a.latency_ms, a.updated_at, a.reference),
-            )
+            sql = ("UPDATE attempts SET state=?, provider_ref=COALESCE(?, provider_ref), decline_code=?, error=?, "
+                   "latency_ms=COALESCE(?, latency_ms), updated_at=? WHERE reference=?")
+            params = [a.state.value, a.provider_ref, a.decline_code, a.error, a.latency_ms, a.updated_at, a.reference]
+            if step.expect_attempt is not None:
+                sql += f" AND state IN ({','.join('?' * len(step.expect_attempt))})"
+                params.extend(sorted(s.value for s in step.expect_attempt))
+            if conn.execute(sql, params).rowcount != 1:
+                raise _Rejected
     if step.credit is not None:
         c = step.credit
-        if conn.execute("SELECT 1 FROM wallet_entries WHERE recharge_id=?", (c.recharge_id,)).fetchone():
-            raise _Rejected
         (balance,) = conn.execute(
             "INSERT INTO wallets(user_id, coins, updated_at) VALUES (?,?,?) "
             "ON CONFLICT(user_id) DO UPDATE SET coins=coins+excluded.coins, updated_at=excluded.updated_at "
             "RETURNING coins",
             (c.user_id, c.coins, c.at),
         ).fetchone()
-        conn.execute(
-            "INSERT INTO wallet_entries(user_id, recharge_id, coins, balance_after, created_at) VALUES (?,?,?,?,?)",
+        # UNIQUE(recharge_id) refuses a second credit; the step's rollback takes the
+        # balance bump back with it.
+        if conn.execute(
+            "INSERT INTO wallet_entries(user_id, recharge_id, coins, balance_after, created_at) VALUES (?,?,?,?,?) "
+            "ON CONFLICT (recharge_id) DO NOTHING",
             (c.user_id, c.recharge_id, c.coins, balance, c.at),
-        )
+        ).rowcount != 1:
+            raise _Rejected
     if step.trail:
         _insert_trail(conn, step.trail)
     return True
