@@ -48,3 +48,24 @@ def new_store(request, store_kind, tmp_path):
 def store(new_store) -> Store:
     """This test's store: every ``store.journal()`` opens the same data."""
     return new_store()
+
+
+FUZZ_REPORT = pytest.StashKey[dict]()
+
+
+@pytest.fixture
+def fuzz_report(request) -> dict:
+    """Where the schemathesis run (tests/e2e/test_fuzz_openapi.py) leaves its numbers
+    for the run's summary."""
+    return request.config.stash.setdefault(FUZZ_REPORT, {})
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    report = config.stash.get(FUZZ_REPORT, None)
+    if not report:
+        return
+    terminalreporter.section("schemathesis fuzz run")
+    terminalreporter.write_line(f"schemathesis {report['schemathesis']}, seed {report['seed']}: "
+                                f"{report['total']} cases in {report['seconds']} s")
+    for operation, n in report["cases_per_operation"].items():
+        terminalreporter.write_line(f"  {n:5d}  {operation}")

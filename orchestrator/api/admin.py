@@ -9,11 +9,12 @@ import orjson
 import yaml
 from aiohttp import web
 
-from config import ConfigError, load_text, parse, redacted, warnings
+from config import ClientConfig, Config, ConfigError, load_text, parse, redacted, warnings
 from config import diff as config_diff
 from orchestrator.api.body import read_body
 from orchestrator.api.errors import ApiError
 from orchestrator.api.keys import SERVICE
+from orchestrator.api.query import only as only_query
 from orchestrator.clock import iso
 from orchestrator.service import ReloadError, Service
 
@@ -24,6 +25,16 @@ def _svc(request: web.Request) -> Service:
     svc = request.app[SERVICE]
     svc.auth.require(request, "admin")
     return svc
+
+
+def _keeps_caller(caller: ClientConfig, new: Config) -> None:
+    """Refuse a config that would take the admin scope from the key applying it: an SRE
+    could otherwise lock every operator out with one PUT (``{}`` is a valid config, with
+    no clients at all). Rotate an admin key in two steps: add the new one, then drop the
+    old one with the new key."""
+    if not any(c.key_sha256 == caller.key_sha256 and "admin" in c.scopes for c in new.clients):
+        raise ApiError("validation_failed", "this config would lock out the API key applying it: keep a client "
+                       "with this key's key_sha256 and the admin scope", field="clients")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -59,7 +70,9 @@ async def config_history(request: web.Request) -> web.Response:
 
 
 async def put_config(request: web.Request) -> web.Response:
-    svc = _svc(request)
+    svc = request.app[SERVICE]
+    caller = svc.auth.require(request, "admin")
+    only_query(request, "dry_run")
     raw = await read_body(request)
     if len(raw) > svc.config.server.max_body_bytes * 16:
         raise ApiError("payload_too_large", "config too large")
@@ -79,6 +92,7 @@ async def put_config(request: web.Request) -> web.Response:
         raise _config_errors(exc) from None
     except yaml.YAMLError as exc:  # load_text maps these; belt and braces for odd input
         raise ApiError("validation_failed", f"not valid YAML: {exc}") from None
+    _keeps_caller(caller, loaded.config)
     dry_run = request.query.get("dry_run") in ("1", "true", "yes")
     if dry_run:
         return _json({"dry_run": True, "version": loaded.version, "current": svc.loaded.version,

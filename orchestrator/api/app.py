@@ -20,6 +20,7 @@ from orchestrator.api.body import check_limit, read_body, read_json
 from orchestrator.api.errors import ApiError, error_response
 from orchestrator.api.keys import SERVICE
 from orchestrator.api.openapi import OPENAPI
+from orchestrator.api.query import only as only_query
 from orchestrator.api.schemas import RechargeIn, validate
 from orchestrator.api.status import STATUS_HTML, status_view
 from orchestrator.clock import iso
@@ -286,6 +287,7 @@ async def get_wallet(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     _require_any(svc, request)
     user_id = request.match_info["user_id"]
+    only_query(request, "limit")
     if not re.match(r"^[A-Za-z0-9_.:@-]{1,64}$", user_id):
         raise ApiError("not_found", "no such user")
     limit_raw = request.query.get("limit", "100")
@@ -378,6 +380,7 @@ async def channel_health(request: web.Request) -> web.Response:
 async def explain_route(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     svc.auth.require(request, "admin")
+    only_query(request, "currency", "country", "method", "amount_minor", "segment")
     q = request.query
     missing = [k for k in ("currency", "country", "method", "amount_minor") if not q.get(k)]
     if missing:

@@ -58,6 +58,30 @@ SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object", "maxProperties": 20},
         },
     },
+    "QuoteRequest": {
+        "type": "object", "additionalProperties": False, "required": ["user_id", "amount_minor", "currency"],
+        "properties": {
+            "user_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"},
+            "amount_minor": {"type": "integer", "minimum": 1, "maximum": 10**12},
+            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+        },
+    },
+    "Quote": {
+        "type": "object",
+        "required": ["quote_id", "user_id", "amount_minor", "currency", "coins", "bonus_coins", "rate", "expires_at",
+                     "promotions"],
+        "properties": {
+            "quote_id": {"type": "string", "minLength": 1},
+            "user_id": {"type": "string"},
+            "amount_minor": {"type": "integer"},
+            "currency": {"type": "string"},
+            "coins": {"type": "integer", "minimum": 0},
+            "bonus_coins": {"type": "integer", "minimum": 0},
+            "rate": {"type": "string"},
+            "expires_at": _TIME,
+            "promotions": {"type": "array", "items": {"type": "object"}},
+        },
+    },
     "Attempt": {
         "type": "object", "required": ["channel", "reference", "outcome"],
         "properties": {
@@ -153,6 +177,12 @@ PATHS: dict[str, Any] = {
         "responses": {"201": _json(_ref("Recharge"), "terminal within sync_wait_s"),
                       "202": _json(_ref("Recharge"), "still pending"),
                       **_errors(400, 401, 403, 409, 413, 415, 422, 429, 503)},
+    }},
+    "/v1/quotes": {"post": {
+        "summary": "Fix the rate, coins and bonus of a recharge for quote_ttl_s (pass quote_id to the recharge)",
+        "security": _bearer,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("QuoteRequest")}}},
+        "responses": {"201": _json(_ref("Quote"), "the quote"), **_errors(400, 401, 403, 413, 415, 422, 429, 503)},
     }},
     "/v1/recharges/{id}": {"get": {
         "summary": "A recharge", "security": _bearer, "parameters": [_rid],

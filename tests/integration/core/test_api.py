@@ -310,6 +310,16 @@ async def test_unknown_recharge_and_route_and_method_answer_in_the_error_shape(a
     assert_error(resp, body, 422, "invalid_field", "limit")
 
 
+async def test_an_unknown_query_parameter_is_named_not_ignored(api):
+    resp, body = await api.get("/v1/wallets/u_1?limt=5")  # a typo never falls back to the default
+    assert_error(resp, body, 422, "unknown_field", "limt")
+    q = "/v1/admin/routing/explain?currency=CNY&country=CN&method=ewallet&amount_minor=8500"
+    resp, body = await api.get(q + "&segmnt=vip", token=SRE_KEY)
+    assert_error(resp, body, 422, "unknown_field", "segmnt")
+    resp, body = await api.get("/v1/wallets/u_1?limit=5")
+    assert resp.status == 200, body
+
+
 async def test_health_endpoints(api):
     resp, body = await api.get("/healthz", token=None)
     assert resp.status == 200 and body == {"status": "ok"}

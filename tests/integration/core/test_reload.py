@@ -91,6 +91,31 @@ async def test_garbage_bodies_are_clear_errors(api):
     assert_error(resp, body, 403, "forbidden")
 
 
+async def test_a_config_that_would_lock_out_the_key_applying_it_is_refused(api, tmp_path):
+    before = api.service.loaded.version
+    for doc in ({}, {**document(tmp_path), "clients": document(tmp_path)["clients"][:1]}):
+        for dry_run in (True, False):
+            resp, body = await put(api, doc, dry_run=dry_run)
+            assert_error(resp, body, 422, "validation_failed", "clients")
+    assert api.service.loaded.version == before
+    _, current = await api.get("/v1/admin/config", token=SRE_KEY)
+    assert current["version"] == before, "the admin key still works"
+    doc = document(tmp_path)
+    doc["clients"].append({"name": "sre2", "key_sha256": _sha("sre-key-2"), "scopes": ["admin"]})
+    resp, body = await put(api, doc)  # rotation, step 1: add the new key
+    assert resp.status == 200 and body["applied"], body
+    doc["clients"] = [c for c in doc["clients"] if c["name"] != "sre"]
+    resp, body = await put(api, doc, token="sre-key-2")  # step 2: drop the old one with the new key
+    assert resp.status == 200 and body["applied"], body
+
+
+async def test_a_query_parameter_other_than_dry_run_is_refused(api, tmp_path):
+    resp = await api.client.put("/v1/admin/config?dryrun=1", data=orjson.dumps(document(tmp_path)),
+                                headers={"Authorization": f"Bearer {SRE_KEY}", "Content-Type": "application/json"})
+    assert_error(resp, await resp.json(), 422, "unknown_field", "dryrun")
+    assert api.service.loaded.version == api.service.history[0].loaded.version, "nothing applied"
+
+
 async def test_dry_run_diffs_without_applying(api, tmp_path):
     before = api.service.loaded.version
     doc = document(tmp_path)
