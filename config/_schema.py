@@ -78,6 +78,13 @@ class ServerConfig(_Model):
     # Recharge requests being answered at once; past it, 503 + Retry-After before any
     # work, so an overload sheds load instead of queueing into collapse.
     max_concurrent_requests: int = Field(500, gt=0, le=1_000_000)
+    # Slow and hostile clients: a request line and headers must arrive within
+    # header_timeout_s (else 400 request_timeout and the connection closes); past
+    # max_connections open connections a new one is answered 503 and closed; a kept-alive
+    # connection idle for idle_timeout_s is closed (read at start).
+    header_timeout_s: float = Field(10.0, gt=0, le=300)
+    max_connections: int = Field(10_000, gt=0, le=1_000_000)
+    idle_timeout_s: float = Field(75.0, gt=0, le=3600)
     # Where providers send webhooks; defaults to http://{host}:{port}.
     public_url: str | None = None
     # HTTPS only when both are set (PEM files); --tls-cert/--tls-key override them.

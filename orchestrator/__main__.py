@@ -117,15 +117,19 @@ async def _run_server(loaded: object, path: str, overrides: dict[str, dict[str, 
     from aiohttp import web
 
     from config import ConfigError
+    from orchestrator.api import connections
     from orchestrator.api.app import build_app
     from orchestrator.wiring import build_service
 
     log = structlog.get_logger("orchestrator")
     service = build_service(loaded, config_path=path)  # type: ignore[arg-type]
     app = build_app(service)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
     server = service.config.server
+    # Limits are read as each connection opens (a reload applies to new ones); the
+    # idle timeout is fixed at start.
+    runner = connections.runner(app, lambda: connections.Limits.of(service.config.server), access_log=None,
+                                handle_signals=False, keepalive_timeout=server.idle_timeout_s)
+    await runner.setup()
     tls = None
     if server.tls_cert and server.tls_key:
         import ssl

@@ -38,6 +38,7 @@ STATUS: dict[str, int] = {
     "quote_not_found": 422,
     "quote_mismatch": 422,
     "idempotency_key_reused": 422,
+    "headers_too_large": 431,
     "rate_limited": 429,
     "internal_error": 500,
     "unavailable": 503,
