@@ -227,6 +227,9 @@ class _SendProbe:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    length = resp.content_length
+    if length is not None and length <= MAX_BODY_BYTES:
+        return await resp.read()  # the common case: one small declared body
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(64 * 1024):

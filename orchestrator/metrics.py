@@ -3,6 +3,8 @@ apps in one process never collide)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from channels import AttemptOutcome
@@ -13,6 +15,7 @@ __all__ = ["Metrics"]
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter("orchestrator_http_requests", "HTTP requests answered", ["route", "status"], registry=r)
         self.recharges = Counter("orchestrator_recharges", "Recharges by final or current status", ["status"], registry=r)
@@ -42,10 +45,28 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         )
 
+    def routed(self, rule: str, strategy: str, first_choice: str) -> None:
+        self._child(self.routing_decisions, rule, strategy, first_choice).inc()
+
+    def attempt_started(self, channel: str) -> None:
+        self._child(self.in_flight_attempts, channel).inc()
+
+    def attempt_abandoned(self, channel: str) -> None:
+        self._child(self.in_flight_attempts, channel).dec()
+
     def attempt_finished(self, channel: str, outcome: AttemptOutcome, latency_ms: float) -> None:
-        self.in_flight_attempts.labels(channel).dec()
-        self.attempts.labels(channel, outcome.value).inc()
-        self.attempt_latency.labels(channel).observe(latency_ms / 1000)
+        self._child(self.in_flight_attempts, channel).dec()
+        self._child(self.attempts, channel, outcome.value).inc()
+        self._child(self.attempt_latency, channel).observe(latency_ms / 1000)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: the lookup (a lock and a dict) is on
+        every recharge's path. Channel names and outcomes are few, so this stays small."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def journal_commit(self, batch: int, seconds: float) -> None:
         # Called from the journal's writer thread; prometheus_client is thread-safe.

@@ -119,7 +119,7 @@ class HealthGate:
     def admit(self, channel: str, *, panic: bool = False) -> object | None:
         ticket = self._registry.begin_attempt(channel, panic=panic)
         if ticket is not None:
-            self._metrics.in_flight_attempts.labels(channel).inc()
+            self._metrics.attempt_started(channel)
         return ticket
 
     def finished(self, ticket: object, outcome: AttemptOutcome, latency_ms: float) -> None:
@@ -130,7 +130,7 @@ class HealthGate:
     def abandoned(self, ticket: object) -> None:
         t: health.AttemptTicket = ticket  # type: ignore[assignment]
         self._registry.abandon_attempt(t)
-        self._metrics.in_flight_attempts.labels(t.channel).dec()
+        self._metrics.attempt_abandoned(t.channel)
 
 
 class Service:
@@ -222,7 +222,7 @@ class Service:
 
     async def user_history(self, user_id: str) -> UserHistory:
         """The user's succeeded recharges, per currency (promotions and risk read it)."""
-        rows = await self.journal.query(  # type: ignore[attr-defined]
+        rows = await self.journal.query_small(  # type: ignore[attr-defined]
             "SELECT currency, COUNT(*), SUM(amount_minor), "
             "SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END) FROM recharges "
             "WHERE user_id = ? AND status = 'succeeded' GROUP BY currency",
@@ -278,8 +278,8 @@ class Service:
     def route(self, rec: Recharge) -> RoutePlan:
         decision = routing.decide(self.routing.current, self.transaction(rec), self.rng,
                                   in_flight=self.health.in_flight())
-        self.metrics.routing_decisions.labels(decision.rule or "default", decision.strategy,
-                                              decision.candidates[0] if decision.candidates else "none").inc()
+        self.metrics.routed(decision.rule or "default", decision.strategy,
+                            decision.candidates[0] if decision.candidates else "none")
         if decision.panic:
             log.warning("routing_panic", recharge_id=rec.id, candidates=decision.candidates)
         return RoutePlan(decision.candidates, decision.panic)

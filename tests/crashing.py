@@ -103,3 +103,6 @@ class CrashingJournal:
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return await self.inner.query(sql, params)  # type: ignore[attr-defined]
+
+    async def query_small(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return await self.inner.query_small(sql, params)  # type: ignore[attr-defined]

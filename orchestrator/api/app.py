@@ -151,10 +151,8 @@ async def _answer_after_wait(svc: Service, rec: Recharge, *, replayed: bool,
     live = svc.engine.live(rec.id)
     if live is not None:
         task, rec = live
-        try:
-            await asyncio.wait_for(asyncio.shield(task), svc.config.server.sync_wait_s)
-        except TimeoutError:
-            pass
+        # asyncio.wait leaves the task running on timeout (no shield needed).
+        await asyncio.wait((task,), timeout=svc.config.server.sync_wait_s)
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     promotions, risk = priced if priced is not None else await _priced_with(svc, rec)
     return _json(recharge_json(rec, promotions, risk), 201 if rec.terminal else 202, headers)

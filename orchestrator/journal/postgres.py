@@ -327,6 +327,10 @@ class PostgresJournal:
         """Append one entry that belongs to no recharge step (a config change)."""
         await self._write(lambda conn: _insert_trail(conn, (entry,)))
 
+    async def query_small(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """The user-history read of every recharge (SQLite answers it inline)."""
+        return await self.query(sql, params)
+
     async def audit_rows(self) -> list[tuple[Any, ...]]:
         return await self.query(
             "SELECT id, recharge_id, at, event, status, reference, channel, detail, prev_hash, hash FROM trail "
