@@ -29,8 +29,9 @@ serve: $(STAMP)
 	sim=$$!; trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/python -m orchestrator serve --config config/orchestrator.example.yaml
 
+# make bench BENCH_ARGS="--results bench/results/run1" (python -m bench --help for the rest)
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
