@@ -351,7 +351,7 @@ async def main_async(args: argparse.Namespace) -> int:
             docs["max-postgres"] = await stepped(work, "orchestrator", [150.0, 300.0, 450.0, *rates], args.step,
                                                  "max-postgres", server.create_schema())
     if args.soak:
-        docs["soak"] = await steady(work, "orchestrator", args.soak_rate or args.rate, 600, "soak")
+        docs["soak"] = await steady(work, "orchestrator", args.soak_rate or args.rate, args.soak_seconds, "soak")
     text = report(docs)
     (RESULTS / "summary.md").write_text(text)
     print(text)
@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-rates", default="500,600,700,800,900,1000,1100,1200,1500,1800,2100,2400,2700,3000")
     p.add_argument("--soak", action="store_true", help="also a 10-minute steady run for memory")
     p.add_argument("--soak-rate", type=float, default=0, help="rate of the soak (0: --rate)")
+    p.add_argument("--soak-seconds", type=float, default=600, help="length of the soak")
     p.add_argument("--results", type=Path, default=RESULTS, help="where the JSON, charts and summary go")
     args = p.parse_args(argv)
     RESULTS = args.results.resolve()
