@@ -3,13 +3,16 @@ free loopback ports, waited for, and always stopped (kill -9 included)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
-from orchestrator.invariants import SqliteFile
+from orchestrator.invariants import SqliteFile, check
 from orchestrator.launch import Child, free_port
 
 
@@ -89,3 +92,26 @@ async def ledger(sim: Proc) -> list[Any]:
 async def behave(sim: Proc, channel: str, **changes: Any) -> None:
     async with aiohttp.ClientSession() as s, s.put(f"{sim.url}/_sim/{channel}/behaviour", json=changes) as r:
         assert r.status == 200, await r.text()
+
+
+@contextmanager
+def checked_stack(tmp: Path, channels: list[dict[str, Any]], *, limits: dict[str, Any] | None = None,
+                  **server: Any) -> Iterator[Proc]:
+    """A simulator and an orchestrator on SQLite for a module of end-to-end tests; yields
+    the orchestrator. When the module is done, the money invariants (SPEC 18) are checked
+    against the simulator's ledger, whatever the tests sent."""
+    sim = simulator(tmp, {"seed": 1, "channels": channels}).start()
+    orch = None
+    try:
+        asyncio.run(sim.wait_ready())
+        doc = orchestrator_doc(sim.url, tmp / "orch.db", channels, server=server)
+        doc["limits"].update(limits or {})
+        orch = orchestrator(tmp, doc).start()
+        asyncio.run(orch.wait_ready())
+        yield orch
+        report = asyncio.run(check(SqliteFile(tmp / "orch.db"), asyncio.run(ledger(sim)), settled=False))
+        assert report.ok, report.violations[:10]
+    finally:
+        if orch is not None:
+            orch.stop()
+        sim.stop()

@@ -19,7 +19,6 @@ per operation are printed in the run's summary (tests/conftest.py) and written t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter
@@ -32,7 +31,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from procs import FRONT_KEY, SRE_KEY, orchestrator, orchestrator_doc, simulator
+from procs import FRONT_KEY, SRE_KEY, checked_stack
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core import NotSet
@@ -171,19 +170,9 @@ def _damage(body: bytes, damage: str | None) -> tuple[bytes, str]:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     tmp: Path = tmp_path_factory.mktemp("fuzz")
-    sim = simulator(tmp, {"seed": 1, "channels": CHANNELS}).start()
-    orch = None
-    try:
-        asyncio.run(sim.wait_ready())
-        doc = orchestrator_doc(sim.url, tmp / "orch.db", CHANNELS, server={"sync_wait_s": 0.5})
-        doc["limits"]["per_client"] = {"rate_per_s": 100_000, "burst": 100_000}
-        orch = orchestrator(tmp, doc).start()
-        asyncio.run(orch.wait_ready())
+    with checked_stack(tmp, CHANNELS, limits={"per_client": {"rate_per_s": 100_000, "burst": 100_000}},
+                       sync_wait_s=0.5) as orch:
         yield orch
-    finally:
-        if orch is not None:
-            orch.stop()
-        sim.stop()
 
 
 def _modes(operation: Any) -> list[GenerationMode]:

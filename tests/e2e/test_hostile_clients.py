@@ -12,7 +12,7 @@ import json
 import time
 
 import pytest
-from procs import orchestrator, orchestrator_doc, simulator
+from procs import checked_stack
 
 pytestmark = pytest.mark.slow
 
@@ -26,19 +26,8 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
-    sim = simulator(tmp, {"seed": 1, "channels": CHANNELS}).start()
-    orch = None
-    try:
-        asyncio.run(sim.wait_ready())
-        doc = orchestrator_doc(sim.url, tmp / "orch.db", CHANNELS,
-                               server={"header_timeout_s": HEADER_TIMEOUT_S, "max_connections": MAX_CONNECTIONS})
-        orch = orchestrator(tmp, doc).start()
-        asyncio.run(orch.wait_ready())
+    with checked_stack(tmp, CHANNELS, header_timeout_s=HEADER_TIMEOUT_S, max_connections=MAX_CONNECTIONS) as orch:
         yield orch
-    finally:
-        if orch is not None:
-            orch.stop()
-        sim.stop()
 
 
 class Conn:
