@@ -155,6 +155,8 @@ class Service:
             loaded.config.storage.url,
             max_batch=loaded.config.storage.group_commit_max_batch,
             on_commit=self.metrics.journal_commit,
+            **({"commit_interval_ms": loaded.config.storage.commit_interval_ms}
+               if loaded.config.storage.url.startswith("sqlite") else {}),
         )
         self.auth = Authenticator(loaded.config.clients)
         self.channels: dict[str, Channel] = {}

@@ -26,7 +26,7 @@ from orchestrator.api.status import STATUS_HTML, status_view
 from orchestrator.clock import iso
 from orchestrator.engine import HeldElsewhere, IdempotencyConflict, new_recharge_id
 from orchestrator.model import Recharge, RechargeStatus, TrailEntry
-from orchestrator.journal import FirstRecharge
+from orchestrator.journal import FirstRecharge, JournalError
 from orchestrator.pricing import PricingError
 from orchestrator.risk import RiskInput
 from orchestrator.service import Service
@@ -65,6 +65,11 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         response = error_response(ApiError(code, exc.reason or code.replace("_", " ")))
     except asyncio.CancelledError:
         raise
+    except JournalError as exc:
+        # The store cannot take writes right now: nothing half-done was answered, and a
+        # retry with the same Idempotency-Key is safe.
+        log.error("journal_unavailable", path=request.path, error=str(exc))
+        response = error_response(ApiError("unavailable", "storage is unavailable; retry shortly", retry_after=1))
     except Exception:
         log.exception("unhandled_error", path=request.path)
         response = error_response(ApiError("internal_error", "internal error; the request id identifies it in logs"))

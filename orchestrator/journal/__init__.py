@@ -1,8 +1,16 @@
-"""The journal (storage) of recharges, attempts, trail and wallet."""
+"""The journal (storage) of recharges, attempts, trail and wallet.
+
+The stores are imported when first named, so the SQLite writer process (which imports
+``orchestrator.journal._sqlite_writer``) starts without loading asyncpg.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.journal._protocol import FirstRecharge, Journal, JournalError, WalletEntry, WalletView
-from orchestrator.journal.postgres import PostgresJournal
-from orchestrator.journal.sqlite import SqliteJournal, path_from_url
+
+if TYPE_CHECKING:
+    from orchestrator.journal.postgres import PostgresJournal
+    from orchestrator.journal.sqlite import SqliteJournal, path_from_url
 
 __all__ = [
     "FirstRecharge",
@@ -17,10 +25,26 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "PostgresJournal":
+        from orchestrator.journal.postgres import PostgresJournal
+
+        return PostgresJournal
+    if name in ("SqliteJournal", "path_from_url"):
+        from orchestrator.journal import sqlite
+
+        return getattr(sqlite, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def open_journal(url: str, **kwargs: object) -> Journal:
     """The journal for a storage URL (not yet opened)."""
     if url.startswith("sqlite:///"):
+        from orchestrator.journal.sqlite import SqliteJournal, path_from_url
+
         return SqliteJournal(path_from_url(url), **kwargs)  # type: ignore[arg-type]
     if url.startswith(("postgresql://", "postgres://")):
+        from orchestrator.journal.postgres import PostgresJournal
+
         return PostgresJournal(url, **kwargs)  # type: ignore[arg-type]
     raise ValueError(f"unsupported storage URL {url!r}: use sqlite:///PATH or postgresql://...")

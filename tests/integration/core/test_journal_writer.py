@@ -1,0 +1,145 @@
+"""The SQLite journal's writer process: it goes when its owner goes, a dead writer is
+replaced, and what it was told before dying is durable or not, never half-written."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from harness import SqliteStore, make_recharge
+
+from orchestrator.clock import VirtualClock
+from orchestrator.invariants import check
+from orchestrator.journal import JournalError, SqliteJournal
+from orchestrator.model import Recharge
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+async def test_the_writer_exits_when_its_owner_is_killed(tmp_path):
+    """kill -9 of the orchestrator leaves no writer behind to hold the file."""
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from orchestrator.journal import SqliteJournal
+        async def main():
+            j = SqliteJournal({str(tmp_path / "j.db")!r})
+            await j.open()
+            print(j.writer_pid, flush=True)
+            await asyncio.sleep(60)
+        asyncio.run(main())
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert owner.stdout is not None
+        writer_pid = int(owner.stdout.readline())
+        assert psutil.pid_exists(writer_pid)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        assert _wait_gone(writer_pid), "the writer outlived its owner"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+
+
+async def test_a_killed_writer_is_replaced_and_nothing_is_half_written(tmp_path):
+    clock = VirtualClock()
+    store = SqliteStore(tmp_path / "j.db")
+    journal = SqliteJournal(store.path)
+    await journal.open()
+    try:
+        made = [make_recharge(clock, f"k{i}", user=f"u{i}") for i in range(200)]
+        first_pid = journal.writer_pid
+        assert first_pid is not None
+        # Kill the writer while a stream of creates is in flight.
+        tasks = [asyncio.ensure_future(journal.create(r, t)) for r, t in made]
+        await asyncio.sleep(0)
+        os.kill(first_pid, signal.SIGKILL)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert failed and all(isinstance(r, JournalError) for r in failed), failed
+        # A new writer takes over; writes work again.
+        deadline = time.monotonic() + 20
+        while journal.writer_pid in (None, first_pid):
+            assert time.monotonic() < deadline, "the writer was not replaced"
+            await asyncio.sleep(0.05)
+        again = await asyncio.gather(*(journal.create(r, t) for r, t in made), return_exceptions=True)
+        # Every recharge now exists exactly once: either the dead writer committed it (the
+        # retry answers the holder) or the new one did.
+        assert all(isinstance(r, Recharge) or r is None for r in again), again
+        rows = store.peek("SELECT idempotency_key, COUNT(*) FROM recharges GROUP BY idempotency_key")
+        assert len(rows) == 200 and all(n == 1 for _, n in rows)
+        # Each recharge row has its trail entry: no transaction was half-applied.
+        assert store.peek("SELECT COUNT(*) FROM recharges r WHERE NOT EXISTS "
+                          "(SELECT 1 FROM trail t WHERE t.recharge_id = r.id)") == [(0,)]
+        report = await check(journal, [], settled=False)
+        assert report.ok, report.violations
+    finally:
+        await journal.close()
+
+
+async def test_a_value_that_cannot_be_sent_fails_only_its_caller(tmp_path):
+    clock = VirtualClock()
+    journal = SqliteJournal(tmp_path / "j.db")
+    await journal.open()
+    try:
+        good, trail = make_recharge(clock, "good")
+        bad, bad_trail = make_recharge(clock, "bad", user="u2")
+        bad.metadata = {"when": object()}  # not JSON
+        results = await asyncio.gather(journal.create(good, trail), journal.create(bad, bad_trail),
+                                       return_exceptions=True)
+        assert results[0] is None
+        assert isinstance(results[1], TypeError)
+        assert await journal.get(good.id) is not None
+        assert await journal.get(bad.id) is None
+    finally:
+        await journal.close()
+
+
+async def test_a_journal_that_cannot_open_says_why(tmp_path):
+    (tmp_path / "not-a-db").write_bytes(b"this is not a sqlite file" * 100)
+    journal = SqliteJournal(tmp_path / "not-a-db")
+    with pytest.raises(JournalError, match="cannot open journal"):
+        await journal.open()
+    await journal.close()
+
+
+async def test_commit_interval_folds_more_steps_into_each_commit(tmp_path):
+    """With a commit interval, a steady stream of steps shares fewer commits; every step
+    is still committed before its caller hears back."""
+    clock = VirtualClock()
+    batches: list[int] = []
+    journal = SqliteJournal(tmp_path / "j.db", commit_interval_ms=5, on_commit=lambda n, s: batches.append(n))
+    await journal.open()
+    try:
+        made = [make_recharge(clock, f"k{i}", user=f"u{i}") for i in range(100)]
+
+        async def stream() -> None:
+            for r, t in made:
+                asyncio.ensure_future(journal.create(r, t))
+                await asyncio.sleep(0.0005)
+
+        await stream()
+        while sum(batches) < 100:
+            await asyncio.sleep(0.01)
+        assert len(batches) < 60, batches
+        assert SqliteStore(tmp_path / "j.db").peek("SELECT COUNT(*) FROM recharges") == [(100,)]
+    finally:
+        await journal.close()
