@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
@@ -59,7 +60,14 @@ _OUTCOME_STATE = {
 
 
 def new_recharge_id() -> str:
-    return "rc_" + secrets.token_hex(12)
+    """``rc_`` + 12 hex digits of milliseconds since the epoch + 16 random hex digits.
+
+    Time first, so ids made close together sort together: every index keyed by the
+    recharge (its row, its attempts' references, its trail, its credit, its lease) grows
+    at its right-hand end, and one commit of many recharges rewrites a few shared pages
+    instead of a random page per recharge per index. 64 random bits per millisecond keep
+    ids unguessable and unique across instances."""
+    return f"rc_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
 
 
 class IdempotencyConflict(Exception):
