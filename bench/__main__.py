@@ -9,10 +9,13 @@ SQLite journal with its durable settings untouched):
   steady    1,200 recharges/s for 60 s
   max       the rate stepped up until p99 passes 100 ms or errors appear (a bad step is
             run once more before it counts: this machine is shared and noisy)
-  outage    600/s (--impair-rate); the busiest channel goes down at 20 s, back at 40 s
-  brownout  600/s; the busiest channel's latency x20 from 20 s to 40 s
+  outage    the steady rate; the busiest channel goes down at 20 s, back at 40 s
+  brownout  the steady rate; the busiest channel's latency x20 from 20 s to 40 s
   postgres  the max search again with the journal on PostgreSQL (a throwaway server)
   soak      (only with --soak) steady for 10 minutes: RSS at start and end
+
+Traffic: unique Idempotency-Keys; 22,000 users (a tenth of them carry a fifth of the
+traffic); CNY 70 %, HKD, USD and PHP 10 % each, at typical price points (bench.loadgen).
 
 Writes bench/results/<scenario>.json and .png, and bench/results/summary.md.
 """
@@ -35,33 +38,43 @@ import orjson
 import psutil
 import yaml
 
+from bench.hist import merge, percentiles_ms
 from orchestrator.launch import ROOT, Child, free_port
 
 RESULTS = ROOT / "bench" / "results"
+LOADGENS = 1  # load generator processes per load (--loadgens)
 TOKEN = "bench-front-key"
 CHANNEL_MS = 28.0
 
+# name, kind, currencies, countries, simulated latency ms, orchestrator timeout ms
+CHANNELS = (
+    ("alipay_direct", "direct_api", ["CNY", "HKD", "USD"], ["CN", "HK", "US"], CHANNEL_MS, 2000),
+    ("wechat_direct", "direct_api", ["CNY", "HKD"], ["CN", "HK"], CHANNEL_MS + 4, 2000),
+    ("gcash_direct", "direct_api", ["PHP", "USD"], ["PH", "US"], CHANNEL_MS, 2000),
+    ("usdt_settle", "digital_currency", ["CNY", "HKD", "USD", "PHP"], ["CN", "HK", "US", "PH"], 1200, 4000),
+    ("unionpay_bank", "bank", ["CNY"], ["CN"], 4800, 8000),
+    ("bdo_bank", "bank", ["PHP"], ["PH"], 4800, 8000),
+)
+BUSIEST = "alipay_direct"
+
 
 def sim_doc() -> dict[str, Any]:
-    direct = {"latency_ms": CHANNEL_MS, "latency_jitter_ms": 2, "ping_latency_ms": 1}
-    return {"seed": 11, "channels": [
-        {"name": "alipay_direct", "kind": "direct_api", "webhook_secret": "whsec_bench_alipay", "behaviour": direct},
-        {"name": "wechat_direct", "kind": "direct_api", "webhook_secret": "whsec_bench_wechat",
-         "behaviour": {**direct, "latency_ms": CHANNEL_MS + 4}},
-        {"name": "usdt_settle", "kind": "digital_currency", "webhook_secret": "whsec_bench_usdt",
-         "behaviour": {"latency_ms": 1200, "latency_jitter_ms": 100, "ping_latency_ms": 5, "pending_rate": 0}},
-        {"name": "unionpay_bank", "kind": "bank", "webhook_secret": "whsec_bench_unionpay",
-         "behaviour": {"latency_ms": 4800, "latency_jitter_ms": 300, "ping_latency_ms": 10, "pending_rate": 0}},
-    ]}
+    channels = []
+    for name, kind, _cur, _cty, latency, _timeout in CHANNELS:
+        behaviour: dict[str, Any] = {"latency_ms": latency, "latency_jitter_ms": 2 if kind == "direct_api" else 100,
+                                     "ping_latency_ms": 1 if kind == "direct_api" else 5}
+        if kind != "direct_api":
+            behaviour["pending_rate"] = 0
+        channels.append({"name": name, "kind": kind, "webhook_secret": f"whsec_bench_{name}", "behaviour": behaviour})
+    return {"seed": 11, "channels": channels}
 
 
 def orch_doc(sim_url: str, db: Path, port: int) -> dict[str, Any]:
-    channels = []
-    for ch, timeout in (("alipay_direct", 2000), ("wechat_direct", 2000), ("usdt_settle", 4000),
-                        ("unionpay_bank", 8000)):
-        kind = "direct_api" if "direct" in ch else ("bank" if "bank" in ch else "digital_currency")
-        channels.append({"name": ch, "kind": kind, "base_url": f"{sim_url}/{ch}", "webhook_secret": f"whsec_bench_{ch}",
-                         "currencies": ["CNY"], "countries": ["CN"], "methods": ["ewallet"], "timeout_ms": timeout})
+    channels = [
+        {"name": name, "kind": kind, "base_url": f"{sim_url}/{name}", "webhook_secret": f"whsec_bench_{name}",
+         "currencies": currencies, "countries": countries, "methods": ["ewallet"], "timeout_ms": timeout}
+        for name, kind, currencies, countries, _latency, timeout in CHANNELS
+    ]
     return {
         "server": {"host": "127.0.0.1", "port": port, "sync_wait_s": 10},
         "storage": {"url": f"sqlite:///{db}"},
@@ -69,7 +82,8 @@ def orch_doc(sim_url: str, db: Path, port: int) -> dict[str, Any]:
         "channels": channels,
         "routing": {"deadline_s": 15},
         "health": {"probe_interval_s": 2},
-        "pricing": {"base_currency": "USD", "coins_per_unit": 70, "rates": {"CNY": 0.1404}},
+        "pricing": {"base_currency": "USD", "coins_per_unit": 70,
+                    "rates": {"CNY": 0.1404, "HKD": 0.128, "USD": 1, "PHP": 0.0171}},
     }
 
 
@@ -123,66 +137,159 @@ class Stack:
             r.raise_for_status()
 
 
-async def load(stack: Stack, rate: float, duration: float, tag: str) -> dict[str, Any]:
-    """Run the load generator in its own process; sample the server's CPU and RSS."""
-    assert stack.server is not None and stack.server.pid is not None
-    out = stack.work / f"load-{tag}.json"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.loadgen", "--url", stack.server.url + "/v1/recharges", "--rate", str(rate),
-        "--duration", str(duration), "--key-prefix", f"{tag}-{time.time_ns()}", "--token", TOKEN, "--out", str(out),
-        cwd=ROOT)
-    server = psutil.Process(stack.server.pid)
-    server.cpu_percent()
-    samples = []
-    t0 = time.monotonic()
-    while proc.returncode is None:
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _role(proc: psutil.Process) -> str:
+    try:
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "gone"
+    return "journal_writer" if "_sqlite_writer" in cmd else "orchestrator"
+
+
+class Sampler:
+    """CPU (percent of one core) and RSS per second of every process on the machine
+    that takes part: the server's whole tree (its journal writer included), the
+    simulator and the load generators."""
+
+    def __init__(self, stack: Stack, loadgens: list[int]) -> None:
+        assert stack.server is not None and stack.server.pid is not None and stack.sim is not None
+        self.server_pid = stack.server.pid
+        self.others = {"simulator": [stack.sim.pid], "loadgen": loadgens}
+        self.known: dict[int, tuple[str, psutil.Process]] = {}
+        self.samples: list[dict[str, Any]] = []
+        self.t0 = time.monotonic()
+        self.sample(first=True)
+
+    def _refresh(self) -> None:
+        procs: list[tuple[str, psutil.Process]] = []
         try:
-            await asyncio.wait_for(proc.wait(), 1.0)
+            procs += [(_role(p), p) for p in _tree(self.server_pid)]
+        except psutil.Error:
+            pass
+        for role, pids in self.others.items():
+            for pid in pids:
+                if pid is not None:
+                    try:
+                        procs.append((role, psutil.Process(pid)))
+                    except psutil.Error:
+                        pass
+        for role, proc in procs:
+            if proc.pid not in self.known:
+                proc.cpu_percent()
+                self.known[proc.pid] = (role, proc)
+
+    def sample(self, first: bool = False) -> None:
+        self._refresh()
+        if first:
+            return
+        cpu: Counter[str] = Counter()
+        rss: Counter[str] = Counter()
+        for pid, (role, proc) in list(self.known.items()):
+            try:
+                cpu[role] += proc.cpu_percent()
+                rss[role] += proc.memory_info().rss / 2**20
+            except psutil.Error:
+                del self.known[pid]
+        server = cpu["orchestrator"] + cpu["journal_writer"]
+        self.samples.append({"t": round(time.monotonic() - self.t0, 1), "cpu_percent": round(server, 1),
+                             "rss_mb": round(rss["orchestrator"] + rss["journal_writer"], 1),
+                             "cpu": {k: round(v, 1) for k, v in cpu.items()},
+                             "rss": {k: round(v, 1) for k, v in rss.items()}})
+
+
+async def load(stack: Stack, rate: float, duration: float, tag: str, processes: int = 1) -> dict[str, Any]:
+    """Run the load generator (``processes`` of them, sharing the rate) in processes of
+    their own; sample every taking-part process's CPU and RSS once a second."""
+    assert stack.server is not None
+    procs = []
+    outs = []
+    for i in range(processes):
+        out = stack.work / f"load-{tag}-{i}.json"
+        outs.append(out)
+        procs.append(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.loadgen", "--url", stack.server.url + "/v1/recharges",
+            "--rate", str(rate / processes), "--duration", str(duration),
+            "--key-prefix", f"{tag}-{i}-{time.time_ns()}", "--token", TOKEN, "--out", str(out), cwd=ROOT))
+    sampler = Sampler(stack, [p.pid for p in procs])
+    while any(p.returncode is None for p in procs):
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 1.0)
         except TimeoutError:
             pass
-        try:
-            samples.append({"t": round(time.monotonic() - t0, 1), "cpu_percent": server.cpu_percent(),
-                            "rss_mb": round(server.memory_info().rss / 2**20, 1)})
-        except psutil.NoSuchProcess:
-            break
-    result = orjson.loads(out.read_bytes())
-    result["resources"] = samples
+        sampler.sample()
+    parts = [orjson.loads(out.read_bytes()) for out in outs]
+    result = combine(parts)
+    result["resources"] = sampler.samples
     return result
 
 
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(q * len(values)))], 2)
+def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several load generators' documents as one: per-second entries side by side (their
+    histograms merged when read)."""
+    seconds: dict[int, dict[str, Any]] = {}
+    for part in parts:
+        for sec in part["seconds"]:
+            into = seconds.setdefault(sec["t"], {"t": sec["t"], "sent": 0, "statuses": Counter(),
+                                                 "outcomes": Counter(), "channels": Counter(),
+                                                 "latency": [], "added": []})
+            into["sent"] += sec["sent"]
+            for key in ("statuses", "outcomes", "channels"):
+                into[key].update(sec[key])
+            into["latency"].append(sec["latency"])
+            into["added"].append(sec["added"])
+    errors: Counter[str] = Counter()
+    for part in parts:
+        errors.update(part["errors"])
+    return {"rate": sum(p["rate"] for p in parts), "duration": parts[0]["duration"],
+            "sent": sum(p["sent"] for p in parts), "errors": dict(errors),
+            "send_lag_max_ms": max(p["send_lag_max_ms"] for p in parts),
+            "seconds": [seconds[t] for t in sorted(seconds)]}
+
+
+def _encoded(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
 
 
 def summarize(result: dict[str, Any], since: float = 0.0, until: float | None = None) -> dict[str, Any]:
-    recs = [r for r in result["records"] if r[0] >= since and (until is None or r[0] < until)]
-    ok = [r for r in recs if r[2] in (200, 201)]
-    lat = [r[1] for r in ok]
-    added = [r[1] - r[4] for r in ok if r[4] is not None]
+    """Totals and percentiles over the seconds in [since, until)."""
+    secs = [s for s in result["seconds"] if s["t"] >= since and (until is None or s["t"] < until)]
+    statuses: Counter[str] = Counter()
+    outcomes: Counter[str] = Counter()
+    channels: Counter[str] = Counter()
+    for s in secs:
+        statuses.update(s["statuses"])
+        outcomes.update(s["outcomes"])
+        channels.update(s["channels"])
+    sent = sum(s["sent"] for s in secs)
+    answered = statuses.get("201", 0) + statuses.get("202", 0)
+    succeeded = outcomes.get("succeeded", 0)
     span = (until if until is not None else result["duration"]) - since
+    routed = sum(channels.values())
     return {
-        "sent": len(recs), "ok": len(ok), "errors": len(recs) - len(ok),
-        "achieved_rate": round(len(ok) / span, 1) if span > 0 else None,
-        "latency_ms": {q: pct(lat, v) for q, v in (("p50", .5), ("p90", .9), ("p99", .99), ("p99.9", .999))},
-        "added_latency_ms": {q: pct(added, v) for q, v in (("p50", .5), ("p90", .9), ("p99", .99), ("p99.9", .999))},
-        "channel_share": {ch: round(n / max(1, len(ok)), 4) for ch, n in Counter(r[3] for r in ok).items()},
+        "sent": sent, "answered": answered, "succeeded": succeeded, "errors": sent - answered,
+        "error_kinds": {k if not k.isdigit() else f"http_{k}": n for k, n in statuses.items()
+                        if k not in ("201", "202")},
+        "outcomes": dict(outcomes),
+        "achieved_rate": round(answered / span, 1) if span > 0 else None,
+        "success_ratio": round(succeeded / sent, 5) if sent else None,
+        "latency_ms": percentiles_ms(merge(e for s in secs for e in _encoded(s["latency"]))),
+        "added_latency_ms": percentiles_ms(merge(e for s in secs for e in _encoded(s["added"]))),
+        "channel_share": {ch: round(n / max(1, routed), 4) for ch, n in channels.most_common()},
     }
 
 
 def timeline(result: dict[str, Any]) -> list[dict[str, Any]]:
-    by_s: dict[int, list[Any]] = defaultdict(list)
-    for r in result["records"]:
-        by_s[int(r[0])].append(r)
     out = []
-    for s in sorted(by_s):
-        recs = by_s[s]
-        ok = [r for r in recs if r[2] in (200, 201)]
-        lat = [r[1] for r in ok]
-        out.append({"t": s, "sent": len(recs), "ok": len(ok), "p50": pct(lat, .5), "p99": pct(lat, .99),
-                    "share": {ch: round(n / max(1, len(ok)), 3) for ch, n in Counter(r[3] for r in ok).items()}})
+    for s in result["seconds"]:
+        lat = percentiles_ms(merge(_encoded(s["latency"])))
+        routed = sum(s["channels"].values())
+        out.append({"t": s["t"], "sent": s["sent"], "succeeded": s["outcomes"].get("succeeded", 0),
+                    "p50": lat["p50"], "p99": lat["p99"],
+                    "share": {ch: round(n / max(1, routed), 3) for ch, n in s["channels"].items()}})
     return out
 
 
@@ -193,7 +300,8 @@ def chart(name: str, doc: dict[str, Any], window: tuple[float, float] | None) ->
     import matplotlib.pyplot as plt
 
     tl = doc["timeline"]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 9), sharex=True,
+                                        gridspec_kw={"height_ratios": [3, 3, 2]})
     ts = [p["t"] for p in tl]
     ax1.plot(ts, [p["p50"] for p in tl], label="p50")
     ax1.plot(ts, [p["p99"] for p in tl], label="p99")
@@ -207,9 +315,19 @@ def chart(name: str, doc: dict[str, Any], window: tuple[float, float] | None) ->
         ax2.bar(ts, vals, bottom=bottom, label=ch, width=1.0)
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax2.set_ylabel("share of recharges")
-    ax2.set_xlabel("seconds")
     ax2.legend(loc="lower left", fontsize=8)
-    for ax in (ax1, ax2):
+    res = doc.get("resources") or []
+    if res:
+        rts = [r["t"] for r in res]
+        ax3.plot(rts, [r["cpu_percent"] for r in res], label="server CPU % (all its processes)")
+        ax3.set_ylabel("CPU %")
+        ax3b = ax3.twinx()
+        ax3b.plot(rts, [r["rss_mb"] for r in res], color="tab:red", label="server RSS MB")
+        ax3b.set_ylabel("RSS MB")
+        ax3.legend(loc="upper left", fontsize=8)
+        ax3b.legend(loc="upper right", fontsize=8)
+    ax3.set_xlabel("seconds")
+    for ax in (ax1, ax2, ax3):
         if window:
             ax.axvspan(*window, color="red", alpha=0.1)
     fig.suptitle(f"{name}: {doc.get('title', '')}")
@@ -230,11 +348,11 @@ def save(name: str, doc: dict[str, Any], window: tuple[float, float] | None = No
 async def steady(work: Path, target: str, rate: float, duration: float, name: str,
                  db_url: str | None = None) -> dict[str, Any]:
     async with Stack(work / name, target, db_url) as stack:
-        result = await load(stack, rate, duration, name)
+        result = await load(stack, rate, duration, name, LOADGENS)
     doc = {"scenario": name, "target": target, "title": f"{rate:.0f}/s for {duration:.0f}s",
            "summary": summarize(result, since=2.0), "errors": result["errors"],
            "send_lag_max_ms": result["send_lag_max_ms"], "timeline": timeline(result),
-           "resources": result["resources"]}
+           "resources": result["resources"], "cpu_median": cpu_medians(result["resources"])}
     save(name, doc)
     return doc
 
@@ -248,11 +366,13 @@ async def stepped(work: Path, target: str, rates: list[float], step_s: float, na
             # A bad step is run once more before it ends the search: one can be this
             # shared machine's noise (a p99 of 101 ms at 1,200/s between clean steps).
             for tries in (1, 2):
-                result = await load(stack, rate, step_s, f"{name}-{int(rate)}-{tries}")
+                result = await load(stack, rate, step_s, f"{name}-{int(rate)}-{tries}", LOADGENS)
                 summ = summarize(result, since=1.0)
                 good = summ["errors"] == 0 and (summ["latency_ms"]["p99"] or 1e9) < 100 and \
                     summ["achieved_rate"] >= 0.97 * rate
-                steps.append({"rate": rate, "try": tries, "good": good, **summ, "cpu": result["resources"]})
+                steps.append({"rate": rate, "try": tries, "good": good, **summ,
+                              "send_lag_max_ms": result["send_lag_max_ms"],
+                              "cpu_median": cpu_medians(result["resources"]), "resources": result["resources"]})
                 if good:
                     break
             if not good:
@@ -268,39 +388,50 @@ async def stepped(work: Path, target: str, rates: list[float], step_s: float, na
 
 async def impaired(work: Path, rate: float, name: str, changes: dict[str, Any], restore: dict[str, Any]) -> dict[str, Any]:
     async with Stack(work / name, "orchestrator") as stack:
-        task = asyncio.create_task(load(stack, rate, 60.0, name))
+        task = asyncio.create_task(load(stack, rate, 60.0, name, LOADGENS))
         await asyncio.sleep(20.2)
-        await stack.behave("alipay_direct", **changes)
+        await stack.behave(BUSIEST, **changes)
         await asyncio.sleep(20.0)
-        await stack.behave("alipay_direct", **restore)
+        await stack.behave(BUSIEST, **restore)
         result = await task
     window = (20.0, 40.0)
-    doc = {"scenario": name, "target": "orchestrator", "title": f"alipay_direct {changes} from 20 s to 40 s",
+    doc = {"scenario": name, "target": "orchestrator", "title": f"{rate:.0f}/s; {BUSIEST} {changes} from 20 s to 40 s",
            "summary": summarize(result, since=2.0), "in_window": summarize(result, *window),
-           "errors": result["errors"], "timeline": timeline(result), "resources": result["resources"]}
-    recs = [r for r in result["records"] if window[0] <= r[0] < window[1]]
-    doc["in_window"]["success_ratio"] = round(sum(r[2] in (200, 201) for r in recs) / max(1, len(recs)), 5)
+           "errors": result["errors"], "timeline": timeline(result), "resources": result["resources"],
+           "cpu_median": cpu_medians(result["resources"])}
     save(name, doc, window)
     return doc
+
+
+def cpu_medians(resources: list[dict[str, Any]]) -> dict[str, float]:
+    """Median CPU per role (percent of one core) over the run, its first and last two
+    seconds left out (start-up and drain)."""
+    inner = resources[2:-2] or resources
+    roles = {k for r in inner for k in r.get("cpu", {})}
+    return {role: round(statistics.median(r.get("cpu", {}).get(role, 0.0) for r in inner), 1) for role in sorted(roles)}
 
 
 def report(docs: dict[str, dict[str, Any]]) -> str:
     lines = ["# Benchmark results", "",
              f"Machine: {psutil.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB; "
-             f"Python {sys.version.split()[0]}; channel latency {CHANNEL_MS:.0f} ms (simulator).", "",
-             "| scenario | target | rate/s sent | ok | p50 ms | p99 ms | p99 added ms | notes |",
+             f"Python {sys.version.split()[0]}; direct-API channel latency {CHANNEL_MS:.0f} ms (simulator).", "",
+             "| scenario | target | answered/s | succeeded/sent | p50 ms | p99 ms | p99 added ms | notes |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for name, d in docs.items():
         if "summary" in d:
             s = d["summary"]
-            note = ""
+            notes = []
             if "in_window" in d:
-                note = f"success in window {d['in_window']['success_ratio']:.2%}"
+                notes.append(f"success in window {d['in_window']['success_ratio']:.2%}")
+            if s["error_kinds"]:
+                notes.append("errors " + ", ".join(f"{k} {n}" for k, n in s["error_kinds"].items()))
             if d.get("resources"):
                 rss = [r["rss_mb"] for r in d["resources"]]
-                note += f" RSS {rss[0]}->{rss[-1]} MB, CPU med {statistics.median(r['cpu_percent'] for r in d['resources']):.0f}%"
-            lines.append(f"| {name} | {d['target']} | {s['achieved_rate']} | {s['ok']}/{s['sent']} | "
-                         f"{s['latency_ms']['p50']} | {s['latency_ms']['p99']} | {s['added_latency_ms']['p99']} | {note} |")
+                notes.append(f"server RSS {rss[0]}->{rss[-1]} MB")
+                notes.append("CPU % " + ", ".join(f"{k} {v:.0f}" for k, v in d.get("cpu_median", {}).items()))
+            lines.append(f"| {name} | {d['target']} | {s['achieved_rate']} | {s['succeeded']}/{s['sent']} | "
+                         f"{s['latency_ms']['p50']} | {s['latency_ms']['p99']} | {s['added_latency_ms']['p99']} | "
+                         f"{'; '.join(notes)} |")
         else:
             lines.append(f"| {name} | {d['target']} | max good {d['max_good_rate']} | | | | | "
                          + ", ".join(f"{st['rate']:.0f}/s p99 {st['latency_ms']['p99']}" for st in d["steps"]) + " |")
@@ -360,14 +491,15 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global RESULTS
+    global RESULTS, LOADGENS
     p = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     p.add_argument("--scenarios", default="micro,baseline,steady,max,outage,brownout,postgres")
     p.add_argument("--rate", type=float, default=1200)
     p.add_argument("--duration", type=float, default=60)
     p.add_argument("--step", type=float, default=10, help="seconds per step of the max search")
-    p.add_argument("--impair-rate", type=float, default=600,
+    p.add_argument("--impair-rate", type=float, default=0,
                    help="rate of the outage and brownout scenarios (0: --rate)")
+    p.add_argument("--loadgens", type=int, default=1, help="load generator processes sharing each rate")
     p.add_argument("--max-rates", default="500,600,700,800,900,1000,1100,1200,1500,1800,2100,2400,2700,3000")
     p.add_argument("--soak", action="store_true", help="also a 10-minute steady run for memory")
     p.add_argument("--soak-rate", type=float, default=0, help="rate of the soak (0: --rate)")
@@ -375,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS, help="where the JSON, charts and summary go")
     args = p.parse_args(argv)
     RESULTS = args.results.resolve()
+    LOADGENS = args.loadgens
     import uvloop
 
     return uvloop.run(main_async(args))

@@ -28,7 +28,9 @@ async def recharge(request: web.Request) -> web.Response:
         answer = orjson.loads(await r.read())
     latency = (time.perf_counter() - started) * 1000
     channel = request.app[UPSTREAM].rsplit("/", 1)[-1]
-    return web.Response(body=orjson.dumps({"status": answer.get("status"), "attempts": [
+    # The answer in the recharge's shape, as far as a pass-through can tell it.
+    status = "succeeded" if answer.get("status") == "captured" else answer.get("status")
+    return web.Response(body=orjson.dumps({"status": status, "attempts": [
         {"channel": channel, "latency_ms": latency}]}), status=201, content_type="application/json")
 
 
