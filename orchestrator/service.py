@@ -47,7 +47,9 @@ log = structlog.get_logger("orchestrator.service")
 ChannelFactory = Callable[[ChannelConfig], Channel]
 Router = Callable[["Service", Recharge], "RoutePlan | Sequence[str]"]
 
-SNAPSHOT_PERIOD_S = 0.02
+# Breaker moves, drains and probes publish at once; this carries the live-traffic
+# statistics (success estimates, latency) to routing between them.
+SNAPSHOT_PERIOD_S = 0.1
 
 
 def _spec(ch: ChannelConfig) -> routing.ChannelSpec:
@@ -117,10 +119,7 @@ class HealthGate:
         self._metrics = metrics
 
     def admit(self, channel: str, *, panic: bool = False) -> object | None:
-        ticket = self._registry.begin_attempt(channel, panic=panic)
-        if ticket is not None:
-            self._metrics.attempt_started(channel)
-        return ticket
+        return self._registry.begin_attempt(channel, panic=panic)
 
     def finished(self, ticket: object, outcome: AttemptOutcome, latency_ms: float) -> None:
         t: health.AttemptTicket = ticket  # type: ignore[assignment]
@@ -130,7 +129,6 @@ class HealthGate:
     def abandoned(self, ticket: object) -> None:
         t: health.AttemptTicket = ticket  # type: ignore[assignment]
         self._registry.abandon_attempt(t)
-        self._metrics.attempt_abandoned(t.channel)
 
 
 class Service:

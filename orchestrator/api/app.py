@@ -156,11 +156,32 @@ async def _answer_after_wait(svc: Service, rec: Recharge, *, replayed: bool,
     live = svc.engine.live(rec.id)
     if live is not None:
         task, rec = live
-        # asyncio.wait leaves the task running on timeout (no shield needed).
-        await asyncio.wait((task,), timeout=svc.config.server.sync_wait_s)
+        await _until_done(task, svc.config.server.sync_wait_s)
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     promotions, risk = priced if priced is not None else await _priced_with(svc, rec)
     return _json(recharge_json(rec, promotions, risk), 201 if rec.terminal else 202, headers)
+
+
+async def _until_done(task: asyncio.Task[None], timeout_s: float) -> None:
+    """Wait for ``task`` to end, at most ``timeout_s``; on timeout it goes on running.
+    (``asyncio.wait`` does the same with sets and a waiter per call; this is on every
+    recharge's path.)"""
+    if task.done():
+        return
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    timer = loop.call_later(timeout_s, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
 
 
 # -- handlers -----------------------------------------------------------------------------
@@ -420,6 +441,8 @@ async def metrics(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     _restricted(svc, request, "metrics")
     svc.metrics.in_flight_recharges.set(svc.engine.in_flight)
+    for name, count in svc.health.in_flight().items():
+        svc.metrics.in_flight_attempts.labels(name).set(count)
     for name, state in svc.routing.current.states.items():
         svc.metrics.breaker_state.labels(name).set({"closed": 0, "half_open": 1, "open": 2}[state.breaker])
     return web.Response(body=svc.metrics.render(), content_type="text/plain", charset="utf-8")

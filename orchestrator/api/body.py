@@ -20,6 +20,8 @@ async def read_body(request: web.Request, timeout_s: float | None = None) -> byt
     """The whole body, or a clear 400 if the client stalls mid-body: a slow sender holds
     its own request for at most ``timeout_s``, never anyone else's. aiohttp enforces the
     size cap (``client_max_size``) while reading."""
+    if request.content.is_eof():
+        return await request.read()  # it all came with the head: nothing to wait for
     timeout_s = BODY_READ_TIMEOUT_S if timeout_s is None else timeout_s
     try:
         async with asyncio.timeout(timeout_s):

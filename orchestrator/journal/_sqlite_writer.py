@@ -118,7 +118,7 @@ class ProcessWriter:
         loop = self._loop
         assert loop is not None
         rid = next(self._ids)
-        request = _wire.encode([rid, op, args])  # a value that cannot be sent fails its caller alone
+        request = _wire.encode_request(rid, op, args)  # a value that cannot be sent fails its caller alone
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[rid] = (op, fut)
         if not self._outbox:
@@ -267,8 +267,8 @@ def serve(path: str, fd: int, max_batch: int, commit_interval_s: float = 0.0) ->
             results = run_batch(conn, batch) if batch else []
             seconds = time.perf_counter() - started
             checkpointer.nudge()
-            for rid, (ok, value) in zip(batch_ids, results):
-                answers.append([rid, True, value] if ok else [rid, False, _error_value(value)])
+            for rid, (op, _), (ok, value) in zip(batch_ids, batch, results):
+                answers.append([rid, True, _wire.encode_value(op, value)] if ok else [rid, False, _error_value(value)])
             try:
                 sock.sendall(_wire.pack(_wire.encode([len(batch), seconds, answers])))
             except OSError:

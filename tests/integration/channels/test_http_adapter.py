@@ -261,6 +261,6 @@ async def test_a_handed_in_session_is_used_and_left_open(sim):
         await ch.close()
         assert not session.closed
         assert (await ch.authorize(req("s2"))).outcome is O.CAPTURED
-        # Without the adapter's own request trace, a deadline is read as "may have been sent".
+        # A deadline after the connection was made is read as "may have been sent".
         await sim.behave("t1", timeout_before_capture_rate=1.0)
         assert (await ch.authorize(req("s3"))).outcome is O.UNKNOWN

@@ -98,7 +98,7 @@ def test_failures_carry_a_reason():
     (aiohttp.ClientConnectorError(KEY, OSError(111, "refused")), True, False),
     (aiohttp.ConnectionTimeoutError(), True, False),
     (aiohttp.InvalidURL("x"), True, False),
-    (TimeoutError(), False, False),  # the deadline passed before a byte was written
+    (TimeoutError(), False, False),  # a caller that knows nothing was written
     (TimeoutError(), True, True),
     (aiohttp.SocketTimeoutError(), True, True),
     (aiohttp.ServerDisconnectedError(), True, True),
