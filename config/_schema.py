@@ -312,7 +312,8 @@ class PricingConfig(_Model):
     quote_ttl_s: float = Field(300.0, gt=0, le=86_400)
     # A quote is refused (409 quote_expired) once the rate moved by this fraction or more.
     max_rate_drift: ExactDecimal = Field(Decimal("0.003"), gt=0, lt=1)
-    # Quotes held in memory (per process); the oldest go first past this.
+    # No effect any more (it bounded the in-memory quote book); accepted so configs that
+    # set it still load. Quotes live in the journal, purged a quote_ttl_s after expiry.
     max_quotes: int = Field(100_000, ge=1, le=10_000_000)
     promotions: PromotionsConfig = PromotionsConfig()
 

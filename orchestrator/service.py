@@ -185,7 +185,9 @@ class Service:
         self._publish_due = False
         self.settings = RunSettings.from_config(loaded.config, loaded.version)
         self.activity = Activity(self.clock.monotonic)
-        self.pricing = PricingService(lambda: self.config.pricing, self.clock, history=self.user_history)
+        # Quotes live in the journal: any instance on the store redeems any one's.
+        self.pricing = PricingService(lambda: self.config.pricing, self.clock, self.journal,
+                                      history=self.user_history)
         self.risk = RiskEngine(loaded.config.risk, self.clock)
         storage = loaded.config.storage
         self.instance_id = storage.instance_id or (

@@ -1,4 +1,4 @@
-"""The journal (storage) of recharges, attempts, trail and wallet.
+"""The journal (storage) of recharges, attempts, trail, wallet and quotes.
 
 The stores are imported when first named, so the SQLite writer process (which imports
 ``orchestrator.journal._sqlite_writer``) starts without loading asyncpg.
@@ -6,17 +6,27 @@ The stores are imported when first named, so the SQLite writer process (which im
 
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.journal._protocol import FirstRecharge, Journal, JournalError, WalletEntry, WalletView
+from orchestrator.journal._protocol import (
+    PURGE_LIMIT,
+    FirstRecharge,
+    Journal,
+    JournalError,
+    QuoteRecord,
+    WalletEntry,
+    WalletView,
+)
 
 if TYPE_CHECKING:
     from orchestrator.journal.postgres import PostgresJournal
     from orchestrator.journal.sqlite import SqliteJournal, path_from_url
 
 __all__ = [
+    "PURGE_LIMIT",
     "FirstRecharge",
     "Journal",
     "JournalError",
     "PostgresJournal",
+    "QuoteRecord",
     "SqliteJournal",
     "WalletEntry",
     "WalletView",

@@ -1,4 +1,5 @@
-"""The Journal: the durable record of every recharge, attempt, trail entry and credit.
+"""The Journal: the durable record of every recharge, attempt, trail entry and credit,
+and of the quotes issued.
 
 Whatever the store, a method returns only once its write is durable (committed and
 synced), and every write the state machine needs to stay exactly-once is guarded by a
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 
 from orchestrator.model import Attempt, Recharge, Step, TrailEntry
 
-__all__ = ["FirstRecharge", "Journal", "JournalError", "WalletEntry", "WalletView"]
+__all__ = ["PURGE_LIMIT", "FirstRecharge", "Journal", "JournalError", "QuoteRecord", "WalletEntry", "WalletView"]
 
 
 class JournalError(Exception):
@@ -48,6 +49,26 @@ class FirstRecharge:
         recharge.bonus_coins = self.bonus_without
         return TrailEntry(trail.recharge_id, trail.at, trail.event, trail.status, trail.reference, trail.channel,
                           {**(trail.detail or {}), **self.detail_without, "first_recharge": "already claimed"})
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteRecord:
+    """A quote as the journal keeps it (``orchestrator.quotes`` writes and reads them).
+    ``price`` is that module's JSON document (every Decimal as its exact string),
+    stored and returned as given. The quote holds while ``now < expires_at``."""
+
+    quote_id: str
+    user_id: str
+    amount_minor: int
+    currency: str
+    price: dict[str, Any]
+    issued_at: float
+    expires_at: float
+
+
+# The most quotes one purge deletes: it runs inside a group commit, so it must stay
+# short; a backlog goes in several.
+PURGE_LIMIT = 1000
 
 
 class Journal(Protocol):
@@ -126,4 +147,19 @@ class Journal(Protocol):
     async def renew(self, owner: str, recharge_ids: Sequence[str], lease_s: float, now: float) -> None:
         """Extend to ``now + lease_s`` the leases ``owner`` still holds among
         ``recharge_ids``; one another owner has taken is left alone."""
+        ...
+
+    # Quotes (``POST /v1/quotes``), shared by every instance on the store: any of them
+    # redeems a quote another issued.
+
+    async def put_quote(self, quote: QuoteRecord, purge_before: float | None = None,
+                        purge_limit: int = PURGE_LIMIT) -> int:
+        """Store ``quote`` (durable when this returns). With ``purge_before``, the same
+        transaction deletes up to ``purge_limit`` quotes whose ``expires_at`` is at or
+        before it, the soonest expired first (an indexed range, never a scan). Answers
+        how many it deleted."""
+        ...
+
+    async def get_quote(self, quote_id: str) -> QuoteRecord | None:
+        """The quote (one primary-key read), or None: never issued, or purged."""
         ...

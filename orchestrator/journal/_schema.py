@@ -111,4 +111,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # record; the separate table cost a statement per create, and its deferred foreign
     # key made SQLite scan it whole on every insert.
     ("DROP TABLE idempotency",),
+    # 6: quotes (POST /v1/quotes), so every instance on the store redeems any one's.
+    # WITHOUT ROWID: the row lives in its primary key's B-tree, so a redemption is one
+    # lookup; expires_at is indexed for the purge. ``price`` is a JSON document.
+    (
+        """CREATE TABLE quotes (
+            quote_id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            amount_minor INTEGER NOT NULL CHECK (amount_minor > 0),
+            currency TEXT NOT NULL,
+            price TEXT NOT NULL,
+            issued_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX quotes_expires ON quotes(expires_at)",
+    ),
 )

@@ -115,4 +115,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # record; the separate table cost a statement per create, and its deferred foreign
     # key made SQLite scan it whole on every insert.
     ("DROP TABLE idempotency",),
+    # 6: quotes (POST /v1/quotes), so every instance on the database redeems any one's;
+    # expires_at is indexed for the purge. ``price`` is a JSON document, kept as text
+    # (exactly as written, as in SQLite).
+    (
+        """CREATE TABLE quotes (
+            quote_id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            amount_minor BIGINT NOT NULL CHECK (amount_minor > 0),
+            currency TEXT NOT NULL,
+            price TEXT NOT NULL,
+            issued_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX quotes_expires ON quotes(expires_at)",
+    ),
 )

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from orchestrator.audit import GENESIS, entry_hash
-from orchestrator.journal._protocol import FirstRecharge, JournalError
+from orchestrator.journal._protocol import FirstRecharge, JournalError, QuoteRecord
 from orchestrator.model import TERMINAL, Attempt, AttemptState, Recharge, RechargeStatus, Step, TrailEntry
 
 __all__ = ["WRITE_OPS", "Checkpointer", "connect", "load", "migrate", "run_batch"]
@@ -320,6 +320,33 @@ def op_renew(conn: sqlite3.Connection, owner: str, recharge_ids: Sequence[str], 
                      [(now + lease_s, owner, rid) for rid in recharge_ids])
 
 
+# -- quotes -------------------------------------------------------------------------------
+
+QUOTE_COLUMNS = "quote_id, user_id, amount_minor, currency, price, issued_at, expires_at"
+# Along the expires_at index, the soonest expired first: a bounded range, never a scan.
+_PURGE_QUOTES = (
+    "DELETE FROM quotes WHERE quote_id IN "
+    "(SELECT quote_id FROM quotes WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)"
+)
+
+
+def op_put_quote(conn: sqlite3.Connection, quote_id: str, user_id: str, amount_minor: int, currency: str,
+                 price: str, issued_at: float, expires_at: float, purge_before: float | None,
+                 purge_limit: int) -> int:
+    """Insert a quote (``price``: its JSON document, as text). With ``purge_before``,
+    also delete up to ``purge_limit`` quotes that expired at or before it; answers how
+    many went."""
+    conn.execute(f"INSERT INTO quotes({QUOTE_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                 (quote_id, user_id, amount_minor, currency, price, issued_at, expires_at))
+    if purge_before is None:
+        return 0
+    return int(conn.execute(_PURGE_QUOTES, (purge_before, purge_limit)).rowcount)
+
+
+def quote_of(row: Sequence[Any]) -> QuoteRecord:
+    return QuoteRecord(row[0], row[1], row[2], row[3], orjson.loads(row[4]), row[5], row[6])
+
+
 WRITE_OPS: dict[str, Callable[..., Any]] = {
     "create": op_create,
     "apply": op_apply,
@@ -329,6 +356,7 @@ WRITE_OPS: dict[str, Callable[..., Any]] = {
     "lease": op_lease,
     "release": op_release,
     "renew": op_renew,
+    "put_quote": op_put_quote,
 }
 
 

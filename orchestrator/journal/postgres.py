@@ -24,7 +24,14 @@ import orjson
 import structlog
 
 from orchestrator.audit import GENESIS, entry_hash
-from orchestrator.journal._protocol import FirstRecharge, JournalError, WalletEntry, WalletView
+from orchestrator.journal._protocol import (
+    PURGE_LIMIT,
+    FirstRecharge,
+    JournalError,
+    QuoteRecord,
+    WalletEntry,
+    WalletView,
+)
 from orchestrator.journal._schema_pg import MIGRATIONS
 from orchestrator.model import (
     TERMINAL,
@@ -512,6 +519,29 @@ class PostgresJournal:
 
         return await self._read(fn, snapshot=True)
 
+    # -- quotes -------------------------------------------------------------------------
+
+    async def put_quote(self, quote: QuoteRecord, purge_before: float | None = None,
+                        purge_limit: int = PURGE_LIMIT) -> int:
+        price = orjson.dumps(quote.price).decode()
+
+        async def op(conn: asyncpg.Connection) -> int:
+            await conn.execute(_INSERT_QUOTE, quote.quote_id, quote.user_id, quote.amount_minor, quote.currency,
+                               price, float(quote.issued_at), float(quote.expires_at))
+            if purge_before is None:
+                return 0
+            done: str = await conn.execute(_PURGE_QUOTES, float(purge_before), purge_limit)
+            return int(done.rsplit(" ", 1)[-1])  # "DELETE n"
+
+        return int(await self._write(op))
+
+    async def get_quote(self, quote_id: str) -> QuoteRecord | None:
+        row = await self._read(lambda conn: conn.fetchrow(
+            f"SELECT {_QUOTE_COLUMNS} FROM quotes WHERE quote_id=$1", quote_id))
+        if row is None:
+            return None
+        return QuoteRecord(row[0], row[1], row[2], row[3], orjson.loads(row[4]), row[5], row[6])
+
 
 # -- migrations -------------------------------------------------------------------------
 
@@ -734,3 +764,13 @@ def _numbered(sql: str) -> str:
             continue
         out.append(ch)
     return "".join(out)
+
+
+_QUOTE_COLUMNS = "quote_id, user_id, amount_minor, currency, price, issued_at, expires_at"
+_INSERT_QUOTE = f"INSERT INTO quotes({_QUOTE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7)"
+# Along the expires_at index, the soonest expired first. SKIP LOCKED: instances purging
+# at once each take rows the other has not, so neither waits on (or deadlocks with) it.
+_PURGE_QUOTES = (
+    "DELETE FROM quotes WHERE quote_id IN "
+    "(SELECT quote_id FROM quotes WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+)

@@ -22,8 +22,23 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 
-from orchestrator.journal._protocol import FirstRecharge, JournalError, WalletEntry, WalletView
-from orchestrator.journal._sqlite_ops import ATTEMPT_COLUMNS, NONTERMINAL, attempt_of, connect, load
+from orchestrator.journal._protocol import (
+    PURGE_LIMIT,
+    FirstRecharge,
+    JournalError,
+    QuoteRecord,
+    WalletEntry,
+    WalletView,
+)
+from orchestrator.journal._sqlite_ops import (
+    ATTEMPT_COLUMNS,
+    NONTERMINAL,
+    QUOTE_COLUMNS,
+    attempt_of,
+    connect,
+    load,
+    quote_of,
+)
 from orchestrator.journal._sqlite_writer import ProcessWriter
 from orchestrator.model import Attempt, AttemptState, Recharge, Step, TrailEntry
 
@@ -288,3 +303,17 @@ class SqliteJournal:
             return self._inline.execute(sql, params).fetchall()
         except sqlite3.OperationalError:
             return await self.query(sql, params)
+
+    # -- quotes -------------------------------------------------------------------------
+
+    async def put_quote(self, quote: QuoteRecord, purge_before: float | None = None,
+                        purge_limit: int = PURGE_LIMIT) -> int:
+        # The price goes as its JSON text: plain values cross to the writer unchanged.
+        return int(await self._write(
+            "put_quote", quote.quote_id, quote.user_id, quote.amount_minor, quote.currency,
+            orjson.dumps(quote.price).decode(), quote.issued_at, quote.expires_at, purge_before, purge_limit))
+
+    async def get_quote(self, quote_id: str) -> QuoteRecord | None:
+        # On a recharge's path: a primary-key read, inline like the user's history.
+        rows = await self.query_small(f"SELECT {QUOTE_COLUMNS} FROM quotes WHERE quote_id=?", (quote_id,))
+        return quote_of(rows[0]) if rows else None

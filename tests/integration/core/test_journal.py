@@ -179,7 +179,9 @@ def _names(sql: str) -> list[str]:
     """The identifiers of a DDL statement, without its types."""
     words = sql.replace("(", " ").replace(")", " ").replace(",", " ").split()
     types = {"TEXT", "INTEGER", "REAL", "BIGINT", "DOUBLE", "PRECISION", "GENERATED", "ALWAYS", "AS", "IDENTITY",
-             "AUTOINCREMENT"}
+             "AUTOINCREMENT",
+             # SQLite's storage clause (the row in its primary key's B-tree; PostgreSQL has no such choice)
+             "WITHOUT", "ROWID"}
     return [w for w in words if w not in types]
 
 

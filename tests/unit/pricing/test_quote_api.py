@@ -1,5 +1,6 @@
 """POST /v1/quotes over loopback HTTP: the answer's shape, strict input, and the
-pricing errors in the spec's error shape (422, 409, 503 with Retry-After)."""
+pricing errors in the spec's error shape (422, 409, 503 with Retry-After). The quotes
+go to a real journal (a SQLite file per test)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pricing_builders import pricing
 from orchestrator.api.errors import STATUS, ApiError, error_response
 from orchestrator.api.pricing_api import register
 from orchestrator.clock import VirtualClock
+from orchestrator.journal import SqliteJournal
 from orchestrator.pricing import UserHistory
 from orchestrator.quotes import PricingService
 
@@ -48,19 +50,24 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 @contextlib.asynccontextmanager
-async def api(**cfg: object):
+async def api(tmp_path, **cfg: object):
     clock = VirtualClock(T0)
     holder = {"cfg": pricing(**cfg)}
 
     async def history(user_id: str) -> UserHistory:
         return UserHistory()
 
-    svc = PricingService(lambda: holder["cfg"], clock, history=history)
+    journal = SqliteJournal(tmp_path / "j.db")
+    await journal.open()
+    svc = PricingService(lambda: holder["cfg"], clock, journal, history=history)
     app = web.Application(middlewares=[errors])
     guard = Guard()
     register(app, svc, guard)
-    async with TestClient(TestServer(app)) as client:
-        yield client, svc, guard
+    try:
+        async with TestClient(TestServer(app)) as client:
+            yield client, svc, guard
+    finally:
+        await journal.close()
 
 
 async def post(client: TestClient, body: object, token: str = "good", raw: bytes | None = None):
@@ -72,8 +79,8 @@ async def post(client: TestClient, body: object, token: str = "good", raw: bytes
 BODY = {"user_id": "u_1", "amount_minor": 8500, "currency": "CNY"}
 
 
-async def test_a_quote_answers_the_spec_fields() -> None:
-    async with api() as (client, svc, guard):
+async def test_a_quote_answers_the_spec_fields(tmp_path) -> None:
+    async with api(tmp_path) as (client, svc, guard):
         resp, body = await post(client, BODY)
         assert resp.status == 201
         assert body["quote_id"].startswith("q_")
@@ -81,7 +88,7 @@ async def test_a_quote_answers_the_spec_fields() -> None:
         assert body["expires_at"] == "2027-01-15T08:05:00.000Z"  # T0 + 300 s
         assert body["promotions"] == [{"name": "first_recharge", "percent": "15"}]
         assert guard.users == ["u_1"]
-        assert svc.quotes.get(body["quote_id"]) is not None
+        assert await svc.quotes.get(body["quote_id"]) is not None
 
 
 @pytest.mark.parametrize(("body", "code", "field"), [
@@ -94,15 +101,15 @@ async def test_a_quote_answers_the_spec_fields() -> None:
     ({**BODY, "amount_minor": 200_001}, "amount_out_of_range", "amount_minor"),
     ({**BODY, "currency": "JPY", "amount_minor": 1}, "amount_too_small", "amount_minor"),
 ])
-async def test_bad_input_is_422_with_its_field(body: dict[str, Any], code: str, field: str) -> None:
-    async with api() as (client, _, _):
+async def test_bad_input_is_422_with_its_field(tmp_path, body: dict[str, Any], code: str, field: str) -> None:
+    async with api(tmp_path) as (client, _, _):
         resp, answer = await post(client, body)
         assert resp.status == 422
         assert (answer["error"]["code"], answer["error"]["field"]) == (code, field)
 
 
-async def test_auth_body_and_rate_limits_come_first() -> None:
-    async with api() as (client, _, _):
+async def test_auth_body_and_rate_limits_come_first(tmp_path) -> None:
+    async with api(tmp_path) as (client, _, _):
         resp, body = await post(client, BODY, token="bad")
         assert (resp.status, body["error"]["code"]) == (401, "unauthorized")
         resp, body = await post(client, None, raw=b"{not json")
@@ -115,8 +122,8 @@ async def test_auth_body_and_rate_limits_come_first() -> None:
         assert (resp.status, body["error"]["code"]) == (413, "payload_too_large")
 
 
-async def test_stale_rates_are_503_with_retry_after() -> None:
-    async with api(rate_source={"url": "http://fx.test", "refresh_s": 60, "max_age_s": 300}) as (client, _, _):
+async def test_stale_rates_are_503_with_retry_after(tmp_path) -> None:
+    async with api(tmp_path, rate_source={"url": "http://fx.test", "refresh_s": 60, "max_age_s": 300}) as (client, _, _):
         resp, body = await post(client, BODY)
         assert resp.status == 503 and resp.headers["Retry-After"] == "5"
         assert (body["error"]["code"], body["error"]["field"]) == ("rates_stale", "currency")
