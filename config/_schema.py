@@ -78,6 +78,9 @@ class ServerConfig(_Model):
     # Recharge requests being answered at once; past it, 503 + Retry-After before any
     # work, so an overload sheds load instead of queueing into collapse.
     max_concurrent_requests: int = Field(500, gt=0, le=1_000_000)
+    # Worker processes behind the port (read at start): each a whole orchestrator on
+    # its own SO_REUSEPORT socket, under one supervisor (orchestrator/cluster.py).
+    workers: int = Field(1, ge=1, le=64)
     # Slow and hostile clients: a request line and headers must arrive within
     # header_timeout_s (else 400 request_timeout and the connection closes); past
     # max_connections open connections a new one is answered 503 and closed; a kept-alive
@@ -419,8 +422,16 @@ class LimitsConfig(_Model):
     max_users_tracked: int = Field(100_000, ge=1, le=10_000_000)
 
 
+class LoggingConfig(_Model):
+    # Share of succeeded recharges logged at info (their line costs more than the rest
+    # of a recharge's bookkeeping at 1,200/s); failures, declines, failovers, webhooks
+    # and everything unusual are always logged.
+    success_sample: float = Field(0.01, ge=0, le=1)
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
+    logging: LoggingConfig = LoggingConfig()
     storage: StorageConfig = StorageConfig()
     clients: list[ClientConfig] = Field(default_factory=list)
     channels: list[ChannelConfig] = Field(default_factory=list)

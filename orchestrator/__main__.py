@@ -30,6 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS only (with --tls-key)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--workers", type=int, help="worker processes behind the port (overrides server.workers)")
+
+    # A worker process of `serve --workers N`, started by the supervisor (not for people).
+    worker = sub.add_parser("_worker")
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--workers", type=int, required=True)
+    worker.add_argument("--listen-fd", type=int, required=True)
+    worker.add_argument("--control-fd", type=int, required=True)
+    worker.add_argument("--journal-socket")
+    worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     cfg = sub.add_parser("config", help="config tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
@@ -78,6 +88,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         out.setdefault("server", {})["port"] = args.port
     if args.tls_cert or args.tls_key:
         out.setdefault("server", {}).update(tls_cert=args.tls_cert, tls_key=args.tls_key)
+    if getattr(args, "workers", None) is not None:
+        out.setdefault("server", {})["workers"] = args.workers
     return out
 
 
@@ -105,9 +117,15 @@ def _serve(args: argparse.Namespace) -> int:
         for line in exc.lines():
             print(line, file=sys.stderr)
         return 1
-    configure(args.log_level)
     import uvloop
 
+    if loaded.config.server.workers > 1:
+        from orchestrator.supervisor import Supervisor
+
+        configure(args.log_level, static={"process": "supervisor"})
+        supervisor = Supervisor(loaded, args.config, overrides, loaded.config.server.workers, args.log_level)
+        return uvloop.run(supervisor.run())
+    configure(args.log_level)
     uvloop.run(_run_server(loaded, args.config, overrides))
     return 0
 
@@ -117,7 +135,6 @@ async def _run_server(loaded: object, path: str, overrides: dict[str, dict[str, 
     from aiohttp import web
 
     from config import ConfigError
-    from orchestrator.api import connections
     from orchestrator.api.app import build_app
     from orchestrator.wiring import build_service
 
@@ -127,19 +144,12 @@ async def _run_server(loaded: object, path: str, overrides: dict[str, dict[str, 
     server = service.config.server
     # Limits are read as each connection opens (a reload applies to new ones); the
     # idle timeout is fixed at start.
-    runner = connections.runner(app, lambda: connections.Limits.of(service.config.server), access_log=None,
-                                handle_signals=False, keepalive_timeout=server.idle_timeout_s)
+    runner = app_runner(app, service)
     await runner.setup()
-    tls = None
-    if server.tls_cert and server.tls_key:
-        import ssl
-
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.minimum_version = ssl.TLSVersion.TLSv1_2
-        tls.load_cert_chain(server.tls_cert, server.tls_key)
+    tls = tls_context(server)
     site = web.TCPSite(runner, server.host, server.port, backlog=1024, reuse_address=True, ssl_context=tls)
     await site.start()
-    _tune_gc()
+    tune_gc()
     log.info("listening", host=server.host, port=server.port, tls=tls is not None,
              config_version=service.loaded.version)
 
@@ -171,7 +181,29 @@ async def _run_server(loaded: object, path: str, overrides: dict[str, dict[str, 
     await runner.cleanup()
 
 
-def _tune_gc() -> None:
+def app_runner(app: object, service: object) -> object:
+    """The app's runner: connection limits read as each connection opens (a reload
+    applies to new ones); the idle timeout fixed at start."""
+    from orchestrator.api import connections
+
+    server = service.config.server  # type: ignore[attr-defined]
+    return connections.runner(app, lambda: connections.Limits.of(service.config.server),  # type: ignore[arg-type,attr-defined]
+                              access_log=None, handle_signals=False, keepalive_timeout=server.idle_timeout_s)
+
+
+def tls_context(server: object) -> object:
+    """HTTPS when the config names a certificate and its key; None for plain HTTP."""
+    if not (server.tls_cert and server.tls_key):  # type: ignore[attr-defined]
+        return None
+    import ssl
+
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_2
+    tls.load_cert_chain(server.tls_cert, server.tls_key)  # type: ignore[attr-defined]
+    return tls
+
+
+def tune_gc() -> None:
     """Fewer, cheaper garbage collections on a long-running server: what start-up
     allocated (modules, config, app) is frozen out of every later collection, and the
     youngest generation is collected every 50,000 allocations instead of 700. Under
@@ -239,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config_check(args.file)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "_worker":
+        from orchestrator.worker import run_worker
+
+        return run_worker(args)
     if args.command == "audit":
         return _audit_verify(args)
     if args.command == "simulate":

@@ -25,11 +25,20 @@ def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def configure(level: str = "info", stream: IO[bytes] | None = None) -> None:
+def configure(level: str = "info", stream: IO[bytes] | None = None, static: dict[str, Any] | None = None) -> None:
+    """``static``: fields on every line of this process (a worker's index)."""
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    fields = dict(static or {})
+
+    def add_static(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        for k, v in fields.items():
+            event.setdefault(k, v)
+        return event
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *([add_static] if fields else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact,

@@ -30,6 +30,7 @@ from config import ChannelConfig, Config, LoadedConfig
 from config import diff as config_diff
 from orchestrator.activity import Activity
 from orchestrator.api.auth import Authenticator
+from orchestrator.cluster import ClusterError, WorkerLink
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine, RoutePlan, RunSettings
 from orchestrator.journal import Journal, open_journal
@@ -144,17 +145,22 @@ class Service:
         probe: bool = True,
         rng: random.Random | None = None,
         config_path: str | None = None,
+        cluster: WorkerLink | None = None,
     ) -> None:
         self.loaded = loaded
         self.config_path = config_path
+        # A worker of several behind one port (orchestrator.cluster), or None: alone.
+        self.cluster = cluster
+        self._share = 1 / cluster.workers if cluster is not None else 1.0
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
+        sqlite = loaded.config.storage.url.startswith("sqlite")
         self.journal = journal or open_journal(
             loaded.config.storage.url,
             max_batch=loaded.config.storage.group_commit_max_batch,
             on_commit=self.metrics.journal_commit,
-            **({"commit_interval_ms": loaded.config.storage.commit_interval_ms}
-               if loaded.config.storage.url.startswith("sqlite") else {}),
+            **({"commit_interval_ms": loaded.config.storage.commit_interval_ms,
+                "writer_socket": cluster.journal_socket if cluster is not None else None} if sqlite else {}),
         )
         self.auth = Authenticator(loaded.config.clients)
         self.channels: dict[str, Channel] = {}
@@ -166,10 +172,8 @@ class Service:
         self._reload_lock = asyncio.Lock()
         self.requests_in_flight = 0
         lim = loaded.config.limits
-        self.client_limits = Limiter(lim.per_client.rate_per_s, lim.per_client.burst, self.clock.monotonic,
-                                     max_keys=1000)
-        self.user_limits = Limiter(lim.per_user.rate_per_s, lim.per_user.burst, self.clock.monotonic,
-                                   max_keys=lim.max_users_tracked)
+        self.client_limits = Limiter(*self._limit(lim.per_client), self.clock.monotonic, max_keys=1000)
+        self.user_limits = Limiter(*self._limit(lim.per_user), self.clock.monotonic, max_keys=lim.max_users_tracked)
         self.rng = rng or random.Random()
         self.health = health.HealthRegistry(
             self.clock.monotonic, breaker_config=_breaker(loaded.config),
@@ -190,9 +194,13 @@ class Service:
                                       history=self.user_history)
         self.risk = RiskEngine(loaded.config.risk, self.clock)
         storage = loaded.config.storage
+        # On SQLite the names are fixed (one instance per file, one name per worker), so
+        # a restart resumes its own recharges at once; on PostgreSQL one per process.
         self.instance_id = storage.instance_id or (
-            "local" if storage.url.startswith("sqlite") else f"{socket.gethostname()}-{os.getpid()}-{random.getrandbits(32):08x}"
+            "local" if sqlite else f"{socket.gethostname()}-{os.getpid()}-{random.getrandbits(32):08x}"
         )
+        if cluster is not None:
+            self.instance_id += f"-w{cluster.index}"
         self.engine = Engine(
             self.journal,
             self.channels.get,
@@ -407,8 +415,8 @@ class Service:
             self.auth = Authenticator(new.config.clients)
             self.risk.configure(new.config.risk)
             lim = new.config.limits
-            self.client_limits.reconfigure(lim.per_client.rate_per_s, lim.per_client.burst)
-            self.user_limits.reconfigure(lim.per_user.rate_per_s, lim.per_user.burst)
+            self.client_limits.reconfigure(*self._limit(lim.per_client))
+            self.user_limits.reconfigure(*self._limit(lim.per_user))
             self.routing.update(lambda snap: snapshot_for(new, self.health.states()))
             self.history.append(AppliedConfig(new, now, source))
             # -- end of the swap ----------------------------------------------------------
@@ -420,6 +428,37 @@ class Service:
             log.info("config_applied", config_version=new.version, previous=old.version, source=source,
                      changes=len(lines))
             return lines
+
+    def _limit(self, limit: Any) -> tuple[float, float]:
+        """A rate limit's (rate, burst) for this process: its share of the whole when
+        it is one of several workers (each sees about 1/N of any client's traffic)."""
+        return limit.rate_per_s * self._share, max(1.0, limit.burst * self._share)
+
+    # -- SRE actions: on every worker when there are several ------------------------------
+
+    async def apply_config(self, new: LoadedConfig, source: str) -> tuple[list[str], list[dict[str, Any]]]:
+        """Reload to ``new`` here, or through the supervisor on every worker; the diff and
+        each worker's answer."""
+        if self.cluster is None:
+            return await self.reload(new, source), []
+        results = await self.cluster.request({"kind": "apply", "doc": new.config.model_dump(mode="json"),
+                                              "source": source})
+        return list(self.cluster.mine(results).get("lines", [])), results
+
+    async def rollback_config(self) -> tuple[list[str], list[dict[str, Any]]]:
+        if self.cluster is None:
+            return await self.rollback(), []
+        try:
+            results = await self.cluster.request({"kind": "rollback"})
+        except ClusterError as exc:
+            raise ReloadError(str(exc)) from None
+        return list(self.cluster.mine(results).get("lines", [])), results
+
+    async def set_drained(self, name: str, drained: bool) -> list[dict[str, Any]]:
+        if self.cluster is None:
+            (self.drain if drained else self.enable)(name)
+            return []
+        return await self.cluster.request({"kind": "drain" if drained else "enable", "channel": name})
 
     async def rollback(self) -> list[str]:
         if len(self.history) < 2:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from channels.http import HttpChannel
 from config import ChannelConfig, LoadedConfig
+from orchestrator.cluster import WorkerLink
 from orchestrator.service import Service
 
 __all__ = ["build_service", "http_channel"]
@@ -15,5 +16,5 @@ def http_channel(cfg: ChannelConfig) -> HttpChannel:
                        max_in_flight=cfg.max_in_flight, ca_file=cfg.ca_file)
 
 
-def build_service(loaded: LoadedConfig, *, config_path: str | None = None) -> Service:
-    return Service(loaded, channel_factory=http_channel, config_path=config_path)
+def build_service(loaded: LoadedConfig, *, config_path: str | None = None, cluster: WorkerLink | None = None) -> Service:
+    return Service(loaded, channel_factory=http_channel, config_path=config_path, cluster=cluster)

@@ -99,17 +99,26 @@ async def put_config(request: web.Request) -> web.Response:
                       "diff": config_diff(svc.config, loaded.config), "warnings": warnings(loaded.config)})
     if loaded.version == svc.loaded.version:
         return _json({"applied": False, "version": loaded.version, "diff": [], "reason": "unchanged"})
-    lines = await svc.reload(loaded, "api")
-    return _json({"applied": True, "version": loaded.version, "diff": lines, "warnings": warnings(loaded.config)})
+    lines, workers = await svc.apply_config(loaded, "api")
+    return _json({"applied": True, "version": loaded.version, "diff": lines, "warnings": warnings(loaded.config),
+                  **_workers(workers)})
+
+
+def _workers(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """With several workers, what each one answered (its version, or its error)."""
+    if not results:
+        return {}
+    return {"workers": [{k: v for k, v in r.items() if k in ("worker", "version", "drained", "error")}
+                        for r in results]}
 
 
 async def rollback(request: web.Request) -> web.Response:
     svc = _svc(request)
     try:
-        lines = await svc.rollback()
+        lines, workers = await svc.rollback_config()
     except ReloadError as exc:
         raise ApiError("nothing_to_roll_back", str(exc)) from None
-    return _json({"applied": True, "version": svc.loaded.version, "diff": lines})
+    return _json({"applied": True, "version": svc.loaded.version, "diff": lines, **_workers(workers)})
 
 
 async def _channel_switch(request: web.Request, drain: bool) -> web.Response:
@@ -117,8 +126,8 @@ async def _channel_switch(request: web.Request, drain: bool) -> web.Response:
     name = request.match_info["name"]
     if svc.config.channel(name) is None:
         raise ApiError("not_found", f"no channel {name!r} in the running config")
-    (svc.drain if drain else svc.enable)(name)
-    return _json({"channel": name, "drained": drain})
+    workers = await svc.set_drained(name, drain)
+    return _json({"channel": name, "drained": drain, **_workers(workers)})
 
 
 async def drain(request: web.Request) -> web.Response:

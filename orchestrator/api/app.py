@@ -24,6 +24,7 @@ from orchestrator.api.query import only as only_query
 from orchestrator.api.schemas import RechargeIn, validate
 from orchestrator.api.status import STATUS_HTML, status_view
 from orchestrator.clock import iso
+from orchestrator.cluster import merge_metrics
 from orchestrator.engine import HeldElsewhere, IdempotencyConflict, new_recharge_id
 from orchestrator.model import Recharge, RechargeStatus, TrailEntry
 from orchestrator.journal import FirstRecharge, JournalError
@@ -74,6 +75,9 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         log.exception("unhandled_error", path=request.path)
         response = error_response(ApiError("internal_error", "internal error; the request id identifies it in logs"))
     response.headers["X-Request-ID"] = rid
+    cluster = request.app[SERVICE].cluster
+    if cluster is not None:
+        response.headers["X-Worker"] = str(cluster.index)
     return response
 
 
@@ -437,15 +441,25 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(OPENAPI)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    _restricted(svc, request, "metrics")
+def metrics_text(svc: Service) -> bytes:
+    """This process's metrics, the gauges read from their sources first."""
     svc.metrics.in_flight_recharges.set(svc.engine.in_flight)
     for name, count in svc.health.in_flight().items():
         svc.metrics.in_flight_attempts.labels(name).set(count)
     for name, state in svc.routing.current.states.items():
         svc.metrics.breaker_state.labels(name).set({"closed": 0, "half_open": 1, "open": 2}[state.breaker])
-    return web.Response(body=svc.metrics.render(), content_type="text/plain", charset="utf-8")
+    return svc.metrics.render()
+
+
+async def metrics(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    _restricted(svc, request, "metrics")
+    if svc.cluster is None:
+        body = metrics_text(svc)
+    else:  # every worker's samples, labelled with its index
+        results = await svc.cluster.request({"kind": "metrics"})
+        body = merge_metrics([(r["worker"], r["text"]) for r in results if "text" in r])
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
 # -- the app ------------------------------------------------------------------------------

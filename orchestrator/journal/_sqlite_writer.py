@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import selectors
 import socket
 import sqlite3
 import subprocess
@@ -41,7 +42,7 @@ import orjson
 from orchestrator.journal import _wire
 from orchestrator.journal._protocol import JournalError
 
-__all__ = ["ProcessWriter"]
+__all__ = ["ProcessWriter", "spawn", "wait_ready"]
 
 _ROOT = Path(__file__).resolve().parents[2]
 _READY_TIMEOUT_S = 60.0
@@ -70,13 +71,59 @@ class _Client(asyncio.Protocol):
         self._owner._lost(exc)
 
 
+def spawn(path: str, max_batch: int, commit_interval_s: float = 0.0,
+          listen: str | None = None) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start a writer process on ``path``; return it and this side of its owner socket.
+
+    The owner socket is the writer's lifeline: it exits when it closes. Ops sent on it
+    are answered on it; with ``listen`` (a unix socket path) the writer also accepts
+    other clients there (the worker processes of one orchestrator)."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
+    args = [sys.executable, "-m", "orchestrator.journal._sqlite_writer", "--db", path, "--fd", str(theirs.fileno()),
+            "--max-batch", str(max_batch), "--commit-interval-ms", str(commit_interval_s * 1000)]
+    if listen is not None:
+        args += ["--listen", listen]
+    try:
+        proc = subprocess.Popen(args, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+    finally:
+        theirs.close()
+    return proc, mine
+
+
+def wait_ready(sock: socket.socket, timeout_s: float = _READY_TIMEOUT_S) -> int:
+    """Block until a writer on the owner socket ``sock`` answers ready; its pid."""
+    sock.settimeout(timeout_s)
+    buf = bytearray()
+    try:
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                raise JournalError("the journal writer exited before it was ready")
+            buf += data
+            for frame in _wire.frames(buf):
+                doc = orjson.loads(frame)
+                if doc[0] != "ready":
+                    raise JournalError(f"cannot open journal: {doc[1]}")
+                return int(doc[1])
+    except TimeoutError:
+        raise JournalError("the journal writer did not start in time") from None
+    finally:
+        sock.settimeout(None)
+
+
 class ProcessWriter:
-    """The client side: ``submit`` queues one write op and returns its future."""
+    """The client side: ``submit`` queues one write op and returns its future.
+
+    It starts a writer process of its own, or with ``connect`` (a unix socket path)
+    uses the one an orchestrator's supervisor runs for all its workers."""
 
     def __init__(self, path: str, max_batch: int, on_commit: Callable[[int, float], None] | None,
                  commit_interval_s: float = 0.0,
-                 on_lost: Callable[[ProcessWriter], None] | None = None) -> None:
+                 on_lost: Callable[[ProcessWriter], None] | None = None,
+                 connect: str | None = None) -> None:
         self._path = path
+        self._connect = connect
         self._on_lost = on_lost
         self._max_batch = max_batch
         self._commit_interval_s = commit_interval_s
@@ -93,19 +140,15 @@ class ProcessWriter:
 
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.journal._sqlite_writer", "--db", self._path,
-                 "--fd", str(theirs.fileno()), "--max-batch", str(self._max_batch),
-                 "--commit-interval-ms", str(self._commit_interval_s * 1000)],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
-            )
-        finally:
-            theirs.close()
         self._ready = loop.create_future()
-        self._transport, _ = await loop.create_unix_connection(lambda: _Client(self), sock=mine)
+        if self._connect is not None:
+            try:
+                self._transport, _ = await loop.create_unix_connection(lambda: _Client(self), path=self._connect)
+            except OSError as exc:
+                raise JournalError(f"cannot reach the journal writer at {self._connect}: {exc}") from exc
+        else:
+            self._proc, mine = spawn(self._path, self._max_batch, self._commit_interval_s)
+            self._transport, _ = await loop.create_unix_connection(lambda: _Client(self), sock=mine)
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), _READY_TIMEOUT_S)
         except BaseException:
@@ -205,31 +248,83 @@ def _error_value(exc: BaseException) -> list[str]:
     return [kind, str(exc) if isinstance(exc, JournalError) else f"{type(exc).__name__}: {exc}"]
 
 
-def serve(path: str, fd: int, max_batch: int, commit_interval_s: float = 0.0) -> int:
+class _Conn:
+    __slots__ = ("sock", "buf", "owner")
+
+    def __init__(self, sock: socket.socket, owner: bool) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.owner = owner
+
+
+def serve(path: str, fd: int, max_batch: int, commit_interval_s: float = 0.0, listen: str | None = None) -> int:
+    """The writer's loop: read every request waiting on every connection, run them as
+    one transaction, answer each connection its own. Exits when the owner socket closes."""
     from orchestrator.journal._sqlite_ops import WRITER_AUTOCHECKPOINT_PAGES, Checkpointer, connect, migrate, run_batch
 
-    sock = socket.socket(fileno=fd)
+    owner = socket.socket(fileno=fd)
     try:
         conn = connect(path)
         migrate(conn)
         conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")
     except Exception as exc:
-        sock.sendall(_wire.pack(orjson.dumps(["failed", f"{type(exc).__name__}: {exc}"])))
+        owner.sendall(_wire.pack(orjson.dumps(["failed", f"{type(exc).__name__}: {exc}"])))
         return 1
+    ready = _wire.pack(orjson.dumps(["ready", os.getpid()]))
     checkpointer = Checkpointer(path, on_error=lambda e: _log("journal_checkpoint_failed", error=e))
     checkpointer.start()
-    sock.sendall(_wire.pack(orjson.dumps(["ready", os.getpid()])))
-    buf = bytearray()
-    queued: deque[list[Any]] = deque()
-    open_ = True
+    sel = selectors.DefaultSelector()
+    conns: dict[int, _Conn] = {owner.fileno(): _Conn(owner, True)}
+    sel.register(owner, selectors.EVENT_READ)
+    listener = None
+    if listen is not None:
+        if os.path.exists(listen):
+            os.unlink(listen)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(listen)
+        os.chmod(listen, 0o600)
+        listener.listen(64)
+        sel.register(listener, selectors.EVENT_READ)
+    owner.sendall(ready)
+    queued: deque[tuple[_Conn, int, str, Any]] = deque()
     last_start = 0.0
+
+    def drop(c: _Conn) -> None:
+        conns.pop(c.sock.fileno(), None)
+        try:
+            sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+        c.sock.close()
+
     try:
-        while True:
-            if not queued:
-                data = sock.recv(1 << 20)  # idle: block until the next request
+        while owner.fileno() in conns:
+            # Idle: block until something arrives; busy: take only what is there.
+            for key, _ in sel.select(None if not queued else 0):
+                if key.fileobj is listener:
+                    client, _ = listener.accept()
+                    client.setblocking(True)
+                    conns[client.fileno()] = _Conn(client, False)
+                    sel.register(client, selectors.EVENT_READ)
+                    client.sendall(ready)
+                    continue
+                c = conns.get(key.fd)
+                if c is None:
+                    continue
+                try:
+                    data = c.sock.recv(1 << 20)
+                except OSError:
+                    data = b""
                 if not data:
-                    break
-                buf += data
+                    # A client gone: its answers have nobody to go to (as after a crash).
+                    queued = deque(q for q in queued if q[0] is not c)
+                    drop(c)
+                    continue
+                c.buf += data
+                for frame in _wire.frames(c.buf):
+                    queued.extend((c, rid, op, args) for rid, op, args in orjson.loads(frame))
+            if not queued:
+                continue
             # Under load, let commits start at most every ``commit_interval_s``: the steps
             # arriving meanwhile join the batch, so each fsync and each rewrite of the
             # shared index pages serves more of them. Idle, a step commits at once.
@@ -237,47 +332,41 @@ def serve(path: str, fd: int, max_batch: int, commit_interval_s: float = 0.0) ->
                 wait = last_start + commit_interval_s - time.perf_counter()
                 if wait > 0:
                     time.sleep(wait)
-            # Take whatever else has arrived: it joins this batch.
-            while open_:
-                try:
-                    data = sock.recv(1 << 20, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    break
-                if not data:
-                    open_ = False
-                    break
-                buf += data
-            if not open_:
-                break  # the owner is gone: nobody waits for these answers, as after a crash
-            for frame in _wire.frames(buf):
-                queued.extend(orjson.loads(frame))
-            if not queued:
-                continue
-            batch_ids: list[int] = []
+                    continue  # read what came meanwhile first
             batch: list[tuple[str, tuple[Any, ...]]] = []
-            answers: list[list[Any]] = []
+            meta: list[tuple[_Conn, int, str]] = []
+            answers: dict[_Conn, list[list[Any]]] = {}
             while queued and len(batch) < max_batch:
-                rid, op, args = queued.popleft()
+                c, rid, op, args = queued.popleft()
                 try:
                     batch.append((op, _wire.decode_args(op, args)))
-                    batch_ids.append(rid)
+                    meta.append((c, rid, op))
                 except Exception as exc:  # a request that cannot be read fails alone
-                    answers.append([rid, False, ["journal", f"unreadable request: {exc!r}"]])
+                    answers.setdefault(c, []).append([rid, False, ["journal", f"unreadable request: {exc!r}"]])
             started = last_start = time.perf_counter()
             results = run_batch(conn, batch) if batch else []
             seconds = time.perf_counter() - started
             checkpointer.nudge()
-            for rid, (op, _), (ok, value) in zip(batch_ids, batch, results):
-                answers.append([rid, True, _wire.encode_value(op, value)] if ok else [rid, False, _error_value(value)])
-            try:
-                sock.sendall(_wire.pack(_wire.encode([len(batch), seconds, answers])))
-            except OSError:
-                break
+            for (c, rid, op), (ok, value) in zip(meta, results):
+                answers.setdefault(c, []).append(
+                    [rid, True, _wire.encode_value(op, value)] if ok else [rid, False, _error_value(value)])
+            for c, items in answers.items():
+                try:
+                    c.sock.sendall(_wire.pack(_wire.encode([len(batch), seconds, items])))
+                except OSError:
+                    drop(c)
     finally:
         checkpointer.stop()
         checkpointer.join()
         conn.close()
-        sock.close()
+        for c in list(conns.values()):
+            c.sock.close()
+        if listener is not None:
+            listener.close()
+            try:
+                os.unlink(listen)  # type: ignore[arg-type]
+            except OSError:
+                pass
     return 0
 
 
@@ -287,8 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--max-batch", type=int, default=512)
     p.add_argument("--commit-interval-ms", type=float, default=0.0)
+    p.add_argument("--listen", help="also serve clients on this unix socket path")
     args = p.parse_args(argv)
-    return serve(args.db, args.fd, args.max_batch, args.commit_interval_ms / 1000)
+    return serve(args.db, args.fd, args.max_batch, args.commit_interval_ms / 1000, args.listen)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,12 @@ class SqliteJournal:
         readers: int = 2,
         on_commit: Callable[[int, float], None] | None = None,
         commit_interval_ms: float = 0.0,
+        writer_socket: str | None = None,
     ) -> None:
         self.path = str(path)
+        # Where an orchestrator's supervisor runs the one writer of all its workers;
+        # None: this journal starts a writer process of its own.
+        self._writer_socket = writer_socket
         self._commit_interval_s = commit_interval_ms / 1000
         self._max_batch = max_batch
         self._on_commit = on_commit
@@ -89,13 +93,14 @@ class SqliteJournal:
 
     async def _start_writer(self) -> ProcessWriter:
         writer = ProcessWriter(self.path, self._max_batch, self._on_commit, self._commit_interval_s,
-                               on_lost=self._writer_lost)
+                               on_lost=self._writer_lost, connect=self._writer_socket)
         await writer.start()
         return writer
 
     def _writer_lost(self, writer: ProcessWriter) -> None:
-        """The writer process died under us: start another (what it was committing is
-        durable or not, as after a crash; the reconciler resumes what it left)."""
+        """The writer process died under us: start another, or reconnect to the
+        supervisor's once it has started another (what it was committing is durable or
+        not, as after a crash; the reconciler resumes what it left)."""
         if self._writer is writer and self._respawn is None:
             log.error("journal_writer_lost", path=self.path, pid=writer.pid)
             self._respawn = asyncio.get_running_loop().create_task(self._restart_writer(writer))

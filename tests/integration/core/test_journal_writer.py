@@ -143,3 +143,40 @@ async def test_commit_interval_folds_more_steps_into_each_commit(tmp_path):
         assert SqliteStore(tmp_path / "j.db").peek("SELECT COUNT(*) FROM recharges") == [(100,)]
     finally:
         await journal.close()
+
+
+async def test_one_writer_serves_several_journals_and_outlives_them_but_not_its_owner(tmp_path):
+    """The supervisor's arrangement: one writer process, its owner holding the lifeline,
+    each worker's journal connected to it by path."""
+    from orchestrator.journal._sqlite_writer import spawn, wait_ready
+
+    path = str(tmp_path / "j.db")
+    listen = str(tmp_path / "writer.sock")
+    proc, lifeline = spawn(path, 512, 0.001, listen=listen)
+    try:
+        pid = await asyncio.get_running_loop().run_in_executor(None, wait_ready, lifeline)
+        assert pid == proc.pid
+        clock = VirtualClock()
+        batches: list[int] = []
+        a = SqliteJournal(path, writer_socket=listen, on_commit=lambda n, s: batches.append(n))
+        b = SqliteJournal(path, writer_socket=listen)
+        await a.open()
+        await b.open()
+        made = [make_recharge(clock, f"k{i}", user=f"u{i}") for i in range(200)]
+        results = await asyncio.gather(*(([a, b][i % 2]).create(r, t) for i, (r, t) in enumerate(made)))
+        assert results == [None] * 200
+        assert max(batches) > 1, "steps from both journals share commits"
+        await a.close()  # one worker gone: the writer goes on for the other
+        rec, trail = make_recharge(clock, "after", user="u-after")
+        assert await b.create(rec, trail) is None
+        store = SqliteStore(tmp_path / "j.db")
+        assert store.peek("SELECT COUNT(*) FROM recharges") == [(201,)]
+        assert (await check(b, [], settled=False)).ok
+        await b.close()
+        lifeline.close()  # the owner goes: so does the writer
+        assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, 10) == 0
+        assert not os.path.exists(listen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        lifeline.close()
