@@ -17,6 +17,7 @@ same loop runs over what was journaled and carries on. The rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -138,6 +139,7 @@ class RunSettings:
     inquiry_initial_backoff_s: float
     inquiry_max_backoff_s: float
     reconcile_interval_s: float
+    log_success_sample: float = 1.0
 
     @classmethod
     def from_config(cls, cfg: Config, version: str) -> RunSettings:
@@ -151,6 +153,7 @@ class RunSettings:
             inquiry_initial_backoff_s=r.inquiry.initial_backoff_ms / 1000,
             inquiry_max_backoff_s=r.inquiry.max_backoff_ms / 1000,
             reconcile_interval_s=r.inquiry.reconcile_interval_s,
+            log_success_sample=cfg.logging.success_sample,
         )
 
 
@@ -513,7 +516,8 @@ class Engine:
             ),
         )
         if await self._commit(rec, step):
-            log.info("recharge_succeeded", attempt=att.reference, channel=att.channel, coins=total)
+            if random.random() < self._settings().log_success_sample:
+                log.info("recharge_succeeded", attempt=att.reference, channel=att.channel, coins=total, sampled=True)
             return
         # Someone else moved first (a webhook, another instance). If the recharge ended
         # by other means, this capture is extra money: give it back. Otherwise the loop

@@ -34,6 +34,7 @@ def _channel(name: str, **kw: object) -> dict[str, object]:
 def make_config(tmp_path, sync_wait_s: float = 5.0):
     return parse({
         "server": {"sync_wait_s": sync_wait_s},
+        "logging": {"success_sample": 1.0},
         "storage": {"url": f"sqlite:///{tmp_path}/j.db"},
         "clients": [
             {"name": "front", "key_sha256": _sha(FRONT_KEY), "scopes": ["recharge"]},
@@ -349,6 +350,27 @@ async def test_log_lines_carry_request_recharge_attempt_and_channel(api):
     assert {e["channel"] for e in attempts} == {"a", "b"}
     assert all(e["attempt"].startswith(body["id"]) and e["recharge_id"] == body["id"] for e in attempts)
     assert not any("tok_abc" in repr(e) for e in logs), "instrument tokens never reach the logs"
+
+
+async def test_succeeded_recharges_are_logged_by_sample_and_the_rest_always(api):
+    """At 1,200/s a line per success costs more than the rest of its bookkeeping:
+    logging.success_sample of them are logged; a failure is always."""
+    from dataclasses import replace
+
+    from structlog.testing import capture_logs
+
+    api.service.settings = replace(api.service.settings, log_success_sample=0.0)
+    with capture_logs() as logs:
+        for i in range(5):
+            resp, _ = await api.post({**BODY, "user_id": f"s{i}"}, key=f"sampled-{i}")
+            assert resp.status == 201
+        api.channels["a"].script = lambda op, ref, n: Action.NOT_PROCESSED
+        api.channels["b"].script = lambda op, ref, n: Action.NOT_PROCESSED
+        resp, body = await api.post({**BODY, "user_id": "s-failed"}, key="sampled-failed")
+        assert body["status"] == "failed"
+    events = [e["event"] for e in logs]
+    assert "recharge_succeeded" not in events
+    assert "recharge_finished" in events
 
 
 async def test_channel_health_lists_every_channel_with_its_breaker_and_latency(api):
