@@ -12,6 +12,8 @@ SQLite journal with its durable settings untouched):
   outage    the steady rate; the busiest channel goes down at 20 s, back at 40 s
   brownout  the steady rate; the busiest channel's latency x20 from 20 s to 40 s
   postgres  the max search again with the journal on PostgreSQL (a throwaway server)
+  profile   py-spy on every orchestrator process at the steady rate and at the max good
+            rate, in runs of their own (bench/results/profile-*.md: the top costs)
   soak      (only with --soak) steady for 10 minutes: RSS at start and end
 
 Traffic: unique Idempotency-Keys; 22,000 users (a tenth of them carry a fifth of the
@@ -43,6 +45,7 @@ from orchestrator.launch import ROOT, Child, free_port
 
 RESULTS = ROOT / "bench" / "results"
 LOADGENS = 1  # load generator processes per load (--loadgens)
+WORKERS = 2  # orchestrator worker processes (--workers)
 TOKEN = "bench-front-key"
 CHANNEL_MS = 28.0
 
@@ -76,7 +79,7 @@ def orch_doc(sim_url: str, db: Path, port: int) -> dict[str, Any]:
         for name, kind, currencies, countries, _latency, timeout in CHANNELS
     ]
     return {
-        "server": {"host": "127.0.0.1", "port": port, "sync_wait_s": 10},
+        "server": {"host": "127.0.0.1", "port": port, "sync_wait_s": 10, "workers": WORKERS},
         "storage": {"url": f"sqlite:///{db}"},
         "clients": [{"name": "bench", "key_sha256": hashlib.sha256(TOKEN.encode()).hexdigest(), "scopes": ["recharge"]}],
         "channels": channels,
@@ -403,6 +406,43 @@ async def impaired(work: Path, rate: float, name: str, changes: dict[str, Any], 
     return doc
 
 
+async def profiled(work: Path, rate: float, name: str, seconds: float = 20.0) -> dict[str, Any]:
+    """py-spy (``--gil``: samples of the thread holding the GIL, so CPU, not waiting) on
+    every orchestrator process under ``rate`` for ``seconds``, in a run of its own: a
+    sampled process runs slower, so no measured scenario is profiled."""
+    from bench.profile import summarize_profiles
+
+    async with Stack(work / name, "orchestrator") as stack:
+        task = asyncio.create_task(load(stack, rate, seconds + 8, name, LOADGENS))
+        await asyncio.sleep(4)
+        assert stack.server is not None and stack.server.pid is not None
+        outs: list[tuple[str, Path]] = []
+        spies = []
+        for proc in _tree(stack.server.pid):
+            cmd = proc.cmdline()
+            if "_sqlite_writer" in " ".join(cmd):
+                role = "journal-writer"
+            elif "_worker" in cmd:
+                role = f"worker{cmd[cmd.index('--index') + 1]}"
+            elif WORKERS > 1:
+                continue  # the supervisor: nothing per request
+            else:
+                role = "orchestrator"
+            out = RESULTS / f"{name}-{role}.txt"
+            outs.append((role, out))
+            spies.append(await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid), "--duration",
+                str(int(seconds)), "--rate", "100", "--gil", "--format", "raw", "--output", str(out),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
+        await asyncio.gather(*(p.wait() for p in spies))
+        result = await task
+    text = summarize_profiles(outs, f"{name}: {rate:.0f}/s, py-spy --gil at 100 Hz for {seconds:.0f} s")
+    (RESULTS / f"{name}.md").write_text(text)
+    summary = summarize(result, since=2.0)
+    return {"scenario": name, "target": "orchestrator", "title": f"profile at {rate:.0f}/s", "summary": summary,
+            "profiles": [str(o.name) for _, o in outs]}
+
+
 def cpu_medians(resources: list[dict[str, Any]]) -> dict[str, float]:
     """Median CPU per role (percent of one core) over the run, its first and last two
     seconds left out (start-up and drain)."""
@@ -481,6 +521,11 @@ async def main_async(args: argparse.Namespace) -> int:
         with running() as server:
             docs["max-postgres"] = await stepped(work, "orchestrator", [150.0, 300.0, 450.0, *rates], args.step,
                                                  "max-postgres", server.create_schema())
+    if "profile" in wanted:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        docs["profile-steady"] = await profiled(work, args.rate, "profile-steady")
+        top = docs.get("max", {}).get("max_good_rate") or args.rate
+        docs["profile-max"] = await profiled(work, top, "profile-max")
     if args.soak:
         docs["soak"] = await steady(work, "orchestrator", args.soak_rate or args.rate, args.soak_seconds, "soak")
     text = report(docs)
@@ -491,15 +536,16 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global RESULTS, LOADGENS
+    global RESULTS, LOADGENS, WORKERS
     p = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
-    p.add_argument("--scenarios", default="micro,baseline,steady,max,outage,brownout,postgres")
+    p.add_argument("--scenarios", default="micro,baseline,steady,max,outage,brownout,postgres,profile")
     p.add_argument("--rate", type=float, default=1200)
     p.add_argument("--duration", type=float, default=60)
     p.add_argument("--step", type=float, default=10, help="seconds per step of the max search")
     p.add_argument("--impair-rate", type=float, default=0,
                    help="rate of the outage and brownout scenarios (0: --rate)")
     p.add_argument("--loadgens", type=int, default=1, help="load generator processes sharing each rate")
+    p.add_argument("--workers", type=int, default=WORKERS, help="orchestrator worker processes (server.workers)")
     p.add_argument("--max-rates", default="500,600,700,800,900,1000,1100,1200,1500,1800,2100,2400,2700,3000")
     p.add_argument("--soak", action="store_true", help="also a 10-minute steady run for memory")
     p.add_argument("--soak-rate", type=float, default=0, help="rate of the soak (0: --rate)")
@@ -508,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     RESULTS = args.results.resolve()
     LOADGENS = args.loadgens
+    WORKERS = args.workers
     import uvloop
 
     return uvloop.run(main_async(args))
