@@ -55,6 +55,17 @@ class VirtualClock:
         self._now += max(0.0, seconds)
 
 
+_ISO_SECONDS: dict[int, str] = {}
+
+
 def iso(ts: float) -> str:
-    """RFC 3339 UTC with milliseconds, the one timestamp format of the API."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 UTC with milliseconds, the one timestamp format of the API. Every answer
+    formats two; the seconds part is formatted once per second (a third of the cost of
+    ``datetime.isoformat``)."""
+    sec = int(ts // 1)
+    head = _ISO_SECONDS.get(sec)
+    if head is None:
+        if len(_ISO_SECONDS) > 256:
+            _ISO_SECONDS.clear()
+        head = _ISO_SECONDS[sec] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{head}.{min(999, int((ts - sec) * 1000)):03d}Z"
