@@ -49,10 +49,21 @@ HISTORY = 20  # as Service.history
 
 
 def listening_sockets(host: str, port: int, count: int, backlog: int = 1024) -> list[socket.socket]:
-    """``count`` sockets on (host, port) with SO_REUSEPORT; the first bind picks the port
-    when ``port`` is 0 and the others join it."""
+    """``count`` sockets on (host, port) with SO_REUSEPORT, refused if anything listens
+    there already; with ``port`` 0, the probe's bind picks the port they share."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                          flags=socket.AI_PASSIVE)[0]
+    # SO_REUSEPORT would let this group join any listener that has it too: another
+    # supervisor of the same user (the service started twice), with its own journal
+    # writer on the same file and the same lease names. One bind without it fails if
+    # anything listens there.
+    probe = socket.socket(family, kind, proto)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+        address = probe.getsockname()
+    finally:
+        probe.close()
     socks: list[socket.socket] = []
     try:
         for _ in range(count):

@@ -1,0 +1,47 @@
+"""The supervisor of ``serve --workers N``, without its worker processes: its listening
+sockets, its config history, and how it restarts a worker."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from orchestrator.supervisor import listening_sockets
+
+
+def test_the_workers_sockets_share_one_port():
+    socks = listening_sockets("127.0.0.1", 0, 3)
+    try:
+        assert len({s.getsockname() for s in socks}) == 1
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_port_another_supervisor_listens_on_is_refused():
+    """SO_REUSEPORT would let a second orchestrator (started twice, by the same user) join
+    the port silently: two journal writers on one file and the same lease names."""
+    first = listening_sockets("127.0.0.1", 0, 2)
+    try:
+        port = first[0].getsockname()[1]
+        with pytest.raises(OSError):
+            for s in listening_sockets("127.0.0.1", port, 2):
+                s.close()
+    finally:
+        for s in first:
+            s.close()
+    again = listening_sockets("127.0.0.1", port, 2)  # once it is gone, a restart binds it
+    for s in again:
+        s.close()
+
+
+def test_a_port_a_plain_listener_holds_is_refused():
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        with pytest.raises(OSError):
+            listening_sockets("127.0.0.1", blocker.getsockname()[1], 2)
+    finally:
+        blocker.close()
