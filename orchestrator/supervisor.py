@@ -275,7 +275,11 @@ class Supervisor:
             return await self._broadcast(action)
         async with self._lock:
             if kind == "apply":
-                self.history.append((action["doc"], action["source"]))
+                # The config already current (two workers asked for it at once) is not a
+                # change: as alone, it is not history again, or a rollback would stay on it.
+                # Still sent: a worker that failed to apply it gets another chance.
+                if action["doc"] != self.history[-1][0]:
+                    self.history.append((action["doc"], action["source"]))
             elif kind == "rollback":
                 if len(self.history) < 2:
                     raise _Refused("no previous config to roll back to")

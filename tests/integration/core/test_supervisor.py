@@ -45,3 +45,24 @@ def test_a_port_a_plain_listener_holds_is_refused():
             listening_sockets("127.0.0.1", blocker.getsockname()[1], 2)
     finally:
         blocker.close()
+
+
+def _supervisor():
+    from config import parse
+    from orchestrator.supervisor import Supervisor
+
+    return Supervisor(parse({"routing": {"max_attempts": 3}}, "start"), "unused.yaml", {}, 2, "info")
+
+
+async def test_the_same_change_twice_is_one_entry_and_rollback_goes_back_before_it():
+    """Two SREs putting one config at once on two workers (each saw it as new): a single
+    instance answers the second unchanged, so the history must not hold it twice, or a
+    rollback would 'roll back' to the config it is on."""
+    sup = _supervisor()
+    start = sup.history[-1][0]
+    changed = {**start, "routing": {**start["routing"], "max_attempts": 2}}
+    await sup._carry_out({"kind": "apply", "doc": changed, "source": "api"})
+    await sup._carry_out({"kind": "apply", "doc": changed, "source": "api"})
+    assert [doc for doc, _ in sup.history] == [start, changed]
+    await sup._carry_out({"kind": "rollback"})
+    assert sup.history[-1] == (start, "rollback")
