@@ -46,7 +46,7 @@ from typing import Any
 import orjson
 import structlog
 
-__all__ = ["ClusterError", "Link", "WorkerLink", "merge_metrics"]
+__all__ = ["ClusterError", "Link", "Refused", "WorkerLink", "merge_metrics"]
 
 log = structlog.get_logger("orchestrator.cluster")
 
@@ -54,7 +54,15 @@ REQUEST_TIMEOUT_S = 60.0
 
 
 class ClusterError(Exception):
-    """The supervisor refused or could not carry out a request (the message says why)."""
+    """A request the supervisor could not carry out (the message says why)::
+
+        ClusterError       the link closed or no answer came in time: the API's 503
+        +-- Refused        the supervisor turned it down (no config to roll back to)
+    """
+
+
+class Refused(ClusterError):
+    """The supervisor turned the request down."""
 
 
 class Link:
@@ -83,12 +91,16 @@ class Link:
             self._writer.write(orjson.dumps(message) + b"\n")
 
     async def ask(self, message: dict[str, Any], timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+        if self.closed.is_set():  # nothing would ever answer it
+            raise ClusterError("the control link closed")
         rid = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
         self.send({**message, "id": rid})
         try:
             return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            raise ClusterError(f"no answer on the control link in {timeout_s:.0f} s") from None
         finally:
             self._waiting.pop(rid, None)
 
@@ -157,7 +169,7 @@ class WorkerLink:
         assert self._link is not None
         answer = await self._link.ask({"op": "request", "action": action})
         if "error" in answer:
-            raise ClusterError(answer["error"])
+            raise Refused(answer["error"])
         return list(answer["results"])
 
     def mine(self, results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from config import ChannelConfig, Config, LoadedConfig
 from config import diff as config_diff
 from orchestrator.activity import Activity
 from orchestrator.api.auth import Authenticator
-from orchestrator.cluster import ClusterError, WorkerLink
+from orchestrator.cluster import Refused, WorkerLink
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine, RoutePlan, RunSettings
 from orchestrator.journal import Journal, open_journal
@@ -450,7 +450,7 @@ class Service:
             return await self.rollback(), []
         try:
             results = await self.cluster.request({"kind": "rollback"})
-        except ClusterError as exc:
+        except Refused as exc:
             raise ReloadError(str(exc)) from None
         return list(self.cluster.mine(results).get("lines", [])), results
 

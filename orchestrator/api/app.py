@@ -24,7 +24,7 @@ from orchestrator.api.query import only as only_query
 from orchestrator.api.schemas import RechargeIn, validate
 from orchestrator.api.status import STATUS_HTML, status_view
 from orchestrator.clock import iso
-from orchestrator.cluster import merge_metrics
+from orchestrator.cluster import ClusterError, merge_metrics
 from orchestrator.engine import HeldElsewhere, IdempotencyConflict, new_recharge_id
 from orchestrator.model import Recharge, RechargeStatus, TrailEntry
 from orchestrator.journal import FirstRecharge, JournalError
@@ -71,6 +71,11 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         # retry with the same Idempotency-Key is safe.
         log.error("journal_unavailable", path=request.path, error=str(exc))
         response = error_response(ApiError("unavailable", "storage is unavailable; retry shortly", retry_after=1))
+    except ClusterError as exc:
+        # A worker whose supervisor is gone (it is stopping) or did not answer in time.
+        log.error("cluster_unavailable", path=request.path, error=str(exc))
+        response = error_response(ApiError("unavailable", "the other workers cannot be reached; retry shortly",
+                                           retry_after=1))
     except Exception:
         log.exception("unhandled_error", path=request.path)
         response = error_response(ApiError("internal_error", "internal error; the request id identifies it in logs"))
