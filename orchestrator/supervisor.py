@@ -223,6 +223,9 @@ class Supervisor:
         try:
             w.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(w.sock.fileno(), theirs.fileno()),
                                                           stdin=asyncio.subprocess.DEVNULL, env=env)
+        except BaseException:
+            mine.close()
+            raise
         finally:
             theirs.close()
         w.member = False
@@ -246,10 +249,16 @@ class Supervisor:
             w.backoff_s = 1.0
         log.error("worker_exited", worker=w.index, returncode=returncode, lived_s=round(lived, 1),
                   restart_in_s=w.backoff_s)
-        await asyncio.sleep(w.backoff_s)
-        w.backoff_s = min(w.backoff_s * 2, 30.0)
-        if not self._stopping:
-            await self._start(w)
+        while True:
+            await asyncio.sleep(w.backoff_s)
+            w.backoff_s = min(w.backoff_s * 2, 30.0)
+            if self._stopping:
+                return
+            try:
+                await self._start(w)
+                return
+            except Exception:  # a fork refused now (EAGAIN, ENOMEM) may work later
+                log.exception("worker_start_failed", worker=w.index, retry_in_s=w.backoff_s)
 
     async def _on_message(self, w: _Worker, message: dict[str, Any]) -> None:
         op = message.get("op")

@@ -3,7 +3,9 @@ sockets, its config history, and how it restarts a worker."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 
 import pytest
 
@@ -66,3 +68,28 @@ async def test_the_same_change_twice_is_one_entry_and_rollback_goes_back_before_
     assert [doc for doc, _ in sup.history] == [start, changed]
     await sup._carry_out({"kind": "rollback"})
     assert sup.history[-1] == (start, "rollback")
+
+
+async def test_a_worker_whose_restart_fails_is_tried_again():
+    """A fork refused once (EAGAIN, out of memory) must not leave the slot dead for good."""
+    from orchestrator.supervisor import _Worker
+
+    class Exited:
+        returncode = -9
+
+        async def wait(self) -> int:
+            return self.returncode
+
+    sup = _supervisor()
+    w = _Worker(0, socket.socket(), proc=Exited(), started_at=time.monotonic(), backoff_s=0.01)  # type: ignore[arg-type]
+    tries: list[int] = []
+
+    async def start(worker: _Worker) -> None:
+        tries.append(worker.index)
+        if len(tries) == 1:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    sup._start = start  # type: ignore[method-assign]
+    await asyncio.wait_for(sup._watch(w), 5)
+    assert tries == [0, 0]
+    w.sock.close()
