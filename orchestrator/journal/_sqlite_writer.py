@@ -27,6 +27,7 @@ import asyncio
 import itertools
 import os
 import selectors
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -42,10 +43,11 @@ import orjson
 from orchestrator.journal import _wire
 from orchestrator.journal._protocol import JournalError
 
-__all__ = ["ProcessWriter", "spawn", "wait_ready"]
+__all__ = ["ProcessWriter", "socket_address", "spawn", "wait_ready"]
 
 _ROOT = Path(__file__).resolve().parents[2]
 _READY_TIMEOUT_S = 60.0
+_SEND_TIMEOUT_S = 10.0
 
 
 def _error_of(value: list[str]) -> BaseException:
@@ -54,7 +56,16 @@ def _error_of(value: list[str]) -> BaseException:
         # What a constraint refused (a duplicate reference): the caller's own bug,
         # raised as the driver would see it from sqlite3 itself.
         return sqlite3.IntegrityError(message)
+    if kind == "bug":
+        # A fault in an op, not in the store: retrying will not help, so not a JournalError.
+        return RuntimeError(f"journal writer: {message}")
     return JournalError(message)
+
+
+def socket_address(name: str) -> str:
+    """A unix socket address as given on a command line: ``@name`` is Linux's abstract
+    namespace (no file to leave behind when a process is killed), else a path."""
+    return "\0" + name[1:] if name.startswith("@") else name
 
 
 class _Client(asyncio.Protocol):
@@ -143,7 +154,8 @@ class ProcessWriter:
         self._ready = loop.create_future()
         if self._connect is not None:
             try:
-                self._transport, _ = await loop.create_unix_connection(lambda: _Client(self), path=self._connect)
+                self._transport, _ = await loop.create_unix_connection(lambda: _Client(self),
+                                                                       path=socket_address(self._connect))
             except OSError as exc:
                 raise JournalError(f"cannot reach the journal writer at {self._connect}: {exc}") from exc
         else:
@@ -170,12 +182,20 @@ class ProcessWriter:
         return fut
 
     def _flush(self) -> None:
-        """Everything queued in this loop turn goes in one frame (one write)."""
+        """Everything queued in this loop turn goes in one write, in frames of at most
+        ``_wire.FRAME_BUDGET`` bytes (a frame over the writer's limit would be refused)."""
         if not self._outbox or self._transport is None or self._transport.is_closing():
             return
-        payload = b"[" + b",".join(self._outbox) + b"]"
+        frames, part, size = [], [], 0
+        for request in self._outbox:
+            if part and size + len(request) > _wire.FRAME_BUDGET:
+                frames.append(_wire.pack(b"[" + b",".join(part) + b"]"))
+                part, size = [], 0
+            part.append(request)
+            size += len(request) + 1
+        frames.append(_wire.pack(b"[" + b",".join(part) + b"]"))
         self._outbox.clear()
-        self._transport.write(_wire.pack(payload))
+        self._transport.write(b"".join(frames))
 
     def _answer(self, doc: Any) -> None:
         if self._ready is not None and not self._ready.done():
@@ -244,7 +264,12 @@ def _log(event: str, **fields: Any) -> None:
 
 
 def _error_value(exc: BaseException) -> list[str]:
-    kind = "integrity" if isinstance(exc, sqlite3.IntegrityError) else "journal"
+    if isinstance(exc, sqlite3.IntegrityError):
+        kind = "integrity"
+    elif isinstance(exc, (sqlite3.Error, JournalError)):
+        kind = "journal"
+    else:
+        kind = "bug"
     return [kind, str(exc) if isinstance(exc, JournalError) else f"{type(exc).__name__}: {exc}"]
 
 
@@ -270,6 +295,10 @@ def serve(path: str, fd: int, max_batch: int, commit_interval_s: float = 0.0, li
     except Exception as exc:
         owner.sendall(_wire.pack(orjson.dumps(["failed", f"{type(exc).__name__}: {exc}"])))
         return 1
+    # Ctrl-C and a terminal hangup reach the whole process group; the writer goes only
+    # when its owner does (the lifeline), after the owner has drained what it can.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     ready = _wire.pack(orjson.dumps(["ready", os.getpid()]))
     checkpointer = Checkpointer(path, on_error=lambda e: _log("journal_checkpoint_failed", error=e))
     checkpointer.start()
@@ -278,11 +307,15 @@ def serve(path: str, fd: int, max_batch: int, commit_interval_s: float = 0.0, li
     sel.register(owner, selectors.EVENT_READ)
     listener = None
     if listen is not None:
-        if os.path.exists(listen):
-            os.unlink(listen)
+        address = socket_address(listen)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(listen)
-        os.chmod(listen, 0o600)
+        if not address.startswith("\0"):
+            if os.path.exists(address):
+                os.unlink(address)
+            listener.bind(address)
+            os.chmod(address, 0o600)
+        else:
+            listener.bind(address)
         listener.listen(64)
         sel.register(listener, selectors.EVENT_READ)
     owner.sendall(ready)
@@ -303,10 +336,14 @@ def serve(path: str, fd: int, max_batch: int, commit_interval_s: float = 0.0, li
             for key, _ in sel.select(None if not queued else 0):
                 if key.fileobj is listener:
                     client, _ = listener.accept()
-                    client.setblocking(True)
+                    # A client that stops reading must not stall every other one's commits.
+                    client.settimeout(_SEND_TIMEOUT_S)
                     conns[client.fileno()] = _Conn(client, False)
                     sel.register(client, selectors.EVENT_READ)
-                    client.sendall(ready)
+                    try:
+                        client.sendall(ready)
+                    except OSError:
+                        drop(conns[client.fileno()])
                     continue
                 c = conns.get(key.fd)
                 if c is None:
@@ -321,8 +358,14 @@ def serve(path: str, fd: int, max_batch: int, commit_interval_s: float = 0.0, li
                     drop(c)
                     continue
                 c.buf += data
-                for frame in _wire.frames(c.buf):
-                    queued.extend((c, rid, op, args) for rid, op, args in orjson.loads(frame))
+                try:
+                    for frame in _wire.frames(c.buf):
+                        queued.extend((c, rid, op, args) for rid, op, args in orjson.loads(frame))
+                except (ValueError, TypeError) as exc:
+                    # Not our protocol: that client goes; everyone else's work goes on.
+                    _log("journal_client_dropped", reason=f"unreadable frame: {exc!r}"[:200])
+                    queued = deque(q for q in queued if q[0] is not c)
+                    drop(c)
             if not queued:
                 continue
             # Under load, let commits start at most every ``commit_interval_s``: the steps
@@ -363,10 +406,11 @@ def serve(path: str, fd: int, max_batch: int, commit_interval_s: float = 0.0, li
             c.sock.close()
         if listener is not None:
             listener.close()
-            try:
-                os.unlink(listen)  # type: ignore[arg-type]
-            except OSError:
-                pass
+            if not socket_address(listen or "").startswith("\0"):
+                try:
+                    os.unlink(listen)  # type: ignore[arg-type]
+                except OSError:
+                    pass
     return 0
 
 

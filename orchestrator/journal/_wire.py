@@ -23,6 +23,7 @@ __all__ = ["HEADER", "decode_args", "decode_value", "encode", "encode_request", 
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 << 20
+FRAME_BUDGET = 8 << 20  # a client splits what it sends into frames of about this size
 
 
 def encode(doc: Any) -> bytes:

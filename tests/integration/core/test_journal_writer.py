@@ -180,3 +180,66 @@ async def test_one_writer_serves_several_journals_and_outlives_them_but_not_its_
         if proc.poll() is None:
             proc.kill()
         lifeline.close()
+
+
+async def test_a_client_speaking_garbage_is_dropped_and_the_writer_serves_the_others(tmp_path):
+    import socket as _socket
+
+    from orchestrator.journal import _wire
+    from orchestrator.journal._sqlite_writer import spawn, wait_ready
+
+    path = str(tmp_path / "j.db")
+    listen = f"@orchestrator-test-{os.getpid()}-{id(tmp_path)}"  # abstract: nothing on disk
+    proc, lifeline = spawn(path, 512, 0.0, listen=listen)
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, wait_ready, lifeline)
+        good = SqliteJournal(path, writer_socket=listen)
+        await good.open()
+        for garbage in (_wire.pack(b"[1]"), _wire.pack(b"not json"), _wire.HEADER.pack(_wire.MAX_FRAME + 1)):
+            bad = _socket.socket(_socket.AF_UNIX)
+            bad.connect("\0" + listen[1:])
+            bad.recv(100)  # its ready frame
+            bad.sendall(garbage)
+            assert bad.recv(100) == b"", "the writer hangs up on a client that is not speaking its protocol"
+            bad.close()
+        clock = VirtualClock()
+        rec, trail = make_recharge(clock, "after-garbage")
+        assert await good.create(rec, trail) is None
+        assert proc.poll() is None
+        await good.close()
+    finally:
+        lifeline.close()
+        proc.wait(10)
+
+
+async def test_ctrl_c_to_the_process_group_leaves_the_writer_to_its_owner(tmp_path):
+    journal = SqliteJournal(tmp_path / "j.db")
+    await journal.open()
+    try:
+        pid = journal.writer_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGHUP)
+        await asyncio.sleep(0.3)
+        clock = VirtualClock()
+        rec, trail = make_recharge(clock, "after-sigint")
+        assert await journal.create(rec, trail) is None
+        assert journal.writer_pid == pid, "the same writer, still alive"
+    finally:
+        await journal.close()
+
+
+async def test_a_large_burst_is_sent_in_frames_the_writer_accepts(tmp_path, monkeypatch):
+    from orchestrator.journal import _wire
+
+    monkeypatch.setattr(_wire, "FRAME_BUDGET", 4096)  # many frames from one loop turn
+    clock = VirtualClock()
+    journal = SqliteJournal(tmp_path / "j.db")
+    await journal.open()
+    try:
+        made = [make_recharge(clock, f"burst-{i}", user=f"u{i}") for i in range(300)]
+        for rec, _ in made:
+            rec.metadata = {"note": "x" * 400}
+        assert await asyncio.gather(*(journal.create(r, t) for r, t in made)) == [None] * 300
+    finally:
+        await journal.close()
