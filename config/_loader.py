@@ -105,10 +105,18 @@ def load_text(text: str | bytes, source: str = "<memory>") -> LoadedConfig:
     return parse(document, source)
 
 
-def load_file(path: str | Path) -> LoadedConfig:
+def load_file(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> LoadedConfig:
+    """The config in ``path``, with ``overrides`` (section -> keys, e.g. the command
+    line's ``--port``) on top; a reload of the file keeps them."""
     p = Path(path)
     try:
         text = p.read_bytes()
     except OSError as exc:
         raise ConfigError([("", f"cannot read {p}: {exc.strerror}")]) from None
-    return load_text(text, str(p))
+    loaded = load_text(text, str(p))
+    if not overrides:
+        return loaded
+    doc = loaded.config.model_dump(mode="json")
+    for section, values in overrides.items():
+        doc[section].update(values)
+    return parse(doc, loaded.source)

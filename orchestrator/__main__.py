@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -93,26 +92,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     return out
 
 
-def load_with_overrides(path: str, overrides: dict[str, dict[str, object]]):  # type: ignore[no-untyped-def]
-    """The config file with the command line's overrides on top (they survive reloads)."""
-    from config import load_file, parse
-
-    loaded = load_file(path)
-    if not overrides:
-        return loaded
-    doc = loaded.config.model_dump(mode="json")
-    for section, values in overrides.items():
-        doc[section].update(values)
-    return parse(doc, loaded.source)
-
-
 def _serve(args: argparse.Namespace) -> int:
-    from config import ConfigError
+    from config import ConfigError, load_file
     from orchestrator.logs import configure
 
     overrides = _overrides(args)
     try:
-        loaded = load_with_overrides(args.config, overrides)
+        loaded = load_file(args.config, overrides)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
@@ -125,96 +111,10 @@ def _serve(args: argparse.Namespace) -> int:
         configure(args.log_level, static={"process": "supervisor"})
         supervisor = Supervisor(loaded, args.config, overrides, loaded.config.server.workers, args.log_level)
         return uvloop.run(supervisor.run())
+    from orchestrator.server import run_alone
+
     configure(args.log_level)
-    uvloop.run(_run_server(loaded, args.config, overrides))
-    return 0
-
-
-async def _run_server(loaded: object, path: str, overrides: dict[str, dict[str, object]]) -> None:
-    import structlog
-    from aiohttp import web
-
-    from config import ConfigError
-    from orchestrator.api.app import build_app
-    from orchestrator.wiring import build_service
-
-    log = structlog.get_logger("orchestrator")
-    service = build_service(loaded, config_path=path)  # type: ignore[arg-type]
-    app = build_app(service)
-    server = service.config.server
-    # Limits are read as each connection opens (a reload applies to new ones); the
-    # idle timeout is fixed at start.
-    runner = app_runner(app, service)
-    await runner.setup()
-    tls = tls_context(server)
-    site = web.TCPSite(runner, server.host, server.port, backlog=1024, reuse_address=True, ssl_context=tls)
-    await site.start()
-    tune_gc()
-    log.info("listening", host=server.host, port=server.port, tls=tls is not None,
-             config_version=service.loaded.version)
-
-    async def reload_file() -> None:
-        try:
-            new = load_with_overrides(path, overrides)
-        except ConfigError as exc:
-            log.error("config_reload_refused", source=path, errors=exc.lines(), config_version=service.loaded.version)
-            return
-        if new.version == service.loaded.version:
-            log.info("config_reload_unchanged", config_version=new.version)
-            return
-        await service.reload(new, "file")
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[None]] = set()
-
-    def on_hup() -> None:
-        task = loop.create_task(reload_file())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    await stop.wait()
-    log.info("shutting_down")
-    await runner.cleanup()
-
-
-def app_runner(app: object, service: object) -> object:
-    """The app's runner: connection limits read as each connection opens (a reload
-    applies to new ones); the idle timeout fixed at start."""
-    from orchestrator.api import connections
-
-    server = service.config.server  # type: ignore[attr-defined]
-    return connections.runner(app, lambda: connections.Limits.of(service.config.server),  # type: ignore[arg-type,attr-defined]
-                              access_log=None, handle_signals=False, keepalive_timeout=server.idle_timeout_s)
-
-
-def tls_context(server: object) -> object:
-    """HTTPS when the config names a certificate and its key; None for plain HTTP."""
-    if not (server.tls_cert and server.tls_key):  # type: ignore[attr-defined]
-        return None
-    import ssl
-
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.minimum_version = ssl.TLSVersion.TLSv1_2
-    tls.load_cert_chain(server.tls_cert, server.tls_key)  # type: ignore[attr-defined]
-    return tls
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper garbage collections on a long-running server: what start-up
-    allocated (modules, config, app) is frozen out of every later collection, and the
-    youngest generation is collected every 50,000 allocations instead of 700. Under
-    load the default settings paused the event loop every few seconds (a full
-    collection up to 60 ms at 500 recharges/s); with these, none in 2 s windows. The
-    bench's 10-minute soak checks memory stays flat."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    return uvloop.run(run_alone(loaded, args.config, overrides))
 
 
 def _audit_verify(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ lease left to expire).
 The link is JSON lines over a socketpair, one per worker::
 
     worker -> supervisor   {"id": n, "op": "hello", "worker": i}
-    supervisor -> worker   {"id": n, "op": "init", "history": [[doc, source], ...], "drained": [...]}
+    supervisor -> worker   {"id": n, "op": "init", "history": [[doc, source, applied_at], ...], "drained": [...]}
     worker -> supervisor   {"id": n, "op": "request", "action": {...}}   answered by
     supervisor -> worker   {"id": n, "op": "result", "results": [{"worker": i, ...}, ...]} | {"error": msg}
     supervisor -> worker   {"id": m, "op": "do", "action": {...}}        answered by
@@ -76,6 +76,7 @@ class Link:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._handling: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
 
     @classmethod
@@ -115,8 +116,10 @@ class Link:
                 if fut is not None and not fut.done():
                     fut.set_result(message)
                 else:
-                    asyncio.get_running_loop().create_task(self._handle(message))
-        except (ConnectionError, asyncio.IncompleteReadError, orjson.JSONDecodeError) as exc:
+                    task = asyncio.get_running_loop().create_task(self._handle(message))
+                    self._handling.add(task)
+                    task.add_done_callback(self._handling.discard)
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:  # ValueError: a line past the limit
             log.warning("control_link_broken", error=repr(exc))
         finally:
             self.closed.set()

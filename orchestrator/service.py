@@ -51,6 +51,7 @@ Router = Callable[["Service", Recharge], "RoutePlan | Sequence[str]"]
 # Breaker moves, drains and probes publish at once; this carries the live-traffic
 # statistics (success estimates, latency) to routing between them.
 SNAPSHOT_PERIOD_S = 0.1
+HISTORY_LENGTH = 20  # configs kept for GET /v1/admin/config/history and rollback
 
 
 def _spec(ch: ChannelConfig) -> routing.ChannelSpec:
@@ -107,8 +108,9 @@ class ReloadError(Exception):
 
 
 def _channel_identity(ch: ChannelConfig) -> tuple[Any, ...]:
-    """What, when changed, needs a new channel object (new session, new timeouts)."""
-    return (ch.kind, ch.base_url, ch.api_key, ch.timeout_ms, ch.max_in_flight)
+    """What, when changed, needs a new channel object (new session, new timeouts, a
+    new CA pin)."""
+    return (ch.kind, ch.base_url, ch.api_key, ch.timeout_ms, ch.max_in_flight, ch.ca_file)
 
 
 class HealthGate:
@@ -167,7 +169,7 @@ class Service:
         # Channels removed or replaced by a reload: no new attempts, but inquiries, voids,
         # refunds and webhooks for their attempts still work until nothing needs them.
         self.retired: dict[str, tuple[Channel, ChannelConfig, float]] = {}
-        self.history: deque[AppliedConfig] = deque(maxlen=20)
+        self.history: deque[AppliedConfig] = deque(maxlen=HISTORY_LENGTH)
         self.drained: set[str] = set()
         self._reload_lock = asyncio.Lock()
         self.requests_in_flight = 0
@@ -321,13 +323,22 @@ class Service:
 
     # -- life -------------------------------------------------------------------------
 
+    def adopt(self, history: Sequence[AppliedConfig], drained: set[str]) -> None:
+        """Before ``start``: take over the config history and the drains of a cluster
+        (the running config is the history's last), as a worker that restarts does."""
+        self.history.extend(history)
+        self.drained = set(drained)
+
     async def start(self) -> None:
-        self.history.append(AppliedConfig(self.loaded, self.clock.now(), "start"))
+        if not self.history:
+            self.history.append(AppliedConfig(self.loaded, self.clock.now(), "start"))
         await self.journal.open()
         for ch in self.config.channels:
             self.channels[ch.name] = self._channel_factory(ch)
             self.health.add_channel(ch.name, max_in_flight=ch.max_in_flight,
                                     ping_like_payment=ch.kind == "direct_api")
+        for name in self.drained & set(self.channels):
+            self.health.drain(name)
         self.publish_snapshot()
         loop = asyncio.get_running_loop()
         if self._probe:
@@ -392,12 +403,8 @@ class Service:
             old = self.loaded
             lines = config_diff(old.config, new.config)
             now = self.clock.now()
-            fresh: dict[str, Channel] = {}
             old_by_name = {c.name: c for c in old.config.channels}
-            for ch in new.config.channels:
-                prev = old_by_name.get(ch.name)
-                if prev is None or _channel_identity(prev) != _channel_identity(ch) or ch.name not in self.channels:
-                    fresh[ch.name] = self._channel_factory(ch)
+            fresh = self._fresh_channels(old_by_name, new)
             # -- the swap: no awaits from here to the end of the block --------------------
             new_names = {c.name for c in new.config.channels}
             for name in list(self.channels):
@@ -438,11 +445,15 @@ class Service:
 
     async def apply_config(self, new: LoadedConfig, source: str) -> tuple[list[str], list[dict[str, Any]]]:
         """Reload to ``new`` here, or through the supervisor on every worker; the diff and
-        each worker's answer."""
+        each worker's answer. ReloadError when it cannot be applied (nothing changed)."""
         if self.cluster is None:
             return await self.reload(new, source), []
-        results = await self.cluster.request({"kind": "apply", "doc": new.config.model_dump(mode="json"),
-                                              "source": source})
+        await self.check_applicable(new)
+        try:
+            results = await self.cluster.request({"kind": "apply", "doc": new.config.model_dump(mode="json"),
+                                                  "source": source})
+        except Refused as exc:
+            raise ReloadError(str(exc)) from None
         return list(self.cluster.mine(results).get("lines", [])), results
 
     async def rollback_config(self) -> tuple[list[str], list[dict[str, Any]]]:
@@ -459,6 +470,25 @@ class Service:
             (self.drain if drained else self.enable)(name)
             return []
         return await self.cluster.request({"kind": "drain" if drained else "enable", "channel": name})
+
+    def _fresh_channels(self, old_by_name: dict[str, ChannelConfig], new: LoadedConfig) -> dict[str, Channel]:
+        """The channel objects ``new`` needs made (new, or changed in what makes one);
+        ReloadError if one cannot be made (a CA file that does not load)."""
+        fresh: dict[str, Channel] = {}
+        for ch in new.config.channels:
+            prev = old_by_name.get(ch.name)
+            if prev is None or _channel_identity(prev) != _channel_identity(ch) or ch.name not in self.channels:
+                try:
+                    fresh[ch.name] = self._channel_factory(ch)
+                except (OSError, ValueError) as exc:
+                    raise ReloadError(f"channels: {ch.name} cannot be set up: {exc}") from exc
+        return fresh
+
+    async def check_applicable(self, new: LoadedConfig) -> None:
+        """ReloadError unless ``new`` can be applied here (its new channels can be made);
+        changes nothing. Every worker runs on this machine: what works here works there."""
+        for channel in self._fresh_channels({c.name: c for c in self.config.channels}, new).values():
+            await channel.close()
 
     async def rollback(self) -> list[str]:
         if len(self.history) < 2:

@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
+import secrets
 import signal
 import socket
+import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,8 +36,9 @@ from typing import Any
 
 import structlog
 
-from config import ConfigError, LoadedConfig
+from config import ConfigError, LoadedConfig, load_file
 from orchestrator.cluster import Link
+from orchestrator.service import HISTORY_LENGTH
 
 __all__ = ["Supervisor"]
 
@@ -45,7 +46,9 @@ log = structlog.get_logger("orchestrator.supervisor")
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 30.0
-HISTORY = 20  # as Service.history
+START_TIMEOUT_S = 60.0
+METRICS_TIMEOUT_S = 5.0  # under a Prometheus scrape's timeout; a slow worker is left out
+HISTORY = HISTORY_LENGTH
 
 
 def listening_sockets(host: str, port: int, count: int, backlog: int = 1024) -> list[socket.socket]:
@@ -92,7 +95,7 @@ class _Worker:
     started_at: float = 0.0
     backoff_s: float = 1.0
     watcher: asyncio.Task[None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Supervisor:
@@ -103,36 +106,50 @@ class Supervisor:
         self._overrides = overrides
         self._count = workers
         self._log_level = log_level
-        self.history: deque[tuple[dict[str, Any], str]] = deque(maxlen=HISTORY)
-        self.history.append((loaded.config.model_dump(mode="json"), "start"))
+        # (config document, source, applied at): what every worker runs and has run.
+        self.history: deque[tuple[dict[str, Any], str, float]] = deque(maxlen=HISTORY)
+        self.history.append((loaded.config.model_dump(mode="json"), "start", time.time()))
         self.drained: set[str] = set()
         self._workers: list[_Worker] = []
         self._lock = asyncio.Lock()
         self._stopping = False
         self._stop = asyncio.Event()
-        self._sockdir: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Linux's abstract namespace: nothing on disk to leave behind when killed.
         self._journal_socket: str | None = None
-        self._writer: Any = None  # (process, lifeline socket) of the journal writer
+        self._writer: tuple[subprocess.Popen[bytes], socket.socket] | None = None
         self._writer_watch: asyncio.Task[None] | None = None
 
     # -- life -------------------------------------------------------------------------
 
     async def run(self) -> int:
+        from orchestrator.server import JournalLock, StartError, tls_context
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_file()))
         server = self._loaded.config.server
+        lock = JournalLock(self._loaded.config.storage)
+        try:
+            tls_context(server)  # the workers load it; fail here, before any of them starts
+            lock.acquire()
+        except StartError as exc:
+            log.error("cannot_start", error=str(exc))
+            return 1
         try:
             socks = listening_sockets(server.host, server.port, self._count)
         except OSError as exc:
             log.error("cannot_listen", host=server.host, port=server.port, error=str(exc))
+            lock.release()
             return 1
-        loop = asyncio.get_running_loop()
         try:
             await self._start_writer()
             self._workers = [_Worker(i, s) for i, s in enumerate(socks)]
             for w in self._workers:
                 await self._start(w)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self._stop.set)
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_file()))
+            if not await self._all_ready():
+                return 1
             log.info("supervisor_started", workers=self._count, host=server.host, port=socks[0].getsockname()[1],
                      config_version=self._loaded.version, journal_writer=self._writer is not None)
             await self._stop.wait()
@@ -140,7 +157,31 @@ class Supervisor:
             await self._shutdown()
             for s in socks:
                 s.close()
+            lock.release()
         return 0
+
+    async def _all_ready(self) -> bool:
+        """Every worker's first start reached ready; one that exits first is a broken
+        start (its config, its files): the supervisor stops rather than restart it forever."""
+        for w in self._workers:
+            assert w.proc is not None
+            ready = asyncio.ensure_future(w.ready.wait())
+            exited = asyncio.ensure_future(w.proc.wait())
+            done, _ = await asyncio.wait((ready, exited, asyncio.ensure_future(self._stop.wait())),
+                                         timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            exited.cancel()
+            if not w.ready.is_set():
+                if not self._stop.is_set():
+                    log.error("worker_did_not_start", worker=w.index,
+                              returncode=w.proc.returncode, timeout_s=START_TIMEOUT_S)
+                return False
+        return True
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _shutdown(self) -> None:
         self._stopping = True
@@ -170,8 +211,6 @@ class Supervisor:
             proc, lifeline = self._writer
             lifeline.close()  # the writer's lifeline: it finishes and exits
             await asyncio.get_running_loop().run_in_executor(None, proc.wait)
-        if self._sockdir is not None:
-            shutil.rmtree(self._sockdir, ignore_errors=True)
 
     # -- the journal writer -----------------------------------------------------------
 
@@ -182,14 +221,18 @@ class Supervisor:
         from orchestrator.journal import path_from_url
         from orchestrator.journal._sqlite_writer import spawn, wait_ready
 
-        if self._sockdir is None:
-            self._sockdir = tempfile.mkdtemp(prefix="orchestrator-")
-            self._journal_socket = os.path.join(self._sockdir, "journal.sock")
+        if self._journal_socket is None:
+            self._journal_socket = f"@orchestrator-journal-{os.getpid()}-{secrets.token_hex(4)}"
         path = path_from_url(storage.url)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         proc, lifeline = spawn(path, storage.group_commit_max_batch, storage.commit_interval_ms / 1000,
                                listen=self._journal_socket)
-        pid = await asyncio.get_running_loop().run_in_executor(None, wait_ready, lifeline)
+        try:
+            pid = await asyncio.get_running_loop().run_in_executor(None, wait_ready, lifeline)
+        except BaseException:
+            lifeline.close()
+            await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+            raise
         self._writer = (proc, lifeline)
         self._writer_watch = asyncio.get_running_loop().create_task(self._watch_writer(proc))
         log.info("journal_writer_started", pid=pid, socket=self._journal_socket)
@@ -199,7 +242,8 @@ class Supervisor:
         if self._stopping:
             return
         log.error("journal_writer_exited", returncode=returncode)
-        self._writer[1].close()
+        if self._writer is not None:
+            self._writer[1].close()
         delay = 0.2
         while not self._stopping:
             try:
@@ -229,9 +273,11 @@ class Supervisor:
         finally:
             theirs.close()
         w.member = False
+        w.ready.clear()
         w.started_at = time.monotonic()
-        w.link = await Link.over(mine, lambda message, w=w: self._on_message(w, message))
-        w.link.start()
+        link = await Link.over(mine, lambda message: self._on_message(w, link, message))
+        w.link = link
+        link.start()
         w.watcher = asyncio.get_running_loop().create_task(self._watch(w))
         log.info("worker_started", worker=w.index, pid=w.proc.pid)
 
@@ -260,42 +306,49 @@ class Supervisor:
             except Exception:  # a fork refused now (EAGAIN, ENOMEM) may work later
                 log.exception("worker_start_failed", worker=w.index, retry_in_s=w.backoff_s)
 
-    async def _on_message(self, w: _Worker, message: dict[str, Any]) -> None:
+    async def _on_message(self, w: _Worker, link: Link, message: dict[str, Any]) -> None:
+        """A message from ``w`` on ``link`` (answered on that link: after a restart,
+        ``w.link`` is another process's)."""
         op = message.get("op")
-        assert w.link is not None
         if op == "hello":
             async with self._lock:  # no change can slip between this state and membership
-                w.link.answer(message, "init", history=[list(h) for h in self.history], drained=sorted(self.drained))
-                w.member = True
+                link.answer(message, "init", history=[list(h) for h in self.history], drained=sorted(self.drained))
+                if link is w.link:
+                    w.member = True
         elif op == "request":
             action = message["action"]
             try:
                 results = await self._carry_out(action)
             except _Refused as exc:
-                w.link.answer(message, "result", error=str(exc))
+                link.answer(message, "result", error=str(exc))
             else:
-                w.link.answer(message, "result", results=results)
-        elif op == "ready":
+                link.answer(message, "result", results=results)
+        elif op == "ready" and link is w.link:
+            w.ready.set()
+            w.backoff_s = 1.0
             log.info("worker_ready", worker=w.index, config_version=message.get("config_version"))
 
     async def _carry_out(self, action: dict[str, Any]) -> list[dict[str, Any]]:
         kind = action.get("kind")
         if kind == "metrics":
-            return await self._broadcast(action)
+            return await self._broadcast(action, timeout_s=METRICS_TIMEOUT_S)
         async with self._lock:
-            if kind == "apply":
+            if kind in ("apply", "rollback"):
+                if kind == "rollback":
+                    if len(self.history) < 2:
+                        raise _Refused("no previous config to roll back to")
+                    action = {"kind": "apply", "doc": self.history[-2][0], "source": "rollback"}
+                results = await self._broadcast(action)
+                if all("error" in r for r in results if r.get("error") != "not running"):
+                    errors = [r["error"] for r in results if r.get("error") not in (None, "not running")]
+                    if errors:  # applied nowhere: it is no part of the history
+                        raise _Refused(errors[0])
                 # The config already current (two workers asked for it at once) is not a
                 # change: as alone, it is not history again, or a rollback would stay on it.
-                # Still sent: a worker that failed to apply it gets another chance.
                 if action["doc"] != self.history[-1][0]:
-                    self.history.append((action["doc"], action["source"]))
-            elif kind == "rollback":
-                if len(self.history) < 2:
-                    raise _Refused("no previous config to roll back to")
-                previous = self.history[-2][0]
-                self.history.append((previous, "rollback"))
-                action = {"kind": "apply", "doc": previous, "source": "rollback"}
-            elif kind == "drain":
+                    self.history.append((action["doc"], action["source"], time.time()))
+                return results
+            if kind == "drain":
                 self.drained.add(action["channel"])
             elif kind == "enable":
                 self.drained.discard(action["channel"])
@@ -303,12 +356,12 @@ class Supervisor:
                 raise _Refused(f"unknown action {kind!r}")
             return await self._broadcast(action)
 
-    async def _broadcast(self, action: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _broadcast(self, action: dict[str, Any], timeout_s: float = 30.0) -> list[dict[str, Any]]:
         async def one(w: _Worker) -> dict[str, Any]:
             if not w.member or w.link is None:
                 return {"worker": w.index, "error": "not running"}
             try:
-                answer = await w.link.ask({"op": "do", "action": action})
+                answer = await w.link.ask({"op": "do", "action": action}, timeout_s)
             except Exception as exc:
                 return {"worker": w.index, "error": f"no answer: {type(exc).__name__}"}
             return dict(answer.get("result") or {"worker": w.index, "error": "empty answer"})
@@ -316,10 +369,8 @@ class Supervisor:
         return list(await asyncio.gather(*(one(w) for w in self._workers)))
 
     async def _reload_file(self) -> None:
-        from orchestrator.__main__ import load_with_overrides
-
         try:
-            new = load_with_overrides(self._config_path, self._overrides)
+            new = load_file(self._config_path, self._overrides)
         except ConfigError as exc:
             log.error("config_reload_refused", source=self._config_path, errors=exc.lines())
             return
@@ -327,7 +378,11 @@ class Supervisor:
         if doc == self.history[-1][0]:
             log.info("config_reload_unchanged", config_version=new.version)
             return
-        results = await self._carry_out({"kind": "apply", "doc": doc, "source": "file"})
+        try:
+            results = await self._carry_out({"kind": "apply", "doc": doc, "source": "file"})
+        except _Refused as exc:
+            log.error("config_reload_refused", source=self._config_path, errors=[str(exc)])
+            return
         log.info("config_reloaded", config_version=new.version, workers=results)
 
 

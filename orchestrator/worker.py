@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import socket
 from typing import Any
@@ -35,27 +36,26 @@ async def _main(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from config import parse
-    from orchestrator.__main__ import app_runner, tls_context, tune_gc
     from orchestrator.api.app import build_app
     from orchestrator.cluster import WorkerLink
+    from orchestrator.server import app_runner, tls_context, tune_gc
+    from orchestrator.service import AppliedConfig
     from orchestrator.wiring import build_service
 
     log = structlog.get_logger("orchestrator.worker")
     link = WorkerLink(args.index, args.workers, socket.socket(fileno=args.control_fd), args.journal_socket)
     init = await link.connect()
-    history: list[list[Any]] = init["history"]
-    doc, source = history[0]
-    service = build_service(parse(doc, source), cluster=link)
+    # Start on the cluster's running config with its whole history and drains, so the
+    # recharges this worker resumes run on what every other worker runs.
+    history = [AppliedConfig(parse(doc, source), applied_at, source) for doc, source, applied_at in init["history"]]
+    service = build_service(history[-1].loaded, cluster=link)
+    service.adopt(history, set(init["drained"]))
+    tls = tls_context(service.config.server)
     app = build_app(service)
     runner = app_runner(app, service)
     await runner.setup()  # starts the service (journal, channels, probes, recovery)
-    for doc, source in history[1:]:
-        await service.reload(parse(doc, source), source)
-    for name in init["drained"]:
-        if service.config.channel(name) is not None:
-            service.drain(name)
     link.perform = lambda action: perform(service, action)
-    site = web.SockSite(runner, socket.socket(fileno=args.listen_fd), ssl_context=tls_context(service.config.server))
+    site = web.SockSite(runner, socket.socket(fileno=args.listen_fd), ssl_context=tls)
     await site.start()
     tune_gc()
     link.ready.set()
@@ -68,9 +68,15 @@ async def _main(args: argparse.Namespace) -> int:
     gone = loop.create_task(link.closed.wait())
     stopping = loop.create_task(stop.wait())
     await asyncio.wait((gone, stopping), return_when=asyncio.FIRST_COMPLETED)
-    log.info("worker_stopping", reason="supervisor gone" if gone.done() else "SIGTERM")
-    gone.cancel()
+    if gone.done():
+        # The supervisor died (and, on SQLite, the journal writer with it): nothing can
+        # be made durable and nobody would restart this worker. Go at once, like it;
+        # every step is journaled first, so the next start resumes where this stopped.
+        log.error("worker_stopping", reason="supervisor gone")
+        os._exit(1)
+    log.info("worker_stopping", reason="SIGTERM")
     stopping.cancel()
+    gone.cancel()
     await runner.cleanup()
     await link.close()
     return 0
@@ -81,12 +87,17 @@ async def perform(service: Any, action: dict[str, Any]) -> dict[str, Any]:
     from config import parse
     from orchestrator.api.app import metrics_text
 
+    from orchestrator.service import ReloadError
+
     kind = action["kind"]
     if kind == "apply":
         loaded = parse(action["doc"], action["source"])
         if loaded.version == service.loaded.version:
             return {"version": loaded.version, "applied": False, "lines": []}
-        lines = await service.reload(loaded, action["source"])
+        try:
+            lines = await service.reload(loaded, action["source"])
+        except ReloadError as exc:
+            return {"error": str(exc), "version": service.loaded.version}
         return {"version": loaded.version, "applied": True, "lines": lines}
     if kind in ("drain", "enable"):
         name = action["channel"]

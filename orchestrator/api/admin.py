@@ -99,7 +99,10 @@ async def put_config(request: web.Request) -> web.Response:
                       "diff": config_diff(svc.config, loaded.config), "warnings": warnings(loaded.config)})
     if loaded.version == svc.loaded.version:
         return _json({"applied": False, "version": loaded.version, "diff": [], "reason": "unchanged"})
-    lines, workers = await svc.apply_config(loaded, "api")
+    try:
+        lines, workers = await svc.apply_config(loaded, "api")
+    except ReloadError as exc:  # valid, but not applicable here (a CA file that does not load)
+        raise ApiError("validation_failed", f"the config cannot be applied: {exc}") from None
     return _json({"applied": True, "version": loaded.version, "diff": lines, "warnings": warnings(loaded.config),
                   **_workers(workers)})
 

@@ -153,10 +153,14 @@ class ProcessWriter:
         loop = self._loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         if self._connect is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                self._transport, _ = await loop.create_unix_connection(lambda: _Client(self),
-                                                                       path=socket_address(self._connect))
+                # Connected by hand: uvloop does not take abstract-namespace paths.
+                sock.setblocking(False)
+                await loop.sock_connect(sock, socket_address(self._connect))
+                self._transport, _ = await loop.create_unix_connection(lambda: _Client(self), sock=sock)
             except OSError as exc:
+                sock.close()
                 raise JournalError(f"cannot reach the journal writer at {self._connect}: {exc}") from exc
         else:
             self._proc, mine = spawn(self._path, self._max_batch, self._commit_interval_s)

@@ -292,3 +292,86 @@ def test_the_port_taken_fails_at_once(tmp_path):
         assert out.returncode == 1 and "cannot_listen" in out.stderr, out.stderr[-2000:]
     finally:
         blocker.close()
+
+
+async def test_a_config_that_cannot_be_applied_is_refused_and_a_restart_stays_healthy(stack):
+    """Valid but not applicable (a CA file that does not exist): 422 on every worker, no
+    part of the history, and a worker restarted afterwards starts on the running config."""
+    orch, tmp = stack
+    before = await _versions(orch.url)
+    async with aiohttp.ClientSession() as s:
+        current = (await (await s.get(orch.url + "/v1/admin/config", headers=ADMIN)).json())["config"]
+        doc = {**current, "clients": yaml.safe_load((tmp / "orchestrator.yaml").read_text())["clients"]}
+        doc["channels"] = [dict(c) for c in current["channels"]]
+        for c, original in zip(doc["channels"], yaml.safe_load((tmp / "orchestrator.yaml").read_text())["channels"]):
+            c["webhook_secret"] = original["webhook_secret"]
+        doc["channels"][0]["ca_file"] = str(tmp / "no-such-ca.pem")
+        async with s.put(orch.url + "/v1/admin/config", json=doc, headers=ADMIN) as r:
+            body = await r.json()
+            assert r.status == 422 and body["error"]["code"] == "validation_failed", body
+            assert "cannot be applied" in body["error"]["message"]
+    assert await _versions(orch.url) == before
+    assert orch.pid is not None
+    old = _worker_pids(orch.pid)[0]
+    psutil.Process(old).send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        pids = _worker_pids(orch.pid)
+        if pids.get(0) not in (None, old):
+            try:
+                if await _versions(orch.url) == before:
+                    break
+            except (aiohttp.ClientError, AssertionError):
+                pass
+        assert time.monotonic() < deadline, "worker 0 did not come back on the running config"
+        await asyncio.sleep(0.2)
+
+
+def _serve(cfg: Path, timeout: float = 30) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "serve", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=timeout)
+    return out.returncode, out.stderr
+
+
+def test_a_bad_tls_certificate_fails_at_once_before_any_worker_starts(tmp_path):
+    doc = orchestrator_doc("http://127.0.0.1:9", tmp_path / "o.db", CLEAN,
+                           server={"workers": 2, "tls_cert": str(tmp_path / "no.pem"),
+                                   "tls_key": str(tmp_path / "no.key")})
+    cfg = tmp_path / "o.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    started = time.monotonic()
+    code, err = _serve(cfg)
+    assert code == 1 and "cannot_start" in err and "tls_cert" in err, err[-2000:]
+    assert time.monotonic() - started < 20
+    assert "worker_started" not in err, "no worker was started for a config that cannot serve"
+
+
+async def test_a_second_orchestrator_on_one_journal_is_refused(tmp_path):
+    """Two orchestrators on one SQLite file would drive each other's recharges under the
+    same lease names: the second one stops at once, whatever its port or worker count."""
+    sim = simulator(tmp_path, {"seed": 1, "channels": CLEAN}).start()
+    first = None
+    try:
+        await sim.wait_ready()
+        first = orchestrator(tmp_path, orchestrator_doc(sim.url, tmp_path / "o.db", CLEAN), name="first").start()
+        await first.wait_ready()
+        for workers in (1, 2):
+            doc = orchestrator_doc(sim.url, tmp_path / "o.db", CLEAN, server={"workers": workers})
+            cfg = tmp_path / f"second-{workers}.yaml"
+            cfg.write_text(yaml.safe_dump(doc))
+            code, err = await asyncio.to_thread(_serve, cfg)
+            assert code == 1 and "another orchestrator is running on this journal" in err, err[-2000:]
+        # The running one is untouched, and money invariants hold.
+        async with aiohttp.ClientSession() as s:
+            headers = {"Authorization": f"Bearer {FRONT_KEY}", "Idempotency-Key": "one-journal"}
+            async with s.post(first.url + "/v1/recharges", json=body_for(1), headers=headers) as r:
+                assert r.status == 201, await r.text()
+        report = await check(SqliteReader(tmp_path / "o.db"), await ledger(sim), settled=False)
+        assert report.ok and report.recharges == 1, report
+    finally:
+        if first is not None:
+            first.stop()
+        sim.stop()

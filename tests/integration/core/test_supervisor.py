@@ -65,9 +65,28 @@ async def test_the_same_change_twice_is_one_entry_and_rollback_goes_back_before_
     changed = {**start, "routing": {**start["routing"], "max_attempts": 2}}
     await sup._carry_out({"kind": "apply", "doc": changed, "source": "api"})
     await sup._carry_out({"kind": "apply", "doc": changed, "source": "api"})
-    assert [doc for doc, _ in sup.history] == [start, changed]
+    assert [doc for doc, _, _ in sup.history] == [start, changed]
     await sup._carry_out({"kind": "rollback"})
-    assert sup.history[-1] == (start, "rollback")
+    assert sup.history[-1][:2] == (start, "rollback")
+
+
+async def test_a_change_no_worker_could_apply_is_refused_and_no_part_of_the_history():
+    """A config every worker failed to apply (a CA file that does not load) is answered as
+    refused; a worker restarted later must not be handed it as the running config."""
+    from orchestrator.supervisor import _Refused
+
+    sup = _supervisor()
+    start = sup.history[-1][0]
+    changed = {**start, "routing": {**start["routing"], "max_attempts": 2}}
+
+    async def every_worker_fails(action, timeout_s=30.0):
+        return [{"worker": 0, "error": "channels: x cannot be set up: no such file"},
+                {"worker": 1, "error": "channels: x cannot be set up: no such file"}]
+
+    sup._broadcast = every_worker_fails  # type: ignore[method-assign]
+    with pytest.raises(_Refused, match="cannot be set up"):
+        await sup._carry_out({"kind": "apply", "doc": changed, "source": "api"})
+    assert [doc for doc, _, _ in sup.history] == [start]
 
 
 async def test_a_worker_whose_restart_fails_is_tried_again():
