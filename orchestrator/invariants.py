@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from orchestrator.journal._totals import month_of
+
 __all__ = ["LedgerPayment", "Report", "SqliteFile", "check"]
 
 
@@ -104,6 +106,7 @@ async def check(journal: _Queryable, ledger: Iterable[LedgerPayment], *, settled
     ):
         if coins != total:
             v.append(f"wallet {user} holds {coins} coins but its entries sum to {total}")
+    v += await _totals_violations(journal)
 
     return Report(
         recharges=len(recharges),
@@ -113,6 +116,31 @@ async def check(journal: _Queryable, ledger: Iterable[LedgerPayment], *, settled
         credits=sum(len(c) for c in credits.values()),
         violations=v,
     )
+
+
+async def _totals_violations(journal: _Queryable) -> list[str]:
+    """Each user's totals (kept with every credit) say what its succeeded recharges say:
+    count, sum, the newest month one was created in, and how many were created in it."""
+    want: dict[tuple[str, str], list[int]] = {}
+    for user, currency, amount, created_at in await journal.query(
+        "SELECT user_id, currency, amount_minor, created_at FROM recharges WHERE status = 'succeeded'"
+    ):
+        month = month_of(created_at)
+        w = want.setdefault((user, currency), [0, 0, month, 0])
+        w[0] += 1
+        w[1] += amount
+        if month > w[2]:
+            w[2], w[3] = month, 0
+        if month == w[2]:
+            w[3] += 1
+    have = {(r[0], r[1]): [int(x) for x in r[2:]] for r in await journal.query(
+        "SELECT user_id, currency, recharges, amount_minor, month_start, month_recharges FROM user_recharge_totals")}
+    v = []
+    for key in sorted(set(want) | set(have)):
+        if have.get(key) != want.get(key):
+            v.append(f"totals of {key[0]} in {key[1]} are {have.get(key)}, its succeeded recharges say {want.get(key)}"
+                     " (count, sum, newest month, created in it)")
+    return v
 
 
 class SqliteFile:

@@ -234,14 +234,9 @@ class Service:
 
     async def user_history(self, user_id: str) -> UserHistory:
         """The user's succeeded recharges, per currency (promotions and risk read it)."""
-        rows = await self.journal.query_small(  # type: ignore[attr-defined]
-            "SELECT currency, COUNT(*), SUM(amount_minor), "
-            "SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END) FROM recharges "
-            "WHERE user_id = ? AND status = 'succeeded' GROUP BY currency",
-            (month_start(self.clock.now()), user_id),
-        )
-        return history_from_totals([CurrencyTotals(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows],
-                                   self.pricing.rates)
+        totals = await self.journal.user_totals(user_id, month_start(self.clock.now()))
+        return history_from_totals([CurrencyTotals(t.currency, t.recharges, t.amount_minor, t.this_month)
+                                    for t in totals], self.pricing.rates)
 
     def hold_instrument(self, recharge_id: str, instrument: dict[str, str]) -> None:
         self._instruments[recharge_id] = instrument

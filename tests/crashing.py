@@ -68,6 +68,9 @@ class CrashingJournal:
     async def wallet(self, user_id: str, limit: int = 100) -> Any:
         return await self._read(lambda: self.inner.wallet(user_id, limit))
 
+    async def user_totals(self, user_id: str, since: float) -> Any:
+        return await self._read(lambda: self.inner.user_totals(user_id, since))
+
     async def nonterminal(self) -> list[Recharge]:
         return await self._read(self.inner.nonterminal)
 

@@ -12,6 +12,7 @@ from orchestrator.journal._protocol import (
     Journal,
     JournalError,
     QuoteRecord,
+    UserTotals,
     WalletEntry,
     WalletView,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "PostgresJournal",
     "QuoteRecord",
     "SqliteJournal",
+    "UserTotals",
     "WalletEntry",
     "WalletView",
     "open_journal",

@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from orchestrator.model import Attempt, Recharge, Step, TrailEntry
 
-__all__ = ["PURGE_LIMIT", "FirstRecharge", "Journal", "JournalError", "QuoteRecord", "WalletEntry", "WalletView"]
+__all__ = ["PURGE_LIMIT", "FirstRecharge", "Journal", "JournalError", "QuoteRecord", "UserTotals", "WalletEntry",
+           "WalletView"]
 
 
 class JournalError(Exception):
@@ -66,6 +67,17 @@ class QuoteRecord:
     expires_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class UserTotals:
+    """A user's succeeded recharges in one currency: how many, their sum, and how many
+    of them were created at or after the time asked about (``Journal.user_totals``)."""
+
+    currency: str
+    recharges: int
+    amount_minor: int
+    this_month: int
+
+
 # The most quotes one purge deletes: it runs inside a group commit, so it must stay
 # short; a backlog goes in several.
 PURGE_LIMIT = 1000
@@ -89,7 +101,9 @@ class Journal(Protocol):
 
     async def apply(self, step: Step) -> bool:
         """Make ``step`` durable. False (and nothing written) when its status guard no
-        longer holds or its credit was already given."""
+        longer holds or its credit was already given. A step that marks its recharge
+        succeeded and credits it also adds the recharge to its user's totals
+        (``user_totals``), in the same transaction."""
         ...
 
     async def get(self, recharge_id: str) -> Recharge | None: ...
@@ -97,6 +111,15 @@ class Journal(Protocol):
     async def trail(self, recharge_id: str) -> list[TrailEntry]: ...
 
     async def wallet(self, user_id: str, limit: int = 100) -> WalletView: ...
+
+    async def user_totals(self, user_id: str, since: float) -> list[UserTotals]:
+        """The user's succeeded recharges per currency, ``this_month`` counting those
+        created at or after ``since``: what pricing and risk know of the user. When
+        ``since`` is the start of a UTC calendar month (``pricing.month_start(now)``),
+        one primary-key range read of the totals kept with every credit, whatever the
+        user's history; otherwise (or with a clock behind a recharge's) counted from
+        the recharges themselves, with the same answer."""
+        ...
 
     async def nonterminal(self) -> list[Recharge]:
         """Every recharge not yet terminal, oldest first: the recovery scan's input."""

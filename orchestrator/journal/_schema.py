@@ -126,4 +126,54 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX quotes_expires ON quotes(expires_at)",
     ),
+    # 7: each user's succeeded recharges per currency, kept by the journal in the
+    # transaction that credits each one (see ``journal._totals``), so the history read on
+    # every recharge is one primary-key range read, not a walk of the user's recharges.
+    # WITHOUT ROWID: the few rows of a user are neighbours in the primary key's B-tree.
+    # The backfill finds the month of each user's newest success in integer arithmetic
+    # (H. Hinnant's days-to-civil; created_at floored to the second first), written the
+    # same in both stores, then counts the successes created since that month began.
+    (
+        """CREATE TABLE user_recharge_totals (
+            user_id TEXT NOT NULL,
+            currency TEXT NOT NULL,
+            recharges INTEGER NOT NULL CHECK (recharges > 0),
+            amount_minor INTEGER NOT NULL,
+            month_start INTEGER NOT NULL,
+            month_recharges INTEGER NOT NULL CHECK (month_recharges > 0),
+            PRIMARY KEY (user_id, currency)
+        ) WITHOUT ROWID""",
+        """WITH newest AS (
+            SELECT user_id, currency, COUNT(*) AS recharges, SUM(amount_minor) AS amount_minor,
+                   MAX(created_at) AS created_at
+            FROM recharges WHERE status = 'succeeded' GROUP BY user_id, currency
+        ), in_days AS (
+            SELECT user_id, currency, recharges, amount_minor,
+                   (CAST(created_at AS INTEGER) - CASE WHEN CAST(created_at AS INTEGER) > created_at THEN 1 ELSE 0 END)
+                   / 86400 + 719468 AS z
+            FROM newest
+        ), in_eras AS (
+            SELECT user_id, currency, recharges, amount_minor, z, z % 146097 AS doe FROM in_days
+        ), in_years AS (
+            SELECT user_id, currency, recharges, amount_minor, z, doe,
+                   (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365 AS yoe
+            FROM in_eras
+        ), in_year AS (
+            SELECT user_id, currency, recharges, amount_minor, z, doe - (365 * yoe + yoe / 4 - yoe / 100) AS doy
+            FROM in_years
+        ), months AS (
+            SELECT user_id, currency, recharges, amount_minor,
+                   86400 * (z - 719468 - doy + (153 * ((5 * doy + 2) / 153) + 2) / 5) AS month_start
+            FROM in_year
+        )
+        INSERT INTO user_recharge_totals(user_id, currency, recharges, amount_minor, month_start, month_recharges)
+        SELECT m.user_id, m.currency, m.recharges, m.amount_minor, m.month_start,
+               (SELECT COUNT(*) FROM recharges r WHERE r.user_id = m.user_id AND r.currency = m.currency
+                AND r.status = 'succeeded' AND r.created_at >= m.month_start)
+        FROM months m""",
+    ),
+    # 8: the late captures whose refund is not yet confirmed, for every reconcile pass:
+    # a partial index holds just those, so the pass reads only them (the query names
+    # the state as a literal, or the planner cannot use it).
+    ("CREATE INDEX attempts_refund_due ON attempts(recharge_id) WHERE state = 'refund_requested'",),
 )

@@ -19,11 +19,16 @@ import orjson
 
 from orchestrator.audit import GENESIS, entry_hash
 from orchestrator.journal._protocol import FirstRecharge, JournalError, QuoteRecord
+from orchestrator.journal._totals import month_of
 from orchestrator.model import TERMINAL, Attempt, AttemptState, Recharge, RechargeStatus, Step, TrailEntry
 
 __all__ = ["WRITE_OPS", "Checkpointer", "connect", "load", "migrate", "run_batch"]
 
 NONTERMINAL = tuple(s.value for s in RechargeStatus if s not in TERMINAL)
+# The non-terminal recharges, in the words of the recharges_open partial index's own
+# condition: SQLite uses a partial index only for a query that repeats its WHERE term
+# (a bound parameter proves nothing), and otherwise scans every recharge ever made.
+OPEN = "status IN ('processing', 'pending')"
 
 # The writer leaves checkpoints to the checkpointer; it checkpoints itself (stalling its
 # commits) only if the WAL reaches this many pages (4 KiB each) anyway.
@@ -211,7 +216,23 @@ def op_create(conn: sqlite3.Connection, recharge: Recharge, trail: TrailEntry, l
     return None, denied
 
 
+# One more success in its user's totals (see ``_totals``): counted in its creation
+# month's tally if that is the newest month, starting a new tally if newer, left out of
+# the tally (not the count and sum) if older.
+_ADD_TO_TOTALS = (
+    "INSERT INTO user_recharge_totals(user_id, currency, recharges, amount_minor, month_start, month_recharges) "
+    "VALUES (?,?,1,?,?,1) ON CONFLICT (user_id, currency) DO UPDATE SET "
+    "recharges=recharges+1, amount_minor=amount_minor+excluded.amount_minor, "
+    "month_recharges=CASE WHEN excluded.month_start > month_start THEN 1 "
+    "WHEN excluded.month_start = month_start THEN month_recharges+1 ELSE month_recharges END, "
+    "month_start=MAX(month_start, excluded.month_start)"
+)
+
+
 def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
+    # A step that marks its recharge succeeded and credits it adds it to the user's
+    # totals; who, what currency, how much and when created come from the row it updates.
+    succeeded: tuple[Any, ...] | None = None
     if step.status is not None:
         sets = "status=?, updated_at=?, reason=?"
         params: list[Any] = [step.status.value, step.at, step.reason]
@@ -226,7 +247,12 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
         if step.expect_status is not None:
             where += f" AND status IN ({','.join('?' * len(step.expect_status))})"
             params.extend(sorted(s.value for s in step.expect_status))
-        if conn.execute(f"UPDATE recharges SET {sets} WHERE {where}", params).rowcount != 1:
+        sql = f"UPDATE recharges SET {sets} WHERE {where}"
+        if step.status is RechargeStatus.SUCCEEDED and step.credit is not None:
+            succeeded = conn.execute(sql + " RETURNING user_id, currency, amount_minor, created_at", params).fetchone()
+            if succeeded is None:
+                raise Rejected
+        elif conn.execute(sql, params).rowcount != 1:
             raise Rejected
     elif step.expect_status is not None:
         row = conn.execute("SELECT status FROM recharges WHERE id=?", (step.recharge_id,)).fetchone()
@@ -271,6 +297,9 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
             (c.user_id, c.recharge_id, c.coins, balance, c.at),
         ).rowcount != 1:
             raise Rejected
+        if succeeded is not None:
+            user_id, currency, amount_minor, created_at = succeeded
+            conn.execute(_ADD_TO_TOTALS, (user_id, currency, amount_minor, month_of(created_at)))
     if step.trail:
         _insert_trail(conn, step.trail)
     return True
@@ -284,16 +313,18 @@ def op_ping(conn: sqlite3.Connection) -> None:
     conn.execute("SELECT 1").fetchone()
 
 
+# Along recharges_open, then each one's lease by primary key: never a scan of recharges.
+CLAIMABLE = (
+    "SELECT r.id FROM recharges r LEFT JOIN leases l ON l.recharge_id = r.id "
+    f"WHERE r.{OPEN} AND (l.owner IS NULL OR l.owner = ? OR l.expires_at <= ?) "
+    "ORDER BY r.created_at, r.id LIMIT ?"
+)
+
+
 def op_claim(conn: sqlite3.Connection, owner: str, lease_s: float, now: float, limit: int) -> list[Recharge]:
     # One writer: the select and the lease writes share its transaction, so no other
     # claim can come between them.
-    marks = ",".join("?" * len(NONTERMINAL))
-    ids = [rid for (rid,) in conn.execute(
-        f"SELECT r.id FROM recharges r LEFT JOIN leases l ON l.recharge_id = r.id "
-        f"WHERE r.status IN ({marks}) AND (l.owner IS NULL OR l.owner = ? OR l.expires_at <= ?) "
-        f"ORDER BY r.created_at, r.id LIMIT ?",
-        (*NONTERMINAL, owner, now, limit),
-    ).fetchall()]
+    ids = [rid for (rid,) in conn.execute(CLAIMABLE, (owner, now, limit)).fetchall()]
     conn.executemany(
         "INSERT INTO leases(recharge_id, owner, expires_at) VALUES (?,?,?) "
         "ON CONFLICT(recharge_id) DO UPDATE SET owner=excluded.owner, expires_at=excluded.expires_at",

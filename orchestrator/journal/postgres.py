@@ -29,12 +29,13 @@ from orchestrator.journal._protocol import (
     FirstRecharge,
     JournalError,
     QuoteRecord,
+    UserTotals,
     WalletEntry,
     WalletView,
 )
 from orchestrator.journal._schema_pg import MIGRATIONS
+from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, month_of, totals_since
 from orchestrator.model import (
-    TERMINAL,
     Attempt,
     AttemptState,
     Recharge,
@@ -48,7 +49,10 @@ __all__ = ["PostgresJournal"]
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-_NONTERMINAL = [s.value for s in RechargeStatus if s not in TERMINAL]
+# The non-terminal recharges, as a literal the planner can match to the recharges_open
+# partial index: a generic plan over ``status = ANY($1)`` cannot use it, and scans
+# every recharge ever made.
+_OPEN = "status IN ('processing', 'pending')"
 # Any key will do, as long as nothing else on the database takes it.
 _MIGRATION_LOCK = 0x6A6F75726E616C  # "journal"
 # A step that hits one of these lost a lock race with another transaction, not a rule:
@@ -401,25 +405,12 @@ class PostgresJournal:
         async def ensure_rows(conn: asyncpg.Connection) -> None:
             # Every candidate needs a lease row to lock. Made in id order (and committed
             # at once), so two claimers making them together wait instead of deadlocking.
-            await conn.execute(
-                "INSERT INTO leases(recharge_id, owner, expires_at) "
-                "SELECT r.id, NULL, 0 FROM recharges r WHERE r.status = ANY($1::text[]) "
-                "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.recharge_id = r.id) ORDER BY r.id "
-                "ON CONFLICT (recharge_id) DO NOTHING",
-                _NONTERMINAL,
-            )
+            await conn.execute(_LEASE_ROWS)
 
         async def take(conn: asyncpg.Connection) -> list[Recharge]:
             # SKIP LOCKED: a lease another claimer is taking right now is not ours; one
             # it took since our snapshot is re-checked on its new row version and dropped.
-            rows = await conn.fetch(
-                "UPDATE leases SET owner = $1, expires_at = $2 WHERE recharge_id IN ("
-                " SELECT l.recharge_id FROM leases l JOIN recharges r ON r.id = l.recharge_id"
-                " WHERE r.status = ANY($5::text[]) AND (l.owner IS NULL OR l.owner = $1 OR l.expires_at <= $3)"
-                " ORDER BY r.created_at, r.id LIMIT $4 FOR UPDATE OF l SKIP LOCKED"
-                ") RETURNING recharge_id",
-                owner, now + lease_s, now, limit, _NONTERMINAL,
-            )
+            rows = await conn.fetch(_TAKE_LEASES, owner, now + lease_s, now, limit)
             recs = await _load_many(conn, [r[0] for r in rows])
             return sorted((r for r in recs if not r.terminal), key=lambda r: (r.created_at, r.id))
 
@@ -490,18 +481,25 @@ class PostgresJournal:
 
         return await self._read(fn, snapshot=True)
 
+    async def user_totals(self, user_id: str, since: float) -> list[UserTotals]:
+        async def fn(conn: asyncpg.Connection) -> list[UserTotals]:
+            totals = totals_since(await conn.fetch(_USER_TOTALS, user_id), since)
+            if totals is None:  # rare: see _totals
+                totals = counted(await conn.fetch(_COUNT_SINCE, float(since), user_id))
+            return totals
+
+        return await self._read(fn)
+
     async def nonterminal(self) -> list[Recharge]:
         async def fn(conn: asyncpg.Connection) -> list[Recharge]:
-            ids = await conn.fetch(
-                "SELECT id FROM recharges WHERE status = ANY($1::text[]) ORDER BY created_at", _NONTERMINAL)
+            ids = await conn.fetch(_OPEN_IDS)
             return await _load_many(conn, [r[0] for r in ids])
 
         return await self._read(fn, snapshot=True)
 
     async def refunds_due(self) -> list[Recharge]:
         async def fn(conn: asyncpg.Connection) -> list[Recharge]:
-            ids = await conn.fetch(
-                "SELECT DISTINCT recharge_id FROM attempts WHERE state=$1", AttemptState.REFUND_REQUESTED.value)
+            ids = await conn.fetch(_REFUNDS_DUE)
             return await _load_many(conn, [r[0] for r in ids])
 
         return await self._read(fn, snapshot=True)
@@ -594,6 +592,38 @@ _UPDATE_STATUS = (
     "UPDATE recharges SET status=$1, updated_at=$2, reason=$3, channel=COALESCE($4, channel), "
     "decline_code=COALESCE($5, decline_code) WHERE id=$6 AND ($7::text[] IS NULL OR status = ANY($7::text[]))"
 )
+# A success that credits: the row says whose totals it joins (see _ADD_TO_TOTALS).
+_UPDATE_STATUS_SUCCEEDED = _UPDATE_STATUS + " RETURNING user_id, currency, amount_minor, created_at"
+# One more success in its user's totals (see ``_totals``): counted in its creation
+# month's tally if that is the newest month, starting a new tally if newer, left out of
+# the tally (not the count and sum) if older. The upsert locks the row until commit, so
+# two instances crediting one user add one after the other.
+_ADD_TO_TOTALS = (
+    "INSERT INTO user_recharge_totals AS t(user_id, currency, recharges, amount_minor, month_start, month_recharges) "
+    "VALUES ($1, $2, 1, $3, $4, 1) ON CONFLICT (user_id, currency) DO UPDATE SET "
+    "recharges = t.recharges + 1, amount_minor = t.amount_minor + excluded.amount_minor, "
+    "month_recharges = CASE WHEN excluded.month_start > t.month_start THEN 1 "
+    "WHEN excluded.month_start = t.month_start THEN t.month_recharges + 1 ELSE t.month_recharges END, "
+    "month_start = GREATEST(t.month_start, excluded.month_start)"
+)
+# The reads of every reconcile pass and every recharge, each along an index (the partial
+# ones named by their own literal condition): none grows with the whole table.
+_OPEN_IDS = f"SELECT id FROM recharges WHERE {_OPEN} ORDER BY created_at"
+_LEASE_ROWS = (
+    "INSERT INTO leases(recharge_id, owner, expires_at) "
+    f"SELECT r.id, NULL, 0 FROM recharges r WHERE r.{_OPEN} "
+    "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.recharge_id = r.id) ORDER BY r.id "
+    "ON CONFLICT (recharge_id) DO NOTHING"
+)
+_TAKE_LEASES = (
+    "UPDATE leases SET owner = $1, expires_at = $2 WHERE recharge_id IN ("
+    " SELECT l.recharge_id FROM leases l JOIN recharges r ON r.id = l.recharge_id"
+    f" WHERE r.{_OPEN} AND (l.owner IS NULL OR l.owner = $1 OR l.expires_at <= $3)"
+    " ORDER BY r.created_at, r.id LIMIT $4 FOR UPDATE OF l SKIP LOCKED"
+    ") RETURNING recharge_id"
+)
+_REFUNDS_DUE = "SELECT DISTINCT recharge_id FROM attempts WHERE state = 'refund_requested'"
+_USER_TOTALS = f"SELECT {TOTALS_COLUMNS} FROM user_recharge_totals WHERE user_id = $1"
 _UPDATE_ATTEMPT = (
     "UPDATE attempts SET state=$1, provider_ref=COALESCE($2, provider_ref), decline_code=$3, error=$4, "
     "latency_ms=COALESCE($5, latency_ms), updated_at=$6 "
@@ -689,12 +719,17 @@ def _values(states: frozenset[Any] | None) -> list[str] | None:
 
 
 async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
+    # A step that marks its recharge succeeded and credits it adds it to the user's
+    # totals; who, what currency, how much and when created come from the row it updates.
+    succeeded: asyncpg.Record | None = None
     if step.status is not None:
-        done = await conn.execute(
-            _UPDATE_STATUS, step.status.value, float(step.at), step.reason, step.channel, step.decline_code,
-            step.recharge_id, _values(step.expect_status),
-        )
-        if done != "UPDATE 1":
+        args = (step.status.value, float(step.at), step.reason, step.channel, step.decline_code,
+                step.recharge_id, _values(step.expect_status))
+        if step.status is RechargeStatus.SUCCEEDED and step.credit is not None:
+            succeeded = await conn.fetchrow(_UPDATE_STATUS_SUCCEEDED, *args)
+            if succeeded is None:
+                raise _Rejected
+        elif await conn.execute(_UPDATE_STATUS, *args) != "UPDATE 1":
             raise _Rejected
     elif step.expect_status is not None:
         # Lock the row as the UPDATE above would: the guard must still hold when we
@@ -719,6 +754,8 @@ async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
         c = step.credit
         if await conn.fetchval(_CREDIT, c.user_id, c.coins, float(c.at), c.recharge_id) is None:
             raise _Rejected
+        if succeeded is not None:
+            await conn.execute(_ADD_TO_TOTALS, succeeded[0], succeeded[1], succeeded[2], month_of(succeeded[3]))
     if step.trail:
         await _insert_trail(conn, step.trail)
     return True
@@ -764,6 +801,9 @@ def _numbered(sql: str) -> str:
             continue
         out.append(ch)
     return "".join(out)
+
+
+_COUNT_SINCE = _numbered(COUNT_SINCE)
 
 
 _QUOTE_COLUMNS = "quote_id, user_id, amount_minor, currency, price, issued_at, expires_at"

@@ -27,12 +27,13 @@ from orchestrator.journal._protocol import (
     FirstRecharge,
     JournalError,
     QuoteRecord,
+    UserTotals,
     WalletEntry,
     WalletView,
 )
 from orchestrator.journal._sqlite_ops import (
     ATTEMPT_COLUMNS,
-    NONTERMINAL,
+    OPEN,
     QUOTE_COLUMNS,
     attempt_of,
     connect,
@@ -40,12 +41,19 @@ from orchestrator.journal._sqlite_ops import (
     quote_of,
 )
 from orchestrator.journal._sqlite_writer import ProcessWriter
-from orchestrator.model import Attempt, AttemptState, Recharge, Step, TrailEntry
+from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, totals_since
+from orchestrator.model import Attempt, Recharge, Step, TrailEntry
 
 __all__ = ["SqliteJournal", "path_from_url"]
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+# The reads of every reconcile pass and every recharge, each along an index (the partial
+# ones named by their own literal condition): none grows with the whole table.
+_OPEN_IDS = f"SELECT id FROM recharges WHERE {OPEN} ORDER BY created_at"
+_REFUNDS_DUE = "SELECT DISTINCT recharge_id FROM attempts WHERE state = 'refund_requested'"
+_USER_TOTALS = f"SELECT {TOTALS_COLUMNS} FROM user_recharge_totals WHERE user_id = ?"
 
 
 def path_from_url(url: str) -> str:
@@ -263,12 +271,16 @@ class SqliteJournal:
 
         return await self._read(fn)
 
+    async def user_totals(self, user_id: str, since: float) -> list[UserTotals]:
+        # On every recharge's path: a primary-key range read, inline like a quote's.
+        totals = totals_since(await self.query_small(_USER_TOTALS, (user_id,)), since)
+        if totals is None:  # rare: see _totals
+            totals = counted(await self.query_small(COUNT_SINCE, (since, user_id)))
+        return totals
+
     async def nonterminal(self) -> list[Recharge]:
         def fn(conn: sqlite3.Connection) -> list[Recharge]:
-            marks = ",".join("?" * len(NONTERMINAL))
-            ids = conn.execute(
-                f"SELECT id FROM recharges WHERE status IN ({marks}) ORDER BY created_at", NONTERMINAL
-            ).fetchall()
+            ids = conn.execute(_OPEN_IDS).fetchall()
             out = []
             for (rid,) in ids:
                 rec = load(conn, rid)
@@ -280,9 +292,7 @@ class SqliteJournal:
 
     async def refunds_due(self) -> list[Recharge]:
         def fn(conn: sqlite3.Connection) -> list[Recharge]:
-            ids = conn.execute(
-                "SELECT DISTINCT recharge_id FROM attempts WHERE state=?", (AttemptState.REFUND_REQUESTED.value,)
-            ).fetchall()
+            ids = conn.execute(_REFUNDS_DUE).fetchall()
             return [r for (rid,) in ids if (r := load(conn, rid)) is not None]
 
         return await self._read(fn)

@@ -1,0 +1,69 @@
+"""Each user's succeeded recharges per currency (``user_recharge_totals``), kept by the
+journal in the transaction that credits each success, so the history read on every
+recharge is one primary-key range read of a few rows, not a walk of the user's recharges.
+
+A row holds, for one user and currency, the count (``recharges``) and sum
+(``amount_minor``) of the succeeded recharges, and ``month_recharges``: how many of them
+were created in ``month_start``, the newest calendar month (UTC) any of them was created
+in. A success created in a newer month starts that month's tally at 1; one created in an
+older month (created before the turn of a month, succeeded after a newer one had) leaves
+the tally alone. The month is the recharge's creation, never its success: "recharges
+this month" has always counted by ``created_at``.
+
+So the totals answer "how many were created at or after M", for M the start of a month:
+
+- ``month_start == M``: ``month_recharges`` (none was created in a later month);
+- ``month_start < M``: 0 (all were created before M);
+- ``month_start > M``: the reader's clock is behind a recharge's creation (another
+  instance's clock, around the turn of a month). The totals cannot tell, and the store
+  counts that user's recharges as it did before the totals existed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator.journal._protocol import UserTotals
+
+__all__ = ["COUNT_SINCE", "TOTALS_COLUMNS", "counted", "month_of", "totals_since"]
+
+TOTALS_COLUMNS = "currency, recharges, amount_minor, month_start, month_recharges"
+
+# The long way round, exact for any ``since``: what the history read was before the
+# totals. Parameters: since, user_id.
+COUNT_SINCE = (
+    "SELECT currency, COUNT(*), SUM(amount_minor), SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END) "
+    "FROM recharges WHERE user_id = ? AND status = 'succeeded' GROUP BY currency"
+)
+
+
+def month_of(created_at: float) -> int:
+    """The start (epoch seconds) of the UTC calendar month holding ``created_at``: the M
+    with M <= created_at < the next month's start, as ``created_at >= M`` tells. Floored
+    to the second first: ``datetime`` rounds to the microsecond, which would move a time
+    a hair before midnight into the next month. The backfill (migration 7) floors too."""
+    t = datetime.fromtimestamp(math.floor(created_at), UTC)
+    return int(datetime(t.year, t.month, 1, tzinfo=UTC).timestamp())
+
+
+def totals_since(rows: Iterable[Sequence[Any]], since: float) -> list[UserTotals] | None:
+    """The totals of ``rows`` (``TOTALS_COLUMNS``), ``this_month`` counting those created
+    at or after ``since``; None when the rows cannot tell (``since`` is not the start of
+    a month, or a row's month is later than it) and ``COUNT_SINCE`` must."""
+    if month_of(since) != since:
+        return None
+    out = []
+    for currency, recharges, amount_minor, month_start, month_recharges in rows:
+        if month_start > since:
+            return None
+        out.append(UserTotals(currency, int(recharges), int(amount_minor),
+                              int(month_recharges) if month_start == since else 0))
+    return out
+
+
+def counted(rows: Iterable[Sequence[Any]]) -> list[UserTotals]:
+    """``COUNT_SINCE``'s rows as totals."""
+    return [UserTotals(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
