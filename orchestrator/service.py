@@ -215,7 +215,10 @@ class Service:
             settle_channels=self._any_channel,
             instrument=self._instrument_of,
             on_terminal=lambda rec: self._instruments.pop(rec.id, None),
-            owner=self.instance_id,
+            # Alone on a SQLite file (server.JournalLock makes sure of it), nothing else
+            # could drive its recharges: no lease to write on every one. Workers, other
+            # instances (PostgreSQL) or an explicit instance_id lease what they drive.
+            owner=self.instance_id if (not sqlite or cluster is not None or storage.instance_id) else None,
             lease_s=loaded.config.storage.lease_s,
         )
         # Whole card/account numbers, in memory only, while their recharge runs.
