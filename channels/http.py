@@ -42,6 +42,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from channels._protocol import AttemptOutcome, ChannelResult, PaymentRequest
 
@@ -260,6 +261,7 @@ class HttpChannel:
         self.name = name
         self.kind = kind
         self.base_url = base_url.rstrip("/")
+        self._payments = URL(self.base_url + "/payments")  # parsed once: every charge goes there
         self.expects_pending = defaults.expects_pending
         self.poll_schedule_s = defaults.poll_schedule_s
         # The connect phase must end before the whole deadline, or a slow connect would
@@ -277,7 +279,12 @@ class HttpChannel:
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
 
-    async def _call(self, op: Op, method: str, path: str, *, body: dict[str, Any] | None = None,
+    @property
+    def timeout_s(self) -> float:
+        """The longest any call takes: past it the call answers (UNKNOWN or NOT_PROCESSED)."""
+        return float(self._timeout.total or 0.0)
+
+    async def _call(self, op: Op, method: str, path: str | URL, *, body: dict[str, Any] | None = None,
                     idempotency_key: str | None = None) -> ChannelResult:
         headers = dict(self._auth)
         data = None
@@ -286,11 +293,12 @@ class HttpChannel:
             data = orjson.dumps(body)
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
+        url = path if isinstance(path, URL) else URL(self.base_url + path)
         started = time.perf_counter()
-        answer = await self._exchange(op, method, self.base_url + path, headers, data)
+        answer = await self._exchange(op, method, url, headers, data)
         return outcome_of(answer, (time.perf_counter() - started) * 1000)
 
-    async def _exchange(self, op: Op, method: str, url: str, headers: dict[str, str], data: bytes | None) -> WireAnswer:
+    async def _exchange(self, op: Op, method: str, url: URL, headers: dict[str, str], data: bytes | None) -> WireAnswer:
         """The one seam to the network: every library error becomes a ``WireAnswer``."""
         try:
             async with self._client().request(method, url, headers=headers, data=data) as resp:
@@ -309,7 +317,7 @@ class HttpChannel:
             "instrument": request.instrument,
             "callback_url": request.callback_url,
         }
-        return await self._call(Op.AUTHORIZE, "POST", "/payments", body=body, idempotency_key=request.reference)
+        return await self._call(Op.AUTHORIZE, "POST", self._payments, body=body, idempotency_key=request.reference)
 
     async def inquire(self, reference: str) -> ChannelResult:
         return await self._call(Op.INQUIRE, "GET", f"/payments/{_segment(reference)}")

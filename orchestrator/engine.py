@@ -723,6 +723,11 @@ class Engine:
         """One provider call. Channels map their own failures to outcomes; anything that
         still escapes (a bug, our own deadline) is an unknown outcome, never a crash."""
         started = self._clock.monotonic()
+        # A channel that answers within its own timeout needs no deadline of ours armed
+        # when the budget is longer (the common case: 15 s left, a 2 s provider timeout).
+        own = getattr(channel, "timeout_s", None)
+        if budget_s is not None and own is not None and own < budget_s:
+            budget_s = None
         try:
             coro = getattr(channel, op)(arg)
             if budget_s is not None:
