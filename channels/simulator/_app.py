@@ -44,6 +44,7 @@ MAX_BODY_BYTES = 64 * 1024
 _STALL_POLL_S = 0.02
 _LIMITS = {"reference": 255, "currency": 3, "method": 64}
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 V1Handler = Callable[[web.Request, SimChannel], Awaitable[web.StreamResponse]]
 
 
@@ -93,16 +94,35 @@ def _retry_later(status: int, message: str) -> web.Response:
     return _error(status, "unavailable" if status == 503 else "rate_limited", message, headers={"Retry-After": "1"})
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                       ) -> web.StreamResponse:
-    """aiohttp's own refusals (unknown path, wrong method, body too large) as JSON too."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
-            raise
-        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+# -- aiohttp's own refusals, as JSON -------------------------------------------------------
+#
+# An unknown path, a wrong method or a body too large answers JSON like everything else.
+# Not through a middleware: that would wrap every request, each payment too. Instead each
+# resource answers its other methods itself (``_serve``), a catch-all route registered
+# last takes every path nothing else matched, and the handlers that read a body answer
+# its size themselves.
+
+def _refusal(exc: web.HTTPException) -> web.Response:
+    return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+
+
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    return _refusal(web.HTTPMethodNotAllowed(request.method, ()))
+
+
+async def _not_found(_request: web.Request) -> web.Response:
+    return _refusal(web.HTTPNotFound())
+
+
+def _serve(router: web.UrlDispatcher, path: str, **handlers: Handler) -> None:
+    """``path`` answering each method in ``handlers`` (GET answers HEAD too, as
+    ``add_get`` does) and any other method with a JSON 405."""
+    resource = router.add_resource(path)
+    for method, handler in handlers.items():
+        if method == "GET":
+            resource.add_route("HEAD", handler)
+        resource.add_route(method, handler)
+    resource.add_route("*", _method_not_allowed)
 
 
 # -- request validation -------------------------------------------------------------------
@@ -150,7 +170,7 @@ class Simulator:
 
     # -- protocol v1 ----------------------------------------------------------------------
 
-    def v1(self, handler: V1Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def v1(self, handler: V1Handler) -> Handler:
         """What every protocol-v1 request goes through: the channel, its counters, its
         outage (before authentication: a provider that is down checks nothing), its key."""
 
@@ -184,6 +204,8 @@ class Simulator:
         except orjson.JSONDecodeError:
             ch.counters["rejected"] += 1
             return _error(400, "malformed_json", "the body is not JSON")
+        except web.HTTPRequestEntityTooLarge as exc:
+            return _refusal(exc)
         if problem := _payment_problem(body, request.headers.get("Idempotency-Key")):
             ch.counters["rejected"] += 1
             return _error(422, "invalid_field", problem[1], problem[0])
@@ -279,6 +301,8 @@ class Simulator:
             changes = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             return _error(400, "malformed_json", "the body is not JSON")
+        except web.HTTPRequestEntityTooLarge as exc:
+            return _refusal(exc)
         try:
             ch.behaviour = ch.behaviour.updated(changes)
         except BehaviourError as exc:
@@ -322,19 +346,19 @@ def build_app(config: SimConfig | Mapping[str, Any]) -> web.Application:
     """The simulator app for a config (a ``SimConfig`` or the parsed YAML document).
     Nothing runs until the app starts: the webhook session lives in ``cleanup_ctx``."""
     sim = Simulator(config if isinstance(config, SimConfig) else parse_config(config))
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SIMULATOR] = sim
     app.cleanup_ctx.append(sim.notifier.lifespan)
     app.cleanup_ctx.append(sim.lifespan)  # cleaned up first: settlements stop before the session closes
     r = app.router
-    r.add_get("/_sim/ledger", sim.ledger)
-    r.add_get("/_sim/stats", sim.stats)
-    r.add_post("/_sim/reset", sim.reset)
-    r.add_get("/_sim/{channel}/behaviour", sim.get_behaviour)
-    r.add_put("/_sim/{channel}/behaviour", sim.put_behaviour)
-    r.add_post("/{channel}/payments", sim.v1(sim.authorize))
-    r.add_get("/{channel}/payments/{reference}", sim.v1(sim.inquire))
-    r.add_post("/{channel}/payments/{reference}/void", sim.v1(sim.void))
-    r.add_post("/{channel}/payments/{reference}/refund", sim.v1(sim.refund))
-    r.add_get("/{channel}/ping", sim.v1(sim.ping))
+    _serve(r, "/_sim/ledger", GET=sim.ledger)
+    _serve(r, "/_sim/stats", GET=sim.stats)
+    _serve(r, "/_sim/reset", POST=sim.reset)
+    _serve(r, "/_sim/{channel}/behaviour", GET=sim.get_behaviour, PUT=sim.put_behaviour)
+    _serve(r, "/{channel}/payments", POST=sim.v1(sim.authorize))
+    _serve(r, "/{channel}/payments/{reference}", GET=sim.v1(sim.inquire))
+    _serve(r, "/{channel}/payments/{reference}/void", POST=sim.v1(sim.void))
+    _serve(r, "/{channel}/payments/{reference}/refund", POST=sim.v1(sim.refund))
+    _serve(r, "/{channel}/ping", GET=sim.v1(sim.ping))
+    r.add_route("*", "/{path:.*}", _not_found)  # last: whatever no resource above matched
     return app

@@ -21,10 +21,13 @@ the rest is a plain capture):
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 import math
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any
 
 __all__ = ["KIND_DEFAULTS", "LATENCY_DISTRIBUTIONS", "OUTAGE_MODES", "Behaviour", "BehaviourError", "Fate"]
@@ -54,6 +57,7 @@ class Fate(enum.StrEnum):
 
 _FATE_ORDER = tuple(f for f in Fate if f is not Fate.CAPTURE)
 _FATE_RATES = tuple(f"{f.value}_rate" for f in _FATE_ORDER)
+_FATES = (*_FATE_ORDER, Fate.CAPTURE)  # indexed by where the draw falls among the edges
 _OTHER_RATES = ("pending_decline_rate", "duplicate_webhook_rate", "out_of_order_webhook_rate", "webhook_drop_rate")
 _DURATIONS_MS = ("latency_ms", "latency_jitter_ms", "ping_latency_ms", "webhook_delay_ms", "webhook_retry_ms",
                  "hang_ms")
@@ -73,7 +77,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: the cached properties below live in the instance dict
 class Behaviour:
     latency_ms: float = 28.0
     latency_jitter_ms: float = 4.0
@@ -147,26 +151,48 @@ class Behaviour:
         return asdict(self)
 
     # -- draws (each from the channel's own RNG) ------------------------------------------
+    #
+    # A draw happens for every payment and a behaviour changes rarely, so what the draws
+    # need besides the RNG is worked out once per behaviour (cached properties: a frozen
+    # behaviour never goes stale; a change builds a new one). The arithmetic is the same
+    # as drawing from the fields directly, so a seed gives the same run either way.
 
     def latency_s(self, rng: random.Random) -> float:
-        return _draw_ms(self.latency_distribution, self.latency_ms, self.latency_jitter_ms, rng) \
-            * self.latency_multiplier / 1000
+        mean, sd = self.latency_ms, self.latency_jitter_ms
+        if self.latency_distribution == "fixed" or sd == 0 or mean == 0:
+            ms = mean
+        elif self.latency_distribution == "normal":
+            ms = max(0.0, rng.gauss(mean, sd))
+        else:
+            ms = rng.lognormvariate(*self._lognormal)
+        return ms * self.latency_multiplier / 1000
+
+    @cached_property
+    def _lognormal(self) -> tuple[float, float]:
+        """mu and sigma of the lognormal with mean ``latency_ms`` and sd ``latency_jitter_ms``."""
+        sigma2 = math.log1p((self.latency_jitter_ms / self.latency_ms) ** 2)
+        return math.log(self.latency_ms) - sigma2 / 2, math.sqrt(sigma2)
 
     def ping_latency_s(self) -> float:
         return self.ping_latency_ms * self.latency_multiplier / 1000
 
     def fate(self, rng: random.Random) -> Fate:
-        u = rng.random()
-        edge = 0.0
-        for fate, rate_name in zip(_FATE_ORDER, _FATE_RATES, strict=True):
-            edge += getattr(self, rate_name)
-            if u < edge:
-                return fate
-        return Fate.CAPTURE
+        """The first fate whose cumulative rate exceeds a uniform draw; capture past them all."""
+        return _FATES[bisect.bisect_right(self._fate_edges, rng.random())]
+
+    @cached_property
+    def _fate_edges(self) -> tuple[float, ...]:
+        """Where each fate's share of [0, 1) ends, in ``_FATE_ORDER`` (summed from 0.0 in that order)."""
+        return tuple(itertools.accumulate((getattr(self, name) for name in _FATE_RATES), initial=0.0))[1:]
 
     def decline_code(self, rng: random.Random) -> str:
-        codes = list(self.decline_codes)
-        return rng.choices(codes, weights=[self.decline_codes[c] for c in codes])[0]
+        codes, cum_weights = self._decline_table
+        return rng.choices(codes, cum_weights=cum_weights)[0]
+
+    @cached_property
+    def _decline_table(self) -> tuple[list[str], list[float]]:
+        """The decline codes and their cumulative weights, as ``random.choices`` sums them."""
+        return list(self.decline_codes), list(itertools.accumulate(self.decline_codes.values()))
 
     def webhook_delay_s(self, rng: random.Random) -> float:
         # A tenth of the delay as jitter, so many pending payments do not settle in lockstep.
@@ -176,16 +202,6 @@ class Behaviour:
         """One Bernoulli draw for a webhook or settlement rate (drawn even at 0, so the
         RNG sequence does not depend on which rates are set)."""
         return rng.random() < getattr(self, rate_name)
-
-
-def _draw_ms(distribution: str, mean: float, sd: float, rng: random.Random) -> float:
-    if distribution == "fixed" or sd == 0 or mean == 0:
-        return mean
-    if distribution == "normal":
-        return max(0.0, rng.gauss(mean, sd))
-    # The lognormal with this mean and standard deviation.
-    sigma2 = math.log1p((sd / mean) ** 2)
-    return rng.lognormvariate(math.log(mean) - sigma2 / 2, math.sqrt(sigma2))
 
 
 KIND_DEFAULTS = {

@@ -27,7 +27,7 @@ _COUNTER_OF_STATUS = {"captured": "captures", "declined": "declines", "pending":
                       "refunded": "refunds"}
 
 
-@dataclass
+@dataclass(slots=True)  # a long run holds hundreds of thousands of them
 class Payment:
     channel: str
     reference: str
