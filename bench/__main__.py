@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="rate of the outage and brownout scenarios (0: --rate)")
     p.add_argument("--loadgens", type=int, default=1, help="load generator processes sharing each rate")
     p.add_argument("--workers", type=int, default=WORKERS, help="orchestrator worker processes (server.workers)")
-    p.add_argument("--max-rates", default="500,600,700,800,900,1000,1100,1200,1500,1800,2100,2400,2700,3000")
+    p.add_argument("--max-rates", default="600,800,900,1000,1100,1200,1300,1400,1500,1650,1800,2000,2200,2400,2700,3000")
     p.add_argument("--soak", action="store_true", help="also a 10-minute steady run for memory")
     p.add_argument("--soak-rate", type=float, default=0, help="rate of the soak (0: --rate)")
     p.add_argument("--soak-seconds", type=float, default=600, help="length of the soak")

@@ -29,16 +29,42 @@ _KINDS = (
     ("API handlers", lambda f, s: "orchestrator/api/" in f),
     ("channel adapter", lambda f, s: "channels/" in f),
     ("other orchestrator code", lambda f, s: "orchestrator/" in f),
+    ("dataclass constructors", lambda f, s: f == "<string>"),
 )
+
+
+_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGES = ("orchestrator", "channels", "routing", "health", "config")
+
+
+def _project_files() -> dict[str, str]:
+    """Bare file name -> its path in the project, for the names only one file has: py-spy
+    gives some frames (orchestrator/api's, for one) as the bare file name."""
+    seen: dict[str, list[str]] = {}
+    for package in _PACKAGES:
+        for f in (_ROOT / package).rglob("*.py"):
+            seen.setdefault(f.name, []).append(str(f.relative_to(_ROOT)))
+    return {name: paths[0] for name, paths in seen.items() if len(paths) == 1}
+
+
+_BARE = _project_files()
 
 
 def _path(frame: str) -> str:
     m = re.search(r"\(([^:()]+):\d+\)", frame)
-    return m.group(1) if m else frame
+    if not m:
+        return frame
+    return _BARE.get(m.group(1), m.group(1)) if "/" not in m.group(1) else m.group(1)
 
 
 def _name(frame: str) -> str:
-    return re.sub(r":\d+\)", ")", frame)  # one entry per function, not per line
+    """One entry per function, not per line, under its project path when py-spy gave a bare name."""
+    m = re.search(r"\(([^:()]+):\d+\)", frame)
+    if m and "/" not in m.group(1) and m.group(1) in _BARE:
+        frame = frame.replace(f"({m.group(1)}:", f"({_BARE[m.group(1)]}:")
+    return re.sub(r":\d+\)", ")", frame)
+
+
 
 
 def summarize_profiles(profiles: list[tuple[str, Path]], title: str, top: int = 25) -> str:
