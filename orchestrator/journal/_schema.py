@@ -3,6 +3,8 @@ store records how many it has applied and applies the rest on open."""
 
 from __future__ import annotations
 
+from orchestrator.journal._totals import backfill
+
 __all__ = ["MIGRATIONS"]
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -143,34 +145,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             month_recharges INTEGER NOT NULL CHECK (month_recharges > 0),
             PRIMARY KEY (user_id, currency)
         ) WITHOUT ROWID""",
-        """WITH newest AS (
-            SELECT user_id, currency, COUNT(*) AS recharges, SUM(amount_minor) AS amount_minor,
-                   MAX(created_at) AS created_at
-            FROM recharges WHERE status = 'succeeded' GROUP BY user_id, currency
-        ), in_days AS (
-            SELECT user_id, currency, recharges, amount_minor,
-                   (CAST(created_at AS INTEGER) - CASE WHEN CAST(created_at AS INTEGER) > created_at THEN 1 ELSE 0 END)
-                   / 86400 + 719468 AS z
-            FROM newest
-        ), in_eras AS (
-            SELECT user_id, currency, recharges, amount_minor, z, z % 146097 AS doe FROM in_days
-        ), in_years AS (
-            SELECT user_id, currency, recharges, amount_minor, z, doe,
-                   (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365 AS yoe
-            FROM in_eras
-        ), in_year AS (
-            SELECT user_id, currency, recharges, amount_minor, z, doe - (365 * yoe + yoe / 4 - yoe / 100) AS doy
-            FROM in_years
-        ), months AS (
-            SELECT user_id, currency, recharges, amount_minor,
-                   86400 * (z - 719468 - doy + (153 * ((5 * doy + 2) / 153) + 2) / 5) AS month_start
-            FROM in_year
-        )
-        INSERT INTO user_recharge_totals(user_id, currency, recharges, amount_minor, month_start, month_recharges)
-        SELECT m.user_id, m.currency, m.recharges, m.amount_minor, m.month_start,
-               (SELECT COUNT(*) FROM recharges r WHERE r.user_id = m.user_id AND r.currency = m.currency
-                AND r.status = 'succeeded' AND r.created_at >= m.month_start)
-        FROM months m""",
+        backfill("INTEGER"),
     ),
     # 8: the late captures whose refund is not yet confirmed, for every reconcile pass:
     # a partial index holds just those, so the pass reads only them (the query names

@@ -28,7 +28,7 @@ from typing import Any
 
 from orchestrator.journal._protocol import UserTotals
 
-__all__ = ["COUNT_SINCE", "TOTALS_COLUMNS", "counted", "month_of", "totals_since"]
+__all__ = ["COUNT_SINCE", "TOTALS_COLUMNS", "backfill", "counted", "month_of", "totals_since"]
 
 TOTALS_COLUMNS = "currency, recharges, amount_minor, month_start, month_recharges"
 
@@ -38,6 +38,42 @@ COUNT_SINCE = (
     "SELECT currency, COUNT(*), SUM(amount_minor), SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END) "
     "FROM recharges WHERE user_id = ? AND status = 'succeeded' GROUP BY currency"
 )
+
+
+def backfill(integer: str) -> str:
+    """The totals of the recharges already journaled (migration 7, both stores; ``integer``
+    is the store's 64-bit integer type). Each row's month is that of its newest recharge,
+    computed in SQL as ``month_of`` does: the creation time floored to the second, then
+    days to the civil date (Howard Hinnant's civil_from_days) and back to the
+    first of that month."""
+    return """WITH newest AS (
+            SELECT user_id, currency, COUNT(*) AS recharges, SUM(amount_minor) AS amount_minor,
+                   MAX(created_at) AS created_at
+            FROM recharges WHERE status = 'succeeded' GROUP BY user_id, currency
+        ), in_days AS (
+            SELECT user_id, currency, recharges, amount_minor,
+                   (CAST(created_at AS {integer}) - CASE WHEN CAST(created_at AS {integer}) > created_at THEN 1 ELSE 0 END)
+                   / 86400 + 719468 AS z
+            FROM newest
+        ), in_eras AS (
+            SELECT user_id, currency, recharges, amount_minor, z, z % 146097 AS doe FROM in_days
+        ), in_years AS (
+            SELECT user_id, currency, recharges, amount_minor, z, doe,
+                   (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365 AS yoe
+            FROM in_eras
+        ), in_year AS (
+            SELECT user_id, currency, recharges, amount_minor, z, doe - (365 * yoe + yoe / 4 - yoe / 100) AS doy
+            FROM in_years
+        ), months AS (
+            SELECT user_id, currency, recharges, amount_minor,
+                   86400 * (z - 719468 - doy + (153 * ((5 * doy + 2) / 153) + 2) / 5) AS month_start
+            FROM in_year
+        )
+        INSERT INTO user_recharge_totals(user_id, currency, recharges, amount_minor, month_start, month_recharges)
+        SELECT m.user_id, m.currency, m.recharges, m.amount_minor, m.month_start,
+               (SELECT COUNT(*) FROM recharges r WHERE r.user_id = m.user_id AND r.currency = m.currency
+                AND r.status = 'succeeded' AND r.created_at >= m.month_start)
+        FROM months m""".format(integer=integer)
 
 
 def month_of(created_at: float) -> int:
