@@ -50,6 +50,17 @@ def store(new_store) -> Store:
     return new_store()
 
 
+@pytest.fixture
+async def two(store):
+    """Two instances on one store: two journals opened on the same data."""
+    a, b = store.journal(), store.journal()
+    await a.open()
+    await b.open()
+    yield a, b
+    await a.close()
+    await b.close()
+
+
 FUZZ_REPORT = pytest.StashKey[dict]()
 
 

@@ -4,6 +4,7 @@ free loopback ports, waited for, and always stopped (kill -9 included)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,6 +88,18 @@ async def ledger(sim: Proc) -> list[Any]:
     async with aiohttp.ClientSession() as s, s.get(sim.url + "/_sim/ledger") as r:
         body = await r.json()
     return [LedgerPayment(p["channel"], p["reference"], p["status"]) for p in body["payments"]]
+
+
+async def settle(store: Any, timeout_s: float = 60.0) -> None:
+    """Wait until no recharge in ``store`` (anything with ``query``: a SqliteReader, a
+    journal) is processing or pending: every deadline passed and the reconciler done.
+    Returns when the time is up too; the invariant check after it says what is left."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = await store.query("SELECT count(*) FROM recharges WHERE status IN ('processing', 'pending')")
+        if rows[0][0] == 0:
+            return
+        await asyncio.sleep(0.5)
 
 
 async def behave(sim: Proc, channel: str, **changes: Any) -> None:

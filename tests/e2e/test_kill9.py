@@ -10,11 +10,10 @@ import random
 import sqlite3
 import subprocess
 import sys
-import time
 
 import aiohttp
 import pytest
-from procs import FRONT_KEY, SqliteReader, behave, ledger, orchestrator, orchestrator_doc, simulator
+from procs import FRONT_KEY, SqliteReader, behave, ledger, orchestrator, orchestrator_doc, settle, simulator
 
 from orchestrator.invariants import check
 
@@ -109,12 +108,7 @@ async def test_kill_9_mid_run_loses_nothing_and_charges_nothing_twice(tmp_path):
 
         # Let every deadline pass and the reconciler finish what is pending.
         reader = SqliteReader(db)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            rows = await reader.query("SELECT count(*) FROM recharges WHERE status IN ('processing', 'pending')")
-            if rows[0][0] == 0:
-                break
-            await asyncio.sleep(0.5)
+        await settle(reader)
         report = await check(reader, await ledger(sim), settled=True)
         assert report.ok, report.violations[:20]
         assert report.recharges == TOTAL, report

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import aiohttp
 import pytest
-from procs import FRONT_KEY, behave, ledger, orchestrator, orchestrator_doc, simulator
+from procs import FRONT_KEY, behave, ledger, orchestrator, orchestrator_doc, settle, simulator
 
 from orchestrator.invariants import check
 from orchestrator.journal.postgres import PostgresJournal
@@ -93,13 +92,7 @@ async def test_two_instances_one_database_same_keys_and_a_kill(tmp_path, pg_serv
         journal = PostgresJournal(url, pool_min=1, pool_max=2)
         await journal.open()
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                (open_,) = (await journal.query(
-                    "SELECT count(*) FROM recharges WHERE status IN ('processing', 'pending')"))[0]
-                if open_ == 0:
-                    break
-                await asyncio.sleep(0.5)
+            await settle(journal)
             report = await check(journal, await ledger(sim), settled=True)
             assert report.ok, report.violations[:10]
             assert report.recharges == TOTAL

@@ -16,7 +16,7 @@ import aiohttp
 import psutil
 import pytest
 import yaml
-from procs import FRONT_KEY, SRE_KEY, SqliteReader, checked_stack, ledger, orchestrator, orchestrator_doc, simulator
+from procs import FRONT_KEY, SRE_KEY, SqliteReader, checked_stack, ledger, orchestrator, orchestrator_doc, settle, simulator
 
 from orchestrator.invariants import check
 
@@ -85,7 +85,6 @@ async def test_kill_9_of_a_worker_then_of_the_supervisor_loses_nothing(tmp_path)
         answers: dict[int, dict[str, Any]] = {}
         done = 0
         seen_workers: set[str] = set()
-        down = asyncio.Event()
         up = asyncio.Event()
         up.set()
 
@@ -148,12 +147,7 @@ async def test_kill_9_of_a_worker_then_of_the_supervisor_loses_nothing(tmp_path)
         assert seen_workers == {"0", "1"}, seen_workers
 
         reader = SqliteReader(db)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            rows = await reader.query("SELECT count(*) FROM recharges WHERE status IN ('processing', 'pending')")
-            if rows[0][0] == 0:
-                break
-            await asyncio.sleep(0.5)
+        await settle(reader)
         report = await check(reader, await ledger(sim), settled=True)
         assert report.ok, report.violations[:20]
         assert report.recharges == TOTAL, report

@@ -31,17 +31,6 @@ async def journal(store):
     await j.close()
 
 
-@pytest.fixture
-async def two(store):
-    """Two instances on one store."""
-    a, b = store.journal(), store.journal()
-    await a.open()
-    await b.open()
-    yield a, b
-    await a.close()
-    await b.close()
-
-
 async def test_create_is_idempotent_per_client_and_key(journal):
     clock = VirtualClock()
     rec, trail = make_recharge(clock, "k1")

@@ -26,17 +26,6 @@ from orchestrator.service import Service
 T0 = 1_800_000_000.0
 
 
-@pytest.fixture
-async def two(store):
-    """Two instances on one store."""
-    a, b = store.journal(), store.journal()
-    await a.open()
-    await b.open()
-    yield a, b
-    await a.close()
-    await b.close()
-
-
 def record(quote_id: str, expires_at: float, **kw: object) -> QuoteRecord:
     base = dict(quote_id=quote_id, user_id="u1", amount_minor=8500, currency="CNY",
                 price={"coins": 835, "rate": "0.14040", "promotions": [{"name": "first_recharge", "percent": "15"}]},
