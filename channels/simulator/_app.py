@@ -106,10 +106,6 @@ def _refusal(exc: web.HTTPException) -> web.Response:
     return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
 
 
-async def _method_not_allowed(request: web.Request) -> web.Response:
-    return _refusal(web.HTTPMethodNotAllowed(request.method, ()))
-
-
 async def _not_found(_request: web.Request) -> web.Response:
     return _refusal(web.HTTPNotFound())
 
@@ -118,11 +114,16 @@ def _serve(router: web.UrlDispatcher, path: str, **handlers: Handler) -> None:
     """``path`` answering each method in ``handlers`` (GET answers HEAD too, as
     ``add_get`` does) and any other method with a JSON 405."""
     resource = router.add_resource(path)
+    allowed = sorted({*handlers, *(["HEAD"] if "GET" in handlers else [])})
     for method, handler in handlers.items():
         if method == "GET":
             resource.add_route("HEAD", handler)
         resource.add_route(method, handler)
-    resource.add_route("*", _method_not_allowed)
+
+    async def method_not_allowed(_request: web.Request) -> web.Response:
+        return _error(405, "method_not_allowed", "Method Not Allowed", headers={"Allow": ", ".join(allowed)})
+
+    resource.add_route("*", method_not_allowed)
 
 
 # -- request validation -------------------------------------------------------------------
