@@ -130,6 +130,8 @@ async def test_unknown_paths_methods_and_big_bodies_answer_json(sim):
     assert status == 404 and body["error"]["code"] == "not_found"
     status, body = await sim.raw("DELETE", "/t1/payments")
     assert status == 405 and body["error"]["code"] == "method_not_allowed"
+    async with sim.session.patch(sim.url + "/_sim/t1/behaviour") as resp:
+        assert resp.status == 405 and resp.headers["Allow"] == "GET, HEAD, PUT"
     status, body = await sim.raw("POST", "/t1/payments", data=b"x" * 70_000, headers={"Idempotency-Key": "r1"})
     assert status == 413 and "error" in body
     status, body = await sim.raw("POST", "/t1/payments", data=b"{", headers={"Idempotency-Key": "r1"})
