@@ -285,9 +285,20 @@ class CurrencyTotals:
 
 
 def month_start(now: float) -> float:
-    """Epoch seconds of the start of ``now``'s calendar month, UTC."""
+    """Epoch seconds of the start of ``now``'s calendar month, UTC. Every recharge asks
+    (its user's history); the month it last answered is kept, so it is two comparisons
+    until the month turns."""
+    start, end = _month
+    if start <= now < end:
+        return start
     t = datetime.fromtimestamp(now, UTC)
-    return datetime(t.year, t.month, 1, tzinfo=UTC).timestamp()
+    start = datetime(t.year, t.month, 1, tzinfo=UTC).timestamp()
+    end = datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=UTC).timestamp()
+    _month[:] = [start, end]
+    return start
+
+
+_month = [0.0, 0.0]  # [start, end) of the month month_start answered last
 
 
 def history_from_totals(rows: Iterable[CurrencyTotals], rates: RateLookup) -> UserHistory:

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pricing_builders import pricing
 
 from orchestrator.clock import VirtualClock
@@ -148,6 +151,19 @@ def test_month_start_is_the_utc_calendar_month() -> None:
     assert month_start(1_700_000_000.0) == 1_698_796_800.0  # 2023-11-14 -> 2023-11-01T00:00Z
     assert month_start(1_698_796_800.0) == 1_698_796_800.0
     assert month_start(1_698_796_799.0) == 1_696_118_400.0  # one second before: October
+
+
+# Instants anywhere in 1970-2096, and the edges of months (the remembered month's ends).
+_EDGES = [datetime(y, m, 1, tzinfo=UTC).timestamp() for y in (1999, 2023, 2024) for m in range(1, 13)]
+_INSTANTS = st.one_of(st.floats(0, 4e9), st.sampled_from(_EDGES).flatmap(
+    lambda edge: st.sampled_from([edge, edge - 1e-6, edge - 0.5, edge + 1e-6])))
+
+
+@given(st.lists(_INSTANTS, min_size=1, max_size=30))
+def test_month_start_remembering_its_month_answers_as_if_computed_afresh(instants: list[float]) -> None:
+    for now in instants:  # in any order: the month remembered from the one before must not leak
+        t = datetime.fromtimestamp(now, UTC)
+        assert month_start(now) == datetime(t.year, t.month, 1, tzinfo=UTC).timestamp()
 
 
 def test_history_from_per_currency_totals() -> None:
