@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 from types import MappingProxyType
 from typing import Protocol
@@ -44,6 +43,7 @@ import structlog
 from config import PricingConfig, exponent, is_known
 from config._schema import PromotionsConfig
 from orchestrator.clock import Clock
+from orchestrator.journal._totals import month_of
 
 __all__ = [
     "CurrencyTotals",
@@ -285,20 +285,20 @@ class CurrencyTotals:
 
 
 def month_start(now: float) -> float:
-    """Epoch seconds of the start of ``now``'s calendar month, UTC. Every recharge asks
-    (its user's history); the month it last answered is kept, so it is two comparisons
-    until the month turns."""
+    """Epoch seconds of the start of ``now``'s calendar month, UTC: the journal's own
+    ``month_of``, the month its totals count a recharge in. Every recharge asks (its
+    user's history), so the month answered last is kept: two comparisons until the
+    month turns."""
+    global _month
     start, end = _month
     if start <= now < end:
         return start
-    t = datetime.fromtimestamp(now, UTC)
-    start = datetime(t.year, t.month, 1, tzinfo=UTC).timestamp()
-    end = datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=UTC).timestamp()
-    _month[:] = [start, end]
+    start = float(month_of(now))
+    _month = (start, float(month_of(start + 32 * 86400)))  # 32 days on: always the next month
     return start
 
 
-_month = [0.0, 0.0]  # [start, end) of the month month_start answered last
+_month = (0.0, 0.0)  # [start, end) of the month month_start answered last
 
 
 def history_from_totals(rows: Iterable[CurrencyTotals], rates: RateLookup) -> UserHistory:

@@ -22,10 +22,11 @@ def test_a_success_is_tallied_in_the_month_its_recharge_was_created() -> None:
     assert month_of(NOV_2023) == NOV_2023
     assert month_of(DEC_2023 - 1) == NOV_2023
     # A hair before midnight is still November, as ``created_at >= DEC_2023`` says;
-    # datetime alone would round it to the microsecond, into December.
+    # datetime alone would round it to the microsecond, into December. The pricing's
+    # month (the history's ``since``) is the same one.
     hair = math.nextafter(DEC_2023, 0)
     assert hair < DEC_2023 and month_of(hair) == NOV_2023
-    assert month_start(hair) == DEC_2023
+    assert month_start(hair) == NOV_2023
     assert month_of(datetime(2024, 2, 29, 23, 59, 59, tzinfo=UTC).timestamp()) == \
         datetime(2024, 2, 1, tzinfo=UTC).timestamp()
 
