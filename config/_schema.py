@@ -107,10 +107,11 @@ class StorageConfig(_Model):
     url: str = "sqlite:///data/orchestrator.db"
     # Upper bound on journal steps folded into one transaction/fsync.
     group_commit_max_batch: int = Field(512, gt=0, le=100_000)
-    # SQLite: under load, commits start at most this often, so the steps arriving
-    # between two commits share one transaction and fsync (0: commit back to back).
-    # Idle, a step commits at once; the most it adds to a step is this.
-    commit_interval_ms: float = Field(1.0, ge=0, le=50)
+    # SQLite: under load (the last commit held several steps), commits start at most
+    # this often, so the steps arriving between two commits share one transaction and
+    # fsync (0: commit back to back). Lightly loaded, a step commits at once; the most
+    # it adds to a step is this.
+    commit_interval_ms: float = Field(3.0, ge=0, le=50)
     # Each instance leases the recharges it drives; a dead instance's leases expire after
     # this and a live instance takes over its work.
     lease_s: float = Field(10.0, gt=0, le=3600)

@@ -121,26 +121,47 @@ async def test_a_journal_that_cannot_open_says_why(tmp_path):
     await journal.close()
 
 
-async def test_commit_interval_folds_more_steps_into_each_commit(tmp_path):
-    """With a commit interval, a steady stream of steps shares fewer commits; every step
-    is still committed before its caller hears back."""
+async def test_commit_interval_folds_more_steps_into_each_commit_under_load(tmp_path):
+    """Once a commit holds many steps (a burst: the writer is loaded), the next ones wait
+    up to the commit interval, so a steady stream of steps shares fewer commits; every
+    step is still committed before its caller hears back."""
+    from orchestrator.journal._sqlite_writer import BUSY_BATCH
+
     clock = VirtualClock()
     batches: list[int] = []
     journal = SqliteJournal(tmp_path / "j.db", commit_interval_ms=5, on_commit=lambda n, s: batches.append(n))
     await journal.open()
     try:
-        made = [make_recharge(clock, f"k{i}", user=f"u{i}") for i in range(100)]
-
-        async def stream() -> None:
-            for r, t in made:
-                asyncio.ensure_future(journal.create(r, t))
-                await asyncio.sleep(0.0005)
-
-        await stream()
-        while sum(batches) < 100:
-            await asyncio.sleep(0.01)
+        made = [make_recharge(clock, f"k{i}", user=f"u{i}") for i in range(100 + 2 * BUSY_BATCH)]
+        burst, rest = made[:2 * BUSY_BATCH], made[2 * BUSY_BATCH:]
+        pending = [asyncio.ensure_future(journal.create(r, t)) for r, t in burst]  # one loop turn: one frame
+        for r, t in rest:
+            pending.append(asyncio.ensure_future(journal.create(r, t)))
+            await asyncio.sleep(0.0005)
+        assert await asyncio.gather(*pending) == [None] * len(made)
+        assert batches[0] >= BUSY_BATCH, batches
         assert len(batches) < 60, batches
-        assert SqliteStore(tmp_path / "j.db").peek("SELECT COUNT(*) FROM recharges") == [(100,)]
+        assert SqliteStore(tmp_path / "j.db").peek("SELECT COUNT(*) FROM recharges") == [(len(made),)]
+    finally:
+        await journal.close()
+
+
+async def test_lightly_loaded_steps_commit_one_by_one_without_waiting_for_company(tmp_path):
+    """Steps that come one at a time commit one at a time: the interval only applies
+    after a big batch, so a long interval does not hold a lone step back."""
+    clock = VirtualClock()
+    batches: list[int] = []
+    journal = SqliteJournal(tmp_path / "j.db", commit_interval_ms=50, on_commit=lambda n, s: batches.append(n))
+    await journal.open()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i in range(20):
+            r, t = make_recharge(clock, f"k{i}", user=f"u{i}")
+            assert await journal.create(r, t) is None
+        # Waiting the interval before each commit would take 20 x 50 ms at the least.
+        assert loop.time() - started < 0.9
+        assert batches[-20:] == [1] * 20
     finally:
         await journal.close()
 
