@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -109,8 +110,22 @@ def run(config_path: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     except SimConfigError as exc:
         print(f"simulator config {config_path}: {exc}", file=sys.stderr)
         return 1
+    _tune_gc()
     uvloop.run(serve(config, host, port))
     return 0
+
+
+def _tune_gc() -> None:
+    """The ledger keeps every payment (a 10-minute run at 1,200/s: 720,000 of them), and
+    a full collection of it stops the event loop: 258 ms measured with 720,000 on the
+    bench machine, while every provider call in flight waits. With the default
+    thresholds they come again each time the tracked objects grow by a quarter, longer
+    each time, and the orchestrator sees each as a provider stall. What start-up made is
+    frozen out of collections, and a full one waits for a thousand middle ones (instead
+    of ten); the young generations still reclaim cycles."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 1000)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
