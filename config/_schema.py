@@ -107,7 +107,7 @@ class StorageConfig(_Model):
     url: str = "sqlite:///data/orchestrator.db"
     # Upper bound on journal steps folded into one transaction/fsync.
     group_commit_max_batch: int = Field(512, gt=0, le=100_000)
-    # SQLite: under load (the last commit held several steps), commits start at most
+    # SQLite: under load (a commit held 6+ steps, and each since 4+), commits start at most
     # this often, so the steps arriving between two commits share one transaction and
     # fsync (0: commit back to back). Lightly loaded, a step commits at once; the most
     # it adds to a step is this.

@@ -122,7 +122,9 @@ def _tune_gc() -> None:
     thresholds they come again each time the tracked objects grow by a quarter, longer
     each time, and the orchestrator sees each as a provider stall. What start-up made is
     frozen out of collections, and a full one waits for a thousand middle ones (instead
-    of ten); the young generations still reclaim cycles."""
+    of ten); the young generations still reclaim cycles. The server's ``tune_gc``
+    (``orchestrator/server.py``) does the same for its own reasons; it is not imported
+    here because ``channels`` does not depend on ``orchestrator``."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 1000)
