@@ -115,6 +115,9 @@ def run(config_path: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     return 0
 
 
+FREEZE_INTERVAL_S = 2.0
+
+
 async def _serve_process(config: SimConfig, host: str, port: int) -> None:
     """``serve``, as the simulator's own process: with the ledger kept out of the
     garbage collector (``_freeze_survivors``)."""
@@ -123,9 +126,6 @@ async def _serve_process(config: SimConfig, host: str, port: int) -> None:
         await serve(config, host, port)
     finally:
         keeper.cancel()
-
-
-FREEZE_INTERVAL_S = 2.0
 
 
 async def _freeze_survivors(interval_s: float) -> None:
@@ -141,8 +141,9 @@ async def _freeze_survivors(interval_s: float) -> None:
     scans what the last 2 s made.
 
     The price: a reference cycle that becomes garbage after it was frozen is never
-    collected (refcounting still frees everything else, frozen or not). The ledger holds
-    none; a closed connection's cycle is the one kind, a few KB each."""
+    collected (refcounting still frees everything else, frozen or not). The ledger's
+    payments hold none; what does (a connection, an exception in flight) is short-lived,
+    so most such cycles are gone by the next round's collection."""
     while True:
         await asyncio.sleep(interval_s)
         gc.collect()
@@ -150,17 +151,13 @@ async def _freeze_survivors(interval_s: float) -> None:
 
 
 def _tune_gc() -> None:
-    """The ledger keeps every payment (a 10-minute run at 1,200/s: 720,000 of them), and
-    a full collection of it stops the event loop: 258 ms measured with 720,000 on the
-    bench machine, while every provider call in flight waits. With the default
-    thresholds they come again each time the tracked objects grow by a quarter, longer
-    each time, and the orchestrator sees each as a provider stall. What start-up made is
-    frozen out of collections, and a full one waits for a thousand middle ones (instead
-    of ten); the young generations still reclaim cycles. Thresholds alone only put the
-    stall off (to a gen-1 collection of 800 ms at 303 s): ``_freeze_survivors`` keeps
-    the ledger out of the collections altogether. The server's ``tune_gc``
-    (``orchestrator/server.py``) does the same for its own reasons; it is not imported
-    here because ``channels`` does not depend on ``orchestrator``."""
+    """Start-up's objects frozen out of collections, and fewer automatic ones: with the
+    default thresholds a full collection of the growing ledger (258 ms with 720,000
+    payments on the bench machine) came each time it grew by a quarter. Between the
+    rounds of ``_freeze_survivors``, which keeps the ledger itself out of collections,
+    the young generation still reclaims cycles. The server's ``tune_gc``
+    (``orchestrator/server.py``) is alike; it is not imported here because ``channels``
+    does not depend on ``orchestrator``."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 1000)
