@@ -25,7 +25,7 @@ _KINDS = (
     ("routing", lambda f, s: "routing/" in f),
     ("health", lambda f, s: "health/" in f),
     ("pricing and risk", lambda f, s: "pricing" in f or "quotes" in f or "risk" in f),
-    ("engine (state machine)", lambda f, s: "orchestrator/engine.py" in f),
+    ("driver and state machine", lambda f, s: "orchestrator/driver.py" in f or "orchestrator/transitions.py" in f),
     ("API handlers", lambda f, s: "orchestrator/api/" in f),
     ("channel adapter", lambda f, s: "channels/" in f),
     ("other orchestrator code", lambda f, s: "orchestrator/" in f),

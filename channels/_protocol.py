@@ -16,7 +16,7 @@ Everything the core knows about a provider is an ``AttemptOutcome``; nothing out
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
@@ -59,8 +59,11 @@ class PaymentRequest:
 class ChannelResult:
     """What one call to a provider came to.
 
-    ``outcome`` is the spec's attempt outcome. For an inquiry, ``NOT_PROCESSED`` means
-    the provider holds no such payment (HTTP 404 in protocol v1).
+    ``outcome`` is the spec's attempt outcome. ``NOT_PROCESSED`` comes only from a charge
+    the provider refused before processing; an inquiry, void or refund that finds no
+    such payment is ``UNKNOWN`` (a 404 proves nothing: the charge may still be in
+    flight). ``amount_minor`` and ``currency`` are what the provider says it charged,
+    when it says so: the core checks them against the attempt.
     """
 
     outcome: AttemptOutcome
@@ -68,7 +71,8 @@ class ChannelResult:
     decline_code: str | None = None
     error: str | None = None
     latency_ms: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    amount_minor: int | None = None
+    currency: str | None = None
 
 
 @runtime_checkable

@@ -14,18 +14,24 @@ HTTP status code:
                                                     -> UNKNOWN: the request may have been processed
     inquire    200 <status>                         -> that status (captured, pending, declined,
                                                        voided, refunded)
-               404                                  -> NOT_PROCESSED: the provider has no such payment
+               404                                  -> UNKNOWN: no such payment *yet* proves nothing (the
+                                                       charge may still be in flight at the provider)
                anything else, 429/503 and no answer at all included
                                                     -> UNKNOWN: the *inquiry* failed, which proves
                                                        nothing about the payment
-    void       200|409 <state>                      -> that state (VOIDED when it was cancelled)
-               404                                  -> NOT_PROCESSED (nothing to cancel)
-               anything else, no answer included    -> UNKNOWN
-    refund     as void, REFUNDED when it was given back
+    void       200|409 <state>                      -> that state (VOIDED when it was cancelled, or when
+                                                       the provider recorded a tombstone for a reference
+                                                       it had not seen: the charge can never land)
+               404, anything else, no answer        -> UNKNOWN (not confirmed)
+    refund     as void, REFUNDED when it was given back (a 404 is not a refund)
     ping       200 {"status": "ok"}                 -> CAPTURED, read as "ok" (the Channel protocol
                                                        has one result type; the prober checks for it)
                another HTTP answer                  -> NOT_PROCESSED (the provider is up but refuses)
                no answer                            -> NOT_PROCESSED if nothing was sent, else UNKNOWN
+
+A payment answer that names another reference than the one asked about is UNKNOWN (the
+provider is confused, and nothing it says can be trusted); the amount and currency it
+states ride on the result for the core to check against the attempt.
 
 Kinds differ only in defaults (``KIND_DEFAULTS``), never in code paths.
 """
@@ -44,6 +50,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from channels._kinds import KIND_DEFAULTS, KindDefaults
 from channels._protocol import AttemptOutcome, ChannelResult, PaymentRequest
 
 __all__ = [
@@ -58,24 +65,6 @@ __all__ = [
 
 MAX_BODY_BYTES = 1 << 20
 """A provider answer larger than this is not a protocol-v1 answer: read as unreadable."""
-
-
-@dataclass(frozen=True, slots=True)
-class KindDefaults:
-    """What differs between kinds: defaults, not code paths. ``poll_schedule_s`` is the
-    gap before each inquiry when the outcome is pending or unknown."""
-
-    timeout_ms: int
-    connect_timeout_ms: int
-    expects_pending: bool
-    poll_schedule_s: tuple[float, ...]
-
-
-KIND_DEFAULTS: dict[str, KindDefaults] = {
-    "direct_api": KindDefaults(2_000, 500, expects_pending=False, poll_schedule_s=(0.2, 0.5, 1.0, 2.0, 4.0)),
-    "digital_currency": KindDefaults(4_000, 1_000, expects_pending=True, poll_schedule_s=(1.0, 2.0, 4.0, 8.0)),
-    "bank": KindDefaults(10_000, 1_000, expects_pending=True, poll_schedule_s=(2.0, 4.0, 8.0, 15.0)),
-}
 
 
 class Op(enum.StrEnum):
@@ -108,6 +97,8 @@ class WirePayment:
     provider_ref: str | None
     status: str
     decline_code: str | None
+    amount_minor: int | None = None
+    currency: str | None = None
 
     @classmethod
     def parse(cls, raw: bytes) -> WirePayment | None:
@@ -116,7 +107,10 @@ class WirePayment:
         status = _opt_str(doc, "status") if doc is not None else None
         if doc is None or status is None or status not in _PAYMENT_STATUS:
             return None
-        return cls(_opt_str(doc, "reference"), _opt_str(doc, "provider_ref"), status, _opt_str(doc, "decline_code"))
+        amount = doc.get("amount_minor")
+        return cls(_opt_str(doc, "reference"), _opt_str(doc, "provider_ref"), status, _opt_str(doc, "decline_code"),
+                   amount if isinstance(amount, int) and not isinstance(amount, bool) else None,
+                   _opt_str(doc, "currency"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +146,7 @@ class WireAnswer:
     raw: bytes = b""
     sent: bool = True
     error: str | None = None
+    reference: str | None = None  # the payment asked about, when there is one
 
 
 def outcome_of(ans: WireAnswer, latency_ms: float = 0.0) -> ChannelResult:
@@ -171,9 +166,11 @@ def outcome_of(ans: WireAnswer, latency_ms: float = 0.0) -> ChannelResult:
                              latency_ms=latency_ms)
     if status in (200, 409):
         return _payment_result(ans, latency_ms)
+    if status == 404 and ans.op is not Op.AUTHORIZE:
+        return ChannelResult(AttemptOutcome.UNKNOWN, latency_ms=latency_ms,
+                             error=f"{ans.op} answered 404: no such payment (yet), which proves nothing")
     if status == 404:
-        what = "no such payment" if ans.op is not Op.AUTHORIZE else "no such endpoint"
-        return ChannelResult(AttemptOutcome.NOT_PROCESSED, error=f"provider answered 404: {what}",
+        return ChannelResult(AttemptOutcome.NOT_PROCESSED, error="provider answered 404: no such endpoint",
                              latency_ms=latency_ms)
     if ans.op is Op.AUTHORIZE and status in (429, 503):
         return ChannelResult(AttemptOutcome.NOT_PROCESSED, error=f"provider answered {status}: not processed",
@@ -189,9 +186,13 @@ def _payment_result(ans: WireAnswer, latency_ms: float) -> ChannelResult:
     if payment is None:
         return ChannelResult(AttemptOutcome.UNKNOWN, error=f"{ans.op}: unreadable {ans.http_status} answer",
                              latency_ms=latency_ms)
+    if ans.reference is not None and payment.reference is not None and payment.reference != ans.reference:
+        return ChannelResult(AttemptOutcome.UNKNOWN, latency_ms=latency_ms,
+                             error=f"{ans.op}: the answer is about payment {payment.reference[:64]!r}, not the one asked")
     error = None if ans.http_status == 200 else f"{ans.op} refused (409): the payment is {payment.status}"
     return ChannelResult(_PAYMENT_STATUS[payment.status], provider_ref=payment.provider_ref,
-                         decline_code=payment.decline_code, error=error, latency_ms=latency_ms)
+                         decline_code=payment.decline_code, error=error, latency_ms=latency_ms,
+                         amount_minor=payment.amount_minor, currency=payment.currency)
 
 
 # Errors that prove the request never left: the connection was not made, or the URL
@@ -285,7 +286,7 @@ class HttpChannel:
         return float(self._timeout.total or 0.0)
 
     async def _call(self, op: Op, method: str, path: str | URL, *, body: dict[str, Any] | None = None,
-                    idempotency_key: str | None = None) -> ChannelResult:
+                    idempotency_key: str | None = None, reference: str | None = None) -> ChannelResult:
         headers = dict(self._auth)
         data = None
         if body is not None:
@@ -295,14 +296,15 @@ class HttpChannel:
             headers["Idempotency-Key"] = idempotency_key
         url = path if isinstance(path, URL) else URL(self.base_url + path)
         started = time.perf_counter()
-        answer = await self._exchange(op, method, url, headers, data)
+        answer = await self._exchange(op, method, url, headers, data, reference)
         return outcome_of(answer, (time.perf_counter() - started) * 1000)
 
-    async def _exchange(self, op: Op, method: str, url: URL, headers: dict[str, str], data: bytes | None) -> WireAnswer:
+    async def _exchange(self, op: Op, method: str, url: URL, headers: dict[str, str], data: bytes | None,
+                        reference: str | None = None) -> WireAnswer:
         """The one seam to the network: every library error becomes a ``WireAnswer``."""
         try:
             async with self._client().request(method, url, headers=headers, data=data) as resp:
-                return WireAnswer(op, resp.status, await _read_capped(resp))
+                return WireAnswer(op, resp.status, await _read_capped(resp), reference=reference)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return _no_answer(op, exc)
 
@@ -317,18 +319,19 @@ class HttpChannel:
             "instrument": request.instrument,
             "callback_url": request.callback_url,
         }
-        return await self._call(Op.AUTHORIZE, "POST", self._payments, body=body, idempotency_key=request.reference)
+        return await self._call(Op.AUTHORIZE, "POST", self._payments, body=body, idempotency_key=request.reference,
+                                reference=request.reference)
 
     async def inquire(self, reference: str) -> ChannelResult:
-        return await self._call(Op.INQUIRE, "GET", f"/payments/{_segment(reference)}")
+        return await self._call(Op.INQUIRE, "GET", f"/payments/{_segment(reference)}", reference=reference)
 
     async def void(self, reference: str) -> ChannelResult:
         return await self._call(Op.VOID, "POST", f"/payments/{_segment(reference)}/void",
-                                idempotency_key=f"{reference}.void")
+                                idempotency_key=f"{reference}.void", reference=reference)
 
     async def refund(self, reference: str) -> ChannelResult:
         return await self._call(Op.REFUND, "POST", f"/payments/{_segment(reference)}/refund",
-                                idempotency_key=f"{reference}.refund")
+                                idempotency_key=f"{reference}.refund", reference=reference)
 
     async def ping(self) -> ChannelResult:
         """CAPTURED means the provider answered ``200 {"status": "ok"}``; ``latency_ms``

@@ -1,7 +1,8 @@
 """An in-process provider: a Channel whose behaviour is a function the caller hands in.
 
 It keeps a ledger like a real provider (payments by reference, idempotent by reference,
-void and refund rules of protocol v1), so tests of the state machine can check what was
+void and refund rules of protocol v1, tombstones for voids of references it has not
+seen, 404 on an inquiry of one it has not), so tests of the state machine can check what was
 really charged. The script decides, per call, what the "network" does:
 
     def script(op: str, reference: str, attempt_no: int) -> Action
@@ -74,7 +75,8 @@ class MemoryChannel:
         return self.script(op, reference, n)
 
     def _result(self, p: Payment) -> ChannelResult:
-        return ChannelResult(AttemptOutcome(p.status), provider_ref=p.provider_ref, decline_code=p.decline_code)
+        return ChannelResult(AttemptOutcome(p.status), provider_ref=p.provider_ref, decline_code=p.decline_code,
+                             amount_minor=p.amount_minor or None, currency=p.currency or None)
 
     def _set(self, p: Payment, status: str) -> None:
         p.status = status
@@ -111,15 +113,15 @@ class MemoryChannel:
             return ChannelResult(AttemptOutcome.UNKNOWN, error="inquiry failed")
         p = self.ledger.get(reference)
         if p is None:
-            return ChannelResult(AttemptOutcome.NOT_PROCESSED, error="404 no such payment")
+            return ChannelResult(AttemptOutcome.UNKNOWN, error="404 no such payment (yet)")
         return self._result(p)
 
     async def void(self, reference: str) -> ChannelResult:
         if self._next("void", reference) is Action.FAIL:
             return ChannelResult(AttemptOutcome.UNKNOWN, error="void failed")
         p = self.ledger.get(reference)
-        if p is None:
-            return ChannelResult(AttemptOutcome.NOT_PROCESSED, error="404 no such payment")
+        if p is None:  # a tombstone: the charge, should it still arrive, is refused
+            p = self.ledger[reference] = Payment(reference, 0, "", "voided", f"pr_{reference}", history=["voided"])
         if p.status == "pending":
             self._set(p, "voided")
         return self._result(p)  # 409 with the current state when not voidable
@@ -129,7 +131,7 @@ class MemoryChannel:
             return ChannelResult(AttemptOutcome.UNKNOWN, error="refund failed")
         p = self.ledger.get(reference)
         if p is None:
-            return ChannelResult(AttemptOutcome.NOT_PROCESSED, error="404 no such payment")
+            return ChannelResult(AttemptOutcome.UNKNOWN, error="404 no such payment")
         if p.status == "captured":
             self._set(p, "refunded")
         return self._result(p)

@@ -69,6 +69,8 @@ class WebhookEvent:
     provider_ref: str | None
     status: str
     decline_code: str | None
+    amount_minor: int | None = None  # what the provider says it charged, when it says so
+    currency: str | None = None
 
 
 def _mac(secret: str, t: int, body: bytes) -> str:
@@ -148,7 +150,14 @@ def parse_event(body: bytes) -> WebhookEvent:
     event_id, reference, status = (_required(doc, k) for k in ("event_id", "reference", "status"))
     if status not in EVENT_STATUSES:
         raise MalformedEvent(f"status must be one of {sorted(EVENT_STATUSES)}")
-    return WebhookEvent(event_id, reference, _optional(doc, "provider_ref"), status, _optional(doc, "decline_code"))
+    amount = doc.get("amount_minor")
+    if amount is not None and (not isinstance(amount, int) or isinstance(amount, bool) or amount < 0):
+        raise MalformedEvent("amount_minor must be a non-negative integer")
+    currency = _optional(doc, "currency")
+    if currency is not None and not (len(currency) == 3 and currency.isascii() and currency.isupper()):
+        raise MalformedEvent("currency must be a 3-letter ISO 4217 code")
+    return WebhookEvent(event_id, reference, _optional(doc, "provider_ref"), status, _optional(doc, "decline_code"),
+                        amount, currency)
 
 
 def event_body(event: WebhookEvent) -> bytes:
@@ -159,4 +168,6 @@ def event_body(event: WebhookEvent) -> bytes:
         "provider_ref": event.provider_ref,
         "status": event.status,
         "decline_code": event.decline_code,
+        "amount_minor": event.amount_minor,
+        "currency": event.currency,
     })

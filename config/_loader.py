@@ -11,7 +11,7 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
-from config._schema import Config, reference_errors
+from config._schema import Config, reference_errors, timing_errors
 
 __all__ = ["ConfigError", "LoadedConfig", "load_file", "load_text", "parse"]
 
@@ -89,6 +89,8 @@ def parse(document: Any, source: str = "<memory>") -> LoadedConfig:
         cfg = Config.model_validate(document)
     except ValidationError as exc:
         errors = _errors_of(exc) + errors
+    else:
+        errors += timing_errors(cfg)
     if errors:
         raise ConfigError(errors)
     canonical = orjson.dumps(cfg.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)

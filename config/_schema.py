@@ -21,9 +21,11 @@ from pydantic import (
     model_validator,
 )
 
+from channels._kinds import KIND_DEFAULTS
 from config._currencies import is_known
 
 __all__ = [
+    "timing_errors",
     "BlocklistConfig",
     "BreakerConfig",
     "ChannelConfig",
@@ -113,8 +115,12 @@ class StorageConfig(_Model):
     # it adds to a step is this.
     commit_interval_ms: float = Field(3.0, ge=0, le=50)
     # Each instance leases the recharges it drives; a dead instance's leases expire after
-    # this and a live instance takes over its work.
-    lease_s: float = Field(10.0, gt=0, le=3600)
+    # this (on the store's clock) and a live instance takes over its work. It must
+    # outlast every channel's timeout: a call under way cannot be taken back.
+    lease_s: float = Field(15.0, gt=0, le=3600)
+    # How often an instance renews the leases it holds (default: a third of lease_s);
+    # at most half of lease_s, so one lost renewal does not lose a lease.
+    lease_renew_s: float | None = Field(None, gt=0, le=1800)
     # This instance's lease owner name; default: one per process on PostgreSQL, and a
     # fixed one on SQLite (one process per file), so a restart resumes at once.
     instance_id: str | None = None
@@ -149,12 +155,20 @@ class ChannelConfig(_Model):
     methods: Annotated[list[Method], Field(min_length=1)]
     min_amount_minor: int = Field(1, ge=1)
     max_amount_minor: int = Field(10**12, ge=1)
+    # Default by kind (channels._kinds): 2 s direct API, 4 s digital currency, 10 s bank.
     timeout_ms: int = Field(2000, gt=0, le=120_000)
     fee: FeeConfig = FeeConfig()
     weight: float = Field(1.0, gt=0, le=1000)
     max_in_flight: int | None = Field(None, gt=0, le=100_000)
     # Outbound TLS is verified against the system CAs; this pins a CA bundle instead.
     ca_file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_timeout(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("timeout_ms") is None and data.get("kind") in KIND_DEFAULTS:
+            return {**data, "timeout_ms": KIND_DEFAULTS[data["kind"]].timeout_ms}
+        return data
 
     @field_validator("currencies")
     @classmethod
@@ -194,6 +208,9 @@ class InquiryConfig(_Model):
     max_backoff_ms: int = Field(2000, gt=0, le=300_000)
     # How often a pending recharge is re-inquired by the background reconciler.
     reconcile_interval_s: float = Field(5.0, gt=0, le=3600)
+    # An attempt closed without a capture after an unknown outcome is inquired once
+    # more this long after, for a capture the provider made late (SPEC 7).
+    late_capture_check_s: float = Field(120.0, gt=0, le=86_400)
 
 
 class RoutingConfig(_Model):
@@ -444,6 +461,21 @@ class Config(_Model):
 
     def channel(self, name: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.name == name), None)
+
+
+def timing_errors(cfg: Config) -> list[tuple[str, str]]:
+    """Settings valid alone that cannot work together: a lease the renewal cannot keep,
+    or one shorter than a provider call it must outlast."""
+    errors: list[tuple[str, str]] = []
+    s = cfg.storage
+    if s.lease_renew_s is not None and s.lease_renew_s > s.lease_s / 2:
+        errors.append(("storage.lease_renew_s", f"must be at most half of storage.lease_s ({s.lease_s:g} s): "
+                                                "one lost renewal must not lose the lease"))
+    for i, ch in enumerate(cfg.channels):
+        if ch.timeout_ms / 1000 >= s.lease_s:
+            errors.append((f"channels[{i}].timeout_ms", f"must be shorter than storage.lease_s ({s.lease_s:g} s): "
+                                                       "a lease must outlast the provider calls made under it"))
+    return errors
 
 
 def reference_errors(doc: Any) -> list[tuple[str, str]]:

@@ -2,7 +2,7 @@
 
 With ``server.workers: N`` (N > 1), ``orchestrator serve`` runs a supervisor
 (``orchestrator.supervisor``) and N worker processes. Each worker is a whole
-orchestrator (API, engine, health, routing) on its own listening socket (SO_REUSEPORT:
+orchestrator (API, driver, health, routing) on its own listening socket (SO_REUSEPORT:
 the kernel spreads connections over them), sharing the journal (on SQLite, through the
 one writer process the supervisor runs) and the control state, which the supervisor
 holds:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from orchestrator.journal._totals import month_of
 
-__all__ = ["LedgerPayment", "Report", "SqliteFile", "check"]
+__all__ = ["Facts", "LedgerPayment", "Report", "SqliteFile", "check", "check_facts", "facts_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,20 +43,50 @@ class Report:
         return not self.violations
 
 
-async def check(journal: _Queryable, ledger: Iterable[LedgerPayment], *, settled: bool = True) -> Report:
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the invariants are checked on, read from a journal at one moment.
+    ``recharges``: (id, status, coins + bonus, user, channel, reason, client, key);
+    ``attempts``: (reference, recharge id, channel, state); ``credits``: (recharge id,
+    user, coins); ``wallets``: (user, balance, sum of its entries)."""
+
+    recharges: list[tuple[Any, ...]]
+    attempts: list[tuple[Any, ...]]
+    credits: list[tuple[Any, ...]]
+    wallets: list[tuple[Any, ...]]
+
+
+async def facts_of(journal: _Queryable) -> Facts:
+    """The facts of a SQL journal (or of its file, read from outside)."""
+    return Facts(
+        recharges=await journal.query(
+            "SELECT id, status, coins + bonus_coins, user_id, channel, reason, client, idempotency_key FROM recharges"),
+        attempts=await journal.query("SELECT reference, recharge_id, channel, state FROM attempts"),
+        credits=await journal.query("SELECT recharge_id, user_id, coins FROM wallet_entries"),
+        wallets=await journal.query(
+            "SELECT w.user_id, w.coins, COALESCE((SELECT SUM(e.coins) FROM wallet_entries e "
+            "WHERE e.user_id = w.user_id), 0) FROM wallets w"),
+    )
+
+
+async def check(journal: Any, ledger: Iterable[LedgerPayment], *, settled: bool = True) -> Report:
     """``settled``: every recharge's deadline has passed, so each must be terminal, or
-    ``pending`` with a stated reason."""
+    ``pending`` with a stated reason. ``journal``: a SQL journal (or ``SqliteFile``),
+    or one that gives its ``facts()`` itself (the in-memory journal)."""
+    if hasattr(journal, "facts"):
+        return check_facts(journal.facts(), ledger, settled=settled)
+    report = check_facts(await facts_of(journal), ledger, settled=settled)
+    report.violations.extend(await _totals_violations(journal))
+    return report
+
+
+def check_facts(facts: Facts, ledger: Iterable[LedgerPayment], *, settled: bool = True) -> Report:
     v: list[str] = []
-    recharges = {
-        r[0]: r
-        for r in await journal.query(
-            "SELECT id, status, coins + bonus_coins, user_id, channel, reason, client, idempotency_key FROM recharges"
-        )
-    }
+    recharges = {r[0]: r for r in facts.recharges}
     keys = Counter((r[6], r[7]) for r in recharges.values())
     v += [f"{n} recharges share client/key {k}" for k, n in keys.items() if n > 1]
 
-    attempts = {a[0]: a for a in await journal.query("SELECT reference, recharge_id, channel, state FROM attempts")}
+    attempts = {a[0]: a for a in facts.attempts}
     kept: dict[str, list[LedgerPayment]] = defaultdict(list)
     refunded = 0
     for p in ledger:
@@ -73,7 +103,7 @@ async def check(journal: _Queryable, ledger: Iterable[LedgerPayment], *, settled
             refunded += 1
 
     credits = defaultdict(list)
-    for e in await journal.query("SELECT recharge_id, user_id, coins FROM wallet_entries"):
+    for e in facts.credits:
         credits[e[0]].append(e)
 
     for rid, (_, status, coins, user, channel, reason, _c, _k) in recharges.items():
@@ -91,8 +121,9 @@ async def check(journal: _Queryable, ledger: Iterable[LedgerPayment], *, settled
         else:
             if creds:
                 v.append(f"{rid} is {status} but was credited")
-            if caps and status != "pending":
-                v.append(f"{rid} is {status} but provider {caps[0].channel} kept a capture {caps[0].reference}")
+            if len(caps) > 1 or (caps and status != "pending"):
+                v.append(f"{rid} is {status} but provider {caps[0].channel} kept {len(caps)} capture(s), "
+                         f"the first {caps[0].reference}")
         if settled and status == "processing":
             v.append(f"{rid} still processing after its deadline")
         if settled and status == "pending" and not reason:
@@ -100,13 +131,9 @@ async def check(journal: _Queryable, ledger: Iterable[LedgerPayment], *, settled
 
     for rid in set(credits) - set(recharges):
         v.append(f"credit for unknown recharge {rid}")
-    for user, coins, total in await journal.query(
-        "SELECT w.user_id, w.coins, COALESCE((SELECT SUM(e.coins) FROM wallet_entries e WHERE e.user_id = w.user_id), 0) "
-        "FROM wallets w"
-    ):
+    for user, coins, total in facts.wallets:
         if coins != total:
             v.append(f"wallet {user} holds {coins} coins but its entries sum to {total}")
-    v += await _totals_violations(journal)
 
     return Report(
         recharges=len(recharges),

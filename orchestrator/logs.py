@@ -1,7 +1,7 @@
 """structlog set-up: JSON lines (orjson), context from contextvars on every line.
 
 ``request_id`` is bound per request by the API middleware; ``recharge_id``,
-``attempt`` and ``channel`` by the engine around the work they describe.
+``attempt`` and ``channel`` by the driver around the work they describe.
 """
 
 from __future__ import annotations

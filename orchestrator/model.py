@@ -2,7 +2,9 @@
 
 A ``Step`` is the unit the journal makes durable: everything one transition of the
 state machine changes (the recharge row, one attempt row, the wallet credit, the trail
-entries) commits together or not at all.
+entries, the recharge's follow-up time) commits together or not at all.
+``orchestrator.transitions`` makes every Step and is the one reducer that applies one
+to a ``Recharge``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ __all__ = [
     "TrailEntry",
     "TERMINAL",
     "OPEN_ATTEMPT_STATES",
+    "KEEP",
+    "Fence",
 ]
 
 
@@ -62,6 +66,22 @@ OPEN_ATTEMPT_STATES = frozenset(
     {AttemptState.STARTED, AttemptState.PENDING, AttemptState.UNKNOWN, AttemptState.VOID_REQUESTED}
 )
 
+Fence = tuple[str, int]
+"""A lease as its holder knows it: (owner, token). The token grows whenever the lease
+changes hands, so a write fenced with an old one is refused whatever the clocks say."""
+
+
+class _Keep:
+    """The follow-up time a step leaves as it was (most steps: no write at all)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
+
 
 @dataclass(slots=True)
 class Attempt:
@@ -76,6 +96,9 @@ class Attempt:
     decline_code: str | None = None
     error: str | None = None
     latency_ms: float | None = None
+    # When this attempt, closed without a capture after an unknown outcome, is to be
+    # inquired once more for a capture the provider made late (SPEC 7); None: never.
+    late_check_at: float | None = None
 
     @property
     def outcome(self) -> str:
@@ -129,8 +152,15 @@ class Recharge:
         return self.status in TERMINAL
 
     def open_attempt(self) -> Attempt | None:
-        if self.attempts and self.attempts[-1].state in OPEN_ATTEMPT_STATES:
-            return self.attempts[-1]
+        for a in self.attempts:
+            if a.state in OPEN_ATTEMPT_STATES:
+                return a
+        return None
+
+    def attempt(self, reference: str) -> Attempt | None:
+        for a in self.attempts:
+            if a.reference == reference:
+                return a
         return None
 
 
@@ -177,3 +207,16 @@ class Step:
     # transaction, so an event is applied at most once whatever arrives twice.
     event: tuple[str, str] | None = None
     trail: tuple[TrailEntry, ...] = ()
+    # When the recharge next needs background work (a refund, a late-capture check, an
+    # attempt left open on a finished recharge): a time, None (nothing left) or KEEP.
+    follow_up: Any = KEEP
+    # With several drivers on one store: the writer's lease, checked in the store. A
+    # step that records a capture goes unfenced: a capture is never dropped.
+    lease: Fence | None = None
+
+    @property
+    def keeps_money(self) -> bool:
+        """Whether this step records money the provider took (a credit, or a capture
+        to refund): it must land whoever holds the lease."""
+        return self.credit is not None or (
+            self.attempt is not None and self.attempt.state in (AttemptState.CAPTURED, AttemptState.REFUND_REQUESTED))

@@ -30,22 +30,22 @@ from config import ChannelConfig, Config, LoadedConfig
 from config import diff as config_diff
 from orchestrator.activity import Activity
 from orchestrator.api.auth import Authenticator
+from orchestrator.channel_set import ChannelFactory, ChannelSet
 from orchestrator.cluster import Refused, WorkerLink
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.engine import Engine, RoutePlan, RunSettings
+from orchestrator.driver import Driver, RoutePlan, RunSettings
 from orchestrator.journal import Journal, open_journal
 from orchestrator.metrics import Metrics
 from orchestrator.pricing import CurrencyTotals, PricingError, UserHistory, history_from_totals, month_start
 from orchestrator.quotes import PricingService
 from orchestrator.risk import RiskEngine
 from orchestrator.ratelimit import Limiter
-from orchestrator.model import OPEN_ATTEMPT_STATES, Recharge, TrailEntry
+from orchestrator.model import Recharge, TrailEntry
 
 __all__ = ["AppliedConfig", "ChannelFactory", "HealthGate", "ReloadError", "Router", "Service", "snapshot_for"]
 
 log = structlog.get_logger("orchestrator.service")
 
-ChannelFactory = Callable[[ChannelConfig], Channel]
 Router = Callable[["Service", Recharge], "RoutePlan | Sequence[str]"]
 
 # Breaker moves, drains and probes publish at once; this carries the live-traffic
@@ -107,14 +107,8 @@ class ReloadError(Exception):
     """A reload that cannot be applied; the running config stays."""
 
 
-def _channel_identity(ch: ChannelConfig) -> tuple[Any, ...]:
-    """What, when changed, needs a new channel object (new session, new timeouts, a
-    new CA pin)."""
-    return (ch.kind, ch.base_url, ch.api_key, ch.timeout_ms, ch.max_in_flight, ch.ca_file)
-
-
 class HealthGate:
-    """The engine's admission gate: breakers and in-flight caps decide, statistics and
+    """The driver's admission gate: breakers and in-flight caps decide, statistics and
     metrics are fed with every answer."""
 
     def __init__(self, registry: health.HealthRegistry, metrics: Metrics) -> None:
@@ -165,10 +159,10 @@ class Service:
                 "writer_socket": cluster.journal_socket if cluster is not None else None} if sqlite else {}),
         )
         self.auth = Authenticator(loaded.config.clients)
-        self.channels: dict[str, Channel] = {}
-        # Channels removed or replaced by a reload: no new attempts, but inquiries, voids,
-        # refunds and webhooks for their attempts still work until nothing needs them.
-        self.retired: dict[str, tuple[Channel, ChannelConfig, float]] = {}
+        # Channels removed by a reload take no new attempts, but inquiries, voids,
+        # refunds and webhooks for their attempts work until nothing needs them.
+        self.channel_set = ChannelSet(channel_factory, self.journal)
+        self.channels: dict[str, Channel] = self.channel_set.live
         self.history: deque[AppliedConfig] = deque(maxlen=HISTORY_LENGTH)
         self.drained: set[str] = set()
         self._reload_lock = asyncio.Lock()
@@ -182,7 +176,6 @@ class Service:
             on_change=self._health_changed, wall_clock=self.clock.now,
         )
         self.routing = routing.SnapshotHolder(snapshot_for(loaded))
-        self._channel_factory = channel_factory
         self._router: Router = router or Service.route
         self._reconcile = reconcile
         self._probe = probe
@@ -203,23 +196,25 @@ class Service:
         )
         if cluster is not None:
             self.instance_id += f"-w{cluster.index}"
-        self.engine = Engine(
+        self.driver = Driver(
             self.journal,
-            self.channels.get,
+            self.channel_set.get,
             lambda rec: self._router(self, rec),
             self.clock,
             lambda: self.settings,
             gate=HealthGate(self.health, self.metrics),
             callback_url=self.callback_url,
             activity=self.activity,
-            settle_channels=self._any_channel,
+            settle_channels=self.channel_set.any,
             instrument=self._instrument_of,
             on_terminal=lambda rec: self._instruments.pop(rec.id, None),
             # Alone on a SQLite file (server.JournalLock makes sure of it), nothing else
             # could drive its recharges: no lease to write on every one. Workers, other
             # instances (PostgreSQL) or an explicit instance_id lease what they drive.
             owner=self.instance_id if (not sqlite or cluster is not None or storage.instance_id) else None,
-            lease_s=loaded.config.storage.lease_s,
+            lease_s=storage.lease_s,
+            renew_s=storage.lease_renew_s,
+            rng=self.rng,
         )
         # Whole card/account numbers, in memory only, while their recharge runs.
         self._instruments: dict[str, dict[str, str]] = {}
@@ -251,19 +246,9 @@ class Service:
             return rec.instrument
         return self._instruments.get(rec.id)
 
-    def _any_channel(self, name: str) -> Channel | None:
-        live = self.channels.get(name)
-        if live is not None:
-            return live
-        retired = self.retired.get(name)
-        return retired[0] if retired is not None else None
-
     def channel_config(self, name: str) -> ChannelConfig | None:
         """A channel's config, current or retired (webhooks for retired ones still land)."""
-        cfg = self.config.channel(name)
-        if cfg is None and name in self.retired:
-            cfg = self.retired[name][1]
-        return cfg
+        return self.channel_set.config(name)
 
     @property
     def config(self) -> Config:
@@ -331,8 +316,8 @@ class Service:
         if not self.history:
             self.history.append(AppliedConfig(self.loaded, self.clock.now(), "start"))
         await self.journal.open()
+        await self.channel_set.open(self.config.channels)
         for ch in self.config.channels:
-            self.channels[ch.name] = self._channel_factory(ch)
             self.health.add_channel(ch.name, max_in_flight=ch.max_in_flight,
                                     ping_like_payment=ch.kind == "direct_api")
         for name in self.drained & set(self.channels):
@@ -357,10 +342,11 @@ class Service:
         self._tasks.append(loop.create_task(self.pricing.rates.run(self._fetch_rates)))
         await self.journal.record(TrailEntry("", self.clock.now(), "config_applied", detail={
             "version": self.loaded.version, "source": "start", "instance": self.instance_id}))
-        resumed = await self.engine.recover()
-        log.info("service_started", config_version=self.loaded.version, resumed=resumed, channels=len(self.channels))
+        resumed = await self.driver.recover()
+        log.info("service_started", config_version=self.loaded.version, resumed=resumed, channels=len(self.channels),
+                 retired=sorted(self.channel_set.retired))
         if self._reconcile:
-            self._tasks.append(loop.create_task(self._reconcile_forever()))
+            self.driver.start_background(on_pass=self._close_idle_retired)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -369,23 +355,9 @@ class Service:
         self._tasks.clear()
         if self._prober is not None:
             await self._prober.stop()
-        await self.engine.stop()
-        for ch in [*self.channels.values(), *(c for c, _, _ in self.retired.values())]:
-            await ch.close()
-        self.channels.clear()
-        self.retired.clear()
+        await self.driver.stop()
+        await self.channel_set.close()
         await self.journal.close()
-
-    async def _reconcile_forever(self) -> None:
-        """Resume what no driver is working on: recharges left pending with an unknown
-        outcome, refunds not yet confirmed, or work abandoned by a failed driver."""
-        while True:
-            await self.clock.sleep(self.settings.reconcile_interval_s)
-            try:
-                await self.engine.recover()
-                await self._close_idle_retired()
-            except Exception:
-                log.exception("reconcile_failed")
 
     # -- reload -------------------------------------------------------------------------
 
@@ -401,16 +373,11 @@ class Service:
             old = self.loaded
             lines = config_diff(old.config, new.config)
             now = self.clock.now()
-            old_by_name = {c.name: c for c in old.config.channels}
-            fresh = self._fresh_channels(old_by_name, new)
+            fresh = self._fresh_channels(new)
+            await self.channel_set.retire_ahead(new.config.channels, now)
             # -- the swap: no awaits from here to the end of the block --------------------
             new_names = {c.name for c in new.config.channels}
-            for name in list(self.channels):
-                if name not in new_names or name in fresh:
-                    self.retired[name] = (self.channels.pop(name), old_by_name[name], now)
-            for name, channel in fresh.items():
-                self.retired.pop(name, None)
-                self.channels[name] = channel
+            back = self.channel_set.swap(new.config.channels, fresh, now)
             self.health.sync({c.name: c.max_in_flight for c in new.config.channels},
                              {c.name: c.kind == "direct_api" for c in new.config.channels})
             for name in self.drained & new_names:
@@ -425,6 +392,7 @@ class Service:
             self.routing.update(lambda snap: snapshot_for(new, self.health.states()))
             self.history.append(AppliedConfig(new, now, source))
             # -- end of the swap ----------------------------------------------------------
+            await self.channel_set.unretire(back)
             if self._prober is not None:
                 await self._prober.set_channels(self.channels)
             await self.journal.record(TrailEntry(
@@ -469,23 +437,18 @@ class Service:
             return []
         return await self.cluster.request({"kind": "drain" if drained else "enable", "channel": name})
 
-    def _fresh_channels(self, old_by_name: dict[str, ChannelConfig], new: LoadedConfig) -> dict[str, Channel]:
+    def _fresh_channels(self, new: LoadedConfig) -> dict[str, Channel]:
         """The channel objects ``new`` needs made (new, or changed in what makes one);
         ReloadError if one cannot be made (a CA file that does not load)."""
-        fresh: dict[str, Channel] = {}
-        for ch in new.config.channels:
-            prev = old_by_name.get(ch.name)
-            if prev is None or _channel_identity(prev) != _channel_identity(ch) or ch.name not in self.channels:
-                try:
-                    fresh[ch.name] = self._channel_factory(ch)
-                except (OSError, ValueError) as exc:
-                    raise ReloadError(f"channels: {ch.name} cannot be set up: {exc}") from exc
-        return fresh
+        try:
+            return self.channel_set.prepare(new.config.channels)
+        except (OSError, ValueError) as exc:
+            raise ReloadError(f"channels: cannot be set up: {exc}") from exc
 
     async def check_applicable(self, new: LoadedConfig) -> None:
         """ReloadError unless ``new`` can be applied here (its new channels can be made);
         changes nothing. Every worker runs on this machine: what works here works there."""
-        for channel in self._fresh_channels({c.name: c for c in self.config.channels}, new).values():
+        for channel in self._fresh_channels(new).values():
             await channel.close()
 
     async def rollback(self) -> list[str]:
@@ -505,11 +468,6 @@ class Service:
         self.publish_snapshot()
 
     async def _close_idle_retired(self) -> None:
-        """Close retired channels once no running recharge holds an attempt on them and
-        a deadline has passed since they were retired."""
-        busy = {a.channel for _, rec in self.engine.running() for a in rec.attempts if a.state in OPEN_ATTEMPT_STATES}
-        now = self.clock.now()
-        for name, (channel, _cfg, since) in list(self.retired.items()):
-            if name not in busy and now - since > self.settings.deadline_s and name not in self.engine.refunding_channels():
-                del self.retired[name]
-                await channel.close()
+        """Close retired channels once no recharge with work left has an attempt on
+        them, and a deadline has passed since they were retired."""
+        await self.channel_set.close_idle(self.clock.now(), self.settings.deadline_s)

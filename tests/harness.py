@@ -1,4 +1,4 @@
-"""A core under test: the real engine on a real journal (SQLite or PostgreSQL), with
+"""A core under test: the real driver on a real journal (SQLite or PostgreSQL), with
 in-process providers (channels.memory) and virtual time. Shared by the core's tests."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from channels.memory import SOFT_CODE, MemoryChannel
 from orchestrator.clock import VirtualClock
-from orchestrator.engine import Engine, RunSettings
+from orchestrator.driver import Driver, RunSettings
 from orchestrator.invariants import LedgerPayment, Report, check
 from orchestrator.journal import Journal, PostgresJournal, SqliteJournal
 from orchestrator.journal.pgserver import PgServer
@@ -116,7 +116,7 @@ class Core:
         self.order = [c.name for c in channels]
         self.settings = settings
         self.journal: Journal = journal or self.store.journal()
-        self.engine = Engine(self.journal, self.channels.get, lambda rec: self.order, self.clock,
+        self.driver = Driver(self.journal, self.channels.get, lambda rec: self.order, self.clock,
                              lambda: self.settings)
 
     async def __aenter__(self) -> Core:
@@ -124,30 +124,33 @@ class Core:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.engine.stop()
+        await self.driver.stop()
         await self.journal.close()
 
     async def submit(self, key: str, **kw: object) -> tuple[Recharge, bool]:
         rec, trail = make_recharge(self.clock, key, settings=self.settings, **kw)  # type: ignore[arg-type]
-        return await self.engine.submit(rec, trail, self.settings)
+        return await self.driver.submit(rec, trail, self.settings)
 
     async def run(self, key: str, **kw: object) -> Recharge:
         """Submit and wait until the driver stops (terminal, or pending and parked)."""
         rec, _ = await self.submit(key, **kw)
-        live = self.engine.live(rec.id)
+        live = self.driver.live(rec.id)
         if live is not None:
             await live[0]
         fresh = await self.journal.get(rec.id)
         assert fresh is not None
         return fresh
 
+    async def idle(self) -> None:
+        """Wait until the driver has nothing running (refunds and follow-ups included)."""
+        while tasks := [t for t, _ in self.driver.running()]:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def settle_all(self, rounds: int = 20) -> None:
         """Let time pass and the reconciler run until nothing is left to drive."""
         for _ in range(rounds):
-            await self.engine.recover()
-            tasks = [t for t, _ in list(self.engine._running.values())]
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await self.driver.recover()
+            await self.idle()
             self.clock.advance(self.settings.reconcile_interval_s)
 
     def ledger(self) -> list[LedgerPayment]:

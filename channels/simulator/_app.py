@@ -5,7 +5,8 @@ behaviour, idempotent by reference like a real provider, and a control API under
 
     POST /{ch}/payments                      charge (Idempotency-Key must equal the reference)
     GET  /{ch}/payments/{reference}          the payment, or 404
-    POST /{ch}/payments/{reference}/void     200 voided when not yet settled, else 409 + state
+    POST /{ch}/payments/{reference}/void     200 voided when not yet settled (a reference never seen
+                                             is voided ahead: a tombstone), else 409 + state
     POST /{ch}/payments/{reference}/refund   200 refunded when captured, else 409 + state
     GET  /{ch}/ping                          200 {"status": "ok"}
 
@@ -217,6 +218,8 @@ class Simulator:
         existing = ch.payments.get(body["reference"])
         if existing is not None:  # idempotent by reference: its current state, never a second charge
             ch.counters["replays"] += 1
+            if existing.history and existing.history[0][1] == "voided":
+                ch.counters["refused_by_tombstone"] += 1
             return _json(existing.wire())
         return await self._charge(request, ch, body)
 
@@ -233,6 +236,16 @@ class Simulator:
         if fate is Fate.RESET_BEFORE_CAPTURE:
             ch.counters["answers_lost"] += 1
             return _drop(request)
+        if fate is Fate.LATE_PROCESSING:
+            # Still working on it after the client gave up: it lands late, unless a void
+            # left a tombstone meanwhile.
+            ch.counters["late_processing"] += 1
+            await asyncio.sleep(b.late_processing_ms * b.latency_multiplier / 1000)
+            existing = ch.payments.get(body["reference"])
+            if existing is not None:
+                ch.counters["refused_by_tombstone"] += existing.status == "voided"
+                return _json(existing.wire())
+            fate = Fate.CAPTURE
         payment = ch.record(body["reference"], body["amount_minor"], body["currency"], body.get("callback_url"))
         self._settle_at_once(ch, payment, fate)
         if fate is Fate.TIMEOUT_AFTER_CAPTURE:
@@ -267,7 +280,10 @@ class Simulator:
 
     async def void(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
         if (payment := await self._lookup(request, ch)) is None:
-            return _error(404, "not_found", "no such payment")
+            reference = request.match_info["reference"]
+            if len(reference) > _LIMITS["reference"]:
+                return _error(404, "not_found", "no such payment")
+            return _json(ch.tombstone(reference).wire())
         if payment.status == "pending":
             ch.cancel_settlement(payment.reference)
             ch.move(payment, "voided")

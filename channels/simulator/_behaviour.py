@@ -17,6 +17,13 @@ the rest is a plain capture):
     decline                  record a decline with a weighted code from ``decline_codes``
     pending                  record it pending; after ``webhook_delay_ms`` it becomes captured
                              (or declined, ``pending_decline_rate``) and a signed webhook goes out
+    late_processing          keep working on it for ``late_processing_ms`` whatever the client
+                             does (it has usually given up): meanwhile an inquiry finds nothing
+                             (404) and a void leaves a tombstone; then it is captured, unless a
+                             tombstone is there, and the answer goes to whoever still listens
+
+A void of a reference the provider has not seen answers ``voided`` and keeps a tombstone,
+so a charge with that reference arriving later is refused as voided (SPEC 6).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class Fate(enum.StrEnum):
     ERROR_500_AFTER_CAPTURE = "error_500_after_capture"
     DECLINE = "decline"
     PENDING = "pending"
+    LATE_PROCESSING = "late_processing"
     CAPTURE = "capture"
 
 
@@ -60,7 +68,7 @@ _FATE_RATES = tuple(f"{f.value}_rate" for f in _FATE_ORDER)
 _FATES = (*_FATE_ORDER, Fate.CAPTURE)  # indexed by where the draw falls among the edges
 _OTHER_RATES = ("pending_decline_rate", "duplicate_webhook_rate", "out_of_order_webhook_rate", "webhook_drop_rate")
 _DURATIONS_MS = ("latency_ms", "latency_jitter_ms", "ping_latency_ms", "webhook_delay_ms", "webhook_retry_ms",
-                 "hang_ms")
+                 "hang_ms", "late_processing_ms")
 _MAX_MS = 600_000
 
 
@@ -94,6 +102,8 @@ class Behaviour:
     error_500_after_capture_rate: float = 0.0
     pending_rate: float = 0.0
     pending_decline_rate: float = 0.0  # of pending payments, the share that end declined
+    late_processing_rate: float = 0.0
+    late_processing_ms: float = 3000.0  # how long after the charge arrives a late one lands
     webhook_delay_ms: float = 1000.0
     duplicate_webhook_rate: float = 0.0
     out_of_order_webhook_rate: float = 0.0

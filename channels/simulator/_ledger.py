@@ -19,7 +19,7 @@ COUNTERS = (
     "requests", "pings", "authorizations", "replays", "captures", "declines", "pendings", "voids", "refunds",
     "not_processed", "answers_lost", "errors_500", "rejected", "unauthorized", "outage_answers",
     "webhooks_sent", "webhooks_delivered", "webhook_failures", "webhooks_given_up", "webhooks_duplicated",
-    "webhooks_out_of_order", "webhooks_dropped",
+    "webhooks_out_of_order", "webhooks_dropped", "late_processing", "tombstones", "refused_by_tombstone",
 )
 """Every counter ``GET /_sim/stats`` shows, zero included, so a reader can rely on the keys."""
 
@@ -43,7 +43,8 @@ class Payment:
     def wire(self) -> dict[str, Any]:
         """The protocol-v1 payment object."""
         return {"reference": self.reference, "provider_ref": self.provider_ref, "status": self.status,
-                "decline_code": self.decline_code, "amount_minor": self.amount_minor, "currency": self.currency}
+                "decline_code": self.decline_code, "amount_minor": self.amount_minor or None,
+                "currency": self.currency or None}  # a tombstone charged nothing
 
     def ledger(self) -> dict[str, Any]:
         """The control API's view: the wire object plus where and when."""
@@ -74,6 +75,15 @@ class SimChannel:
     def record(self, reference: str, amount_minor: int, currency: str, callback_url: str | None) -> Payment:
         payment = Payment(self.name, reference, self.new_id("pr"), amount_minor, currency, callback_url, time.time())
         self.payments[reference] = payment
+        return payment
+
+    def tombstone(self, reference: str) -> Payment:
+        """A void of a reference never seen: recorded voided, so the charge, if it is
+        still on its way, is refused when it arrives (SPEC 6)."""
+        payment = Payment(self.name, reference, self.new_id("pr"), 0, "", None, time.time())
+        self.payments[reference] = payment
+        self.counters["tombstones"] += 1
+        self.move(payment, "voided")
         return payment
 
     def move(self, payment: Payment, status: str, decline_code: str | None = None) -> None:

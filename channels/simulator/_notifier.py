@@ -81,8 +81,9 @@ class Notifier:
             channel.counters["webhooks_dropped"] += 1
             return
         event = WebhookEvent(channel.new_id("evt"), payment.reference, payment.provider_ref, payment.status,
-                             payment.decline_code)
-        stale = (WebhookEvent(channel.new_id("evt"), payment.reference, payment.provider_ref, "pending", None)
+                             payment.decline_code, payment.amount_minor, payment.currency)
+        stale = (WebhookEvent(channel.new_id("evt"), payment.reference, payment.provider_ref, "pending", None,
+                              payment.amount_minor, payment.currency)
                  if plan.out_of_order else None)
         self._spawn(self._send(channel, payment.callback_url, event, plan, stale))
 

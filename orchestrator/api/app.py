@@ -25,7 +25,7 @@ from orchestrator.api.schemas import RechargeIn, validate
 from orchestrator.api.status import STATUS_HTML, status_view
 from orchestrator.clock import iso
 from orchestrator.cluster import ClusterError, merge_metrics
-from orchestrator.engine import HeldElsewhere, IdempotencyConflict, new_recharge_id
+from orchestrator.driver import HeldElsewhere, IdempotencyConflict, new_recharge_id
 from orchestrator.model import Recharge, RechargeStatus, TrailEntry
 from orchestrator.journal import FirstRecharge, JournalError
 from orchestrator.pricing import PricingError
@@ -145,7 +145,7 @@ def _require_any(svc: Service, request: web.Request) -> ClientConfig:
 
 
 async def _current(svc: Service, recharge_id: str) -> Recharge | None:
-    live = svc.engine.live(recharge_id)
+    live = svc.driver.live(recharge_id)
     return live[1] if live is not None else await svc.journal.get(recharge_id)
 
 
@@ -162,7 +162,7 @@ async def _answer_after_wait(svc: Service, rec: Recharge, *, replayed: bool,
                              priced: tuple[list[Any], dict[str, Any]] | None = None) -> web.Response:
     """Wait up to ``sync_wait_s`` for the recharge to end, then answer its durable state:
     201 when terminal, 202 while it is still moving."""
-    live = svc.engine.live(rec.id)
+    live = svc.driver.live(rec.id)
     if live is not None:
         task, rec = live
         await _until_done(task, svc.config.server.sync_wait_s)
@@ -264,7 +264,7 @@ async def _create_recharge(request: web.Request, svc: Service) -> web.Response:
     if req.instrument.account_number is not None:
         svc.hold_instrument(rec.id, {"account_number": req.instrument.account_number})
     try:
-        rec, fresh = await svc.engine.submit(rec, created, settings, first)
+        rec, fresh = await svc.driver.submit(rec, created, settings, first)
     except IdempotencyConflict:
         raise ApiError("idempotency_key_reused", "this Idempotency-Key was already used with a different request body",
                        field="Idempotency-Key") from None
@@ -360,8 +360,8 @@ async def provider_webhook(request: web.Request) -> web.Response:
         status = AttemptOutcome(event.status)
     except ValueError:
         raise ApiError("invalid_field", f"unknown payment status {event.status!r}", field="status") from None
-    effect = await svc.engine.on_event(name, event.event_id, event.reference, status,
-                                       event.provider_ref, event.decline_code)
+    effect = await svc.driver.on_event(name, event.event_id, event.reference, status,
+                                       event.provider_ref, event.decline_code, event.amount_minor, event.currency)
     return _json({"received": True, "effect": effect})
 
 
@@ -448,7 +448,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 def metrics_text(svc: Service) -> bytes:
     """This process's metrics, the gauges read from their sources first."""
-    svc.metrics.in_flight_recharges.set(svc.engine.in_flight)
+    svc.metrics.in_flight_recharges.set(svc.driver.in_flight)
     for name, count in svc.health.in_flight().items():
         svc.metrics.in_flight_attempts.labels(name).set(count)
     for name, state in svc.routing.current.states.items():

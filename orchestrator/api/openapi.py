@@ -149,6 +149,8 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["event_id", "reference", "status"],
         "properties": {"event_id": {"type": "string"}, "reference": {"type": "string"},
                        "provider_ref": _NULLABLE_STR, "decline_code": _NULLABLE_STR,
+                       "amount_minor": {"type": ["integer", "null"], "minimum": 0},
+                       "currency": {"type": ["string", "null"], "pattern": "^[A-Z]{3}$"},
                        "status": {"enum": ["captured", "pending", "declined", "voided", "refunded"]}},
     },
     "ChannelHealth": {

@@ -34,7 +34,7 @@ def status_view(svc: Any) -> dict[str, Any]:
     return {
         "config_version": svc.loaded.version,
         "now": svc.clock.now(),
-        "recharges_in_flight": svc.engine.in_flight,
+        "recharges_in_flight": svc.driver.in_flight,
         "outcomes_per_min": activity["outcomes_per_min"],
         "failovers": activity["failovers"][:20],
         "window_s": activity["window_s"],

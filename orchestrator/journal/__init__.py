@@ -12,12 +12,14 @@ from orchestrator.journal._protocol import (
     Journal,
     JournalError,
     QuoteRecord,
+    RetiredChannel,
     UserTotals,
     WalletEntry,
     WalletView,
 )
 
 if TYPE_CHECKING:
+    from orchestrator.journal.memory import MemoryJournal
     from orchestrator.journal.postgres import PostgresJournal
     from orchestrator.journal.sqlite import SqliteJournal, path_from_url
 
@@ -27,7 +29,9 @@ __all__ = [
     "Journal",
     "JournalError",
     "PostgresJournal",
+    "MemoryJournal",
     "QuoteRecord",
+    "RetiredChannel",
     "SqliteJournal",
     "UserTotals",
     "WalletEntry",
@@ -38,6 +42,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "MemoryJournal":
+        from orchestrator.journal.memory import MemoryJournal
+
+        return MemoryJournal
     if name == "PostgresJournal":
         from orchestrator.journal.postgres import PostgresJournal
 

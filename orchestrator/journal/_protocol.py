@@ -8,14 +8,13 @@ constraint in the store, not by process memory.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from orchestrator.model import Attempt, Recharge, Step, TrailEntry
+from orchestrator.model import Attempt, Fence, Recharge, Step, TrailEntry
 
-__all__ = ["PURGE_LIMIT", "FirstRecharge", "Journal", "JournalError", "QuoteRecord", "UserTotals", "WalletEntry",
-           "WalletView"]
+__all__ = ["PURGE_LIMIT", "FirstRecharge", "Journal", "JournalError", "QuoteRecord", "RetiredChannel", "UserTotals",
+           "WalletEntry", "WalletView"]
 
 
 class JournalError(Exception):
@@ -78,12 +77,27 @@ class UserTotals:
     this_month: int
 
 
+@dataclass(frozen=True, slots=True)
+class RetiredChannel:
+    """A channel removed from the config while attempts on it may still hold money:
+    its config (as JSON) is kept so that any instance, after any restart, can still
+    inquire, void, refund and take webhooks for those attempts."""
+
+    name: str
+    config: dict[str, Any]
+    retired_at: float
+
+
 # The most quotes one purge deletes: it runs inside a group commit, so it must stay
 # short; a backlog goes in several.
 PURGE_LIMIT = 1000
 
 
 class Journal(Protocol):
+    """What the core needs of a store. Leases are timed by the store's own clock (the
+    database server's, or the journal's ``clock``), never by the callers': two hosts
+    whose clocks disagree still agree on when a lease ends. Guards hold in the store."""
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -93,17 +107,19 @@ class Journal(Protocol):
                      first: FirstRecharge | None = None,
                      started: tuple[Attempt, TrailEntry] | None = None) -> Recharge | None:
         """Insert a new recharge, unless its (client, idempotency key) is taken; in the
-        same transaction its lease (``lease`` = (owner, expires_at)) and its first
+        same transaction its lease (``lease`` = (owner, lease_s): token 1) and its first
         attempt, journaled ``started`` with its trail entry, before the provider hears
         of it. Returns None when it was created, or the recharge already holding the
         key (and then writes nothing)."""
         ...
 
     async def apply(self, step: Step) -> bool:
-        """Make ``step`` durable. False (and nothing written) when its status guard no
-        longer holds or its credit was already given. A step that marks its recharge
-        succeeded and credits it also adds the recharge to its user's totals
-        (``user_totals``), in the same transaction."""
+        """Make ``step`` durable. False (and nothing written) when a guard no longer
+        holds: its status or attempt guard, its lease (``step.lease`` is not the lease
+        the store holds), its credit already given, its event already applied, its new
+        attempt's reference or number taken. A step that marks its recharge succeeded
+        and credits it also adds the recharge to its user's totals (``user_totals``);
+        its ``follow_up`` sets or clears the recharge's follow-up time."""
         ...
 
     async def get(self, recharge_id: str) -> Recharge | None: ...
@@ -131,8 +147,11 @@ class Journal(Protocol):
 
     async def attempt(self, reference: str) -> Attempt | None: ...
 
-    async def refunds_due(self) -> list[Recharge]:
-        """Recharges with a late capture whose refund is not yet confirmed."""
+    async def claim_follow_ups(self, now: float, retry_at: float, limit: int = 500) -> list[Recharge]:
+        """The recharges whose follow-up time is at or before ``now`` (refunds owed,
+        late-capture checks due, attempts left open on finished recharges), each
+        postponed to ``retry_at`` in the same transaction: the claimer has until then
+        to finish it (its step sets the next time), or it comes due again."""
         ...
 
     async def record(self, entry: TrailEntry) -> None:
@@ -147,29 +166,48 @@ class Journal(Protocol):
         """Raise JournalError unless the store accepts a write right now."""
         ...
 
-    # Recovery leases: with several instances on one store, each non-terminal recharge
-    # is driven by the instance holding its lease. A lease is (owner, expires_at); it is
-    # live while ``now < expires_at``.
+    # Leases: with several instances on one store, each non-terminal recharge is driven
+    # by the instance holding its lease, (owner, token) until ``expires_at`` on the
+    # store's clock. The token grows each time the lease changes hands; a step carries
+    # the lease it was decided under (``Step.lease``) and the store refuses it once the
+    # lease moved on.
 
-    async def claim(self, owner: str, lease_s: float, now: float, limit: int = 500) -> list[Recharge]:
-        """Take a lease (``owner``, ``now + lease_s``) on up to ``limit`` non-terminal
-        recharges, oldest first, that no live lease of another owner holds (no lease, an
-        expired one, or one ``owner`` already holds, which is renewed), and return them.
+    async def claim(self, owner: str, lease_s: float, limit: int = 500) -> list[tuple[Recharge, int]]:
+        """Lease to ``owner`` for ``lease_s`` up to ``limit`` non-terminal recharges,
+        oldest first, that no live lease of another owner holds (no lease, an expired
+        one, or one ``owner`` already holds, which is renewed); each with its token.
         Atomic: two claimers never both get one recharge while its lease is live."""
         ...
 
-    async def lease(self, owner: str, recharge_id: str, lease_s: float, now: float) -> bool:
-        """Take or renew ``owner``'s lease on one recharge; False while another owner's
-        lease is live."""
+    async def lease(self, owner: str, recharge_id: str, lease_s: float) -> int | None:
+        """Take or renew ``owner``'s lease on one recharge: its token, or None while
+        another owner's lease is live."""
+        ...
+
+    async def renew(self, owner: str, held: dict[str, int], lease_s: float) -> set[str]:
+        """Extend by ``lease_s`` the leases in ``held`` (recharge id -> token) that
+        ``owner`` still holds with that token; answers their ids (the others were lost)."""
         ...
 
     async def release(self, owner: str, recharge_id: str) -> None:
-        """Drop ``owner``'s lease on ``recharge_id`` (nothing if another owner holds it)."""
+        """Give up ``owner``'s lease on ``recharge_id`` (nothing if another owner holds it)."""
         ...
 
-    async def renew(self, owner: str, recharge_ids: Sequence[str], lease_s: float, now: float) -> None:
-        """Extend to ``now + lease_s`` the leases ``owner`` still holds among
-        ``recharge_ids``; one another owner has taken is left alone."""
+    async def lease_of(self, recharge_id: str) -> Fence | None:
+        """Who holds the recharge's lease, live or not, and its token (None: nobody)."""
+        ...
+
+    # Channels removed from the config whose attempts may still hold money.
+
+    async def retire_channel(self, name: str, config: dict[str, Any], at: float) -> None: ...
+
+    async def unretire_channel(self, name: str) -> None: ...
+
+    async def retired_channels(self) -> list[RetiredChannel]: ...
+
+    async def channel_busy(self, name: str) -> bool:
+        """Whether a recharge still running or with follow-up work has an attempt on
+        ``name``: a retired channel is kept until this is False."""
         ...
 
     # Quotes (``POST /v1/quotes``), shared by every instance on the store: any of them

@@ -5,7 +5,20 @@ from __future__ import annotations
 
 from orchestrator.journal._totals import backfill
 
-__all__ = ["MIGRATIONS"]
+__all__ = ["LEFT_OPEN", "MIGRATIONS", "REFUNDS_OWED"]
+
+# Migration 9's follow-ups of the work already journaled (both stores, word for word):
+# refunds owed, and attempts left open on finished recharges, all due at once.
+REFUNDS_OWED = ("INSERT INTO follow_ups(recharge_id, due_at) "
+                "SELECT DISTINCT recharge_id, 0 FROM attempts WHERE state = 'refund_requested'")
+LEFT_OPEN = (
+    "INSERT INTO follow_ups(recharge_id, due_at) "
+    "SELECT DISTINCT a.recharge_id, 0 FROM attempts a JOIN recharges r ON r.id = a.recharge_id "
+    "WHERE a.state IN ('started', 'pending', 'unknown', 'void_requested') "
+    "AND r.status NOT IN ('processing', 'pending') "
+    "AND a.recharge_id NOT IN (SELECT recharge_id FROM follow_ups)"
+)
+
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: recharges, attempts, idempotency, trail, wallet.
@@ -151,4 +164,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # a partial index holds just those, so the pass reads only them (the query names
     # the state as a literal, or the planner cannot use it).
     ("CREATE INDEX attempts_refund_due ON attempts(recharge_id) WHERE state = 'refund_requested'",),
+    # 9: exactly-once against late providers (SPEC 7). Attempts closed after an unknown
+    # outcome carry when they are checked once more for a late capture; leases carry a
+    # fencing token; the rare background work of finished recharges (refunds owed,
+    # late-capture checks, attempts left open) is found through ``follow_ups`` alone, one
+    # row per recharge with work left (a plain recharge never writes one); channels
+    # removed from the config are kept while their attempts may hold money.
+    (
+        "ALTER TABLE attempts ADD COLUMN late_check_at REAL",
+        "ALTER TABLE leases ADD COLUMN token INTEGER NOT NULL DEFAULT 1",
+        """CREATE TABLE follow_ups (
+            recharge_id TEXT PRIMARY KEY REFERENCES recharges(id),
+            due_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX follow_ups_due ON follow_ups(due_at)",
+        # Refunds owed, and attempts left open on finished recharges, are due at once.
+        REFUNDS_OWED,
+        LEFT_OPEN,
+        "DROP INDEX attempts_refund_due",
+        """CREATE TABLE retired_channels (
+            name TEXT PRIMARY KEY,
+            config TEXT NOT NULL,
+            retired_at REAL NOT NULL
+        )""",
+    ),
 )

@@ -4,6 +4,7 @@ Append, never edit a shipped entry: ``schema_migrations`` records what was appli
 
 from __future__ import annotations
 
+from orchestrator.journal._schema import LEFT_OPEN, REFUNDS_OWED
 from orchestrator.journal._totals import backfill
 
 __all__ = ["MIGRATIONS"]
@@ -154,4 +155,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # a partial index holds just those, so the pass reads only them (the query names
     # the state as a literal, or the planner cannot use it).
     ("CREATE INDEX attempts_refund_due ON attempts(recharge_id) WHERE state = 'refund_requested'",),
+    # 9: as SQLite's 9: late-capture checks, lease tokens, follow-ups, retired channels.
+    (
+        "ALTER TABLE attempts ADD COLUMN late_check_at DOUBLE PRECISION",
+        "ALTER TABLE leases ADD COLUMN token BIGINT NOT NULL DEFAULT 1",
+        """CREATE TABLE follow_ups (
+            recharge_id TEXT PRIMARY KEY REFERENCES recharges(id),
+            due_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX follow_ups_due ON follow_ups(due_at)",
+        REFUNDS_OWED,
+        LEFT_OPEN,
+        "DROP INDEX attempts_refund_due",
+        """CREATE TABLE retired_channels (
+            name TEXT PRIMARY KEY,
+            config TEXT NOT NULL,
+            retired_at DOUBLE PRECISION NOT NULL
+        )""",
+    ),
 )

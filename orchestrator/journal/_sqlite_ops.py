@@ -17,12 +17,14 @@ from typing import Any
 
 import orjson
 
-from orchestrator.audit import GENESIS, entry_hash
+from orchestrator.audit import GENESIS
 from orchestrator.journal._protocol import FirstRecharge, JournalError, QuoteRecord
+from orchestrator.journal._rows import ATTEMPT_COLUMNS, RECHARGE_COLUMNS, TRAIL_COLUMNS, attempt_of, attempt_row, \
+    recharge_of, recharge_row, trail_rows
 from orchestrator.journal._totals import month_of
-from orchestrator.model import TERMINAL, Attempt, AttemptState, Recharge, RechargeStatus, Step, TrailEntry
+from orchestrator.model import KEEP, TERMINAL, Attempt, Recharge, RechargeStatus, Step, TrailEntry
 
-__all__ = ["WRITE_OPS", "Checkpointer", "catch_up", "connect", "load", "migrate", "run_batch"]
+__all__ = ["ATTEMPT_COLUMNS", "WRITE_OPS", "Checkpointer", "attempt_of", "catch_up", "connect", "load", "migrate", "run_batch"]
 
 NONTERMINAL = tuple(s.value for s in RechargeStatus if s not in TERMINAL)
 # The non-terminal recharges, in the words of the recharges_open partial index's own
@@ -202,18 +204,10 @@ _HAS_OPEN_OR_DONE = (
     "SELECT 1 FROM recharges WHERE user_id=? AND status IN ('processing', 'pending', 'succeeded') LIMIT 1"
 )
 
-RECHARGE_COLUMNS = (
-    "id, client, idempotency_key, fingerprint, user_id, amount_minor, currency, country, method, "
-    "instrument, metadata, coins, bonus_coins, status, channel, decline_code, reason, config_version, "
-    "created_at, updated_at, deadline_at"
-)
 # A key already held leaves the row alone (rowcount 0): the holder answers instead.
 _INSERT_RECHARGE = (
     f"INSERT INTO recharges({RECHARGE_COLUMNS}) VALUES ({','.join('?' * 21)}) "
     "ON CONFLICT (client, idempotency_key) DO NOTHING"
-)
-ATTEMPT_COLUMNS = (
-    "reference, recharge_id, seq, channel, state, provider_ref, decline_code, error, latency_ms, created_at, updated_at"
 )
 
 
@@ -227,12 +221,12 @@ def op_create(conn: sqlite3.Connection, recharge: Recharge, trail: TrailEntry, l
     if denied:
         assert first is not None
         entry = first.deny(recharge, trail)
-    if conn.execute(_INSERT_RECHARGE, _recharge_row(recharge)).rowcount == 0:
+    if conn.execute(_INSERT_RECHARGE, recharge_row(recharge)).rowcount == 0:
         (holder,) = conn.execute("SELECT id FROM recharges WHERE client=? AND idempotency_key=?",
                                  (recharge.client, recharge.idempotency_key)).fetchone()
         return str(holder), False
     if lease is not None:
-        conn.execute("INSERT INTO leases(recharge_id, owner, expires_at) VALUES (?,?,?)",
+        conn.execute("INSERT INTO leases(recharge_id, owner, expires_at, token) VALUES (?,?,?,1)",
                      (recharge.id, lease[0], lease[1]))
     if started is None:
         _insert_trail(conn, (entry,))
@@ -255,10 +249,20 @@ _ADD_TO_TOTALS = (
 )
 
 
+_UPDATE_ATTEMPT = ("UPDATE attempts SET state=?, provider_ref=COALESCE(?, provider_ref), decline_code=?, error=?, "
+                   "latency_ms=COALESCE(?, latency_ms), updated_at=?, late_check_at=? WHERE reference=?")
+_SET_FOLLOW_UP = ("INSERT INTO follow_ups(recharge_id, due_at) VALUES (?,?) "
+                  "ON CONFLICT(recharge_id) DO UPDATE SET due_at=excluded.due_at")
+
+
 def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
     # A step that marks its recharge succeeded and credits it adds it to the user's
     # totals; who, what currency, how much and when created come from the row it updates.
     succeeded: tuple[Any, ...] | None = None
+    if step.lease is not None:
+        held = conn.execute("SELECT owner, token FROM leases WHERE recharge_id=?", (step.recharge_id,)).fetchone()
+        if held is None or (held[0], held[1]) != tuple(step.lease):
+            raise Rejected
     if step.status is not None:
         sets = "status=?, updated_at=?, reason=?"
         params: list[Any] = [step.status.value, step.at, step.reason]
@@ -280,6 +284,14 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
                 raise Rejected
         elif conn.execute(sql, params).rowcount != 1:
             raise Rejected
+    elif step.attempt is not None:
+        # An attempt's change is the recharge's change: its updated_at moves too.
+        sql, params = "UPDATE recharges SET updated_at=? WHERE id=?", [step.at, step.recharge_id]
+        if step.expect_status is not None:
+            sql += f" AND status IN ({','.join('?' * len(step.expect_status))})"
+            params.extend(sorted(s.value for s in step.expect_status))
+        if conn.execute(sql, params).rowcount != 1:
+            raise Rejected
     elif step.expect_status is not None:
         row = conn.execute("SELECT status FROM recharges WHERE id=?", (step.recharge_id,)).fetchone()
         if row is None or RechargeStatus(row[0]) not in step.expect_status:
@@ -297,11 +309,14 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
     if step.attempt is not None:
         a = step.attempt
         if step.attempt_is_new:
-            _insert_attempt(conn, a)
+            try:
+                _insert_attempt(conn, a)
+            except sqlite3.IntegrityError:  # its number or reference is taken: a race lost
+                raise Rejected from None
         else:
-            sql = ("UPDATE attempts SET state=?, provider_ref=COALESCE(?, provider_ref), decline_code=?, error=?, "
-                   "latency_ms=COALESCE(?, latency_ms), updated_at=? WHERE reference=?")
-            params = [a.state.value, a.provider_ref, a.decline_code, a.error, a.latency_ms, a.updated_at, a.reference]
+            params = [a.state.value, a.provider_ref, a.decline_code, a.error, a.latency_ms, a.updated_at,
+                      a.late_check_at, a.reference]
+            sql = _UPDATE_ATTEMPT
             if step.expect_attempt is not None:
                 sql += f" AND state IN ({','.join('?' * len(step.expect_attempt))})"
                 params.extend(sorted(s.value for s in step.expect_attempt))
@@ -326,6 +341,11 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
         if succeeded is not None:
             user_id, currency, amount_minor, created_at = succeeded
             conn.execute(_ADD_TO_TOTALS, (user_id, currency, amount_minor, month_of(created_at)))
+    if step.follow_up is not KEEP:
+        if step.follow_up is None:
+            conn.execute("DELETE FROM follow_ups WHERE recharge_id=?", (step.recharge_id,))
+        else:
+            conn.execute(_SET_FOLLOW_UP, (step.recharge_id, step.follow_up))
     if step.trail:
         _insert_trail(conn, step.trail)
     return True
@@ -347,34 +367,73 @@ CLAIMABLE = (
 )
 
 
-def op_claim(conn: sqlite3.Connection, owner: str, lease_s: float, now: float, limit: int) -> list[Recharge]:
+# Take the lease unless another owner's is live; a new owner bumps the token.
+_TAKE = (
+    "INSERT INTO leases(recharge_id, owner, expires_at, token) VALUES (?,?,?,1) "
+    "ON CONFLICT(recharge_id) DO UPDATE SET "
+    "token=CASE WHEN leases.owner IS excluded.owner THEN leases.token ELSE leases.token + 1 END, "
+    "owner=excluded.owner, expires_at=excluded.expires_at "
+    "WHERE leases.owner IS excluded.owner OR leases.owner IS NULL OR leases.expires_at <= ? "
+    "RETURNING token"
+)
+
+
+def _take(conn: sqlite3.Connection, owner: str, recharge_id: str, expires_at: float, now: float) -> int | None:
+    row = conn.execute(_TAKE, (recharge_id, owner, expires_at, now)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def op_claim(conn: sqlite3.Connection, owner: str, lease_s: float, now: float,
+             limit: int) -> list[tuple[Recharge, int]]:
     # One writer: the select and the lease writes share its transaction, so no other
     # claim can come between them.
     ids = [rid for (rid,) in conn.execute(CLAIMABLE, (owner, now, limit)).fetchall()]
-    conn.executemany(
-        "INSERT INTO leases(recharge_id, owner, expires_at) VALUES (?,?,?) "
-        "ON CONFLICT(recharge_id) DO UPDATE SET owner=excluded.owner, expires_at=excluded.expires_at",
-        [(rid, owner, now + lease_s) for rid in ids],
-    )
-    return [r for rid in ids if (r := load(conn, rid)) is not None]
+    out = []
+    for rid in ids:
+        token = _take(conn, owner, rid, now + lease_s, now)
+        rec = load(conn, rid)
+        if token is not None and rec is not None:
+            out.append((rec, token))
+    return out
 
 
-def op_lease(conn: sqlite3.Connection, owner: str, recharge_id: str, lease_s: float, now: float) -> bool:
-    return conn.execute(
-        "INSERT INTO leases(recharge_id, owner, expires_at) VALUES (?,?,?) "
-        "ON CONFLICT(recharge_id) DO UPDATE SET owner=excluded.owner, expires_at=excluded.expires_at "
-        "WHERE leases.owner=excluded.owner OR leases.expires_at <= ?",
-        (recharge_id, owner, now + lease_s, now),
-    ).rowcount == 1
+def op_lease(conn: sqlite3.Connection, owner: str, recharge_id: str, lease_s: float, now: float) -> int | None:
+    if conn.execute("SELECT 1 FROM recharges WHERE id=?", (recharge_id,)).fetchone() is None:
+        return None
+    return _take(conn, owner, recharge_id, now + lease_s, now)
 
 
 def op_release(conn: sqlite3.Connection, owner: str, recharge_id: str) -> None:
-    conn.execute("DELETE FROM leases WHERE recharge_id=? AND owner=?", (recharge_id, owner))
+    conn.execute("UPDATE leases SET owner=NULL, expires_at=0 WHERE recharge_id=? AND owner=?", (recharge_id, owner))
 
 
-def op_renew(conn: sqlite3.Connection, owner: str, recharge_ids: Sequence[str], lease_s: float, now: float) -> None:
-    conn.executemany("UPDATE leases SET expires_at=? WHERE owner=? AND recharge_id=?",
-                     [(now + lease_s, owner, rid) for rid in recharge_ids])
+def op_renew(conn: sqlite3.Connection, owner: str, held: dict[str, int], lease_s: float, now: float) -> list[str]:
+    kept = []
+    for rid, token in held.items():
+        if conn.execute("UPDATE leases SET expires_at=? WHERE recharge_id=? AND owner=? AND token=?",
+                        (now + lease_s, rid, owner, token)).rowcount == 1:
+            kept.append(rid)
+    return kept
+
+
+# Along follow_ups_due: only what is due, never a scan.
+_DUE = "SELECT recharge_id FROM follow_ups WHERE due_at <= ? ORDER BY due_at LIMIT ?"
+
+
+def op_claim_follow_ups(conn: sqlite3.Connection, now: float, retry_at: float, limit: int) -> list[Recharge]:
+    ids = [rid for (rid,) in conn.execute(_DUE, (now, limit)).fetchall()]
+    conn.executemany("UPDATE follow_ups SET due_at=? WHERE recharge_id=?", [(retry_at, rid) for rid in ids])
+    return [r for rid in ids if (r := load(conn, rid)) is not None]
+
+
+def op_retire_channel(conn: sqlite3.Connection, name: str, config: str, at: float) -> None:
+    conn.execute("INSERT INTO retired_channels(name, config, retired_at) VALUES (?,?,?) "
+                 "ON CONFLICT(name) DO UPDATE SET config=excluded.config, retired_at=excluded.retired_at",
+                 (name, config, at))
+
+
+def op_unretire_channel(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute("DELETE FROM retired_channels WHERE name=?", (name,))
 
 
 # -- quotes -------------------------------------------------------------------------------
@@ -413,6 +472,9 @@ WRITE_OPS: dict[str, Callable[..., Any]] = {
     "lease": op_lease,
     "release": op_release,
     "renew": op_renew,
+    "claim_follow_ups": op_claim_follow_ups,
+    "retire_channel": op_retire_channel,
+    "unretire_channel": op_unretire_channel,
     "put_quote": op_put_quote,
 }
 
@@ -420,41 +482,13 @@ WRITE_OPS: dict[str, Callable[..., Any]] = {
 # -- rows ---------------------------------------------------------------------------------
 
 
-def _recharge_row(r: Recharge) -> tuple[Any, ...]:
-    return (
-        r.id, r.client, r.idempotency_key, r.fingerprint, r.user_id, r.amount_minor, r.currency,
-        r.country, r.method, orjson.dumps(r.instrument).decode(),
-        None if r.metadata is None else orjson.dumps(r.metadata).decode(),
-        r.coins, r.bonus_coins, r.status.value, r.channel, r.decline_code, r.reason, r.config_version,
-        r.created_at, r.updated_at, r.deadline_at,
-    )
-
-
-def attempt_of(a: Sequence[Any]) -> Attempt:
-    return Attempt(
-        reference=a[0], recharge_id=a[1], seq=a[2], channel=a[3], state=AttemptState(a[4]),
-        provider_ref=a[5], decline_code=a[6], error=a[7], latency_ms=a[8], created_at=a[9], updated_at=a[10],
-    )
-
-
 def load(conn: sqlite3.Connection, recharge_id: str) -> Recharge | None:
     row = conn.execute(f"SELECT {RECHARGE_COLUMNS} FROM recharges WHERE id=?", (recharge_id,)).fetchone()
     if row is None:
         return None
-    attempts = [
-        attempt_of(a)
-        for a in conn.execute(
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE recharge_id=? ORDER BY seq", (recharge_id,)
-        ).fetchall()
-    ]
-    return Recharge(
-        id=row[0], client=row[1], idempotency_key=row[2], fingerprint=row[3], user_id=row[4],
-        amount_minor=row[5], currency=row[6], country=row[7], method=row[8],
-        instrument=orjson.loads(row[9]), metadata=None if row[10] is None else orjson.loads(row[10]),
-        coins=row[11], bonus_coins=row[12], status=RechargeStatus(row[13]), channel=row[14],
-        decline_code=row[15], reason=row[16], config_version=row[17], created_at=row[18],
-        updated_at=row[19], deadline_at=row[20], attempts=attempts,
-    )
+    attempts = [attempt_of(a) for a in conn.execute(
+        f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE recharge_id=? ORDER BY seq", (recharge_id,)).fetchall()]
+    return recharge_of(row, attempts)
 
 
 _chain = threading.local()  # the writer's audit chain head
@@ -464,24 +498,9 @@ def _insert_trail(conn: sqlite3.Connection, entries: Sequence[TrailEntry]) -> No
     """Append to the trail, each entry chained to the one before (see orchestrator.audit).
     Only the writer appends, and it read the head under the write lock, so the head in
     memory is the head on disk."""
-    rows = []
-    head = _chain.head
-    for e in entries:
-        detail = None if e.detail is None else orjson.dumps(e.detail).decode()
-        h = entry_hash(head, e.recharge_id, e.at, e.event, e.status, e.reference, e.channel, detail)
-        rows.append((e.recharge_id, e.at, e.event, e.status, e.reference, e.channel, detail, head, h))
-        head = h
-    conn.executemany(
-        "INSERT INTO trail(recharge_id, at, event, status, reference, channel, detail, prev_hash, hash) "
-        "VALUES (?,?,?,?,?,?,?,?,?)",
-        rows,
-    )
-    _chain.head = head
+    rows, _chain.head = trail_rows(_chain.head, entries)
+    conn.executemany(f"INSERT INTO trail({TRAIL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
 
 
 def _insert_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
-    conn.execute(
-        f"INSERT INTO attempts({ATTEMPT_COLUMNS}) VALUES ({','.join('?' * 11)})",
-        (a.reference, a.recharge_id, a.seq, a.channel, a.state.value, a.provider_ref,
-         a.decline_code, a.error, a.latency_ms, a.created_at, a.updated_at),
-    )
+    conn.execute(f"INSERT INTO attempts({ATTEMPT_COLUMNS}) VALUES ({','.join('?' * 12)})", attempt_row(a))

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from orchestrator.journal._protocol import FirstRecharge
-from orchestrator.model import Attempt, AttemptState, Credit, Recharge, RechargeStatus, Step, TrailEntry
+from orchestrator.model import KEEP, Attempt, AttemptState, Credit, Recharge, RechargeStatus, Step, TrailEntry
 
 __all__ = ["HEADER", "decode_args", "decode_value", "encode", "encode_request", "encode_value", "frames", "pack"]
 
@@ -54,11 +54,11 @@ def frames(buf: bytearray) -> Iterator[bytes]:
 
 def enc_attempt(a: Attempt) -> list[Any]:
     return [a.reference, a.recharge_id, a.seq, a.channel, a.state, a.created_at, a.updated_at, a.provider_ref,
-            a.decline_code, a.error, a.latency_ms]
+            a.decline_code, a.error, a.latency_ms, a.late_check_at]
 
 
 def attempt(v: list[Any]) -> Attempt:
-    return Attempt(v[0], v[1], v[2], v[3], AttemptState(v[4]), v[5], v[6], v[7], v[8], v[9], v[10])
+    return Attempt(v[0], v[1], v[2], v[3], AttemptState(v[4]), v[5], v[6], v[7], v[8], v[9], v[10], v[11])
 
 
 def enc_trail(t: TrailEntry) -> list[Any]:
@@ -91,7 +91,7 @@ def enc_step(s: Step) -> list[Any]:
             s.decline_code, s.reason, None if s.attempt is None else enc_attempt(s.attempt), s.attempt_is_new,
             None if s.expect_attempt is None else list(s.expect_attempt),
             None if c is None else [c.recharge_id, c.user_id, c.coins, c.at], s.event,
-            [enc_trail(t) for t in s.trail]]
+            [enc_trail(t) for t in s.trail], None if s.follow_up is KEEP else [s.follow_up], s.lease]
 
 
 def step(v: list[Any]) -> Step:
@@ -104,6 +104,8 @@ def step(v: list[Any]) -> Step:
         credit=None if credit is None else Credit(credit[0], credit[1], credit[2], credit[3]),
         event=None if v[11] is None else (v[11][0], v[11][1]),
         trail=tuple(trail(t) for t in v[12]),
+        follow_up=KEEP if v[13] is None else v[13][0],
+        lease=None if v[14] is None else (v[14][0], v[14][1]),
     )
 
 
@@ -148,12 +150,18 @@ def decode_args(op: str, args: list[Any]) -> tuple[Any, ...]:
 
 
 def encode_value(op: str, value: Any) -> Any:
-    """The writer's side: an op's answer, ready for orjson (``claim`` answers recharges)."""
-    return [enc_recharge(r) for r in value] if op == "claim" else value
+    """The writer's side: an op's answer, ready for orjson (the claims answer recharges)."""
+    if op == "claim":
+        return [[enc_recharge(r), token] for r, token in value]
+    if op == "claim_follow_ups":
+        return [enc_recharge(r) for r in value]
+    return value
 
 
 def decode_value(op: str, value: Any) -> Any:
     """The client's side: an op's answer."""
     if op == "claim":
+        return [(recharge(r), token) for r, token in value]
+    if op == "claim_follow_ups":
         return [recharge(r) for r in value]
     return value

@@ -23,26 +23,31 @@ import asyncpg
 import orjson
 import structlog
 
-from orchestrator.audit import GENESIS, entry_hash
+from orchestrator.audit import GENESIS
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
     FirstRecharge,
     JournalError,
     QuoteRecord,
+    RetiredChannel,
     UserTotals,
     WalletEntry,
     WalletView,
 )
+from orchestrator.journal._rows import (
+    ATTEMPT_COLUMNS,
+    RECHARGE_COLUMNS,
+    TRAIL_COLUMNS,
+    attempt_of,
+    attempt_row,
+    recharge_of,
+    recharge_row,
+    trail_entry_of,
+    trail_rows,
+)
 from orchestrator.journal._schema_pg import MIGRATIONS
 from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, month_of, totals_since
-from orchestrator.model import (
-    Attempt,
-    AttemptState,
-    Recharge,
-    RechargeStatus,
-    Step,
-    TrailEntry,
-)
+from orchestrator.model import KEEP, Attempt, Fence, Recharge, RechargeStatus, Step, TrailEntry
 
 __all__ = ["PostgresJournal"]
 
@@ -245,6 +250,7 @@ class PostgresJournal:
         max_batch: int = 512,
         writers: int = 1,
         on_commit: Callable[[int, float], None] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if writers < 1 or pool_max < writers + 1:
             raise ValueError("pool_max must leave at least one connection beside the writers")
@@ -254,6 +260,9 @@ class PostgresJournal:
         self._max_batch = max_batch
         self._writers_n = writers
         self._on_commit = on_commit
+        # The leases' clock: None is the database server's, one clock for every
+        # instance whatever their hosts' clocks say (tests hand in a virtual one).
+        self._clock = clock
         self._pool: asyncpg.Pool | None = None
         self._queue: asyncio.Queue[_Item | None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -364,7 +373,7 @@ class PostgresJournal:
             # instance) to finish, so exactly one of them makes the recharge; the
             # recharge and its trail entry are inserted only when the key was free.
             head = _HEADS.get(id(conn), GENESIS)
-            made = await conn.fetchval(_CREATE, *_recharge_row(recharge), *_trail_rows(conn, (entry,))[0])
+            made = await conn.fetchval(_CREATE, *recharge_row(recharge), *_trail_rows(conn, (entry,))[0])
             if made is None:
                 _HEADS[id(conn)] = head  # no trail entry was written
                 holder: str = await conn.fetchval(
@@ -373,14 +382,11 @@ class PostgresJournal:
                 )
                 return holder
             if lease is not None:
-                await conn.execute("INSERT INTO leases(recharge_id, owner, expires_at) VALUES ($1, $2, $3)",
-                                   recharge.id, lease[0], float(lease[1]))
-            if started is not None:
-                a = started[0]
                 await conn.execute(
-                    _INSERT_ATTEMPT, a.reference, a.recharge_id, a.seq, a.channel, a.state.value, a.provider_ref,
-                    a.decline_code, a.error, _float(a.latency_ms), float(a.created_at), float(a.updated_at),
-                )
+                    f"INSERT INTO leases(recharge_id, owner, expires_at, token) VALUES ($1, $2, {_now(4)} + $3, 1)",
+                    recharge.id, lease[0], float(lease[1]), self._now())
+            if started is not None:
+                await conn.execute(_INSERT_ATTEMPT, *attempt_row(started[0]))
                 await _insert_trail(conn, (started[1],))
             return None
 
@@ -401,40 +407,82 @@ class PostgresJournal:
 
     # -- recovery leases ----------------------------------------------------------------
 
-    async def claim(self, owner: str, lease_s: float, now: float, limit: int = 500) -> list[Recharge]:
+    def _now(self) -> float | None:
+        return None if self._clock is None else float(self._clock())
+
+    async def claim(self, owner: str, lease_s: float, limit: int = 500) -> list[tuple[Recharge, int]]:
         async def ensure_rows(conn: asyncpg.Connection) -> None:
             # Every candidate needs a lease row to lock. Made in id order (and committed
             # at once), so two claimers making them together wait instead of deadlocking.
             await conn.execute(_LEASE_ROWS)
 
-        async def take(conn: asyncpg.Connection) -> list[Recharge]:
+        async def take(conn: asyncpg.Connection) -> list[tuple[Recharge, int]]:
             # SKIP LOCKED: a lease another claimer is taking right now is not ours; one
             # it took since our snapshot is re-checked on its new row version and dropped.
-            rows = await conn.fetch(_TAKE_LEASES, owner, now + lease_s, now, limit)
-            recs = await _load_many(conn, [r[0] for r in rows])
-            return sorted((r for r in recs if not r.terminal), key=lambda r: (r.created_at, r.id))
+            rows = await conn.fetch(_TAKE_LEASES, owner, float(lease_s), self._now(), limit)
+            tokens = {r[0]: int(r[1]) for r in rows}
+            recs = await _load_many(conn, list(tokens))
+            return sorted(((r, tokens[r.id]) for r in recs if not r.terminal),
+                          key=lambda rt: (rt[0].created_at, rt[0].id))
 
         await self._direct(ensure_rows)
         return await self._direct(take)
 
-    async def lease(self, owner: str, recharge_id: str, lease_s: float, now: float) -> bool:
+    async def lease(self, owner: str, recharge_id: str, lease_s: float) -> int | None:
         # ON CONFLICT DO UPDATE locks the existing lease and checks the WHERE on its
         # newest version: of two instances racing for one recharge, one gets it.
-        done = await self._direct(lambda conn: conn.execute(
-            "INSERT INTO leases(recharge_id, owner, expires_at) VALUES ($1, $2, $3) "
-            "ON CONFLICT (recharge_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
-            "WHERE leases.owner = excluded.owner OR leases.owner IS NULL OR leases.expires_at <= $4",
-            recharge_id, owner, now + lease_s, now))
-        return bool(done == "INSERT 0 1")
+        async def op(conn: asyncpg.Connection) -> int | None:
+            if await conn.fetchval("SELECT 1 FROM recharges WHERE id=$1", recharge_id) is None:
+                return None
+            token = await conn.fetchval(_TAKE, recharge_id, owner, float(lease_s), self._now())
+            return None if token is None else int(token)
+
+        return await self._direct(op)
 
     async def release(self, owner: str, recharge_id: str) -> None:
         await self._direct(lambda conn: conn.execute(
-            "DELETE FROM leases WHERE recharge_id = $1 AND owner = $2", recharge_id, owner))
+            "UPDATE leases SET owner = NULL, expires_at = 0 WHERE recharge_id = $1 AND owner = $2", recharge_id, owner))
 
-    async def renew(self, owner: str, recharge_ids: Sequence[str], lease_s: float, now: float) -> None:
+    async def renew(self, owner: str, held: dict[str, int], lease_s: float) -> set[str]:
+        if not held:
+            return set()
+        ids, tokens = list(held), [held[r] for r in held]
+        rows = await self._direct(lambda conn: conn.fetch(
+            f"UPDATE leases l SET expires_at = {_now(5)} + $4 FROM unnest($2::text[], $3::bigint[]) AS h(id, token) "
+            "WHERE l.recharge_id = h.id AND l.token = h.token AND l.owner = $1 RETURNING l.recharge_id",
+            owner, ids, tokens, float(lease_s), self._now()))
+        return {r[0] for r in rows}
+
+    async def lease_of(self, recharge_id: str) -> Fence | None:
+        row = await self._read(lambda conn: conn.fetchrow(
+            "SELECT owner, token FROM leases WHERE recharge_id = $1 AND owner IS NOT NULL", recharge_id))
+        return None if row is None else (row[0], int(row[1]))
+
+    async def claim_follow_ups(self, now: float, retry_at: float, limit: int = 500) -> list[Recharge]:
+        async def op(conn: asyncpg.Connection) -> list[Recharge]:
+            rows = await conn.fetch(_CLAIM_FOLLOW_UPS, float(now), float(retry_at), limit)
+            return await _load_many(conn, [r[0] for r in rows])
+
+        return await self._direct(op)
+
+    # -- retired channels ---------------------------------------------------------------
+
+    async def retire_channel(self, name: str, config: dict[str, Any], at: float) -> None:
+        doc = orjson.dumps(config).decode()
         await self._direct(lambda conn: conn.execute(
-            "UPDATE leases SET expires_at = $3 WHERE owner = $1 AND recharge_id = ANY($2::text[])",
-            owner, list(recharge_ids), now + lease_s))
+            "INSERT INTO retired_channels(name, config, retired_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (name) DO UPDATE SET config = excluded.config, retired_at = excluded.retired_at",
+            name, doc, float(at)))
+
+    async def unretire_channel(self, name: str) -> None:
+        await self._direct(lambda conn: conn.execute("DELETE FROM retired_channels WHERE name = $1", name))
+
+    async def retired_channels(self) -> list[RetiredChannel]:
+        rows = await self.query("SELECT name, config, retired_at FROM retired_channels ORDER BY name")
+        return [RetiredChannel(r[0], orjson.loads(r[1]), r[2]) for r in rows]
+
+    async def channel_busy(self, name: str) -> bool:
+        return bool(await self._read(lambda conn: conn.fetchval(_CHANNEL_BUSY, name)))
 
     # -- reads --------------------------------------------------------------------------
 
@@ -444,8 +492,8 @@ class PostgresJournal:
 
     async def attempt(self, reference: str) -> Attempt | None:
         async def fn(conn: asyncpg.Connection) -> Attempt | None:
-            a = await conn.fetchrow(f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE reference=$1", reference)
-            return None if a is None else _attempt(a)
+            a = await conn.fetchrow(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE reference=$1", reference)
+            return None if a is None else attempt_of(a)
 
         return await self._read(fn)
 
@@ -457,17 +505,9 @@ class PostgresJournal:
         return await self._read(fn, snapshot=True)
 
     async def trail(self, recharge_id: str) -> list[TrailEntry]:
-        async def fn(conn: asyncpg.Connection) -> list[TrailEntry]:
-            rows = await conn.fetch(
-                "SELECT recharge_id, at, event, status, reference, channel, detail FROM trail "
-                "WHERE recharge_id=$1 ORDER BY id",
-                recharge_id,
-            )
-            return [
-                TrailEntry(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6]) if r[6] else None) for r in rows
-            ]
-
-        return await self._read(fn)
+        rows = await self.query("SELECT recharge_id, at, event, status, reference, channel, detail FROM trail "
+                                "WHERE recharge_id=$1 ORDER BY id", (recharge_id,))
+        return [trail_entry_of(r) for r in rows]
 
     async def wallet(self, user_id: str, limit: int = 100) -> WalletView:
         async def fn(conn: asyncpg.Connection) -> WalletView:
@@ -493,13 +533,6 @@ class PostgresJournal:
     async def nonterminal(self) -> list[Recharge]:
         async def fn(conn: asyncpg.Connection) -> list[Recharge]:
             ids = await conn.fetch(_OPEN_IDS)
-            return await _load_many(conn, [r[0] for r in ids])
-
-        return await self._read(fn, snapshot=True)
-
-    async def refunds_due(self) -> list[Recharge]:
-        async def fn(conn: asyncpg.Connection) -> list[Recharge]:
-            ids = await conn.fetch(_REFUNDS_DUE)
             return await _load_many(conn, [r[0] for r in ids])
 
         return await self._read(fn, snapshot=True)
@@ -566,32 +599,27 @@ async def _migrate(conn: asyncpg.Connection) -> None:
 
 # -- SQL --------------------------------------------------------------------------------
 
-_RECHARGE_COLUMNS = (
-    "id, client, idempotency_key, fingerprint, user_id, amount_minor, currency, country, method, "
-    "instrument, metadata, coins, bonus_coins, status, channel, decline_code, reason, config_version, "
-    "created_at, updated_at, deadline_at"
-)
+# The store's clock, or the journal's: parameter ``$n`` when the journal has a clock.
+def _now(n: int) -> str:
+    return f"COALESCE(${n}::float8, EXTRACT(EPOCH FROM clock_timestamp()))"
+
+
 # $1..$21 the recharge row, $22..$30 the trail entry.
 _CREATE = (
-    f"WITH rec AS (INSERT INTO recharges({_RECHARGE_COLUMNS}) "
+    f"WITH rec AS (INSERT INTO recharges({RECHARGE_COLUMNS}) "
     f"VALUES ({','.join(f'${i}' for i in range(1, 22))}) "
     "ON CONFLICT (client, idempotency_key) DO NOTHING RETURNING id) "
-    "INSERT INTO trail(recharge_id, at, event, status, reference, channel, detail, prev_hash, hash) "
+    f"INSERT INTO trail({TRAIL_COLUMNS}) "
     "SELECT $22, $23, $24, $25, $26, $27, $28, $29, $30 FROM rec RETURNING 1"
 )
-_ATTEMPT_COLUMNS = (
-    "reference, recharge_id, seq, channel, state, provider_ref, decline_code, error, latency_ms, created_at, updated_at"
-)
-_INSERT_ATTEMPT = f"INSERT INTO attempts({_ATTEMPT_COLUMNS}) VALUES ({','.join(f'${i}' for i in range(1, 12))})"
-_INSERT_TRAIL = (
-    "INSERT INTO trail(recharge_id, at, event, status, reference, channel, detail, prev_hash, hash) "
-    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
-)
+_INSERT_ATTEMPT = f"INSERT INTO attempts({ATTEMPT_COLUMNS}) VALUES ({','.join(f'${i}' for i in range(1, 13))})"
+_INSERT_TRAIL = f"INSERT INTO trail({TRAIL_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
 # channel and decline_code change only when the step names them, as in SQLite.
 _UPDATE_STATUS = (
     "UPDATE recharges SET status=$1, updated_at=$2, reason=$3, channel=COALESCE($4, channel), "
     "decline_code=COALESCE($5, decline_code) WHERE id=$6 AND ($7::text[] IS NULL OR status = ANY($7::text[]))"
 )
+_TOUCH = "UPDATE recharges SET updated_at=$1 WHERE id=$2 AND ($3::text[] IS NULL OR status = ANY($3::text[]))"
 # A success that credits: the row says whose totals it joins (see _ADD_TO_TOTALS).
 _UPDATE_STATUS_SUCCEEDED = _UPDATE_STATUS + " RETURNING user_id, currency, amount_minor, created_at"
 # One more success in its user's totals (see ``_totals``): counted in its creation
@@ -610,23 +638,45 @@ _ADD_TO_TOTALS = (
 # ones named by their own literal condition): none grows with the whole table.
 _OPEN_IDS = f"SELECT id FROM recharges WHERE {_OPEN} ORDER BY created_at"
 _LEASE_ROWS = (
-    "INSERT INTO leases(recharge_id, owner, expires_at) "
-    f"SELECT r.id, NULL, 0 FROM recharges r WHERE r.{_OPEN} "
+    "INSERT INTO leases(recharge_id, owner, expires_at, token) "
+    f"SELECT r.id, NULL, 0, 0 FROM recharges r WHERE r.{_OPEN} "
     "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.recharge_id = r.id) ORDER BY r.id "
     "ON CONFLICT (recharge_id) DO NOTHING"
 )
+# A new owner bumps the token: a step fenced with the old one is refused.
 _TAKE_LEASES = (
-    "UPDATE leases SET owner = $1, expires_at = $2 WHERE recharge_id IN ("
+    f"WITH t AS (SELECT {_now(3)} AS now) "
+    "UPDATE leases SET token = CASE WHEN leases.owner IS NOT DISTINCT FROM $1 THEN leases.token ELSE leases.token + 1 "
+    "END, owner = $1, expires_at = t.now + $2 FROM t WHERE recharge_id IN ("
     " SELECT l.recharge_id FROM leases l JOIN recharges r ON r.id = l.recharge_id"
-    f" WHERE r.{_OPEN} AND (l.owner IS NULL OR l.owner = $1 OR l.expires_at <= $3)"
+    f" WHERE r.{_OPEN} AND (l.owner IS NULL OR l.owner = $1 OR l.expires_at <= (SELECT now FROM t))"
     " ORDER BY r.created_at, r.id LIMIT $4 FOR UPDATE OF l SKIP LOCKED"
-    ") RETURNING recharge_id"
+    ") RETURNING recharge_id, token"
 )
-_REFUNDS_DUE = "SELECT DISTINCT recharge_id FROM attempts WHERE state = 'refund_requested'"
+_TAKE = (
+    f"WITH t AS (SELECT {_now(4)} AS now) "
+    "INSERT INTO leases AS l (recharge_id, owner, expires_at, token) SELECT $1, $2, t.now + $3, 1 FROM t "
+    "ON CONFLICT (recharge_id) DO UPDATE SET "
+    "token = CASE WHEN l.owner IS NOT DISTINCT FROM excluded.owner THEN l.token ELSE l.token + 1 END, "
+    "owner = excluded.owner, expires_at = excluded.expires_at "
+    "WHERE l.owner = excluded.owner OR l.owner IS NULL OR l.expires_at <= (SELECT now FROM t) "
+    "RETURNING token"
+)
+# Along follow_ups_due; SKIP LOCKED: instances claiming at once take different ones.
+_CLAIM_FOLLOW_UPS = (
+    "UPDATE follow_ups SET due_at = $2 WHERE recharge_id IN (SELECT recharge_id FROM follow_ups "
+    "WHERE due_at <= $1 ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING recharge_id"
+)
+_CHANNEL_BUSY = (
+    "SELECT 1 FROM attempts WHERE channel = $1 AND recharge_id IN "
+    f"(SELECT id FROM recharges WHERE {_OPEN} UNION SELECT recharge_id FROM follow_ups) LIMIT 1"
+)
+_SET_FOLLOW_UP = ("INSERT INTO follow_ups(recharge_id, due_at) VALUES ($1, $2) "
+                  "ON CONFLICT (recharge_id) DO UPDATE SET due_at = excluded.due_at")
 _USER_TOTALS = f"SELECT {TOTALS_COLUMNS} FROM user_recharge_totals WHERE user_id = $1"
 _UPDATE_ATTEMPT = (
     "UPDATE attempts SET state=$1, provider_ref=COALESCE($2, provider_ref), decline_code=$3, error=$4, "
-    "latency_ms=COALESCE($5, latency_ms), updated_at=$6 "
+    "latency_ms=COALESCE($5, latency_ms), updated_at=$6, late_check_at=$9 "
     "WHERE reference=$7 AND ($8::text[] IS NULL OR state = ANY($8::text[]))"
 )
 # The wallet row's lock (taken by the upsert) serializes credits to one user across
@@ -642,48 +692,18 @@ _CREDIT = (
 )
 
 
-def _recharge_row(r: Recharge) -> tuple[Any, ...]:
-    return (
-        r.id, r.client, r.idempotency_key, r.fingerprint, r.user_id, r.amount_minor, r.currency,
-        r.country, r.method, orjson.dumps(r.instrument).decode(),
-        None if r.metadata is None else orjson.dumps(r.metadata).decode(),
-        r.coins, r.bonus_coins, r.status.value, r.channel, r.decline_code, r.reason, r.config_version,
-        float(r.created_at), float(r.updated_at), float(r.deadline_at),
-    )
-
-
-def _attempt(a: Sequence[Any]) -> Attempt:
-    return Attempt(
-        reference=a[0], recharge_id=a[1], seq=a[2], channel=a[3], state=AttemptState(a[4]),
-        provider_ref=a[5], decline_code=a[6], error=a[7], latency_ms=a[8], created_at=a[9], updated_at=a[10],
-    )
-
-
 async def _load_many(conn: asyncpg.Connection, ids: list[str]) -> list[Recharge]:
     """The recharges ``ids`` with their attempts, in the order given (missing ones left out)."""
     if not ids:
         return []
-    rows = await conn.fetch(f"SELECT {_RECHARGE_COLUMNS} FROM recharges WHERE id = ANY($1::text[])", ids)
+    rows = await conn.fetch(f"SELECT {RECHARGE_COLUMNS} FROM recharges WHERE id = ANY($1::text[])", ids)
     attempts: dict[str, list[Attempt]] = {}
     for a in await conn.fetch(
-        f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE recharge_id = ANY($1::text[]) ORDER BY recharge_id, seq", ids
+        f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE recharge_id = ANY($1::text[]) ORDER BY recharge_id, seq", ids
     ):
-        attempts.setdefault(a[1], []).append(_attempt(a))
+        attempts.setdefault(a[1], []).append(attempt_of(a))
     by_id = {row[0]: row for row in rows}
-    out = []
-    for rid in ids:
-        row = by_id.get(rid)
-        if row is None:
-            continue
-        out.append(Recharge(
-            id=row[0], client=row[1], idempotency_key=row[2], fingerprint=row[3], user_id=row[4],
-            amount_minor=row[5], currency=row[6], country=row[7], method=row[8],
-            instrument=orjson.loads(row[9]), metadata=None if row[10] is None else orjson.loads(row[10]),
-            coins=row[11], bonus_coins=row[12], status=RechargeStatus(row[13]), channel=row[14],
-            decline_code=row[15], reason=row[16], config_version=row[17], created_at=row[18],
-            updated_at=row[19], deadline_at=row[20], attempts=attempts.get(rid, []),
-        ))
-    return out
+    return [recharge_of(by_id[rid], attempts.get(rid, [])) for rid in ids if rid in by_id]
 
 
 # The audit chain's head per writer connection, during its batch (see _run_batch).
@@ -691,14 +711,7 @@ _HEADS: dict[int, str] = {}
 
 
 def _trail_rows(conn: asyncpg.Connection, entries: Sequence[TrailEntry]) -> list[tuple[Any, ...]]:
-    head = _HEADS.get(id(conn), GENESIS)
-    rows = []
-    for e in entries:
-        detail = None if e.detail is None else orjson.dumps(e.detail).decode()
-        h = entry_hash(head, e.recharge_id, float(e.at), e.event, e.status, e.reference, e.channel, detail)
-        rows.append((e.recharge_id, float(e.at), e.event, e.status, e.reference, e.channel, detail, head, h))
-        head = h
-    _HEADS[id(conn)] = head
+    rows, _HEADS[id(conn)] = trail_rows(_HEADS.get(id(conn), GENESIS), entries)
     return rows
 
 
@@ -710,10 +723,6 @@ async def _insert_trail(conn: asyncpg.Connection, entries: Sequence[TrailEntry])
         await conn.executemany(_INSERT_TRAIL, rows)
 
 
-def _float(x: float | None) -> float | None:
-    return None if x is None else float(x)
-
-
 def _values(states: frozenset[Any] | None) -> list[str] | None:
     return None if states is None else sorted(s.value for s in states)
 
@@ -722,6 +731,11 @@ async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
     # A step that marks its recharge succeeded and credits it adds it to the user's
     # totals; who, what currency, how much and when created come from the row it updates.
     succeeded: asyncpg.Record | None = None
+    if step.lease is not None:
+        # Locked until commit: a takeover waits for this step, then bumps the token.
+        held = await conn.fetchrow("SELECT owner, token FROM leases WHERE recharge_id=$1 FOR SHARE", step.recharge_id)
+        if held is None or (held[0], held[1]) != tuple(step.lease):
+            raise _Rejected
     if step.status is not None:
         args = (step.status.value, float(step.at), step.reason, step.channel, step.decline_code,
                 step.recharge_id, _values(step.expect_status))
@@ -730,6 +744,11 @@ async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
             if succeeded is None:
                 raise _Rejected
         elif await conn.execute(_UPDATE_STATUS, *args) != "UPDATE 1":
+            raise _Rejected
+    elif step.attempt is not None:
+        # An attempt's change is the recharge's change: its updated_at moves too (and the
+        # row is locked, so the status guard still holds when we commit).
+        if await conn.execute(_TOUCH, float(step.at), step.recharge_id, _values(step.expect_status)) != "UPDATE 1":
             raise _Rejected
     elif step.expect_status is not None:
         # Lock the row as the UPDATE above would: the guard must still hold when we
@@ -756,6 +775,11 @@ async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
             raise _Rejected
         if succeeded is not None:
             await conn.execute(_ADD_TO_TOTALS, succeeded[0], succeeded[1], succeeded[2], month_of(succeeded[3]))
+    if step.follow_up is not KEEP:
+        if step.follow_up is None:
+            await conn.execute("DELETE FROM follow_ups WHERE recharge_id=$1", step.recharge_id)
+        else:
+            await conn.execute(_SET_FOLLOW_UP, step.recharge_id, float(step.follow_up))
     if step.trail:
         await _insert_trail(conn, step.trail)
     return True
@@ -765,22 +789,18 @@ async def _write_attempt(conn: asyncpg.Connection, step: Step) -> None:
     a = step.attempt
     assert a is not None
     if step.attempt_is_new:
-        if step.expect_attempt is not None:
-            state = await conn.fetchval(
-                "SELECT state FROM attempts WHERE reference=$1 FOR NO KEY UPDATE", a.reference)
-            if state is None or AttemptState(state) not in step.expect_attempt:
-                raise _Rejected
-        await conn.execute(
-            _INSERT_ATTEMPT, a.reference, a.recharge_id, a.seq, a.channel, a.state.value, a.provider_ref,
-            a.decline_code, a.error, _float(a.latency_ms), float(a.created_at), float(a.updated_at),
-        )
+        try:
+            await conn.execute(_INSERT_ATTEMPT, *attempt_row(a))
+        except asyncpg.UniqueViolationError:  # its number or reference is taken: a race lost
+            raise _Rejected from None
         return
     done = await conn.execute(
-        _UPDATE_ATTEMPT, a.state.value, a.provider_ref, a.decline_code, a.error, _float(a.latency_ms),
-        float(a.updated_at), a.reference, _values(step.expect_attempt),
+        _UPDATE_ATTEMPT, a.state.value, a.provider_ref, a.decline_code, a.error,
+        None if a.latency_ms is None else float(a.latency_ms), float(a.updated_at), a.reference,
+        _values(step.expect_attempt), None if a.late_check_at is None else float(a.late_check_at),
     )
-    # Without a guard a missing attempt is no rejection (as in SQLite); with one it is.
-    if step.expect_attempt is not None and done != "UPDATE 1":
+    # An attempt that is not there (or not in the state expected) is a rejection, as in SQLite.
+    if done != "UPDATE 1":
         raise _Rejected
 
 

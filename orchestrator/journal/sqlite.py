@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,22 +28,16 @@ from orchestrator.journal._protocol import (
     FirstRecharge,
     JournalError,
     QuoteRecord,
+    RetiredChannel,
     UserTotals,
     WalletEntry,
     WalletView,
 )
-from orchestrator.journal._sqlite_ops import (
-    ATTEMPT_COLUMNS,
-    OPEN,
-    QUOTE_COLUMNS,
-    attempt_of,
-    connect,
-    load,
-    quote_of,
-)
+from orchestrator.journal._rows import ATTEMPT_COLUMNS, attempt_of, trail_entry_of
+from orchestrator.journal._sqlite_ops import OPEN, QUOTE_COLUMNS, connect, load, quote_of
 from orchestrator.journal._sqlite_writer import ProcessWriter
 from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, totals_since
-from orchestrator.model import Attempt, Recharge, Step, TrailEntry
+from orchestrator.model import Attempt, Fence, Recharge, Step, TrailEntry
 
 __all__ = ["SqliteJournal", "path_from_url"]
 
@@ -52,7 +47,12 @@ T = TypeVar("T")
 # The reads of every reconcile pass and every recharge, each along an index (the partial
 # ones named by their own literal condition): none grows with the whole table.
 _OPEN_IDS = f"SELECT id FROM recharges WHERE {OPEN} ORDER BY created_at"
-_REFUNDS_DUE = "SELECT DISTINCT recharge_id FROM attempts WHERE state = 'refund_requested'"
+# Attempts of the recharges with work left (running, or with a follow-up), each set
+# along its own index: bounded by the work in progress, never by the history.
+_CHANNEL_BUSY = (
+    "SELECT 1 FROM attempts WHERE channel = ? AND recharge_id IN "
+    f"(SELECT id FROM recharges WHERE {OPEN} UNION SELECT recharge_id FROM follow_ups) LIMIT 1"
+)
 _USER_TOTALS = f"SELECT {TOTALS_COLUMNS} FROM user_recharge_totals WHERE user_id = ?"
 
 
@@ -75,8 +75,11 @@ class SqliteJournal:
         on_commit: Callable[[int, float], None] | None = None,
         commit_interval_ms: float = 0.0,
         writer_socket: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = str(path)
+        # The leases' clock: every process on one SQLite file is on one machine.
+        self._clock = clock
         # Where an orchestrator's supervisor runs the one writer of all its workers;
         # None: this journal starts a writer process of its own.
         self._writer_socket = writer_socket
@@ -189,7 +192,8 @@ class SqliteJournal:
                      lease: tuple[str, float] | None = None,
                      first: FirstRecharge | None = None,
                      started: tuple[Attempt, TrailEntry] | None = None) -> Recharge | None:
-        existing_id, denied = await self._write("create", recharge, trail, lease, first, started)
+        timed = None if lease is None else (lease[0], self._clock() + lease[1])
+        existing_id, denied = await self._write("create", recharge, trail, timed, first, started)
         if existing_id is None:
             if denied and first is not None:
                 # The writer denied the first-recharge bonus inside the transaction: the
@@ -229,17 +233,43 @@ class SqliteJournal:
 
     # -- recovery leases ----------------------------------------------------------------
 
-    async def claim(self, owner: str, lease_s: float, now: float, limit: int = 500) -> list[Recharge]:
-        return list(await self._write("claim", owner, lease_s, now, limit))
+    async def claim(self, owner: str, lease_s: float, limit: int = 500) -> list[tuple[Recharge, int]]:
+        return list(await self._write("claim", owner, lease_s, self._clock(), limit))
 
-    async def lease(self, owner: str, recharge_id: str, lease_s: float, now: float) -> bool:
-        return bool(await self._write("lease", owner, recharge_id, lease_s, now))
+    async def lease(self, owner: str, recharge_id: str, lease_s: float) -> int | None:
+        token = await self._write("lease", owner, recharge_id, lease_s, self._clock())
+        return None if token is None else int(token)
 
     async def release(self, owner: str, recharge_id: str) -> None:
         await self._write("release", owner, recharge_id)
 
-    async def renew(self, owner: str, recharge_ids: Sequence[str], lease_s: float, now: float) -> None:
-        await self._write("renew", owner, list(recharge_ids), lease_s, now)
+    async def renew(self, owner: str, held: dict[str, int], lease_s: float) -> set[str]:
+        if not held:
+            return set()
+        return set(await self._write("renew", owner, dict(held), lease_s, self._clock()))
+
+    async def lease_of(self, recharge_id: str) -> Fence | None:
+        rows = await self.query("SELECT owner, token FROM leases WHERE recharge_id=? AND owner IS NOT NULL",
+                                (recharge_id,))
+        return (rows[0][0], int(rows[0][1])) if rows else None
+
+    async def claim_follow_ups(self, now: float, retry_at: float, limit: int = 500) -> list[Recharge]:
+        return list(await self._write("claim_follow_ups", now, retry_at, limit))
+
+    # -- retired channels ---------------------------------------------------------------
+
+    async def retire_channel(self, name: str, config: dict[str, Any], at: float) -> None:
+        await self._write("retire_channel", name, orjson.dumps(config).decode(), at)
+
+    async def unretire_channel(self, name: str) -> None:
+        await self._write("unretire_channel", name)
+
+    async def retired_channels(self) -> list[RetiredChannel]:
+        rows = await self.query("SELECT name, config, retired_at FROM retired_channels ORDER BY name")
+        return [RetiredChannel(r[0], orjson.loads(r[1]), r[2]) for r in rows]
+
+    async def channel_busy(self, name: str) -> bool:
+        return bool(await self.query(_CHANNEL_BUSY, (name,)))
 
     # -- reads --------------------------------------------------------------------------
 
@@ -247,17 +277,9 @@ class SqliteJournal:
         return await self._read(lambda conn: load(conn, recharge_id))
 
     async def trail(self, recharge_id: str) -> list[TrailEntry]:
-        def fn(conn: sqlite3.Connection) -> list[TrailEntry]:
-            rows = conn.execute(
-                "SELECT recharge_id, at, event, status, reference, channel, detail FROM trail "
-                "WHERE recharge_id=? ORDER BY id",
-                (recharge_id,),
-            ).fetchall()
-            return [
-                TrailEntry(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6]) if r[6] else None) for r in rows
-            ]
-
-        return await self._read(fn)
+        return await self._read(lambda conn: [trail_entry_of(r) for r in conn.execute(
+            "SELECT recharge_id, at, event, status, reference, channel, detail FROM trail "
+            "WHERE recharge_id=? ORDER BY id", (recharge_id,)).fetchall()])
 
     async def wallet(self, user_id: str, limit: int = 100) -> WalletView:
         def fn(conn: sqlite3.Connection) -> WalletView:
@@ -287,13 +309,6 @@ class SqliteJournal:
                 if rec is not None:
                     out.append(rec)
             return out
-
-        return await self._read(fn)
-
-    async def refunds_due(self) -> list[Recharge]:
-        def fn(conn: sqlite3.Connection) -> list[Recharge]:
-            ids = conn.execute(_REFUNDS_DUE).fetchall()
-            return [r for (rid,) in ids if (r := load(conn, rid)) is not None]
 
         return await self._read(fn)
 

@@ -79,7 +79,7 @@ async def test_429_and_503_are_not_processed_and_nothing_is_recorded(sim, adapte
     assert {r.error for r in results} == {"provider answered 429: not processed",
                                            "provider answered 503: not processed"}
     assert await sim.ledger() == []
-    assert (await ch.inquire("n0")).outcome is O.NOT_PROCESSED  # 404: no such payment
+    assert (await ch.inquire("n0")).outcome is O.UNKNOWN  # 404: no such payment, which proves nothing
 
 
 async def test_connection_refused_is_not_processed():
@@ -110,7 +110,7 @@ async def test_timeout_before_capture_is_unknown_and_nothing_was_charged(sim, ad
     res = await ch.authorize(req("r1"))
     assert res.outcome is O.UNKNOWN and res.error.startswith("timeout")
     assert 190 < res.latency_ms < 1000
-    assert (await ch.inquire("r1")).outcome is O.NOT_PROCESSED
+    assert (await ch.inquire("r1")).outcome is O.UNKNOWN
     assert await sim.ledger() == []
 
 
@@ -134,7 +134,7 @@ async def test_a_reset_before_capture_is_unknown_and_nothing_was_charged(sim, ad
     await sim.behave("t1", reset_before_capture_rate=1.0)
     ch = adapter()
     assert (await ch.authorize(req("r1"))).outcome is O.UNKNOWN
-    assert (await ch.inquire("r1")).outcome is O.NOT_PROCESSED
+    assert (await ch.inquire("r1")).outcome is O.UNKNOWN
 
 
 async def test_a_500_after_capture_is_unknown(sim, adapter):
@@ -169,9 +169,9 @@ async def test_the_api_key_is_sent_and_a_wrong_one_is_rejected(sim, adapter):
     assert [p["reference"] for p in await sim.ledger()] == ["k1"]
 
 
-async def test_inquiry_of_an_unknown_reference_is_not_processed(adapter):
+async def test_inquiry_of_an_unknown_reference_is_unknown_not_proof(adapter):
     res = await adapter().inquire("never-sent")
-    assert res.outcome is O.NOT_PROCESSED and "no such payment" in res.error
+    assert res.outcome is O.UNKNOWN and "no such payment" in res.error
 
 
 async def test_references_are_one_path_segment(sim, adapter):
@@ -197,7 +197,29 @@ async def test_void_of_a_captured_payment_is_refused_with_its_state(adapter):
     await ch.authorize(req("c1"))
     res = await ch.void("c1")
     assert res.outcome is O.CAPTURED and "409" in res.error
-    assert (await ch.void("never-sent")).outcome is O.NOT_PROCESSED
+
+
+async def test_a_void_of_a_reference_never_seen_leaves_a_tombstone_the_late_charge_meets(sim, adapter):
+    """SPEC 6: the provider records the void, so the charge still on its way is refused
+    as voided and charges nothing: the confirmation that lets a recharge move on."""
+    await sim.behave("t1", late_processing_rate=1.0, late_processing_ms=300)
+    ch = adapter(timeout_ms=100)
+    assert (await ch.authorize(req("late1"))).outcome is O.UNKNOWN  # the client gave up
+    assert (await ch.inquire("late1")).outcome is O.UNKNOWN  # 404: still being processed
+    assert (await ch.void("late1")).outcome is O.VOIDED
+    await asyncio.sleep(0.4)  # the late charge lands now, and meets the tombstone
+    assert (await ch.inquire("late1")).outcome is O.VOIDED
+    assert (await sim.payment("late1"))["status"] == "voided"
+    assert (await sim.stats("t1"))["refused_by_tombstone"] == 1
+
+
+async def test_a_late_charge_with_no_void_lands_captured_after_the_client_gave_up(sim, adapter):
+    await sim.behave("t1", late_processing_rate=1.0, late_processing_ms=300)
+    ch = adapter(timeout_ms=100)
+    assert (await ch.authorize(req("late2"))).outcome is O.UNKNOWN
+    assert (await ch.inquire("late2")).outcome is O.UNKNOWN
+    await asyncio.sleep(0.4)
+    assert (await ch.inquire("late2")).outcome is O.CAPTURED
 
 
 async def test_refund_of_a_capture_and_of_what_cannot_be_refunded(sim, adapter):
@@ -210,7 +232,7 @@ async def test_refund_of_a_capture_and_of_what_cannot_be_refunded(sim, adapter):
     await ch.authorize(req("d1"))
     refused = await ch.refund("d1")
     assert refused.outcome is O.DECLINED and "409" in refused.error
-    assert (await ch.refund("never-sent")).outcome is O.NOT_PROCESSED
+    assert (await ch.refund("never-sent")).outcome is O.UNKNOWN, "a 404 is not a refund"
     assert (await sim.payment("r1"))["status"] == "refunded"
 
 

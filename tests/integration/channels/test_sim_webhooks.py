@@ -30,7 +30,8 @@ async def test_a_pending_payment_settles_and_a_signed_webhook_is_delivered(sim, 
     assert (event.reference, event.provider_ref, event.status, event.decline_code) == \
         ("p1", res.provider_ref, "captured", None)
     assert event.event_id.startswith("evt_")
-    assert set(orjson.loads(delivery.body)) == {"event_id", "reference", "provider_ref", "status", "decline_code"}
+    assert set(orjson.loads(delivery.body)) == {"event_id", "reference", "provider_ref", "status", "decline_code",
+                                                "amount_minor", "currency"}
     with pytest.raises(SignatureError):
         verify(secret_of("t2"), delivery.signature, delivery.body, now=time.time())
     assert [h["status"] for h in (await sim.payment("p1"))["history"]] == ["pending", "captured"]

@@ -39,5 +39,5 @@ async def test_a_rejected_step_leaves_no_gap_in_the_chain(store):
         # Replays and late events after success: guarded steps rejected, events recorded.
         for i in range(5):
             await core.submit("k1")
-            await core.engine.on_event("a", f"ev{i}", rec.attempts[0].reference, AttemptOutcome.PENDING)
+            await core.driver.on_event("a", f"ev{i}", rec.attempts[0].reference, AttemptOutcome.PENDING)
         assert verify_rows(await core.journal.audit_rows()).ok

@@ -54,7 +54,7 @@ class World:
 async def _submit(core: Core, world: World, key: str, i: int) -> None:
     rec, trail = make_recharge(core.clock, key, user=f"u{i}")
     world.key_of[rec.id] = key  # before the provider can be called for it
-    await core.engine.submit(rec, trail, core.settings)
+    await core.driver.submit(rec, trail, core.settings)
 
 
 async def _run(store: Store, world: World, *, crash_at: int | None, mode: str) -> tuple[int, Core]:
@@ -67,10 +67,10 @@ async def _run(store: Store, world: World, *, crash_at: int | None, mode: str) -
 
     results = await asyncio.gather(*(submit(k, i) for i, k in enumerate(BEHAVIOURS)), return_exceptions=True)
     assert all(r is None or isinstance(r, SimulatedCrash) for r in results), results
-    tasks = [t for t, _ in list(first.engine._running.values())]
+    tasks = [t for t, _ in list(first.driver._running.values())]
     await asyncio.gather(*tasks, return_exceptions=True)
     # The instance is dead: stop its tasks without letting them write anything more.
-    await first.engine.stop()
+    await first.driver.stop()
     await journal.inner.close()
     return journal.writes, first
 
@@ -122,7 +122,7 @@ def test_a_crash_at_every_journal_write_loses_nothing_and_charges_nothing_twice(
                 try:
                     await _assert_invariants(core)
                 finally:
-                    await core.engine.stop()
+                    await core.driver.stop()
                     await core.journal.close()
 
             try:
@@ -146,5 +146,5 @@ async def test_without_a_crash_the_scenario_ends_as_planned(store):
             "k-void": "succeeded",
         }
     finally:
-        await core.engine.stop()
+        await core.driver.stop()
         await core.journal.close()

@@ -73,14 +73,28 @@ async def test_not_processed_fails_over_at_once_without_inquiry(store):
         assert (await core.check()).ok
 
 
-async def test_unknown_then_inquiry_404_fails_over(store):
+async def test_unknown_then_inquiry_404_is_voided_before_it_fails_over(store):
+    """A 404 is no proof (the charge may still be on its way): the attempt is voided by
+    reference, and only the provider's confirmation lets the recharge move on."""
     a, b = MemoryChannel("a", script(Action.LOST_BEFORE)), healthy("b")
     async with Core(store, [a, b]) as core:
         rec = await core.run("k1")
         assert rec.status == "succeeded" and rec.channel == "b"
-        assert [op for op, _ in a.calls] == ["authorize", "inquire"]
-        assert rec.attempts[0].outcome == "not_processed"
+        assert [op for op, _ in a.calls] == ["authorize", "inquire", "inquire", "inquire", "void"]
+        assert rec.attempts[0].outcome == "voided"
+        assert a.ledger[rec.attempts[0].reference].status == "voided", "a tombstone: a late charge is refused"
+        assert rec.attempts[0].late_check_at == rec.attempts[0].updated_at + SETTINGS.late_capture_check_s
         assert (await core.check()).ok
+
+
+async def test_unknown_then_404_and_a_void_that_is_not_confirmed_never_fails_over(store):
+    a = MemoryChannel("a", script(Action.LOST_BEFORE, void=Action.FAIL))
+    b = healthy("b")
+    async with Core(store, [a, b]) as core:
+        rec = await core.run("k1")
+        assert rec.status == "pending" and rec.reason == "void_unconfirmed"
+        assert b.calls == [], "nothing else is tried while the first attempt may still charge"
+        assert (await core.check(settled=False)).ok
 
 
 async def test_unknown_then_inquiry_captured_succeeds_without_touching_another_channel(store):
@@ -146,7 +160,7 @@ async def test_pending_is_polled_until_the_provider_captures(store):
             return orig(op, ref, n)
 
         a.script = settle_after_three
-        await core.engine.live(rec.id)[0]
+        await core.driver.live(rec.id)[0]
         rec = await core.journal.get(rec.id)
         assert rec.status == "succeeded" and rec.channel == "a"
         assert [x.outcome for x in rec.attempts] == ["captured"]
@@ -201,7 +215,7 @@ async def test_the_trail_records_every_step_in_order(store):
         rec = await core.run("k1")
         events = [e.event for e in await core.journal.trail(rec.id)]
         assert events == [
-            "created", "attempt_started", "attempt_unknown", "inquiry_not_processed",
+            "created", "attempt_started", "attempt_unknown", "void_requested", "void_voided",
             "attempt_started", "attempt_captured", "credited",
         ]
 
@@ -224,7 +238,7 @@ async def test_same_key_makes_one_recharge(store, same_body):
             again, fresh = await core.submit("k1")
             assert not fresh and again.id == first.id
         else:
-            from orchestrator.engine import IdempotencyConflict
+            from orchestrator.driver import IdempotencyConflict
 
             with pytest.raises(IdempotencyConflict):
                 await core.submit("k1", amount=9900)

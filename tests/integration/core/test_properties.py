@@ -68,7 +68,7 @@ class World:
 async def _submit(core: Core, world: World, i: int) -> None:
     rec, trail = make_recharge(core.clock, f"key-{i}", user=f"u{i % 2}", amount=1000 + i)
     world.plan_of[rec.id] = world.plans[i]
-    await core.engine.submit(rec, trail, core.settings)
+    await core.driver.submit(rec, trail, core.settings)
 
 
 async def scenario(store: Store, plans_: list[Plan], replays: list[int], crash_at: int | None, mode: str) -> None:
@@ -79,8 +79,8 @@ async def scenario(store: Store, plans_: list[Plan], replays: list[int], crash_a
     order = list(range(len(plans_))) + [r % len(plans_) for r in replays]
     results = await asyncio.gather(*(_submit(first, world, i) for i in order), return_exceptions=True)
     assert all(r is None or isinstance(r, SimulatedCrash) for r in results), results
-    await asyncio.gather(*(t for t, _ in list(first.engine._running.values())), return_exceptions=True)
-    await first.engine.stop()
+    await asyncio.gather(*(t for t, _ in list(first.driver._running.values())), return_exceptions=True)
+    await first.driver.stop()
     await journal.inner.close()
 
     core = Core(store, world.channels, clock=first.clock)
@@ -98,7 +98,7 @@ async def scenario(store: Store, plans_: list[Plan], replays: list[int], crash_a
         assert report.recharges == len(plans_)
         assert set(report.by_status) <= {"succeeded", "declined", "failed"}, report.by_status
     finally:
-        await core.engine.stop()
+        await core.driver.stop()
         await core.journal.close()
 
 

@@ -186,7 +186,7 @@ async def test_in_flight_recharges_finish_on_the_config_they_started_with(api, t
     api.channels["a"].script = lambda op, ref, n: Action.NOT_PROCESSED if op == "authorize" else Action.OK
     post = asyncio.create_task(api.post(BODY, key="inflight"))
     for _ in range(200):
-        if api.channels["a"].calls or api.service.engine.in_flight:
+        if api.channels["a"].calls or api.service.driver.in_flight:
             break
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)

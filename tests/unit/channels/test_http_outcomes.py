@@ -51,7 +51,8 @@ def payment(status: str, **extra: object) -> bytes:
     (WireAnswer(I, 200, payment("captured")), O.CAPTURED),
     (WireAnswer(I, 200, payment("voided")), O.VOIDED),
     (WireAnswer(I, 200, payment("refunded")), O.REFUNDED),
-    (WireAnswer(I, 404, b""), O.NOT_PROCESSED),
+    # A 404 is no proof: the charge may still be in flight at the provider (SPEC 6, 7).
+    (WireAnswer(I, 404, b""), O.UNKNOWN),
     (WireAnswer(I, 429, b""), O.UNKNOWN),
     (WireAnswer(I, 503, b""), O.UNKNOWN),
     (WireAnswer(I, 401, b""), O.UNKNOWN),
@@ -60,7 +61,8 @@ def payment(status: str, **extra: object) -> bytes:
     # void and refund
     (WireAnswer(V, 200, payment("voided")), O.VOIDED),
     (WireAnswer(V, 409, payment("captured")), O.CAPTURED),
-    (WireAnswer(V, 404, b""), O.NOT_PROCESSED),
+    (WireAnswer(V, 404, b""), O.UNKNOWN),
+    (WireAnswer(R, 404, b""), O.UNKNOWN),
     (WireAnswer(V, 429, b""), O.UNKNOWN),
     (WireAnswer(V, None, sent=False), O.UNKNOWN),
     (WireAnswer(R, 200, payment("refunded")), O.REFUNDED),
@@ -91,7 +93,22 @@ def test_failures_carry_a_reason():
     assert outcome_of(WireAnswer(A, 503, b"")).error == "provider answered 503: not processed"
     assert outcome_of(WireAnswer(A, 400, b"")).error == "provider rejected the request (400)"
     assert outcome_of(WireAnswer(A, None, sent=False, error="connect failed: X")).error == "connect failed: X"
-    assert outcome_of(WireAnswer(I, 404, b"")).error == "provider answered 404: no such payment"
+    assert outcome_of(WireAnswer(I, 404, b"")).error == "inquire answered 404: no such payment (yet), which proves nothing"
+
+
+def test_an_answer_about_another_payment_is_unknown():
+    ans = WireAnswer(I, 200, b'{"reference": "rc_other.1", "status": "captured"}', reference="rc_mine.1")
+    res = outcome_of(ans)
+    assert res.outcome is O.UNKNOWN and "not the one asked" in (res.error or "")
+    same = WireAnswer(I, 200, b'{"reference": "rc_mine.1", "status": "captured"}', reference="rc_mine.1")
+    assert outcome_of(same).outcome is O.CAPTURED
+
+
+def test_the_amount_the_provider_states_rides_on_the_result():
+    res = outcome_of(WireAnswer(I, 200, b'{"status": "captured", "amount_minor": 8400, "currency": "CNY"}'))
+    assert (res.amount_minor, res.currency) == (8400, "CNY")
+    silent = outcome_of(WireAnswer(I, 200, b'{"status": "captured", "amount_minor": "8400"}'))
+    assert (silent.amount_minor, silent.currency) == (None, None)
 
 
 @pytest.mark.parametrize(("exc", "possibly_sent", "sent"), [

@@ -56,16 +56,23 @@ def test_create_round_trips(rec):
                 TrailEntry("rc_1", AT, "credited", "succeeded"))),
     Step("rc_1", AT),
     Step("rc_1", AT, attempt=_attempt(), attempt_is_new=True, decline_code="insufficient_funds", reason="r"),
+    Step("rc_1", AT, attempt=_attempt(state=AttemptState.VOIDED, late_check_at=AT + 120), follow_up=AT + 120,
+         lease=("w0", 7)),
+    Step("rc_1", AT, attempt=_attempt(state=AttemptState.REFUNDED), follow_up=None),
 ])
 def test_apply_round_trips(step):
     assert _roundtrip_request("apply", (step,)) == (step,)
 
 
 def test_plain_ops_and_answers_round_trip():
-    assert _roundtrip_request("renew", ("owner", ["rc_1", "rc_2"], 10.0, AT)) == ("owner", ["rc_1", "rc_2"], 10.0, AT)
+    held = {"rc_1": 1, "rc_2": 3}
+    assert _roundtrip_request("renew", ("owner", held, 10.0, AT)) == ("owner", held, 10.0, AT)
     recs = [_recharge(), _recharge(id="rc_2", attempts=[])]
-    sent = orjson.loads(orjson.dumps(_wire.encode_value("claim", recs)))
-    assert _wire.decode_value("claim", sent) == recs
+    claimed = [(recs[0], 1), (recs[1], 4)]
+    sent = orjson.loads(orjson.dumps(_wire.encode_value("claim", claimed)))
+    assert _wire.decode_value("claim", sent) == claimed
+    sent = orjson.loads(orjson.dumps(_wire.encode_value("claim_follow_ups", recs)))
+    assert _wire.decode_value("claim_follow_ups", sent) == recs
     assert _wire.decode_value("create", orjson.loads(orjson.dumps(_wire.encode_value("create", (None, True))))) == [
         None, True]
 

@@ -1,0 +1,156 @@
+"""The channels one orchestrator process talks to: the live ones of its running config,
+and the retired ones (removed or replaced by a reload) whose attempts may still hold
+money.
+
+A retired channel takes no new attempt, but inquiries, voids, refunds and webhooks for
+its attempts keep working until no recharge with work left has an attempt on it. The
+journal keeps its config (written before the swap that retires it), so any instance,
+after any restart, rebuilds it; once idle it is closed and forgotten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from channels import Channel
+from config import ChannelConfig
+from orchestrator.journal import Journal
+
+__all__ = ["ChannelFactory", "ChannelSet", "Retired", "identity"]
+
+log = structlog.get_logger("orchestrator.channels")
+
+ChannelFactory = Callable[[ChannelConfig], Channel]
+
+
+def identity(ch: ChannelConfig) -> tuple[object, ...]:
+    """What, when changed, needs a new channel object (new session, new timeouts, a
+    new CA pin)."""
+    return (ch.kind, ch.base_url, ch.api_key, ch.timeout_ms, ch.max_in_flight, ch.ca_file)
+
+
+@dataclass(slots=True)
+class Retired:
+    channel: Channel
+    config: ChannelConfig
+    since: float
+
+
+class ChannelSet:
+    def __init__(self, factory: ChannelFactory, journal: Journal) -> None:
+        self._factory = factory
+        self._journal = journal
+        self.live: dict[str, Channel] = {}
+        self._configs: dict[str, ChannelConfig] = {}
+        # Removed from the config: kept (and in the journal) while their attempts may
+        # hold money.
+        self.retired: dict[str, Retired] = {}
+        # Replaced by a new object of the same name: closed once calls in flight on
+        # them have had time to end.
+        self._draining: list[tuple[Channel, float]] = []
+
+    async def open(self, configs: Iterable[ChannelConfig]) -> None:
+        """Build the live channels, and the retired ones the journal still holds (a
+        name live again is live only)."""
+        for cfg in configs:
+            self.live[cfg.name] = self._factory(cfg)
+            self._configs[cfg.name] = cfg
+        for row in await self._journal.retired_channels():
+            if row.name in self.live:
+                await self._journal.unretire_channel(row.name)
+                continue
+            try:
+                cfg = ChannelConfig.model_validate(row.config)
+                self.retired[row.name] = Retired(self._factory(cfg), cfg, row.retired_at)
+            except (ValueError, OSError) as exc:
+                log.error("retired_channel_unusable", channel=row.name, error=str(exc))
+
+    def get(self, name: str) -> Channel | None:
+        """A live channel: new attempts go only there."""
+        return self.live.get(name)
+
+    def any(self, name: str) -> Channel | None:
+        """A live or retired channel: what settles an attempt already made."""
+        live = self.live.get(name)
+        if live is not None:
+            return live
+        retired = self.retired.get(name)
+        return None if retired is None else retired.channel
+
+    def config(self, name: str) -> ChannelConfig | None:
+        cfg = self._configs.get(name)
+        if cfg is None and name in self.retired:
+            cfg = self.retired[name].config
+        return cfg
+
+    def prepare(self, configs: Iterable[ChannelConfig]) -> dict[str, Channel]:
+        """The channel objects a new config needs made (new, or changed in what makes
+        one). ValueError or OSError if one cannot be made (a CA file that does not load)."""
+        fresh: dict[str, Channel] = {}
+        for cfg in configs:
+            prev = self._configs.get(cfg.name)
+            if prev is None or identity(prev) != identity(cfg) or cfg.name not in self.live:
+                fresh[cfg.name] = self._factory(cfg)
+        return fresh
+
+    async def retire_ahead(self, configs: Iterable[ChannelConfig], now: float) -> None:
+        """Before the swap to ``configs``: the journal learns which channels it removes,
+        so a crash right after the swap still finds them."""
+        names = {c.name for c in configs}
+        for name, cfg in self._configs.items():
+            if name not in names:
+                await self._journal.retire_channel(name, cfg.model_dump(mode="json"), now)
+
+    def swap(self, configs: Iterable[ChannelConfig], fresh: dict[str, Channel], now: float) -> list[str]:
+        """Make ``configs`` the live set, without awaiting anything. Returns the names
+        that were retired and are live again (``unretire`` them)."""
+        configs = list(configs)
+        names = {c.name for c in configs}
+        for name in list(self.live):
+            if name not in names:
+                self.retired[name] = Retired(self.live.pop(name), self._configs[name], now)
+            elif name in fresh:
+                self._draining.append((self.live[name], now))
+        back = []
+        for name, channel in fresh.items():
+            self.live[name] = channel
+            old = self.retired.pop(name, None)
+            if old is not None:
+                self._draining.append((old.channel, now))
+                back.append(name)
+        self._configs = {c.name: c for c in configs}
+        return back
+
+    async def unretire(self, names: Iterable[str]) -> None:
+        for name in names:
+            await self._journal.unretire_channel(name)
+
+    async def close_idle(self, now: float, grace_s: float) -> None:
+        """Close replaced channel objects ``grace_s`` after the swap, and retired channels
+        once no recharge with work left has an attempt on them (and ``grace_s`` passed)."""
+        keep = []
+        for channel, since in self._draining:
+            if now - since > grace_s:
+                await channel.close()
+            else:
+                keep.append((channel, since))
+        self._draining = keep
+        for name, r in list(self.retired.items()):
+            if now - r.since <= grace_s or await self._journal.channel_busy(name):
+                continue
+            if self.retired.get(name) is r:
+                del self.retired[name]
+                await r.channel.close()
+                await self._journal.unretire_channel(name)
+                log.info("retired_channel_closed", channel=name)
+
+    async def close(self) -> None:
+        for channel in [*self.live.values(), *(r.channel for r in self.retired.values()),
+                        *(c for c, _ in self._draining)]:
+            await channel.close()
+        self.live.clear()
+        self.retired.clear()
+        self._draining.clear()

@@ -1,0 +1,96 @@
+"""Rows of the SQL stores, written once for both: the column lists, a model object to its
+row and back, and the audit chain's trail rows. Dialect differences stay in each store
+(placeholders, types); what a row holds and how it reads back is here.
+
+Every time is written as a float (PostgreSQL's DOUBLE PRECISION refuses an int), and a
+row reads back into the same object the row was made from, whichever store held it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from orchestrator.audit import entry_hash
+from orchestrator.model import Attempt, AttemptState, Recharge, RechargeStatus, TrailEntry
+
+__all__ = [
+    "ATTEMPT_COLUMNS",
+    "RECHARGE_COLUMNS",
+    "TRAIL_COLUMNS",
+    "attempt_of",
+    "attempt_row",
+    "recharge_of",
+    "recharge_row",
+    "trail_entry_of",
+    "trail_rows",
+]
+
+RECHARGE_COLUMNS = (
+    "id, client, idempotency_key, fingerprint, user_id, amount_minor, currency, country, method, "
+    "instrument, metadata, coins, bonus_coins, status, channel, decline_code, reason, config_version, "
+    "created_at, updated_at, deadline_at"
+)
+ATTEMPT_COLUMNS = (
+    "reference, recharge_id, seq, channel, state, provider_ref, decline_code, error, latency_ms, created_at, "
+    "updated_at, late_check_at"
+)
+TRAIL_COLUMNS = "recharge_id, at, event, status, reference, channel, detail, prev_hash, hash"
+
+
+def _float(x: float | None) -> float | None:
+    return None if x is None else float(x)
+
+
+def recharge_row(r: Recharge) -> tuple[Any, ...]:
+    return (
+        r.id, r.client, r.idempotency_key, r.fingerprint, r.user_id, r.amount_minor, r.currency,
+        r.country, r.method, orjson.dumps(r.instrument).decode(),
+        None if r.metadata is None else orjson.dumps(r.metadata).decode(),
+        r.coins, r.bonus_coins, r.status.value, r.channel, r.decline_code, r.reason, r.config_version,
+        float(r.created_at), float(r.updated_at), float(r.deadline_at),
+    )
+
+
+def recharge_of(row: Sequence[Any], attempts: list[Attempt]) -> Recharge:
+    return Recharge(
+        id=row[0], client=row[1], idempotency_key=row[2], fingerprint=row[3], user_id=row[4],
+        amount_minor=row[5], currency=row[6], country=row[7], method=row[8],
+        instrument=orjson.loads(row[9]), metadata=None if row[10] is None else orjson.loads(row[10]),
+        coins=row[11], bonus_coins=row[12], status=RechargeStatus(row[13]), channel=row[14],
+        decline_code=row[15], reason=row[16], config_version=row[17], created_at=row[18],
+        updated_at=row[19], deadline_at=row[20], attempts=attempts,
+    )
+
+
+def attempt_row(a: Attempt) -> tuple[Any, ...]:
+    return (a.reference, a.recharge_id, a.seq, a.channel, a.state.value, a.provider_ref, a.decline_code, a.error,
+            _float(a.latency_ms), float(a.created_at), float(a.updated_at), _float(a.late_check_at))
+
+
+def attempt_of(a: Sequence[Any]) -> Attempt:
+    return Attempt(
+        reference=a[0], recharge_id=a[1], seq=a[2], channel=a[3], state=AttemptState(a[4]),
+        provider_ref=a[5], decline_code=a[6], error=a[7], latency_ms=a[8], created_at=a[9], updated_at=a[10],
+        late_check_at=a[11],
+    )
+
+
+def trail_rows(head: str, entries: Sequence[TrailEntry]) -> tuple[list[tuple[Any, ...]], str]:
+    """The rows of ``entries``, each chained to the one before it (``orchestrator.audit``),
+    starting from ``head``; and the new head."""
+    rows = []
+    for e in entries:
+        detail = None if e.detail is None else orjson.dumps(e.detail).decode()
+        at = float(e.at)
+        h = entry_hash(head, e.recharge_id, at, e.event, e.status, e.reference, e.channel, detail)
+        rows.append((e.recharge_id, at, e.event, e.status, e.reference, e.channel, detail, head, h))
+        head = h
+    return rows, head
+
+
+def trail_entry_of(r: Sequence[Any]) -> TrailEntry:
+    """A trail entry from ``recharge_id, at, event, status, reference, channel, detail``."""
+    return TrailEntry(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6]) if r[6] else None)

@@ -1,0 +1,296 @@
+"""A journal in process memory, built on the state machine's own reducer.
+
+The same contract as the SQL stores, guard for guard (the conformance suite runs one
+set of tests on all three): one recharge per (client, idempotency key), one attempt
+per reference and per (recharge, number), one credit per recharge, one application per
+provider event, leases fenced by token and timed by the journal's clock. Every method
+completes without awaiting anything, so each is atomic on its event loop, as a
+transaction is in a store.
+
+For the deterministic simulation and for tests; nothing here survives the process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from orchestrator.audit import GENESIS
+from orchestrator.journal._protocol import (
+    PURGE_LIMIT,
+    FirstRecharge,
+    QuoteRecord,
+    RetiredChannel,
+    UserTotals,
+    WalletEntry,
+    WalletView,
+)
+from orchestrator.journal._rows import trail_rows
+from orchestrator.model import KEEP, TERMINAL, Attempt, Fence, Recharge, RechargeStatus, Step, TrailEntry
+from orchestrator.transitions import admits, reduce
+
+__all__ = ["MemoryJournal"]
+
+_RUNNING_OR_DONE = frozenset({RechargeStatus.PROCESSING, RechargeStatus.PENDING, RechargeStatus.SUCCEEDED})
+
+
+def _clone(rec: Recharge) -> Recharge:
+    """A copy a caller may change (attempts are replaced, never changed in place)."""
+    return replace(rec, attempts=list(rec.attempts))
+
+
+@dataclass(slots=True)
+class _Lease:
+    owner: str | None
+    expires_at: float
+    token: int
+
+
+class MemoryJournal:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._recharges: dict[str, Recharge] = {}
+        self._keys: dict[tuple[str, str], str] = {}
+        self._references: dict[str, str] = {}
+        self._by_user: dict[str, list[str]] = {}
+        self._credited: set[str] = set()
+        self._wallets: dict[str, int] = {}
+        self._entries: dict[str, list[WalletEntry]] = {}
+        self._events: set[tuple[str, str]] = set()
+        self._trail: list[tuple[Any, ...]] = []
+        self._head = GENESIS
+        self._leases: dict[str, _Lease] = {}
+        self._follow_ups: dict[str, float] = {}
+        self._retired: dict[str, RetiredChannel] = {}
+        self._quotes: dict[str, QuoteRecord] = {}
+        self.opened = False
+
+    async def open(self) -> None:
+        self.opened = True
+
+    async def close(self) -> None:
+        self.opened = False
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _append_trail(self, entries: tuple[TrailEntry, ...] | list[TrailEntry]) -> None:
+        rows, self._head = trail_rows(self._head, entries)
+        for row in rows:
+            self._trail.append((len(self._trail) + 1, *row))
+
+    async def create(self, recharge: Recharge, trail: TrailEntry, lease: tuple[str, float] | None = None,
+                     first: FirstRecharge | None = None,
+                     started: tuple[Attempt, TrailEntry] | None = None) -> Recharge | None:
+        holder = self._keys.get((recharge.client, recharge.idempotency_key))
+        if holder is not None:
+            return _clone(self._recharges[holder])
+        if started is not None and started[0].reference in self._references:
+            raise ValueError(f"attempt reference {started[0].reference} is taken")
+        entry = trail
+        if first is not None and any(self._recharges[rid].status in _RUNNING_OR_DONE
+                                     for rid in self._by_user.get(recharge.user_id, ())):
+            entry = first.deny(recharge, trail)
+        stored = _clone(recharge)
+        if started is not None:
+            stored.attempts.append(started[0])
+            self._references[started[0].reference] = recharge.id
+        self._recharges[recharge.id] = stored
+        self._keys[(recharge.client, recharge.idempotency_key)] = recharge.id
+        self._by_user.setdefault(recharge.user_id, []).append(recharge.id)
+        if lease is not None:
+            self._leases[recharge.id] = _Lease(lease[0], self._clock() + lease[1], 1)
+        self._append_trail([entry] if started is None else [entry, started[1]])
+        return None
+
+    async def apply(self, step: Step) -> bool:
+        rec = self._recharges.get(step.recharge_id)
+        if rec is None or not admits(rec, step):
+            return False
+        if step.lease is not None:
+            held = self._leases.get(rec.id)
+            if held is None or (held.owner, held.token) != step.lease:
+                return False
+        if step.event is not None and step.event in self._events:
+            return False
+        if step.credit is not None and step.credit.recharge_id in self._credited:
+            return False
+        a = step.attempt
+        if a is not None and step.attempt_is_new and a.reference in self._references:
+            return False
+        # Every guard holds: the step lands whole.
+        if step.event is not None:
+            self._events.add(step.event)
+        if a is not None and step.attempt_is_new:
+            self._references[a.reference] = rec.id
+        c = step.credit
+        if c is not None:
+            self._credited.add(c.recharge_id)
+            balance = self._wallets.get(c.user_id, 0) + c.coins
+            self._wallets[c.user_id] = balance
+            self._entries.setdefault(c.user_id, []).append(WalletEntry(c.recharge_id, c.coins, balance, c.at))
+        reduce(rec, step)
+        if step.follow_up is not KEEP:
+            if step.follow_up is None:
+                self._follow_ups.pop(rec.id, None)
+            else:
+                self._follow_ups[rec.id] = step.follow_up
+        if step.trail:
+            self._append_trail(step.trail)
+        return True
+
+    async def record(self, entry: TrailEntry) -> None:
+        self._append_trail([entry])
+
+    async def ping(self) -> None:
+        return None
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get(self, recharge_id: str) -> Recharge | None:
+        rec = self._recharges.get(recharge_id)
+        return None if rec is None else _clone(rec)
+
+    async def attempt(self, reference: str) -> Attempt | None:
+        rid = self._references.get(reference)
+        return None if rid is None else self._recharges[rid].attempt(reference)
+
+    async def trail(self, recharge_id: str) -> list[TrailEntry]:
+        from orchestrator.journal._rows import trail_entry_of
+
+        return [trail_entry_of(r[1:8]) for r in self._trail if r[1] == recharge_id]
+
+    async def audit_rows(self) -> list[tuple[Any, ...]]:
+        return list(self._trail)
+
+    async def wallet(self, user_id: str, limit: int = 100) -> WalletView:
+        entries = self._entries.get(user_id, [])
+        return WalletView(user_id, self._wallets.get(user_id, 0), tuple(reversed(entries[-limit:])))
+
+    async def user_totals(self, user_id: str, since: float) -> list[UserTotals]:
+        out: dict[str, list[int]] = {}
+        for rid in self._by_user.get(user_id, ()):
+            r = self._recharges[rid]
+            if r.status is RechargeStatus.SUCCEEDED:
+                t = out.setdefault(r.currency, [0, 0, 0])
+                t[0] += 1
+                t[1] += r.amount_minor
+                t[2] += r.created_at >= since
+        return [UserTotals(cur, n, amount, month) for cur, (n, amount, month) in sorted(out.items())]
+
+    async def nonterminal(self) -> list[Recharge]:
+        open_ = [r for r in self._recharges.values() if r.status not in TERMINAL]
+        return [_clone(r) for r in sorted(open_, key=lambda r: (r.created_at, r.id))]
+
+    async def event_seen(self, channel: str, event_id: str) -> bool:
+        return (channel, event_id) in self._events
+
+    async def claim_follow_ups(self, now: float, retry_at: float, limit: int = 500) -> list[Recharge]:
+        due = sorted((at, rid) for rid, at in self._follow_ups.items() if at <= now)[:limit]
+        for _, rid in due:
+            self._follow_ups[rid] = retry_at
+        return [_clone(self._recharges[rid]) for _, rid in due]
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _take(self, owner: str, recharge_id: str, lease_s: float, now: float) -> int | None:
+        held = self._leases.get(recharge_id)
+        if held is None:
+            self._leases[recharge_id] = _Lease(owner, now + lease_s, 1)
+            return 1
+        if held.owner == owner:
+            held.expires_at = now + lease_s
+            return held.token
+        if held.owner is None or held.expires_at <= now:
+            held.owner, held.expires_at, held.token = owner, now + lease_s, held.token + 1
+            return held.token
+        return None
+
+    async def claim(self, owner: str, lease_s: float, limit: int = 500) -> list[tuple[Recharge, int]]:
+        now = self._clock()
+        out = []
+        for rec in await self.nonterminal():
+            if len(out) >= limit:
+                break
+            token = self._take(owner, rec.id, lease_s, now)
+            if token is not None:
+                out.append((rec, token))
+        return out
+
+    async def lease(self, owner: str, recharge_id: str, lease_s: float) -> int | None:
+        if recharge_id not in self._recharges:
+            return None
+        return self._take(owner, recharge_id, lease_s, self._clock())
+
+    async def renew(self, owner: str, held: dict[str, int], lease_s: float) -> set[str]:
+        now = self._clock()
+        kept = set()
+        for rid, token in held.items():
+            lease = self._leases.get(rid)
+            if lease is not None and lease.owner == owner and lease.token == token:
+                lease.expires_at = now + lease_s
+                kept.add(rid)
+        return kept
+
+    async def release(self, owner: str, recharge_id: str) -> None:
+        held = self._leases.get(recharge_id)
+        if held is not None and held.owner == owner:
+            held.owner, held.expires_at = None, 0.0
+
+    async def lease_of(self, recharge_id: str) -> Fence | None:
+        held = self._leases.get(recharge_id)
+        return None if held is None or held.owner is None else (held.owner, held.token)
+
+    # -- retired channels -----------------------------------------------------------------
+
+    async def retire_channel(self, name: str, config: dict[str, Any], at: float) -> None:
+        self._retired[name] = RetiredChannel(name, config, at)
+
+    async def unretire_channel(self, name: str) -> None:
+        self._retired.pop(name, None)
+
+    async def retired_channels(self) -> list[RetiredChannel]:
+        return sorted(self._retired.values(), key=lambda r: r.name)
+
+    async def channel_busy(self, name: str) -> bool:
+        for rid in {*self._follow_ups, *(r.id for r in self._recharges.values() if r.status not in TERMINAL)}:
+            if any(a.channel == name for a in self._recharges[rid].attempts):
+                return True
+        return False
+
+    # -- quotes ---------------------------------------------------------------------------
+
+    async def put_quote(self, quote: QuoteRecord, purge_before: float | None = None,
+                        purge_limit: int = PURGE_LIMIT) -> int:
+        if quote.quote_id in self._quotes:
+            raise ValueError(f"quote {quote.quote_id} exists")
+        self._quotes[quote.quote_id] = quote
+        if purge_before is None:
+            return 0
+        gone = sorted((q.expires_at, q.quote_id) for q in self._quotes.values()
+                      if q.expires_at <= purge_before)[:purge_limit]
+        for _, qid in gone:
+            del self._quotes[qid]
+        return len(gone)
+
+    async def get_quote(self, quote_id: str) -> QuoteRecord | None:
+        return self._quotes.get(quote_id)
+
+    # -- for the invariant checks ---------------------------------------------------------
+
+    def facts(self) -> Any:
+        """What SPEC 18's invariants are checked on (``orchestrator.invariants``)."""
+        from orchestrator.invariants import Facts
+
+        sums: dict[str, int] = {}
+        for user, entries in self._entries.items():
+            sums[user] = sum(e.coins for e in entries)
+        return Facts(
+            recharges=[(r.id, r.status.value, r.coins + r.bonus_coins, r.user_id, r.channel, r.reason, r.client,
+                        r.idempotency_key) for r in self._recharges.values()],
+            attempts=[(a.reference, a.recharge_id, a.channel, a.state.value)
+                      for r in self._recharges.values() for a in r.attempts],
+            credits=[(e.recharge_id, user, e.coins) for user, entries in self._entries.items() for e in entries],
+            wallets=[(user, coins, sums.get(user, 0)) for user, coins in self._wallets.items()],
+        )

@@ -1,0 +1,443 @@
+"""The recharge state machine (SPEC sections 4 and 7), pure: no I/O, no clock, no randomness.
+
+Each function maps a recharge and one input (a provider's answer, a webhook, the driver
+giving up or parking) to a ``Step``, the unit the journal makes durable, or to None when
+the input changes nothing. ``reduce`` is the one way a Step changes a Recharge: the
+driver mirrors its writes with it and the in-memory journal stores with it; the SQL
+stores do the same in SQL (the journal conformance suite holds them to it).
+``next_move`` tells the driver what to do next. The rules:
+
+- an attempt is journaled ``started`` before the provider hears of it;
+- nothing else is tried while an attempt may hold money (``OPEN_ATTEMPT_STATES``): an
+  unknown outcome is inquired, then voided; only a confirmed void, a decline or a
+  refusal before processing lets the recharge fail over (a 404 proves nothing: the
+  charge may still be in flight at the provider);
+- a capture is credited only when its stated amount and currency are the attempt's,
+  the recharge is not terminal and holds no other capture, in the same step that
+  marks it succeeded; every other capture is refunded, whoever learns of it and when;
+- an attempt closed without a capture after an unknown outcome is inquired once more
+  ``late_capture_check_s`` later, and a capture found then is handled as above.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from channels import AttemptOutcome, ChannelResult
+from orchestrator.model import (
+    KEEP,
+    OPEN_ATTEMPT_STATES,
+    TERMINAL,
+    Attempt,
+    AttemptState,
+    Credit,
+    Recharge,
+    RechargeStatus,
+    Step,
+    TrailEntry,
+)
+
+__all__ = [
+    "AMOUNT_MISMATCH",
+    "NONTERMINAL",
+    "Move",
+    "Next",
+    "RunSettings",
+    "Source",
+    "admits",
+    "after_inquiry",
+    "begin_attempt",
+    "follow_up_of",
+    "give_up",
+    "next_move",
+    "on_answer",
+    "on_event",
+    "park",
+    "reduce",
+    "request_void",
+]
+
+NONTERMINAL = frozenset(s for s in RechargeStatus if s not in TERMINAL)
+AMOUNT_MISMATCH = "amount_mismatch"
+
+_STATE_OF = {
+    AttemptOutcome.CAPTURED: AttemptState.CAPTURED,
+    AttemptOutcome.PENDING: AttemptState.PENDING,
+    AttemptOutcome.DECLINED: AttemptState.DECLINED,
+    AttemptOutcome.NOT_PROCESSED: AttemptState.NOT_PROCESSED,
+    AttemptOutcome.UNKNOWN: AttemptState.UNKNOWN,
+    AttemptOutcome.VOIDED: AttemptState.VOIDED,
+    AttemptOutcome.REFUNDED: AttemptState.REFUNDED,
+}
+# Attempts that hold no money and never will (unless a provider breaks its word: the
+# late-capture check is for that).
+_CLOSED = frozenset({AttemptState.DECLINED, AttemptState.NOT_PROCESSED, AttemptState.VOIDED, AttemptState.REFUNDED})
+# Money was taken: kept, being given back, or given back.
+_TAKEN = frozenset({AttemptState.CAPTURED, AttemptState.REFUND_REQUESTED, AttemptState.REFUNDED})
+# States from which a close without capture leaves a doubt worth a late check.
+_DOUBTFUL = frozenset({AttemptState.UNKNOWN, AttemptState.VOID_REQUESTED})
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """The part of the config one recharge runs on, fixed when its driver starts: a
+    reload mid-flight does not change the rules under a running recharge."""
+
+    version: str
+    max_attempts: int
+    deadline_s: float
+    soft_decline_codes: frozenset[str]
+    inquiry_attempts: int
+    inquiry_initial_backoff_s: float
+    inquiry_max_backoff_s: float
+    reconcile_interval_s: float
+    late_capture_check_s: float = 120.0
+    log_success_sample: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: Any, version: str) -> RunSettings:
+        r = cfg.routing
+        return cls(
+            version=version,
+            max_attempts=r.max_attempts,
+            deadline_s=r.deadline_s,
+            soft_decline_codes=frozenset(r.soft_decline_codes),
+            inquiry_attempts=r.inquiry.attempts,
+            inquiry_initial_backoff_s=r.inquiry.initial_backoff_ms / 1000,
+            inquiry_max_backoff_s=r.inquiry.max_backoff_ms / 1000,
+            reconcile_interval_s=r.inquiry.reconcile_interval_s,
+            late_capture_check_s=r.inquiry.late_capture_check_s,
+            log_success_sample=cfg.logging.success_sample,
+        )
+
+
+class Source(enum.StrEnum):
+    """Where news about an attempt came from (it names the trail entries)."""
+
+    ATTEMPT = "attempt"  # the answer to the charge itself
+    INQUIRY = "inquiry"
+    VOID = "void"
+    REFUND = "refund"
+    LATE_CHECK = "late_check"
+    WEBHOOK = "webhook"
+
+
+class Move(enum.StrEnum):
+    INQUIRE = "inquire"  # chase an open attempt (then ``after_inquiry``)
+    VOID = "void"  # cancel an attempt journaled void_requested (then ``on_answer``)
+    REFUND = "refund"  # give back a capture nobody keeps (then ``on_answer``)
+    LATE_CHECK = "late_check"  # inquire a closed attempt once more (then ``on_answer``)
+    ATTEMPT = "attempt"  # try the next channel (``begin_attempt``), or ``give_up``
+    WRITE = "write"  # journal ``step`` (nothing to ask anyone)
+    STOP = "stop"  # nothing to do until something happens
+
+
+@dataclass(frozen=True, slots=True)
+class Next:
+    move: Move
+    attempt: Attempt | None = None
+    step: Step | None = None
+
+
+_STOP = Next(Move.STOP)
+_ATTEMPT = Next(Move.ATTEMPT)
+
+
+# -- what next ------------------------------------------------------------------------------
+
+
+def next_move(rec: Recharge, now: float, s: RunSettings) -> Next:
+    """The driver's next move on ``rec``. Money first: a refund owed, an attempt that
+    may hold money (even on a finished recharge), a late-capture check due; then, for a
+    recharge still running, the next attempt or the end."""
+    refund = open_ = due = captured = None
+    for a in rec.attempts:
+        st = a.state
+        if st is AttemptState.REFUND_REQUESTED:
+            refund = refund or a
+        elif st in OPEN_ATTEMPT_STATES:
+            open_ = open_ or a
+        elif st is AttemptState.CAPTURED:
+            captured = a
+        if a.late_check_at is not None and a.late_check_at <= now and due is None:
+            due = a
+    if refund is not None:
+        return Next(Move.REFUND, refund)
+    if open_ is not None:
+        if open_.state is AttemptState.VOID_REQUESTED:
+            return Next(Move.VOID, open_)
+        if open_.state is AttemptState.PENDING and (rec.terminal or now >= rec.deadline_at):
+            return Next(Move.WRITE, open_, request_void(rec, open_, now, None))
+        return Next(Move.INQUIRE, open_)
+    if rec.terminal or captured is not None:
+        # Finished, or a capture parked for a person (its amount was wrong): only the
+        # late-capture checks remain (a running recharge gets them once it ends).
+        if due is not None:
+            return Next(Move.LATE_CHECK, due)
+        if rec.terminal or captured is None:
+            return _STOP
+        step = park(rec, captured, rec.reason or AMOUNT_MISMATCH, now)
+        return _STOP if step is None else Next(Move.WRITE, captured, step)
+    if len(rec.attempts) >= s.max_attempts:
+        return Next(Move.WRITE, None, give_up(rec, "max_attempts_reached", now))
+    if now >= rec.deadline_at:
+        return Next(Move.WRITE, None, give_up(rec, "deadline_exceeded", now))
+    return _ATTEMPT
+
+
+# -- steps ----------------------------------------------------------------------------------
+
+
+def begin_attempt(rec: Recharge, channel: str, now: float) -> Step:
+    """The next attempt, journaled ``started`` before the provider hears of it."""
+    seq = len(rec.attempts) + 1
+    att = Attempt(f"{rec.id}.{seq}", rec.id, seq, channel, AttemptState.STARTED, now, now)
+    return Step(rec.id, now, expect_status=NONTERMINAL, attempt=att, attempt_is_new=True,
+                trail=(TrailEntry(rec.id, now, "attempt_started", rec.status.value, att.reference, channel),))
+
+
+def give_up(rec: Recharge, reason: str, now: float) -> Step:
+    """End a recharge that may try nothing more: declined if its last attempt was
+    (softly) declined, failed otherwise."""
+    last = rec.attempts[-1] if rec.attempts else None
+    soft = last is not None and last.state is AttemptState.DECLINED
+    status = RechargeStatus.DECLINED if soft else RechargeStatus.FAILED
+    return Step(rec.id, now, status=status, expect_status=NONTERMINAL, reason=reason,
+                decline_code=last.decline_code if soft and last else None,
+                trail=(TrailEntry(rec.id, now, status.value, status.value, detail={"reason": reason}),))
+
+
+def park(rec: Recharge, att: Attempt | None, reason: str, now: float) -> Step | None:
+    """Leave the recharge ``pending`` with ``reason`` until inquiry, webhook or the
+    reconciler resolves it; None when it already waits for that."""
+    if rec.terminal or (rec.status is RechargeStatus.PENDING and rec.reason == reason):
+        return None
+    return Step(rec.id, now, status=RechargeStatus.PENDING, expect_status=NONTERMINAL, reason=reason,
+                trail=(TrailEntry(rec.id, now, "pending", RechargeStatus.PENDING.value,
+                                  att.reference if att else None, att.channel if att else None, {"reason": reason}),))
+
+
+def request_void(rec: Recharge, att: Attempt, now: float, result: ChannelResult | None) -> Step:
+    """Journal that ``att`` is to be cancelled by reference, before the void is sent:
+    only the provider's confirmation lets the recharge move on."""
+    return _attempt_step(rec, att, AttemptState.VOID_REQUESTED, "void_requested", now, result)
+
+
+def after_inquiry(rec: Recharge, att: Attempt, result: ChannelResult, now: float, s: RunSettings,
+                  exhausted: bool) -> Step | None:
+    """What an inquiry about an open attempt means. Still unknown once the tries are
+    spent (a 404 included), or still pending past the deadline: void it."""
+    outcome = result.outcome
+    if outcome in (AttemptOutcome.UNKNOWN, AttemptOutcome.NOT_PROCESSED):
+        return request_void(rec, att, now, result) if exhausted else None
+    if outcome is AttemptOutcome.PENDING and att.state is AttemptState.PENDING and (
+            rec.terminal or now >= rec.deadline_at):
+        return request_void(rec, att, now, result)
+    return on_answer(rec, att, result, now, s, Source.INQUIRY)
+
+
+def on_answer(rec: Recharge, att: Attempt, result: ChannelResult, now: float, s: RunSettings,
+              source: Source, event: tuple[str, str] | None = None) -> Step | None:
+    """What a provider said about ``att``, from any source, as a Step; None when it
+    changes nothing (old news, or no news)."""
+    outcome = result.outcome
+    st = att.state
+    if st is AttemptState.REFUND_REQUESTED:
+        return _on_refund(rec, att, result, now, source, event)
+    if outcome is AttemptOutcome.CAPTURED:
+        return None if st in _TAKEN else _on_capture(rec, att, result, now, s, source, event)
+    if st in _TAKEN:
+        return None
+    if st in _CLOSED:
+        if source is Source.LATE_CHECK and outcome is not AttemptOutcome.UNKNOWN and att.late_check_at is not None:
+            return _attempt_step(rec, att, st, "late_capture_check_clear", now, result, event=event,
+                                 late_check_at=None)
+        return None
+    # The attempt is open.
+    if outcome is AttemptOutcome.NOT_PROCESSED and not (source is Source.ATTEMPT and st is AttemptState.STARTED):
+        outcome = AttemptOutcome.UNKNOWN  # only the charge's own refusal proves nothing was taken
+    if outcome is AttemptOutcome.UNKNOWN:
+        if st is not AttemptState.STARTED:
+            return None
+        return _attempt_step(rec, att, AttemptState.UNKNOWN, f"{source}_unknown", now, result, event=event)
+    if outcome is AttemptOutcome.PENDING:
+        if st in (AttemptState.PENDING, AttemptState.VOID_REQUESTED):
+            return None
+        status = None if rec.terminal or rec.status is RechargeStatus.PENDING else RechargeStatus.PENDING
+        return _attempt_step(rec, att, AttemptState.PENDING, f"{source}_pending", now, result, status=status,
+                             reason="awaiting_provider", event=event)
+    # Declined, voided or refunded: the attempt holds nothing.
+    state = _STATE_OF[outcome]
+    late_check = now + s.late_capture_check_s if st in _DOUBTFUL else None
+    if (outcome is AttemptOutcome.DECLINED and not rec.terminal
+            and (result.decline_code or "") not in s.soft_decline_codes):
+        return _attempt_step(rec, att, state, f"{source}_declined", now, result, status=RechargeStatus.DECLINED,
+                             reason="hard_decline", decline_code=result.decline_code or "declined",
+                             channel=att.channel, event=event, late_check_at=late_check)
+    return _attempt_step(rec, att, state, f"{source}_{outcome.value}", now, result, event=event,
+                         late_check_at=late_check)
+
+
+def on_event(rec: Recharge, att: Attempt, result: ChannelResult, now: float, s: RunSettings,
+             event: tuple[str, str]) -> Step:
+    """A provider's webhook about ``att``: like any answer, and always a Step, so the
+    event is recorded (and never applied twice) even when it changes nothing."""
+    step = on_answer(rec, att, result, now, s, Source.WEBHOOK, event)
+    if step is not None:
+        return step
+    return Step(rec.id, now, event=event, trail=(TrailEntry(
+        rec.id, now, "webhook_ignored", rec.status.value, att.reference, att.channel,
+        {"status": result.outcome.value, "attempt_state": att.state.value}),))
+
+
+def _on_capture(rec: Recharge, att: Attempt, result: ChannelResult, now: float, s: RunSettings, source: Source,
+                event: tuple[str, str] | None) -> Step:
+    others = any(a.state is AttemptState.CAPTURED and a.reference != att.reference for a in rec.attempts)
+    if rec.terminal or others:
+        # Money nobody keeps: a capture after a confirmed failover, on a finished
+        # recharge, or a second one. Refunded, and the reconciler retries until it is.
+        return _attempt_step(rec, att, AttemptState.REFUND_REQUESTED, "late_capture_refund_requested", now, result,
+                             event=event, late_check_at=None, detail={"was": att.state.value, "source": source.value})
+    mismatch = _mismatch(rec, result)
+    if mismatch is not None:
+        return _attempt_step(rec, att, AttemptState.CAPTURED, AMOUNT_MISMATCH, now, result,
+                             status=RechargeStatus.PENDING, reason=AMOUNT_MISMATCH, event=event, late_check_at=None,
+                             detail=mismatch, error=f"{AMOUNT_MISMATCH}: the provider captured "
+                             f"{mismatch['captured']}, the attempt asked {mismatch['expected']}")
+    total = rec.coins + rec.bonus_coins
+    done = replace(att, state=AttemptState.CAPTURED, updated_at=now, error=None, late_check_at=None,
+                   provider_ref=result.provider_ref or att.provider_ref,
+                   latency_ms=att.latency_ms if att.latency_ms is not None else result.latency_ms or None)
+    first = "attempt_captured" if source is Source.ATTEMPT else f"{source}_captured"
+    trail = (TrailEntry(rec.id, now, first, RechargeStatus.SUCCEEDED.value, att.reference, att.channel,
+                        {"provider_ref": result.provider_ref}),
+             TrailEntry(rec.id, now, "credited", RechargeStatus.SUCCEEDED.value, att.reference, att.channel,
+                        {"coins": total}))
+    return Step(rec.id, now, status=RechargeStatus.SUCCEEDED, expect_status=NONTERMINAL, channel=att.channel,
+                attempt=done, expect_attempt=frozenset({att.state}), credit=Credit(rec.id, rec.user_id, total, now),
+                event=event, trail=trail, follow_up=_follow_up_change(rec, done, True, now))
+
+
+def _on_refund(rec: Recharge, att: Attempt, result: ChannelResult, now: float, source: Source,
+               event: tuple[str, str] | None) -> Step | None:
+    """News about a capture being given back. Only a confirmed refund (or a payment
+    that turns out never to have held money) closes it; anything else is retried."""
+    outcome = result.outcome
+    if outcome is AttemptOutcome.REFUNDED:
+        return _attempt_step(rec, att, AttemptState.REFUNDED, "late_capture_refunded", now, result, event=event)
+    if outcome in (AttemptOutcome.VOIDED, AttemptOutcome.DECLINED) and source is not Source.WEBHOOK:
+        return _attempt_step(rec, att, _STATE_OF[outcome], f"{source}_{outcome.value}", now, result, event=event)
+    return None
+
+
+def _attempt_step(rec: Recharge, att: Attempt, state: AttemptState, event_name: str, now: float,
+                  result: ChannelResult | None, *, status: RechargeStatus | None = None, reason: str | None = None,
+                  decline_code: str | None = None, channel: str | None = None,
+                  event: tuple[str, str] | None = None, late_check_at: Any = KEEP,
+                  detail: dict[str, Any] | None = None, error: str | None = None) -> Step:
+    updated = replace(
+        att, state=state, updated_at=now,
+        provider_ref=(result.provider_ref if result else None) or att.provider_ref,
+        decline_code=(result.decline_code if result else None) or att.decline_code,
+        error=error if error is not None else (result.error if result else None),
+        latency_ms=att.latency_ms if att.latency_ms is not None or result is None else result.latency_ms or None,
+        late_check_at=att.late_check_at if late_check_at is KEEP else late_check_at,
+    )
+    entry_detail = _detail(result)
+    if detail:
+        entry_detail = {**(entry_detail or {}), **detail}
+    trail = (TrailEntry(rec.id, now, event_name, (status or rec.status).value, att.reference, att.channel,
+                        entry_detail),)
+    return Step(rec.id, now, status=status, expect_status=NONTERMINAL if status else None, reason=reason,
+                decline_code=decline_code, channel=channel, attempt=updated, expect_attempt=frozenset({att.state}),
+                event=event, trail=trail,
+                follow_up=_follow_up_change(rec, updated, (status or rec.status) in TERMINAL, now))
+
+
+def _mismatch(rec: Recharge, result: ChannelResult) -> dict[str, Any] | None:
+    if (result.amount_minor is None or result.amount_minor == rec.amount_minor) and (
+            result.currency is None or result.currency == rec.currency):
+        return None
+    return {"expected": f"{rec.amount_minor} {rec.currency}",
+            "captured": f"{result.amount_minor if result.amount_minor is not None else rec.amount_minor} "
+                        f"{result.currency or rec.currency}"}
+
+
+def _detail(result: ChannelResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    detail: dict[str, Any] = {"outcome": result.outcome.value, "latency_ms": round(result.latency_ms, 1)}
+    if result.decline_code:
+        detail["decline_code"] = result.decline_code
+    if result.error:
+        detail["error"] = result.error
+    if result.provider_ref:
+        detail["provider_ref"] = result.provider_ref
+    return detail
+
+
+# -- follow-ups -----------------------------------------------------------------------------
+
+
+def follow_up_of(attempts: Iterable[Attempt], terminal: bool, now: float) -> float | None:
+    """When a recharge next needs background work: a refund owed or an attempt left
+    open on a finished recharge (now), or the earliest late-capture check."""
+    due: float | None = None
+    for a in attempts:
+        if a.state is AttemptState.REFUND_REQUESTED or (terminal and a.state in OPEN_ATTEMPT_STATES):
+            t = now
+        elif a.late_check_at is not None:
+            t = a.late_check_at
+        else:
+            continue
+        due = t if due is None else min(due, t)
+    return due
+
+
+def _follow_up_change(rec: Recharge, updated: Attempt, terminal_after: bool, now: float) -> Any:
+    """The step's follow-up: KEEP when it does not change (every step of a plain
+    recharge), else the new time or None."""
+    before = follow_up_of(rec.attempts, rec.terminal, now)
+    after = follow_up_of((updated if a.reference == updated.reference else a for a in rec.attempts),
+                         terminal_after, now)
+    return KEEP if before == after else after
+
+
+# -- the reducer ----------------------------------------------------------------------------
+
+
+def admits(rec: Recharge, step: Step) -> bool:
+    """Whether ``step``'s guards hold on ``rec`` (the store checks the same in SQL)."""
+    if step.expect_status is not None and rec.status not in step.expect_status:
+        return False
+    a = step.attempt
+    if a is not None:
+        current = rec.attempt(a.reference)
+        if step.attempt_is_new:
+            return current is None and all(x.seq != a.seq for x in rec.attempts)
+        if current is None or (step.expect_attempt is not None and current.state not in step.expect_attempt):
+            return False
+    return True
+
+
+def reduce(rec: Recharge, step: Step) -> None:
+    """Apply a durable ``step`` to ``rec`` in place. ``updated_at`` moves with a change
+    of the recharge or of one of its attempts, not with a note or an ignored event."""
+    if step.status is not None:
+        rec.status = step.status
+        rec.reason = step.reason
+        if step.channel is not None:
+            rec.channel = step.channel
+        if step.decline_code is not None:
+            rec.decline_code = step.decline_code
+    a = step.attempt
+    if a is not None:
+        if step.attempt_is_new:
+            rec.attempts.append(a)
+        else:
+            rec.attempts = [a if x.reference == a.reference else x for x in rec.attempts]
+    if step.status is not None or a is not None:
+        rec.updated_at = step.at
