@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo serve bench clean
+.PHONY: venv test test-fast demo serve bench dst clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ serve: $(STAMP)
 	@$(BIN)/python -m orchestrator simulate --config config/simulator.example.yaml --port 9000 & \
 	sim=$$!; trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/python -m orchestrator serve --config config/orchestrator.example.yaml
+
+# The deterministic simulation (SPEC 7, 18): make dst SEEDS=100000. A failing seed
+# prints the command that replays it; make test runs 4,000.
+SEEDS ?= 10000
+dst: $(STAMP)
+	$(BIN)/python tests/dst/run.py --seeds $(SEEDS)
 
 # make bench BENCH_ARGS="--results bench/results/run1" (python -m bench --help for the rest)
 bench: $(STAMP)

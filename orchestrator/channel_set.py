@@ -4,8 +4,10 @@ money.
 
 A retired channel takes no new attempt, but inquiries, voids, refunds and webhooks for
 its attempts keep working until no recharge with work left has an attempt on it. The
-journal keeps its config (written before the swap that retires it), so any instance,
-after any restart, rebuilds it; once idle it is closed and forgotten.
+journal keeps every channel's config (the config's at start, a reload's before its
+swap), so any instance, after any restart, rebuilds one the config no longer names,
+even one removed from the file while no instance ran; once idle it is closed and
+forgotten.
 """
 
 from __future__ import annotations
@@ -52,21 +54,27 @@ class ChannelSet:
         # them have had time to end.
         self._draining: list[tuple[Channel, float]] = []
 
-    async def open(self, configs: Iterable[ChannelConfig]) -> None:
-        """Build the live channels, and the retired ones the journal still holds (a
-        name live again is live only)."""
+    async def open(self, configs: Iterable[ChannelConfig], now: float) -> None:
+        """Build the live channels, and the retired ones: those the journal kept that
+        the config no longer names (removed by a reload, or from the file while no
+        instance ran). The journal learns the config's channels before any attempt."""
+        configs = list(configs)
         for cfg in configs:
             self.live[cfg.name] = self._factory(cfg)
             self._configs[cfg.name] = cfg
-        for row in await self._journal.retired_channels():
+        for row in await self._journal.kept_channels():
             if row.name in self.live:
-                await self._journal.unretire_channel(row.name)
                 continue
             try:
                 cfg = ChannelConfig.model_validate(row.config)
-                self.retired[row.name] = Retired(self._factory(cfg), cfg, row.retired_at)
+                self.retired[row.name] = Retired(self._factory(cfg), cfg, row.retired_at or now)
             except (ValueError, OSError) as exc:
                 log.error("retired_channel_unusable", channel=row.name, error=str(exc))
+                continue
+            if row.retired_at is None:
+                await self._journal.keep_channel(row.name, row.config, now)
+        for cfg in configs:
+            await self._journal.keep_channel(cfg.name, cfg.model_dump(mode="json"), None)
 
     def get(self, name: str) -> Channel | None:
         """A live channel: new attempts go only there."""
@@ -96,17 +104,21 @@ class ChannelSet:
                 fresh[cfg.name] = self._factory(cfg)
         return fresh
 
-    async def retire_ahead(self, configs: Iterable[ChannelConfig], now: float) -> None:
-        """Before the swap to ``configs``: the journal learns which channels it removes,
-        so a crash right after the swap still finds them."""
+    async def record(self, configs: Iterable[ChannelConfig], now: float) -> None:
+        """Before the swap to ``configs``: the journal learns its channels, and which it
+        removes, so a crash right after the swap still finds them."""
+        configs = list(configs)
         names = {c.name for c in configs}
         for name, cfg in self._configs.items():
             if name not in names:
-                await self._journal.retire_channel(name, cfg.model_dump(mode="json"), now)
+                await self._journal.keep_channel(name, cfg.model_dump(mode="json"), now)
+        for cfg in configs:
+            prev = self._configs.get(cfg.name)
+            if prev is None or prev != cfg or cfg.name in self.retired:
+                await self._journal.keep_channel(cfg.name, cfg.model_dump(mode="json"), None)
 
-    def swap(self, configs: Iterable[ChannelConfig], fresh: dict[str, Channel], now: float) -> list[str]:
-        """Make ``configs`` the live set, without awaiting anything. Returns the names
-        that were retired and are live again (``unretire`` them)."""
+    def swap(self, configs: Iterable[ChannelConfig], fresh: dict[str, Channel], now: float) -> None:
+        """Make ``configs`` the live set, without awaiting anything."""
         configs = list(configs)
         names = {c.name for c in configs}
         for name in list(self.live):
@@ -114,19 +126,12 @@ class ChannelSet:
                 self.retired[name] = Retired(self.live.pop(name), self._configs[name], now)
             elif name in fresh:
                 self._draining.append((self.live[name], now))
-        back = []
         for name, channel in fresh.items():
             self.live[name] = channel
             old = self.retired.pop(name, None)
-            if old is not None:
+            if old is not None:  # live again: the live object answers for its attempts
                 self._draining.append((old.channel, now))
-                back.append(name)
         self._configs = {c.name: c for c in configs}
-        return back
-
-    async def unretire(self, names: Iterable[str]) -> None:
-        for name in names:
-            await self._journal.unretire_channel(name)
 
     async def close_idle(self, now: float, grace_s: float) -> None:
         """Close replaced channel objects ``grace_s`` after the swap, and retired channels
@@ -144,7 +149,7 @@ class ChannelSet:
             if self.retired.get(name) is r:
                 del self.retired[name]
                 await r.channel.close()
-                await self._journal.unretire_channel(name)
+                await self._journal.forget_channel(name)
                 log.info("retired_channel_closed", channel=name)
 
     async def close(self) -> None:

@@ -212,7 +212,8 @@ class Demo:
         assert self.sim is not None
         async with session.get(self.sim.url + "/_sim/ledger") as r:
             payments = (await r.json())["payments"]
-        ledger = [LedgerPayment(p["channel"], p["reference"], p["status"]) for p in payments]
+        ledger = [LedgerPayment(p["channel"], p["reference"], p["status"], p.get("amount_minor"), p.get("currency"))
+                  for p in payments]
         return await check(SqliteFile(self.dir / "orchestrator.db"), ledger, settled=True)
 
     def _t(self) -> float:

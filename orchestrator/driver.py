@@ -335,17 +335,19 @@ class Driver:
         self._held[recharge_id] = _Held(token, asked + self._lease_s * LEASE_TRUST)
         return True
 
-    async def _check_lease(self, recharge_id: str) -> None:
-        """Before a provider call: still ours, or _LeaseLost. A lease not trusted any
-        more on this process's clock is renewed first."""
+    async def _check_lease(self, rec: Recharge) -> None:
+        """Before a provider call about a running recharge: still ours, or _LeaseLost. A
+        lease not trusted any more on this process's clock is renewed first. A finished
+        recharge's follow-up work (refunds, late checks) needs no lease: its steps are
+        guarded by the states they expect."""
         if self._owner is None:
             return
-        h = self._held.get(recharge_id)
+        h = self._held.get(rec.id)
         if h is not None and self._clock.monotonic() >= h.trusted_until:
-            await self._renew(recharge_id)
-            h = self._held.get(recharge_id)
-        if h is None:
-            raise _LeaseLost(recharge_id)
+            await self._renew(rec.id)
+            h = self._held.get(rec.id)
+        if h is None and not rec.terminal:
+            raise _LeaseLost(rec.id)
 
     def _fence(self, recharge_id: str) -> Fence | None:
         h = self._held.get(recharge_id) if self._owner is not None else None
@@ -402,9 +404,10 @@ class Driver:
             assert att is not None
             channel = self._settle_channels(att.channel)
             if channel is None:
-                await self._park(rec, att, f"channel {att.channel} is not configured; cannot resolve")
+                if move in (Move.INQUIRE, Move.VOID):  # money may be held: say why it waits
+                    await self._park(rec, att, f"channel {att.channel} is not configured; cannot resolve")
                 return
-            await self._check_lease(rec.id)
+            await self._check_lease(rec)
             with structlog.contextvars.bound_contextvars(attempt=att.reference, channel=att.channel):
                 if not await self._settle(rec, att, channel, move, s):
                     return
@@ -476,7 +479,7 @@ class Driver:
         try:
             if not await self._commit(rec, pick.step):
                 return True  # someone else moved first: look again
-            await self._check_lease(rec.id)
+            await self._check_lease(rec)
             await self._send(rec, s, pick)
         finally:
             self._release(pick)  # refused, cancelled or crashed before the provider answered
@@ -603,7 +606,11 @@ class Driver:
         with structlog.contextvars.bound_contextvars(recharge_id=rec.id, attempt=reference, channel=channel):
             for _ in range(5):
                 att = rec.attempt(reference)
-                assert att is not None
+                if att is None:  # this process's view of a recharge another drives lags
+                    await self._refresh(rec)
+                    att = rec.attempt(reference)
+                    if att is None:
+                        return "unknown_payment"
                 step = tr.on_event(rec, att, result, self._clock.now(), s, (channel, event_id))
                 if await self._commit(rec, step, fenced=False):
                     self._after(rec, step)

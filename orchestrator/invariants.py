@@ -23,6 +23,8 @@ class LedgerPayment:
     channel: str
     reference: str
     status: str  # captured, pending, declined, voided, refunded
+    amount_minor: int | None = None  # what the provider took, when the ledger says
+    currency: str | None = None
 
 
 class _Queryable(Protocol):
@@ -46,7 +48,8 @@ class Report:
 @dataclass(frozen=True, slots=True)
 class Facts:
     """What the invariants are checked on, read from a journal at one moment.
-    ``recharges``: (id, status, coins + bonus, user, channel, reason, client, key);
+    ``recharges``: (id, status, coins + bonus, user, channel, reason, client, key,
+    amount_minor, currency);
     ``attempts``: (reference, recharge id, channel, state); ``credits``: (recharge id,
     user, coins); ``wallets``: (user, balance, sum of its entries)."""
 
@@ -60,7 +63,8 @@ async def facts_of(journal: _Queryable) -> Facts:
     """The facts of a SQL journal (or of its file, read from outside)."""
     return Facts(
         recharges=await journal.query(
-            "SELECT id, status, coins + bonus_coins, user_id, channel, reason, client, idempotency_key FROM recharges"),
+            "SELECT id, status, coins + bonus_coins, user_id, channel, reason, client, idempotency_key, amount_minor, "
+            "currency FROM recharges"),
         attempts=await journal.query("SELECT reference, recharge_id, channel, state FROM attempts"),
         credits=await journal.query("SELECT recharge_id, user_id, coins FROM wallet_entries"),
         wallets=await journal.query(
@@ -106,7 +110,7 @@ def check_facts(facts: Facts, ledger: Iterable[LedgerPayment], *, settled: bool 
     for e in facts.credits:
         credits[e[0]].append(e)
 
-    for rid, (_, status, coins, user, channel, reason, _c, _k) in recharges.items():
+    for rid, (_, status, coins, user, channel, reason, _c, _k, amount, currency) in recharges.items():
         caps = kept.get(rid, [])
         creds = credits.get(rid, [])
         if status == "succeeded":
@@ -114,6 +118,10 @@ def check_facts(facts: Facts, ledger: Iterable[LedgerPayment], *, settled: bool 
                 v.append(f"{rid} succeeded with {len(caps)} kept captures (want exactly 1)")
             elif caps[0].channel != channel:
                 v.append(f"{rid} succeeded on {channel} but the capture is on {caps[0].channel}")
+            elif (caps[0].amount_minor is not None and caps[0].amount_minor != amount) or (
+                    caps[0].currency is not None and caps[0].currency != currency):
+                v.append(f"{rid} credited for {amount} {currency} but the provider captured "
+                         f"{caps[0].amount_minor} {caps[0].currency}")
             if len(creds) != 1:
                 v.append(f"{rid} succeeded with {len(creds)} credits (want exactly 1)")
             elif creds[0][2] != coins or creds[0][1] != user:

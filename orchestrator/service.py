@@ -316,7 +316,7 @@ class Service:
         if not self.history:
             self.history.append(AppliedConfig(self.loaded, self.clock.now(), "start"))
         await self.journal.open()
-        await self.channel_set.open(self.config.channels)
+        await self.channel_set.open(self.config.channels, self.clock.now())
         for ch in self.config.channels:
             self.health.add_channel(ch.name, max_in_flight=ch.max_in_flight,
                                     ping_like_payment=ch.kind == "direct_api")
@@ -374,10 +374,10 @@ class Service:
             lines = config_diff(old.config, new.config)
             now = self.clock.now()
             fresh = self._fresh_channels(new)
-            await self.channel_set.retire_ahead(new.config.channels, now)
+            await self.channel_set.record(new.config.channels, now)
             # -- the swap: no awaits from here to the end of the block --------------------
             new_names = {c.name for c in new.config.channels}
-            back = self.channel_set.swap(new.config.channels, fresh, now)
+            self.channel_set.swap(new.config.channels, fresh, now)
             self.health.sync({c.name: c.max_in_flight for c in new.config.channels},
                              {c.name: c.kind == "direct_api" for c in new.config.channels})
             for name in self.drained & new_names:
@@ -392,7 +392,6 @@ class Service:
             self.routing.update(lambda snap: snapshot_for(new, self.health.states()))
             self.history.append(AppliedConfig(new, now, source))
             # -- end of the swap ----------------------------------------------------------
-            await self.channel_set.unretire(back)
             if self._prober is not None:
                 await self._prober.set_channels(self.channels)
             await self.journal.record(TrailEntry(

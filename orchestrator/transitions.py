@@ -179,7 +179,7 @@ def next_move(rec: Recharge, now: float, s: RunSettings) -> Next:
             return Next(Move.LATE_CHECK, due)
         if rec.terminal or captured is None:
             return _STOP
-        step = park(rec, captured, rec.reason or AMOUNT_MISMATCH, now)
+        step = park(rec, captured, AMOUNT_MISMATCH, now)
         return _STOP if step is None else Next(Move.WRITE, captured, step)
     if len(rec.attempts) >= s.max_attempts:
         return Next(Move.WRITE, None, give_up(rec, "max_attempts_reached", now))

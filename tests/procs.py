@@ -87,7 +87,8 @@ async def ledger(sim: Proc) -> list[Any]:
 
     async with aiohttp.ClientSession() as s, s.get(sim.url + "/_sim/ledger") as r:
         body = await r.json()
-    return [LedgerPayment(p["channel"], p["reference"], p["status"]) for p in body["payments"]]
+    return [LedgerPayment(p["channel"], p["reference"], p["status"], p.get("amount_minor"), p.get("currency"))
+            for p in body["payments"]]
 
 
 async def settle(store: Any, timeout_s: float = 60.0) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from orchestrator.model import Attempt, Fence, Recharge, Step, TrailEntry
 
-__all__ = ["PURGE_LIMIT", "FirstRecharge", "Journal", "JournalError", "QuoteRecord", "RetiredChannel", "UserTotals",
+__all__ = ["PURGE_LIMIT", "FirstRecharge", "Journal", "JournalError", "KeptChannel", "QuoteRecord", "UserTotals",
            "WalletEntry", "WalletView"]
 
 
@@ -78,14 +78,15 @@ class UserTotals:
 
 
 @dataclass(frozen=True, slots=True)
-class RetiredChannel:
-    """A channel removed from the config while attempts on it may still hold money:
-    its config (as JSON) is kept so that any instance, after any restart, can still
-    inquire, void, refund and take webhooks for those attempts."""
+class KeptChannel:
+    """A channel the journal knows: its config (as JSON), and when it left the config
+    (None while it is in it). A channel removed while its attempts may still hold money,
+    by a reload or by an edit of the file while no instance ran, is found here by any
+    instance after any restart, which can still inquire, void, refund and take webhooks."""
 
     name: str
     config: dict[str, Any]
-    retired_at: float
+    retired_at: float | None
 
 
 # The most quotes one purge deletes: it runs inside a group commit, so it must stay
@@ -197,13 +198,16 @@ class Journal(Protocol):
         """Who holds the recharge's lease, live or not, and its token (None: nobody)."""
         ...
 
-    # Channels removed from the config whose attempts may still hold money.
+    # The channels of the config, and those that left it while attempts on them may
+    # still hold money.
 
-    async def retire_channel(self, name: str, config: dict[str, Any], at: float) -> None: ...
+    async def keep_channel(self, name: str, config: dict[str, Any], retired_at: float | None) -> None:
+        """Record (or update) a channel's config; ``retired_at``: when it left the config."""
+        ...
 
-    async def unretire_channel(self, name: str) -> None: ...
+    async def forget_channel(self, name: str) -> None: ...
 
-    async def retired_channels(self) -> list[RetiredChannel]: ...
+    async def kept_channels(self) -> list[KeptChannel]: ...
 
     async def channel_busy(self, name: str) -> bool:
         """Whether a recharge still running or with follow-up work has an attempt on

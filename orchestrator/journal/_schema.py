@@ -169,7 +169,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # fencing token; the rare background work of finished recharges (refunds owed,
     # late-capture checks, attempts left open) is found through ``follow_ups`` alone, one
     # row per recharge with work left (a plain recharge never writes one); channels
-    # removed from the config are kept while their attempts may hold money.
+    # the config names are kept, and those removed while their attempts may hold money.
     (
         "ALTER TABLE attempts ADD COLUMN late_check_at REAL",
         "ALTER TABLE leases ADD COLUMN token INTEGER NOT NULL DEFAULT 1",
@@ -182,10 +182,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         REFUNDS_OWED,
         LEFT_OPEN,
         "DROP INDEX attempts_refund_due",
-        """CREATE TABLE retired_channels (
+        """CREATE TABLE channels (
             name TEXT PRIMARY KEY,
             config TEXT NOT NULL,
-            retired_at REAL NOT NULL
+            retired_at REAL
         )""",
     ),
 )

@@ -155,7 +155,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # a partial index holds just those, so the pass reads only them (the query names
     # the state as a literal, or the planner cannot use it).
     ("CREATE INDEX attempts_refund_due ON attempts(recharge_id) WHERE state = 'refund_requested'",),
-    # 9: as SQLite's 9: late-capture checks, lease tokens, follow-ups, retired channels.
+    # 9: as SQLite's 9: late-capture checks, lease tokens, follow-ups, kept channels.
     (
         "ALTER TABLE attempts ADD COLUMN late_check_at DOUBLE PRECISION",
         "ALTER TABLE leases ADD COLUMN token BIGINT NOT NULL DEFAULT 1",
@@ -167,10 +167,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         REFUNDS_OWED,
         LEFT_OPEN,
         "DROP INDEX attempts_refund_due",
-        """CREATE TABLE retired_channels (
+        """CREATE TABLE channels (
             name TEXT PRIMARY KEY,
             config TEXT NOT NULL,
-            retired_at DOUBLE PRECISION NOT NULL
+            retired_at DOUBLE PRECISION
         )""",
     ),
 )

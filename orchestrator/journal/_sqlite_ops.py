@@ -426,14 +426,14 @@ def op_claim_follow_ups(conn: sqlite3.Connection, now: float, retry_at: float, l
     return [r for rid in ids if (r := load(conn, rid)) is not None]
 
 
-def op_retire_channel(conn: sqlite3.Connection, name: str, config: str, at: float) -> None:
-    conn.execute("INSERT INTO retired_channels(name, config, retired_at) VALUES (?,?,?) "
+def op_keep_channel(conn: sqlite3.Connection, name: str, config: str, retired_at: float | None) -> None:
+    conn.execute("INSERT INTO channels(name, config, retired_at) VALUES (?,?,?) "
                  "ON CONFLICT(name) DO UPDATE SET config=excluded.config, retired_at=excluded.retired_at",
-                 (name, config, at))
+                 (name, config, retired_at))
 
 
-def op_unretire_channel(conn: sqlite3.Connection, name: str) -> None:
-    conn.execute("DELETE FROM retired_channels WHERE name=?", (name,))
+def op_forget_channel(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute("DELETE FROM channels WHERE name=?", (name,))
 
 
 # -- quotes -------------------------------------------------------------------------------
@@ -473,8 +473,8 @@ WRITE_OPS: dict[str, Callable[..., Any]] = {
     "release": op_release,
     "renew": op_renew,
     "claim_follow_ups": op_claim_follow_ups,
-    "retire_channel": op_retire_channel,
-    "unretire_channel": op_unretire_channel,
+    "keep_channel": op_keep_channel,
+    "forget_channel": op_forget_channel,
     "put_quote": op_put_quote,
 }
 

@@ -21,8 +21,8 @@ from orchestrator.audit import GENESIS
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
     FirstRecharge,
+    KeptChannel,
     QuoteRecord,
-    RetiredChannel,
     UserTotals,
     WalletEntry,
     WalletView,
@@ -63,7 +63,7 @@ class MemoryJournal:
         self._head = GENESIS
         self._leases: dict[str, _Lease] = {}
         self._follow_ups: dict[str, float] = {}
-        self._retired: dict[str, RetiredChannel] = {}
+        self._kept: dict[str, KeptChannel] = {}
         self._quotes: dict[str, QuoteRecord] = {}
         self.opened = False
 
@@ -242,16 +242,16 @@ class MemoryJournal:
         held = self._leases.get(recharge_id)
         return None if held is None or held.owner is None else (held.owner, held.token)
 
-    # -- retired channels -----------------------------------------------------------------
+    # -- kept channels --------------------------------------------------------------------
 
-    async def retire_channel(self, name: str, config: dict[str, Any], at: float) -> None:
-        self._retired[name] = RetiredChannel(name, config, at)
+    async def keep_channel(self, name: str, config: dict[str, Any], retired_at: float | None) -> None:
+        self._kept[name] = KeptChannel(name, config, retired_at)
 
-    async def unretire_channel(self, name: str) -> None:
-        self._retired.pop(name, None)
+    async def forget_channel(self, name: str) -> None:
+        self._kept.pop(name, None)
 
-    async def retired_channels(self) -> list[RetiredChannel]:
-        return sorted(self._retired.values(), key=lambda r: r.name)
+    async def kept_channels(self) -> list[KeptChannel]:
+        return sorted(self._kept.values(), key=lambda r: r.name)
 
     async def channel_busy(self, name: str) -> bool:
         for rid in {*self._follow_ups, *(r.id for r in self._recharges.values() if r.status not in TERMINAL)}:
@@ -288,7 +288,7 @@ class MemoryJournal:
             sums[user] = sum(e.coins for e in entries)
         return Facts(
             recharges=[(r.id, r.status.value, r.coins + r.bonus_coins, r.user_id, r.channel, r.reason, r.client,
-                        r.idempotency_key) for r in self._recharges.values()],
+                        r.idempotency_key, r.amount_minor, r.currency) for r in self._recharges.values()],
             attempts=[(a.reference, a.recharge_id, a.channel, a.state.value)
                       for r in self._recharges.values() for a in r.attempts],
             credits=[(e.recharge_id, user, e.coins) for user, entries in self._entries.items() for e in entries],

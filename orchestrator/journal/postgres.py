@@ -28,8 +28,8 @@ from orchestrator.journal._protocol import (
     PURGE_LIMIT,
     FirstRecharge,
     JournalError,
+    KeptChannel,
     QuoteRecord,
-    RetiredChannel,
     UserTotals,
     WalletEntry,
     WalletView,
@@ -465,21 +465,21 @@ class PostgresJournal:
 
         return await self._direct(op)
 
-    # -- retired channels ---------------------------------------------------------------
+    # -- kept channels ------------------------------------------------------------------
 
-    async def retire_channel(self, name: str, config: dict[str, Any], at: float) -> None:
+    async def keep_channel(self, name: str, config: dict[str, Any], retired_at: float | None) -> None:
         doc = orjson.dumps(config).decode()
         await self._direct(lambda conn: conn.execute(
-            "INSERT INTO retired_channels(name, config, retired_at) VALUES ($1, $2, $3) "
+            "INSERT INTO channels(name, config, retired_at) VALUES ($1, $2, $3) "
             "ON CONFLICT (name) DO UPDATE SET config = excluded.config, retired_at = excluded.retired_at",
-            name, doc, float(at)))
+            name, doc, None if retired_at is None else float(retired_at)))
 
-    async def unretire_channel(self, name: str) -> None:
-        await self._direct(lambda conn: conn.execute("DELETE FROM retired_channels WHERE name = $1", name))
+    async def forget_channel(self, name: str) -> None:
+        await self._direct(lambda conn: conn.execute("DELETE FROM channels WHERE name = $1", name))
 
-    async def retired_channels(self) -> list[RetiredChannel]:
-        rows = await self.query("SELECT name, config, retired_at FROM retired_channels ORDER BY name")
-        return [RetiredChannel(r[0], orjson.loads(r[1]), r[2]) for r in rows]
+    async def kept_channels(self) -> list[KeptChannel]:
+        rows = await self.query("SELECT name, config, retired_at FROM channels ORDER BY name")
+        return [KeptChannel(r[0], orjson.loads(r[1]), r[2]) for r in rows]
 
     async def channel_busy(self, name: str) -> bool:
         return bool(await self._read(lambda conn: conn.fetchval(_CHANNEL_BUSY, name)))

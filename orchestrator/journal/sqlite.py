@@ -27,8 +27,8 @@ from orchestrator.journal._protocol import (
     PURGE_LIMIT,
     FirstRecharge,
     JournalError,
+    KeptChannel,
     QuoteRecord,
-    RetiredChannel,
     UserTotals,
     WalletEntry,
     WalletView,
@@ -256,17 +256,17 @@ class SqliteJournal:
     async def claim_follow_ups(self, now: float, retry_at: float, limit: int = 500) -> list[Recharge]:
         return list(await self._write("claim_follow_ups", now, retry_at, limit))
 
-    # -- retired channels ---------------------------------------------------------------
+    # -- kept channels ------------------------------------------------------------------
 
-    async def retire_channel(self, name: str, config: dict[str, Any], at: float) -> None:
-        await self._write("retire_channel", name, orjson.dumps(config).decode(), at)
+    async def keep_channel(self, name: str, config: dict[str, Any], retired_at: float | None) -> None:
+        await self._write("keep_channel", name, orjson.dumps(config).decode(), retired_at)
 
-    async def unretire_channel(self, name: str) -> None:
-        await self._write("unretire_channel", name)
+    async def forget_channel(self, name: str) -> None:
+        await self._write("forget_channel", name)
 
-    async def retired_channels(self) -> list[RetiredChannel]:
-        rows = await self.query("SELECT name, config, retired_at FROM retired_channels ORDER BY name")
-        return [RetiredChannel(r[0], orjson.loads(r[1]), r[2]) for r in rows]
+    async def kept_channels(self) -> list[KeptChannel]:
+        rows = await self.query("SELECT name, config, retired_at FROM channels ORDER BY name")
+        return [KeptChannel(r[0], orjson.loads(r[1]), r[2]) for r in rows]
 
     async def channel_busy(self, name: str) -> bool:
         return bool(await self.query(_CHANNEL_BUSY, (name,)))

@@ -1,7 +1,9 @@
 """The simulator and the orchestrator as real processes: a few thousand recharges while the
 simulator injects every fault kind (capture-then-timeout, resets, 500s, declines, pending
-with duplicate and out-of-order webhooks, an outage), a SIGKILL of the orchestrator mid-run
-and a restart; then the simulator's ledger is compared with the orchestrator's journal."""
+with duplicate and out-of-order webhooks, an outage, late processing: charges the provider
+lands after the client gave up), one channel always slower than its timeout, a SIGKILL of
+the orchestrator mid-run and a restart; then the simulator's ledger is compared with the
+orchestrator's journal."""
 
 from __future__ import annotations
 
@@ -23,12 +25,17 @@ FAULTY = {"latency_ms": 3, "latency_jitter_ms": 1, "ping_latency_ms": 0, "hang_m
           "decline_rate": 0.03, "decline_codes": {"insufficient_funds": 1, "issuer_unavailable": 1},
           "not_processed_rate": 0.04, "timeout_before_capture_rate": 0.02, "timeout_after_capture_rate": 0.03,
           "reset_rate": 0.02, "error_500_after_capture_rate": 0.02, "pending_rate": 0.08, "webhook_delay_ms": 300,
-          "duplicate_webhook_rate": 0.3, "out_of_order_webhook_rate": 0.3, "webhook_drop_rate": 0.1}
+          "duplicate_webhook_rate": 0.3, "out_of_order_webhook_rate": 0.3, "webhook_drop_rate": 0.1,
+          # Still working on it when the client (500 ms timeout) gives up: it lands 900 ms in.
+          "late_processing_rate": 0.04, "late_processing_ms": 900}
 CHANNELS = [
     {"name": "alpha", "kind": "direct_api", "webhook_secret": "whsec_alpha_e2e", "behaviour": FAULTY},
     {"name": "beta", "kind": "direct_api", "webhook_secret": "whsec_beta_e2e", "behaviour": {**FAULTY, "latency_ms": 6}},
     {"name": "gamma", "kind": "digital_currency", "webhook_secret": "whsec_gamma_e2e",
      "behaviour": {**FAULTY, "latency_ms": 15, "pending_rate": 0.3}},
+    # Slower than its timeout on every charge (the reported case: 2.6 s against 1.5 s).
+    {"name": "delta", "kind": "direct_api", "webhook_secret": "whsec_delta_e2e", "timeout_ms": 300,
+     "behaviour": {**FAULTY, "latency_ms": 450, "latency_distribution": "fixed"}},
 ]
 TOTAL = 2500
 CONCURRENCY = 40
@@ -41,7 +48,8 @@ def body_for(i: int) -> dict:
 
 
 async def test_kill_9_mid_run_loses_nothing_and_charges_nothing_twice(tmp_path):
-    sim = simulator(tmp_path, {"seed": 3, "channels": CHANNELS}).start()
+    sim_channels = [{k: v for k, v in ch.items() if k != "timeout_ms"} for ch in CHANNELS]
+    sim = simulator(tmp_path, {"seed": 3, "channels": sim_channels}).start()
     db = tmp_path / "orch.db"
     doc = orchestrator_doc("", db, CHANNELS)
     orch = None
@@ -118,7 +126,13 @@ async def test_kill_9_mid_run_loses_nothing_and_charges_nothing_twice(tmp_path):
         assert all(by_key[f"key-{i}"] == a["id"] for i, a in answers.items()), "a retry made a second recharge"
         assert report.by_status.get("succeeded", 0) > TOTAL * 0.8, report.by_status
         assert "pending" not in report.by_status and "processing" not in report.by_status, report.by_status
-        print(f"\nkill -9 e2e: {report}")
+        async with aiohttp.ClientSession() as session, session.get(sim.url + "/_sim/stats") as r:
+            stats = await r.json()
+        late = sum(ch["late_processing"] for ch in stats.values())
+        refused = sum(ch["refused_by_tombstone"] for ch in stats.values())
+        assert late > 0 and stats["delta"]["authorizations"] > 0, stats
+        print(f"\nkill -9 e2e: {report}; {late} late charges, {refused} refused by a tombstone, "
+              f"{stats['delta']['authorizations']} charges on the slow channel")
 
         # The audit chain the two processes wrote verifies; one flipped byte is named.
         orch.stop()

@@ -379,7 +379,7 @@ async def test_the_backfill_rebuilds_exactly_the_totals_kept_live(store):
     kept = sorted(await j.query("SELECT * FROM user_recharge_totals"))
     await j.close()
     # Back to the schema before the totals, the data left as it is: migrate again.
-    undo = ("DROP TABLE follow_ups", "DROP TABLE retired_channels", "ALTER TABLE attempts DROP COLUMN late_check_at",
+    undo = ("DROP TABLE follow_ups", "DROP TABLE channels", "ALTER TABLE attempts DROP COLUMN late_check_at",
             "ALTER TABLE leases DROP COLUMN token", "DROP TABLE user_recharge_totals")
     if store.kind == "sqlite":
         conn = sqlite3.connect(store.path, isolation_level=None)

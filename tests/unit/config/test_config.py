@@ -109,3 +109,25 @@ def test_config_check_prints_every_error_with_its_path_and_exits_1(tmp_path):
     assert "routing.rules[0].channels[1]: unknown channel 'ghost'" in proc.stderr
     missing = _cli("config", "check", str(tmp_path / "missing.yaml"))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+@pytest.mark.parametrize(("kind", "timeout_ms"), [("direct_api", 2000), ("digital_currency", 4000), ("bank", 10000)])
+def test_a_channel_without_a_timeout_gets_its_kinds(kind, timeout_ms):
+    """A bank answers in ~4.8 s: a 2 s default for every kind gave up on it while it
+    was still working, and a charge landed after the failover."""
+    doc = example()
+    del doc["channels"][0]["timeout_ms"]
+    doc["channels"][0]["kind"] = kind
+    assert parse(doc).config.channels[0].timeout_ms == timeout_ms
+    doc["channels"][0]["timeout_ms"] = 1234
+    assert parse(doc).config.channels[0].timeout_ms == 1234
+
+
+def test_a_lease_the_renewal_cannot_keep_or_shorter_than_a_call_is_refused():
+    doc = example()
+    doc["storage"] = {**doc.get("storage", {}), "lease_s": 6, "lease_renew_s": 4}
+    lines = errors_of(doc)
+    assert any(line.startswith("storage.lease_renew_s: must be at most half of storage.lease_s") for line in lines)
+    assert any(line.startswith("channels[5].timeout_ms: must be shorter than storage.lease_s") for line in lines), lines
+    doc["storage"].update(lease_s=30, lease_renew_s=10)
+    assert parse(doc).config.storage.lease_renew_s == 10
