@@ -4,6 +4,7 @@ lease; a dead instance's work is claimed by a live one once its leases expire.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from harness import SETTINGS, make_recharge
@@ -15,10 +16,33 @@ from orchestrator.invariants import LedgerPayment, check
 from orchestrator.journal import SqliteJournal
 
 
-def engine(journal, channels, clock, owner):
+def engine(journal, channels, clock, owner, **kw):
     by_name = {c.name: c for c in channels}
     return Driver(journal, by_name.get, lambda rec: [c.name for c in channels], clock, lambda: SETTINGS,
-                  owner=owner, lease_s=15.0)
+                  owner=owner, **{"lease_s": 15.0, **kw})
+
+
+@contextlib.asynccontextmanager
+async def two_instances(tmp_path, store_clock=None):
+    """Two journals on one SQLite file, their leases timed by ``store_clock`` (the
+    system clock when None); every driver made with ``make`` is stopped at the end."""
+    kw = {} if store_clock is None else {"clock": store_clock}
+    journals = [SqliteJournal(tmp_path / "j.db", **kw) for _ in range(2)]
+    drivers: list[Driver] = []
+
+    def make(i, *args, **kwargs):
+        drivers.append(engine(journals[i], *args, **kwargs))
+        return drivers[-1]
+
+    for j in journals:
+        await j.open()
+    try:
+        yield journals, make
+    finally:
+        for d in drivers:
+            await d.stop()
+        for j in journals:
+            await j.close()
 
 
 async def test_the_same_key_on_two_instances_is_driven_once(tmp_path):
@@ -32,11 +56,8 @@ async def test_the_same_key_on_two_instances_is_driven_once(tmp_path):
         return await orig(req)
 
     ch.authorize = slow
-    j1, j2 = SqliteJournal(tmp_path / "j.db", clock=clock.now), SqliteJournal(tmp_path / "j.db", clock=clock.now)
-    await j1.open()
-    await j2.open()
-    try:
-        e1, e2 = engine(j1, [ch], clock, "one"), engine(j2, [ch], clock, "two")
+    async with two_instances(tmp_path, clock.now) as ((j1, j2), make):
+        e1, e2 = make(0, [ch], clock, "one"), make(1, [ch], clock, "two")
         rec, trail = make_recharge(clock, "k1")
         first, fresh = await e1.submit(rec, trail)
         assert fresh
@@ -49,9 +70,6 @@ async def test_the_same_key_on_two_instances_is_driven_once(tmp_path):
         again, fresh = await e2.submit(dup, trail2)
         assert not fresh and again.status == "succeeded"
         assert len(ch.ledger) == 1
-    finally:
-        await j1.close()
-        await j2.close()
 
 
 async def test_a_dead_instances_work_is_claimed_after_its_leases_expire(tmp_path):
@@ -65,17 +83,14 @@ async def test_a_dead_instances_work_is_claimed_after_its_leases_expire(tmp_path
         await hang.wait()  # the instance is killed while waiting for the answer
 
     ch.authorize = dies_mid_call
-    j1, j2 = SqliteJournal(tmp_path / "j.db", clock=clock.now), SqliteJournal(tmp_path / "j.db", clock=clock.now)
-    await j1.open()
-    await j2.open()
-    try:
-        e1 = engine(j1, [ch], clock, "one")
+    async with two_instances(tmp_path, clock.now) as ((j1, j2), make):
+        e1 = make(0, [ch], clock, "one")
         rec, trail = make_recharge(clock, "k1")
         await e1.submit(rec, trail)
         await asyncio.sleep(0.05)
         await e1.stop()  # dead: no more steps, lease left behind
         ch.authorize = orig
-        e2 = engine(j2, [ch], clock, "two")
+        e2 = make(1, [ch], clock, "two")
         assert await e2.recover() == 0, "not before the lease expires"
         clock.advance(16)
         assert await e2.recover() == 1
@@ -86,9 +101,6 @@ async def test_a_dead_instances_work_is_claimed_after_its_leases_expire(tmp_path
         assert fresh.status == "succeeded" and len(ch.ledger) == 1, "inquiry found the capture; no second charge"
         ledger = [LedgerPayment("a", p.reference, p.status) for p in ch.ledger.values()]
         assert (await check(j2, ledger)).ok
-    finally:
-        await j1.close()
-        await j2.close()
 
 
 async def test_a_lease_is_renewed_through_a_call_longer_than_it(tmp_path):
@@ -107,13 +119,9 @@ async def test_a_lease_is_renewed_through_a_call_longer_than_it(tmp_path):
 
     ch.authorize = slow
     clock = SystemClock()
-    j1, j2 = SqliteJournal(tmp_path / "j.db"), SqliteJournal(tmp_path / "j.db")
-    await j1.open()
-    await j2.open()
-    e1 = Driver(j1, {"a": ch}.get, lambda rec: ["a"], clock, lambda: SETTINGS, owner="one", lease_s=0.6,
-                renew_s=0.2)
-    e2 = Driver(j2, {"a": ch}.get, lambda rec: ["a"], clock, lambda: SETTINGS, owner="two", lease_s=0.6)
-    try:
+    async with two_instances(tmp_path) as ((j1, j2), make):
+        e1 = make(0, [ch], clock, "one", lease_s=0.6, renew_s=0.2)
+        e2 = make(1, [ch], clock, "two", lease_s=0.6)
         e1.start_background()
         rec, trail = make_recharge(VirtualClock(clock.now()), "k1")
         await e1.submit(rec, trail)
@@ -123,11 +131,6 @@ async def test_a_lease_is_renewed_through_a_call_longer_than_it(tmp_path):
         gate.set()
         await e1.live(rec.id)[0]
         assert (await j2.get(rec.id)).status == "succeeded" and len(ch.ledger) == 1
-    finally:
-        await e1.stop()
-        await e2.stop()
-        await j1.close()
-        await j2.close()
 
 
 async def test_a_lease_ends_by_the_stores_clock_not_a_claimers(tmp_path):
@@ -136,23 +139,14 @@ async def test_a_lease_ends_by_the_stores_clock_not_a_claimers(tmp_path):
     store_clock = VirtualClock()
     ahead = VirtualClock(store_clock.now() + 100)
     ch = MemoryChannel("a", lambda op, ref, n: Action.LOST_AFTER_PEND if op == "authorize" else Action.FAIL)
-    j1 = SqliteJournal(tmp_path / "j.db", clock=store_clock.now)
-    j2 = SqliteJournal(tmp_path / "j.db", clock=store_clock.now)
-    await j1.open()
-    await j2.open()
-    try:
-        e1, e2 = engine(j1, [ch], store_clock, "one"), engine(j2, [ch], ahead, "two")
+    async with two_instances(tmp_path, store_clock.now) as (_, make):
+        e1, e2 = make(0, [ch], store_clock, "one"), make(1, [ch], ahead, "two")
         rec, trail = make_recharge(store_clock, "k1")
         await e1.submit(rec, trail)
         await e1.live(rec.id)[0]
         assert await e2.recover() == 0
         store_clock.advance(16)
         assert await e2.recover() == 1, "once the store says it lapsed"
-    finally:
-        await e1.stop()
-        await e2.stop()
-        await j1.close()
-        await j2.close()
 
 
 async def test_an_instance_whose_lease_moved_on_stops_driving(tmp_path):
@@ -162,12 +156,8 @@ async def test_an_instance_whose_lease_moved_on_stops_driving(tmp_path):
 
     clock = VirtualClock()
     ch = MemoryChannel("a", lambda op, ref, n: Action.LOST_AFTER_PEND if op == "authorize" else Action.FAIL)
-    j1 = SqliteJournal(tmp_path / "j.db", clock=clock.now)
-    j2 = SqliteJournal(tmp_path / "j.db", clock=clock.now)
-    await j1.open()
-    await j2.open()
-    try:
-        e1, e2 = engine(j1, [ch], clock, "one"), engine(j2, [ch], clock, "two")
+    async with two_instances(tmp_path, clock.now) as ((j1, _), make):
+        e1, e2 = make(0, [ch], clock, "one"), make(1, [ch], clock, "two")
         rec, trail = make_recharge(clock, "k1")
         await e1.submit(rec, trail)
         await e1.live(rec.id)[0]
@@ -183,8 +173,3 @@ async def test_an_instance_whose_lease_moved_on_stops_driving(tmp_path):
         assert rec.id not in e1._held, "it learned it lost the lease"
         after = await j1.trail(rec.id)
         assert len(after) == before, f"a decision under a lost lease landed: {after[before:]}"
-    finally:
-        await e1.stop()
-        await e2.stop()
-        await j1.close()
-        await j2.close()
