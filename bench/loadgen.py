@@ -7,8 +7,8 @@ per second, with the per-second counts of statuses, outcomes and channels.
 Runs in its own process (``python -m bench.loadgen ...``), never on the event loop of
 what it measures. Its HTTP/1.1 client is a few dozen lines of asyncio protocol over
 kept-alive connections instead of aiohttp's: it must cost the shared machine as little
-as possible (about a quarter of aiohttp's client per request), or it would take the CPU
-the orchestrator is being measured with. A request never waits for a connection to be
+as possible (docs/performance.md#load-generator-client), or it would take the CPU the
+orchestrator is being measured with. A request never waits for a connection to be
 free: past the idle ones it opens another (up to ``--max-connections``, then it
 queues, and the queueing shows as latency).
 
@@ -104,7 +104,7 @@ class Recorder:
 
 
 class _Exchange:
-    __slots__ = ("request", "offset_s", "scheduled", "deadline")
+    __slots__ = ("deadline", "offset_s", "request", "scheduled")
 
     def __init__(self, request: bytes, offset_s: float, scheduled: float, deadline: float) -> None:
         self.request = request

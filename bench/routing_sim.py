@@ -194,7 +194,7 @@ class VirtualClock:
         return self.now
 
 
-class Router:
+class SimulatedRouter:
     """A policy with the health machinery it uses (none for the oracle)."""
 
     def __init__(self, policy: str, scenario: Scenario, duration: float, clock: VirtualClock,
@@ -287,7 +287,7 @@ def simulate(scenario_name: str, policy: str, n: int, seed: int = SEED) -> Resul
     clock = VirtualClock(-WARMUP_S)
     arrivals_rng = random.Random(seed)  # same arrivals for every policy
     outcome_rng = random.Random(seed + 1)
-    router = Router(policy, scenario, duration, clock, random.Random(seed + 2))
+    router = SimulatedRouter(policy, scenario, duration, clock, random.Random(seed + 2))
     registry = router.registry
     heap: list[tuple[float, int, int, object]] = []
     seq = 0
@@ -306,7 +306,7 @@ def simulate(scenario_name: str, policy: str, n: int, seed: int = SEED) -> Resul
     def start_next(txn_state: list, now: float) -> bool:
         """Start the transaction's next attempt; False when none is left."""
         nonlocal seq, attempts_total
-        txn, candidates = txn_state[1], txn_state[2]
+        candidates = txn_state[2]
         while txn_state[3] < len(candidates) and txn_state[4] < MAX_ATTEMPTS:
             name = candidates[txn_state[3]]
             txn_state[3] += 1
@@ -450,11 +450,11 @@ def render(results: dict[str, dict[str, Result]], timing: dict[str, tuple[float,
     lines = [
         "# Routing simulation",
         "",
-        f"{n:,} transactions per scenario and policy at {RATE_PER_S:.0f}/s of virtual time "
-        f"({n / RATE_PER_S:.0f} s); 7 channels; failover up to {MAX_ATTEMPTS} attempts; "
-        f"seed {SEED}. Latency is the sum of a transaction's attempts (a hang costs the "
-        f"channel's timeout). Fee is in basis points of the amount of succeeded recharges. "
-        f"Wall time {wall_s:.1f} s.",
+        (f"{n:,} transactions per scenario and policy at {RATE_PER_S:.0f}/s of virtual time "
+         f"({n / RATE_PER_S:.0f} s); 7 channels; failover up to {MAX_ATTEMPTS} attempts; "
+         f"seed {SEED}. Latency is the sum of a transaction's attempts (a hang costs the "
+         f"channel's timeout). Fee is in basis points of the amount of succeeded recharges. "
+         f"Wall time {wall_s:.1f} s."),
         "",
         "| scenario | policy | success % | mean latency ms | p99 latency ms | attempts/txn | fee bps |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from channels._kinds import KIND_DEFAULTS
+from channels import KIND_DEFAULTS
 from config._currencies import is_known
 
 __all__ = [
@@ -121,6 +121,9 @@ class StorageConfig(_Model):
     # How often an instance renews the leases it holds (default: a third of lease_s);
     # at most half of lease_s, so one lost renewal does not lose a lease.
     lease_renew_s: float | None = Field(None, gt=0, le=1800)
+    # How far the clocks of instances sharing the store may disagree (NTP keeps them to
+    # milliseconds): added to every late-capture check, which another instance may run.
+    max_clock_skew_s: float = Field(5.0, ge=0, le=600)
     # This instance's lease owner name; default: one per process on PostgreSQL, and a
     # fixed one on SQLite (one process per file), so a restart resumes at once.
     instance_id: str | None = None
@@ -333,8 +336,8 @@ class PricingConfig(_Model):
     quote_ttl_s: float = Field(300.0, gt=0, le=86_400)
     # A quote is refused (409 quote_expired) once the rate moved by this fraction or more.
     max_rate_drift: ExactDecimal = Field(Decimal("0.003"), gt=0, lt=1)
-    # No effect any more (it bounded the in-memory quote book); accepted so configs that
-    # set it still load. Quotes live in the journal, purged a quote_ttl_s after expiry.
+    # Bounds nothing (docs/history.md#quote-book); accepted so configs that set it still
+    # load. Quotes live in the journal, purged a quote_ttl_s after expiry.
     max_quotes: int = Field(100_000, ge=1, le=10_000_000)
     promotions: PromotionsConfig = PromotionsConfig()
 
@@ -441,9 +444,9 @@ class LimitsConfig(_Model):
 
 
 class LoggingConfig(_Model):
-    # Share of succeeded recharges logged at info (their line costs more than the rest
-    # of a recharge's bookkeeping at 1,200/s); failures, declines, failovers, webhooks
-    # and everything unusual are always logged.
+    # Share of succeeded recharges logged at info: their line costs more than the rest of
+    # their bookkeeping (docs/performance.md#success-logging). Failures, declines,
+    # failovers, webhooks and everything unusual are always logged.
     success_sample: float = Field(0.01, ge=0, le=1)
 
 

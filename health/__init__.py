@@ -9,7 +9,7 @@ Every clock is injected, so all of it runs in virtual time in tests and the simu
 from health._breaker import Breaker, BreakerConfig, Permit
 from health._prober import Prober, Sleep
 from health._registry import AttemptTicket, HealthRegistry
-from health._stats import ChannelStats, Clock, ProbeResult, StatsConfig, channel_worked
+from health._stats import ChannelStats, Monotonic, ProbeResult, StatsConfig, channel_worked
 from health._window import LatencyWindow, SlidingCounts, TimeDecayedEwma
 
 __all__ = [
@@ -17,7 +17,7 @@ __all__ = [
     "Breaker",
     "BreakerConfig",
     "ChannelStats",
-    "Clock",
+    "Monotonic",
     "HealthRegistry",
     "LatencyWindow",
     "Permit",

@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from health._stats import Clock
+from health._stats import Monotonic
 from health._window import SlidingCounts
 
 __all__ = ["Breaker", "BreakerConfig", "Permit"]
@@ -83,7 +83,7 @@ _REGULAR = Permit(trial=False, period=-1)
 class Breaker:
     """One channel's breaker. ``on_transition(old, new)`` is called on every change."""
 
-    def __init__(self, clock: Clock, config: BreakerConfig = BreakerConfig(),
+    def __init__(self, clock: Monotonic, config: BreakerConfig = BreakerConfig(),
                  on_transition: Callable[[str, str], None] | None = None) -> None:
         self._clock = clock
         self.config = config

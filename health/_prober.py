@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import structlog
 
-from channels._protocol import AttemptOutcome, Channel
+from channels import AttemptOutcome, Channel
 from health._registry import HealthRegistry
-from health._stats import Clock
+from health._stats import Monotonic
 
 __all__ = ["Prober", "Sleep"]
 
@@ -29,7 +29,7 @@ class Prober:
     """Probes every channel on its own schedule; ``start()``/``stop()`` own the tasks."""
 
     def __init__(self, registry: HealthRegistry, channels: Mapping[str, Channel] | Iterable[Channel],
-                 *, clock: Clock, sleep: Sleep = asyncio.sleep, interval_s: float = 2.0,
+                 *, clock: Monotonic, sleep: Sleep = asyncio.sleep, interval_s: float = 2.0,
                  timeout_s: float = 1.0, timeouts_s: Mapping[str, float] | None = None,
                  jitter: float = 0.1, rng: random.Random | None = None) -> None:
         if interval_s <= 0 or timeout_s <= 0 or not 0 <= jitter < 1:

@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from channels._protocol import AttemptOutcome
+from channels import AttemptOutcome
 from health._breaker import Breaker, BreakerConfig, Permit
-from health._stats import ChannelStats, Clock, StatsConfig
+from health._stats import ChannelStats, Monotonic, StatsConfig
 from routing import ChannelState
 
 __all__ = ["AttemptTicket", "HealthRegistry"]
@@ -56,7 +56,7 @@ class HealthRegistry:
     it should schedule a publication, not do I/O.
     """
 
-    def __init__(self, clock: Clock, *, stats_config: StatsConfig = StatsConfig(),
+    def __init__(self, clock: Monotonic, *, stats_config: StatsConfig = StatsConfig(),
                  breaker_config: BreakerConfig = BreakerConfig(),
                  on_change: Callable[[str], None] | None = None,
                  wall_clock: Callable[[], float] | None = None) -> None:
@@ -66,6 +66,8 @@ class HealthRegistry:
         self._breaker_config = breaker_config
         self.on_change = on_change
         self._channels: dict[str, _Channel] = {}
+        # Drained names outlive their channel: one removed and added back stays drained.
+        self._drained: set[str] = set()
 
     # -- membership (config reload) ------------------------------------------------
 
@@ -85,6 +87,7 @@ class HealthRegistry:
         breaker = Breaker(self._clock, self._breaker_config)
         breaker.on_transition = lambda _old, new: self._breaker_moved(name, stats, new)
         self._channels[name] = _Channel(stats, breaker, max_in_flight)
+        self._channels[name].drained = name in self._drained
         self._changed(name)
 
     def remove_channel(self, name: str) -> None:
@@ -134,11 +137,16 @@ class HealthRegistry:
         self._set_drained(name, False)
 
     def is_drained(self, name: str) -> bool:
-        return self._get(name).drained
+        return name in self._drained
+
+    def drained(self) -> frozenset[str]:
+        """Every drained name, also of channels not tracked now."""
+        return frozenset(self._drained)
 
     def _set_drained(self, name: str, drained: bool) -> None:
-        channel = self._get(name)
-        if channel.drained != drained:
+        (self._drained.add if drained else self._drained.discard)(name)
+        channel = self._channels.get(name)
+        if channel is not None and channel.drained != drained:
             channel.drained = drained
             self._changed(name)
 

@@ -13,12 +13,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from channels._protocol import AttemptOutcome
+from channels import AttemptOutcome
 from health._window import LatencyWindow, SlidingCounts, TimeDecayedEwma
 
-__all__ = ["ChannelStats", "Clock", "ProbeResult", "StatsConfig", "channel_worked"]
+__all__ = ["ChannelStats", "Monotonic", "ProbeResult", "StatsConfig", "channel_worked"]
 
-Clock = Callable[[], float]
+Monotonic = Callable[[], float]
 """Monotonic seconds. Injected everywhere so tests and the simulator run in virtual time."""
 
 _CHANNEL_FAILURES = frozenset({AttemptOutcome.NOT_PROCESSED, AttemptOutcome.UNKNOWN})
@@ -65,7 +65,7 @@ class ChannelStats:
     A hang still shows, as ``stalled_ms``.
     """
 
-    def __init__(self, clock: Clock, config: StatsConfig = StatsConfig(), *,
+    def __init__(self, clock: Monotonic, config: StatsConfig = StatsConfig(), *,
                  ping_like_payment: bool = True) -> None:
         self._clock = clock
         self.config = config

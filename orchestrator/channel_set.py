@@ -3,11 +3,11 @@ and the retired ones (removed or replaced by a reload) whose attempts may still 
 money.
 
 A retired channel takes no new attempt, but inquiries, voids, refunds and webhooks for
-its attempts keep working until no recharge with work left has an attempt on it. The
-journal keeps every channel's config (the config's at start, a reload's before its
-swap), so any instance, after any restart, rebuilds one the config no longer names,
-even one removed from the file while no instance ran; once idle it is closed and
-forgotten.
+its attempts keep working. The journal keeps every channel's config for good (the
+config's at start, a reload's before its swap), so any instance, after any restart,
+builds one its config does not name when an attempt or a webhook needs it: also one
+another instance still ran, or one removed from the file while no instance ran. Once
+idle here, its object is closed; the journal's row stays.
 """
 
 from __future__ import annotations
@@ -55,26 +55,46 @@ class ChannelSet:
         self._draining: list[tuple[Channel, float]] = []
 
     async def open(self, configs: Iterable[ChannelConfig], now: float) -> None:
-        """Build the live channels, and the retired ones: those the journal kept that
-        the config no longer names (removed by a reload, or from the file while no
-        instance ran). The journal learns the config's channels before any attempt."""
+        """Build the live channels; mark retired those the journal kept as live that the
+        config no longer names (removed from the file while no instance ran). The
+        journal learns the config's channels before any attempt."""
         configs = list(configs)
         for cfg in configs:
             self.live[cfg.name] = self._factory(cfg)
             self._configs[cfg.name] = cfg
         for row in await self._journal.kept_channels():
-            if row.name in self.live:
-                continue
-            try:
-                cfg = ChannelConfig.model_validate(row.config)
-                self.retired[row.name] = Retired(self._factory(cfg), cfg, row.retired_at or now)
-            except (ValueError, OSError) as exc:
-                log.error("retired_channel_unusable", channel=row.name, error=str(exc))
-                continue
-            if row.retired_at is None:
+            if row.name not in self.live and row.retired_at is None:
                 await self._journal.keep_channel(row.name, row.config, now)
         for cfg in configs:
             await self._journal.keep_channel(cfg.name, cfg.model_dump(mode="json"), None)
+
+    async def find(self, name: str, now: float) -> Channel | None:
+        """A live or retired channel, built from the journal's kept config if this
+        instance has none: what settles an attempt already made."""
+        found = self.any(name)
+        if found is None and await self._adopt(name, now):
+            found = self.any(name)
+        return found
+
+    async def find_config(self, name: str, now: float) -> ChannelConfig | None:
+        """A channel's config, live or kept (webhooks for retired ones still land)."""
+        cfg = self.config(name)
+        if cfg is None and await self._adopt(name, now):
+            cfg = self.config(name)
+        return cfg
+
+    async def _adopt(self, name: str, now: float) -> bool:
+        row = next((r for r in await self._journal.kept_channels() if r.name == name), None)
+        if row is None or name in self.live or name in self.retired:
+            return row is not None
+        try:
+            cfg = ChannelConfig.model_validate(row.config)
+            self.retired[name] = Retired(self._factory(cfg), cfg, now)
+        except (ValueError, OSError) as exc:
+            log.error("retired_channel_unusable", channel=name, error=str(exc))
+            return False
+        log.info("retired_channel_adopted", channel=name)
+        return True
 
     def get(self, name: str) -> Channel | None:
         """A live channel: new attempts go only there."""
@@ -135,7 +155,8 @@ class ChannelSet:
 
     async def close_idle(self, now: float, grace_s: float) -> None:
         """Close replaced channel objects ``grace_s`` after the swap, and retired channels
-        once no recharge with work left has an attempt on them (and ``grace_s`` passed)."""
+        once no recharge with work left has an attempt on them (and ``grace_s`` passed):
+        built again by ``find`` if one ever needs them."""
         keep = []
         for channel, since in self._draining:
             if now - since > grace_s:
@@ -149,7 +170,6 @@ class ChannelSet:
             if self.retired.get(name) is r:
                 del self.retired[name]
                 await r.channel.close()
-                await self._journal.forget_channel(name)
                 log.info("retired_channel_closed", channel=name)
 
     async def close(self) -> None:

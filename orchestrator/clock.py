@@ -8,11 +8,12 @@ and deadlines run in virtual time, without real sleeps.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from datetime import UTC, datetime
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock", "VirtualClock", "iso"]
+__all__ = ["Clock", "SystemClock", "VirtualClock", "iso", "month_of"]
 
 
 class Clock(Protocol):
@@ -60,8 +61,8 @@ _ISO_SECONDS: dict[int, str] = {}
 
 def iso(ts: float) -> str:
     """RFC 3339 UTC with milliseconds, the one timestamp format of the API. Every answer
-    formats two; the seconds part is formatted once per second (a third of the cost of
-    ``datetime.isoformat``)."""
+    formats two, so the seconds part is formatted once per second
+    (docs/performance.md#timestamp-formatting)."""
     sec = int(ts // 1)
     head = _ISO_SECONDS.get(sec)
     if head is None:
@@ -69,3 +70,12 @@ def iso(ts: float) -> str:
             _ISO_SECONDS.clear()
         head = _ISO_SECONDS[sec] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{head}.{min(999, int((ts - sec) * 1000)):03d}Z"
+
+
+def month_of(created_at: float) -> int:
+    """The start (epoch seconds) of the UTC calendar month holding ``created_at``: the M
+    with M <= created_at < the next month's start, as ``created_at >= M`` tells. Floored
+    to the second first: ``datetime`` rounds to the microsecond, which would move a time
+    a hair before midnight into the next month. The backfill (migration 7) floors too."""
+    t = datetime.fromtimestamp(math.floor(created_at), UTC)
+    return int(datetime(t.year, t.month, 1, tzinfo=UTC).timestamp())

@@ -46,23 +46,13 @@ from typing import Any
 import orjson
 import structlog
 
+from orchestrator.errors import ClusterError, Refused
+
 __all__ = ["ClusterError", "Link", "Refused", "WorkerLink", "merge_metrics"]
 
 log = structlog.get_logger("orchestrator.cluster")
 
 REQUEST_TIMEOUT_S = 60.0
-
-
-class ClusterError(Exception):
-    """A request the supervisor could not carry out (the message says why)::
-
-        ClusterError       the link closed or no answer came in time: the API's 503
-        +-- Refused        the supervisor turned it down (no config to roll back to)
-    """
-
-
-class Refused(ClusterError):
-    """The supervisor turned the request down."""
 
 
 class Link:

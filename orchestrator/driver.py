@@ -30,9 +30,11 @@ from channels import AttemptOutcome, Channel, ChannelResult, PaymentRequest
 from orchestrator import transitions as tr
 from orchestrator.activity import Activity
 from orchestrator.clock import Clock
-from orchestrator.journal import FirstRecharge, Journal
+from orchestrator.errors import HeldElsewhere, IdempotencyConflict
+from orchestrator.journal import Journal
 from orchestrator.model import TERMINAL, Attempt, AttemptState, Fence, Recharge, Step, TrailEntry
 from orchestrator.transitions import Move, RunSettings, Source
+from orchestrator.pricing import FirstRecharge
 
 __all__ = ["Driver", "Gate", "HeldElsewhere", "IdempotencyConflict", "RoutePlan", "RunSettings", "new_recharge_id"]
 
@@ -55,20 +57,15 @@ def new_recharge_id() -> str:
     return f"rc_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
 
 
-class IdempotencyConflict(Exception):
-    """The idempotency key is already held by a recharge with a different request."""
-
-
-class HeldElsewhere(Exception):
-    """Another instance holds the lease of this (non-terminal) recharge and drives it."""
-
-    def __init__(self, rec: Recharge) -> None:
-        super().__init__(rec.id)
-        self.recharge = rec
-
-
 class _LeaseLost(Exception):
     """This instance no longer holds the recharge's lease: stop driving it."""
+
+
+def _finder(channels: ChannelLookup) -> ChannelFinder:
+    async def find(name: str, now: float) -> Channel | None:
+        return channels(name)
+
+    return find
 
 
 class RoutePlan(NamedTuple):
@@ -119,10 +116,12 @@ class _OpenGate:
         return None
 
 
-Router = Callable[[Recharge], "RoutePlan | Sequence[str]"]
+PlanRoute = Callable[[Recharge], "RoutePlan | Sequence[str]"]
 """Ordered failover candidates for a recharge (channel names, best first)."""
 
 ChannelLookup = Callable[[str], Channel | None]
+# A channel that settles an attempt already made, live or retired (at the given time).
+ChannelFinder = Callable[[str, float], Awaitable[Channel | None]]
 InstrumentLookup = Callable[[Recharge], Mapping[str, object] | None]
 
 
@@ -131,7 +130,7 @@ class Driver:
         self,
         journal: Journal,
         channels: ChannelLookup,
-        router: Router,
+        router: PlanRoute,
         clock: Clock,
         settings: Callable[[], RunSettings],
         *,
@@ -139,7 +138,7 @@ class Driver:
         callback_url: Callable[[str], str | None] = lambda channel: None,
         instrument: InstrumentLookup = lambda rec: rec.instrument,
         activity: Activity | None = None,
-        settle_channels: ChannelLookup | None = None,
+        settle_channels: ChannelFinder | None = None,
         on_terminal: Callable[[Recharge], None] | None = None,
         owner: str | None = None,
         lease_s: float = 30.0,
@@ -150,7 +149,7 @@ class Driver:
         self._channels = channels
         # Resolving what an attempt already started (inquire, void, refund) may use a
         # channel that a reload retired; starting new attempts may not.
-        self._settle_channels = settle_channels or channels
+        self._settle_channels = settle_channels or _finder(channels)
         self._on_terminal = on_terminal
         # With an owner, every recharge this instance drives is leased in the store.
         self._owner = owner
@@ -209,7 +208,7 @@ class Driver:
         if pick is not None:
             self._release(pick)
         if existing.fingerprint != rec.fingerprint:
-            raise IdempotencyConflict(existing.id)
+            raise IdempotencyConflict()
         live = self._running.get(existing.id)
         if live is not None:
             return live[1], False
@@ -402,7 +401,7 @@ class Driver:
                     return
                 continue
             assert att is not None
-            channel = self._settle_channels(att.channel)
+            channel = await self._settle_channels(att.channel, self._clock.now())
             if channel is None:
                 if move in (Move.INQUIRE, Move.VOID):  # money may be held: say why it waits
                     await self._park(rec, att, f"channel {att.channel} is not configured; cannot resolve")

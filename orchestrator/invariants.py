@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from orchestrator.journal._totals import month_of
+from orchestrator.clock import month_of
 
 __all__ = ["Facts", "LedgerPayment", "Report", "SqliteFile", "check", "check_facts", "facts_of"]
 

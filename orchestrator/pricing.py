@@ -36,17 +36,18 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
-from config import PricingConfig, exponent, is_known
-from config._schema import PromotionsConfig
-from orchestrator.clock import Clock
-from orchestrator.journal._totals import month_of
+from config import PricingConfig, PromotionsConfig, exponent, is_known
+from orchestrator.clock import Clock, month_of
+from orchestrator.errors import PricingError, RateSourceError
+from orchestrator.model import Recharge, TrailEntry
 
 __all__ = [
     "CurrencyTotals",
+    "FirstRecharge",
     "Price",
     "PricingError",
     "Promotion",
@@ -74,23 +75,6 @@ _HUNDRED = Decimal(100)
 FIRST_RECHARGE = "first_recharge"
 MEMBERSHIP_TIER = "membership_tier"
 MONTHLY_CASHBACK = "monthly_cashback"
-
-
-class PricingError(ValueError):
-    """The amount cannot be priced; ``code`` is the API error code, ``field`` the
-    request field at fault."""
-
-    def __init__(self, code: str, message: str, field: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.field = field
-
-
-class RateSourceError(PricingError):
-    """The live rate source failed or answered nonsense; the old rates stay."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("rates_stale", message, "currency")
 
 
 # -- rates --------------------------------------------------------------------------------
@@ -410,6 +394,37 @@ class Price:
     def to_api(self) -> dict[str, object]:
         return {"coins": self.coins, "bonus_coins": self.bonus_coins, "rate": str(self.rate),
                 "promotions": [p.to_api() for p in self.promotions]}
+
+    def first_recharge_claim(self) -> FirstRecharge | None:
+        """What the journal needs to grant this price's first-recharge bonus once per
+        user, or None when the price does not count on it."""
+        if not self.claims_first_recharge:
+            return None
+        without = self.without_first_recharge()
+        return FirstRecharge(without.bonus_coins, {"bonus_coins": without.bonus_coins,
+                                                   "promotions": [p.to_api() for p in without.promotions]})
+
+    def promotions_given(self, bonus_coins: int) -> list[dict[str, object]]:
+        """The promotions a recharge priced here was credited with: without the first-
+        recharge one when the journal gave its bonus to another of the user's recharges."""
+        without = self.without_first_recharge()
+        denied = self.claims_first_recharge and bonus_coins == without.bonus_coins != self.bonus_coins
+        return [p.to_api() for p in (without if denied else self).promotions]
+
+
+@dataclass(frozen=True, slots=True)
+class FirstRecharge:
+    """A recharge priced with the first-recharge bonus, and its price without it. The
+    journal grants the bonus only if the user has no other running or succeeded
+    recharge, checked in the creating transaction; otherwise it ``deny``s it."""
+
+    bonus_without: int
+    detail_without: dict[str, Any]
+
+    def deny(self, recharge: Recharge, trail: TrailEntry) -> TrailEntry:
+        recharge.bonus_coins = self.bonus_without
+        return TrailEntry(trail.recharge_id, trail.at, trail.event, trail.status, trail.reference, trail.channel,
+                          {**(trail.detail or {}), **self.detail_without, "first_recharge": "already claimed"})
 
 
 def denomination_limits(cfg: PricingConfig, rates: RateLookup, currency: str) -> tuple[int, int] | None:

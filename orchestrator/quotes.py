@@ -15,7 +15,7 @@ rather than ``quote_not_found``, and are then deleted: at most every ``PURGE_EVE
 a process's next quote carries a purge of up to ``PURGE_LIMIT`` of them (a range of the
 ``expires_at`` index) in its own write; a purge that fills its limit means a backlog,
 and the next quote purges again. The table so holds about two TTLs of quotes;
-``pricing.max_quotes``, which bounded the in-memory book of old, bounds nothing now.
+``pricing.max_quotes`` bounds nothing (docs/history.md#quote-book).
 
 Redeeming does not consume a quote: a client retrying its recharge (same
 Idempotency-Key) redeems it again and gets the same price; the first-recharge bonus
@@ -42,8 +42,18 @@ import structlog
 
 from config import PricingConfig
 from orchestrator.clock import Clock
-from orchestrator.journal import PURGE_LIMIT, QuoteRecord
-from orchestrator.pricing import Price, PricingError, Promotion, RateBook, UserHistory, price
+from orchestrator.errors import QuoteError
+from orchestrator.journal import PURGE_LIMIT, QuoteRecord, UserTotals
+from orchestrator.pricing import (
+    CurrencyTotals,
+    Price,
+    Promotion,
+    RateBook,
+    UserHistory,
+    history_from_totals,
+    month_start,
+    price,
+)
 
 __all__ = ["PURGE_EVERY_S", "PricingService", "Quote", "QuoteBook", "QuoteError", "QuoteStore", "price_doc",
            "price_of"]
@@ -54,11 +64,6 @@ log = structlog.get_logger("orchestrator.quotes")
 PURGE_EVERY_S = 5.0
 
 _QUOTE_ID = re.compile(r"q_[0-9a-f]{32}")
-
-
-class QuoteError(PricingError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(code, message, "quote_id")
 
 
 def _not_found() -> QuoteError:
@@ -237,6 +242,12 @@ class QuoteBook:
 History = Callable[[str], Awaitable[UserHistory]]
 
 
+class TotalsStore(Protocol):
+    """Where a user's succeeded recharges are totalled: the journal."""
+
+    async def user_totals(self, user_id: str, since: float) -> list[UserTotals]: ...
+
+
 class PricingService:
     """Pricing for the API: the live rate book, the quote book and the user's history,
     following config reloads (a new ``PricingConfig`` object is picked up on the next
@@ -244,14 +255,16 @@ class PricingService:
 
     ``config`` returns the current pricing config (e.g. ``lambda: svc.config.pricing``);
     ``journal`` keeps the quotes (any ``QuoteStore``: the service's journal);
-    ``history`` loads a user's history from the journal (None: promotions never apply).
+    ``totals`` (the journal) gives a user's history, or ``history`` loads it another way;
+    with neither, promotions never apply.
     """
 
     def __init__(self, config: Callable[[], PricingConfig], clock: Clock, journal: QuoteStore, *,
-                 history: History | None = None) -> None:
+                 history: History | None = None, totals: TotalsStore | None = None) -> None:
         self._config = config
         self._clock = clock
         self._history = history
+        self._totals = totals
         cfg = config()
         self._cfg = cfg
         self.rates = RateBook(cfg, clock)
@@ -266,7 +279,14 @@ class PricingService:
         return cfg
 
     async def history(self, user_id: str) -> UserHistory | None:
-        return None if self._history is None else await self._history(user_id)
+        """The user's succeeded recharges, per currency (promotions and risk read it)."""
+        if self._history is not None:
+            return await self._history(user_id)
+        if self._totals is None:
+            return None
+        totals = await self._totals.user_totals(user_id, month_start(self._clock.now()))
+        return history_from_totals([CurrencyTotals(t.currency, t.recharges, t.amount_minor, t.this_month)
+                                    for t in totals], self.rates)
 
     def price_now(self, amount_minor: int, currency: str, history: UserHistory | None) -> Price:
         """Price at the current rate (no quote); pure apart from the clock read."""

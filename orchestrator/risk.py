@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from config._schema import RiskConfig, VelocityRule
+from config import RiskConfig, VelocityRule
 from orchestrator.clock import Clock
 from orchestrator.pricing import UserHistory
 

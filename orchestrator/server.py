@@ -20,14 +20,11 @@ import structlog
 from aiohttp import web
 
 from config import ConfigError, LoadedConfig, ServerConfig, StorageConfig, load_file
+from orchestrator.errors import StartError
 
 __all__ = ["JournalLock", "StartError", "app_runner", "run_alone", "tls_context", "tune_gc"]
 
 log = structlog.get_logger("orchestrator")
-
-
-class StartError(Exception):
-    """The server cannot start; the message says why (printed, exit status 1)."""
 
 
 def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
@@ -84,10 +81,8 @@ def app_runner(app: web.Application, service: Any) -> web.AppRunner:
 def tune_gc() -> None:
     """Fewer, cheaper garbage collections on a long-running server: what start-up
     allocated (modules, config, app) is frozen out of every later collection, and the
-    youngest generation is collected every 50,000 allocations instead of 700. Under
-    load the default settings paused the event loop every few seconds (a full
-    collection up to 60 ms at 500 recharges/s); with these, none in 2 s windows. The
-    bench's 10-minute soak checks memory stays flat."""
+    youngest generation is collected every 50,000 allocations instead of 700: under load
+    the defaults' collections pause the event loop (docs/performance.md#server-gc)."""
     import gc
 
     gc.collect()

@@ -12,6 +12,7 @@ live-traffic statistics reach it too. A decision never takes a lock.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import socket
@@ -20,33 +21,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import structlog
 
 import health
 import routing
 from channels import AttemptOutcome, Channel
+from channels.rates import HttpRateSource
 from config import ChannelConfig, Config, LoadedConfig
 from config import diff as config_diff
 from orchestrator.activity import Activity
-from orchestrator.api.auth import Authenticator
 from orchestrator.channel_set import ChannelFactory, ChannelSet
 from orchestrator.cluster import Refused, WorkerLink
 from orchestrator.clock import Clock, SystemClock
+from orchestrator.errors import NothingToRollBack, ReloadError
 from orchestrator.driver import Driver, RoutePlan, RunSettings
 from orchestrator.journal import Journal, open_journal
 from orchestrator.metrics import Metrics
-from orchestrator.pricing import CurrencyTotals, PricingError, UserHistory, history_from_totals, month_start
+from orchestrator.pricing import PricingError
+from orchestrator.planner import RoutePlanner
 from orchestrator.quotes import PricingService
+from orchestrator.recharges import InstrumentVault, RechargeDeps
 from orchestrator.risk import RiskEngine
 from orchestrator.ratelimit import Limiter
 from orchestrator.model import Recharge, TrailEntry
 
-__all__ = ["AppliedConfig", "ChannelFactory", "HealthGate", "ReloadError", "Router", "Service", "snapshot_for"]
+__all__ = ["AppliedConfig", "ChannelFactory", "HealthGate", "ReloadError", "RouteOverride", "Service", "snapshot_for"]
 
 log = structlog.get_logger("orchestrator.service")
 
-Router = Callable[["Service", Recharge], "RoutePlan | Sequence[str]"]
+# A test's routing in place of the planner's: (service, recharge) -> failover order.
+RouteOverride = Callable[["Service", Recharge], "RoutePlan | Sequence[str]"]
 
 # Breaker moves, drains and probes publish at once; this carries the live-traffic
 # statistics (success estimates, latency) to routing between them.
@@ -103,10 +107,6 @@ class AppliedConfig:
         return {"version": self.loaded.version, "applied_at": self.applied_at, "source": self.source}
 
 
-class ReloadError(Exception):
-    """A reload that cannot be applied; the running config stays."""
-
-
 class HealthGate:
     """The driver's admission gate: breakers and in-flight caps decide, statistics and
     metrics are fed with every answer."""
@@ -134,7 +134,7 @@ class Service:
         loaded: LoadedConfig,
         *,
         channel_factory: ChannelFactory,
-        router: Router | None = None,
+        router: RouteOverride | None = None,
         journal: Journal | None = None,
         clock: Clock | None = None,
         reconcile: bool = True,
@@ -158,13 +158,11 @@ class Service:
             **({"commit_interval_ms": loaded.config.storage.commit_interval_ms,
                 "writer_socket": cluster.journal_socket if cluster is not None else None} if sqlite else {}),
         )
-        self.auth = Authenticator(loaded.config.clients)
         # Channels removed by a reload take no new attempts, but inquiries, voids,
         # refunds and webhooks for their attempts work until nothing needs them.
         self.channel_set = ChannelSet(channel_factory, self.journal)
         self.channels: dict[str, Channel] = self.channel_set.live
         self.history: deque[AppliedConfig] = deque(maxlen=HISTORY_LENGTH)
-        self.drained: set[str] = set()
         self._reload_lock = asyncio.Lock()
         self.requests_in_flight = 0
         lim = loaded.config.limits
@@ -176,7 +174,7 @@ class Service:
             on_change=self._health_changed, wall_clock=self.clock.now,
         )
         self.routing = routing.SnapshotHolder(snapshot_for(loaded))
-        self._router: Router = router or Service.route
+        self.planner = RoutePlanner(self.routing, self.health, self.rng, self.metrics)
         self._reconcile = reconcile
         self._probe = probe
         self._prober: health.Prober | None = None
@@ -184,9 +182,10 @@ class Service:
         self._publish_due = False
         self.settings = RunSettings.from_config(loaded.config, loaded.version)
         self.activity = Activity(self.clock.monotonic)
+        self.vault = InstrumentVault()
+        self._rate_source = HttpRateSource(self._rate_source_url)
         # Quotes live in the journal: any instance on the store redeems any one's.
-        self.pricing = PricingService(lambda: self.config.pricing, self.clock, self.journal,
-                                      history=self.user_history)
+        self.pricing = PricingService(lambda: self.config.pricing, self.clock, self.journal, totals=self.journal)
         self.risk = RiskEngine(loaded.config.risk, self.clock)
         storage = loaded.config.storage
         # On SQLite the names are fixed (one instance per file, one name per worker), so
@@ -199,15 +198,15 @@ class Service:
         self.driver = Driver(
             self.journal,
             self.channel_set.get,
-            lambda rec: self._router(self, rec),
+            functools.partial(router, self) if router is not None else self.planner.plan,
             self.clock,
-            lambda: self.settings,
+            self.current_settings,
             gate=HealthGate(self.health, self.metrics),
             callback_url=self.callback_url,
             activity=self.activity,
-            settle_channels=self.channel_set.any,
-            instrument=self._instrument_of,
-            on_terminal=lambda rec: self._instruments.pop(rec.id, None),
+            settle_channels=self.channel_set.find,
+            instrument=self.vault.of,
+            on_terminal=self.vault.forget,
             # Alone on a SQLite file (server.JournalLock makes sure of it), nothing else
             # could drive its recharges: no lease to write on every one. Workers, other
             # instances (PostgreSQL) or an explicit instance_id lease what they drive.
@@ -216,39 +215,23 @@ class Service:
             renew_s=storage.lease_renew_s,
             rng=self.rng,
         )
-        # Whole card/account numbers, in memory only, while their recharge runs.
-        self._instruments: dict[str, dict[str, str]] = {}
+        self.recharges = RechargeDeps(self.journal, self.driver, self.pricing, self.risk, self.clock, self.metrics,
+                                      self.vault, self.current_settings, self._sync_wait_s)
 
-    async def _fetch_rates(self) -> dict[str, object]:
-        """GET the configured rate source: ``{"CNY": "0.1404", ...}`` in base units."""
+    def _rate_source_url(self) -> str | None:
         source = self.config.pricing.rate_source
-        if source is None:
-            return {}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            async with session.get(source.url) as resp:
-                resp.raise_for_status()
-                doc = await resp.json(content_type=None)
-        return doc.get("rates", doc) if isinstance(doc, dict) else doc
+        return None if source is None else source.url
 
-    async def user_history(self, user_id: str) -> UserHistory:
-        """The user's succeeded recharges, per currency (promotions and risk read it)."""
-        totals = await self.journal.user_totals(user_id, month_start(self.clock.now()))
-        return history_from_totals([CurrencyTotals(t.currency, t.recharges, t.amount_minor, t.this_month)
-                                    for t in totals], self.pricing.rates)
+    def current_settings(self) -> RunSettings:
+        """The running config's settings: a recharge keeps those it started with."""
+        return self.settings
 
-    def hold_instrument(self, recharge_id: str, instrument: dict[str, str]) -> None:
-        self._instruments[recharge_id] = instrument
+    def _sync_wait_s(self) -> float:
+        return self.config.server.sync_wait_s
 
-    def _instrument_of(self, rec: Recharge) -> dict[str, str] | None:
-        """What the provider gets: the token, or the whole number held in memory. A
-        masked number (after a restart) cannot be charged: None, and no new attempt."""
-        if "token" in rec.instrument:
-            return rec.instrument
-        return self._instruments.get(rec.id)
-
-    def channel_config(self, name: str) -> ChannelConfig | None:
+    async def channel_config(self, name: str) -> ChannelConfig | None:
         """A channel's config, current or retired (webhooks for retired ones still land)."""
-        return self.channel_set.config(name)
+        return await self.channel_set.find_config(name, self.clock.now())
 
     @property
     def config(self) -> Config:
@@ -261,26 +244,6 @@ class Service:
         return f"{base.rstrip('/')}/v1/webhooks/{channel}"
 
     # -- routing ----------------------------------------------------------------------
-
-    @staticmethod
-    def transaction(rec: Recharge) -> routing.Transaction:
-        segment = (rec.metadata or {}).get("segment")
-        return routing.Transaction(
-            currency=rec.currency, country=rec.country, method=rec.method, amount_minor=rec.amount_minor,
-            segment=segment if isinstance(segment, str) else None, user_id=rec.user_id,
-        )
-
-    def route(self, rec: Recharge) -> RoutePlan:
-        decision = routing.decide(self.routing.current, self.transaction(rec), self.rng,
-                                  in_flight=self.health.in_flight())
-        self.metrics.routed(decision.rule or "default", decision.strategy,
-                            decision.candidates[0] if decision.candidates else "none")
-        if decision.panic:
-            log.warning("routing_panic", recharge_id=rec.id, candidates=decision.candidates)
-        return RoutePlan(decision.candidates, decision.panic)
-
-    def explain(self, txn: routing.Transaction) -> dict[str, Any]:
-        return routing.explain(self.routing.current, txn, self.rng)
 
     def publish_snapshot(self) -> None:
         self._publish_due = False
@@ -310,7 +273,8 @@ class Service:
         """Before ``start``: take over the config history and the drains of a cluster
         (the running config is the history's last), as a worker that restarts does."""
         self.history.extend(history)
-        self.drained = set(drained)
+        for name in drained:
+            self.health.drain(name)
 
     async def start(self) -> None:
         if not self.history:
@@ -320,8 +284,6 @@ class Service:
         for ch in self.config.channels:
             self.health.add_channel(ch.name, max_in_flight=ch.max_in_flight,
                                     ping_like_payment=ch.kind == "direct_api")
-        for name in self.drained & set(self.channels):
-            self.health.drain(name)
         self.publish_snapshot()
         loop = asyncio.get_running_loop()
         if self._probe:
@@ -336,10 +298,10 @@ class Service:
         self._tasks.append(loop.create_task(self._publish_forever()))
         if self.config.pricing.rate_source is not None:
             try:
-                await self.pricing.rates.refresh(self._fetch_rates)
+                await self.pricing.rates.refresh(self._rate_source.fetch)
             except PricingError as exc:  # sourced currencies answer rates_stale until a fetch lands
                 log.warning("rates_first_refresh_failed", error=str(exc))
-        self._tasks.append(loop.create_task(self.pricing.rates.run(self._fetch_rates)))
+        self._tasks.append(loop.create_task(self.pricing.rates.run(self._rate_source.fetch)))
         await self.journal.record(TrailEntry("", self.clock.now(), "config_applied", detail={
             "version": self.loaded.version, "source": "start", "instance": self.instance_id}))
         resumed = await self.driver.recover()
@@ -357,6 +319,7 @@ class Service:
             await self._prober.stop()
         await self.driver.stop()
         await self.channel_set.close()
+        await self._rate_source.close()
         await self.journal.close()
 
     # -- reload -------------------------------------------------------------------------
@@ -376,15 +339,11 @@ class Service:
             fresh = self._fresh_channels(new)
             await self.channel_set.record(new.config.channels, now)
             # -- the swap: no awaits from here to the end of the block --------------------
-            new_names = {c.name for c in new.config.channels}
             self.channel_set.swap(new.config.channels, fresh, now)
             self.health.sync({c.name: c.max_in_flight for c in new.config.channels},
                              {c.name: c.kind == "direct_api" for c in new.config.channels})
-            for name in self.drained & new_names:
-                self.health.drain(name)
             self.loaded = new
             self.settings = RunSettings.from_config(new.config, new.version)
-            self.auth = Authenticator(new.config.clients)
             self.risk.configure(new.config.risk)
             lim = new.config.limits
             self.client_limits.reconfigure(*self._limit(lim.per_client))
@@ -427,7 +386,7 @@ class Service:
         try:
             results = await self.cluster.request({"kind": "rollback"})
         except Refused as exc:
-            raise ReloadError(str(exc)) from None
+            raise NothingToRollBack(str(exc)) from None
         return list(self.cluster.mine(results).get("lines", [])), results
 
     async def set_drained(self, name: str, drained: bool) -> list[dict[str, Any]]:
@@ -452,17 +411,15 @@ class Service:
 
     async def rollback(self) -> list[str]:
         if len(self.history) < 2:
-            raise ReloadError("no previous config to roll back to")
+            raise NothingToRollBack("no previous config to roll back to")
         previous = self.history[-2].loaded
         return await self.reload(previous, "rollback")
 
     def drain(self, name: str) -> None:
-        self.drained.add(name)
         self.health.drain(name)
         self.publish_snapshot()
 
     def enable(self, name: str) -> None:
-        self.drained.discard(name)
         self.health.enable(name)
         self.publish_snapshot()
 

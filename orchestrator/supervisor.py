@@ -218,17 +218,16 @@ class Supervisor:
         storage = self._loaded.config.storage
         if not storage.url.startswith("sqlite:///"):
             return  # PostgreSQL: each worker has its own pool; the database orders them
-        from orchestrator.journal import path_from_url
-        from orchestrator.journal._sqlite_writer import spawn, wait_ready
+        from orchestrator.journal import path_from_url, spawn_writer, wait_writer_ready
 
         if self._journal_socket is None:
             self._journal_socket = f"@orchestrator-journal-{os.getpid()}-{secrets.token_hex(4)}"
         path = path_from_url(storage.url)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        proc, lifeline = spawn(path, storage.group_commit_max_batch, storage.commit_interval_ms / 1000,
+        proc, lifeline = spawn_writer(path, storage.group_commit_max_batch, storage.commit_interval_ms / 1000,
                                listen=self._journal_socket)
         try:
-            pid = await asyncio.get_running_loop().run_in_executor(None, wait_ready, lifeline)
+            pid = await asyncio.get_running_loop().run_in_executor(None, wait_writer_ready, lifeline)
         except BaseException:
             lifeline.close()
             await asyncio.get_running_loop().run_in_executor(None, proc.wait)

@@ -96,6 +96,9 @@ class RunSettings:
     reconcile_interval_s: float
     late_capture_check_s: float = 120.0
     log_success_sample: float = 1.0
+    # How far two instances' clocks may disagree: a late check another instance runs
+    # must still come late_capture_check_s after the close, whatever its clock says.
+    clock_skew_s: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: Any, version: str) -> RunSettings:
@@ -111,6 +114,7 @@ class RunSettings:
             reconcile_interval_s=r.inquiry.reconcile_interval_s,
             late_capture_check_s=r.inquiry.late_capture_check_s,
             log_success_sample=cfg.logging.success_sample,
+            clock_skew_s=cfg.storage.max_clock_skew_s,
         )
 
 
@@ -271,7 +275,7 @@ def on_answer(rec: Recharge, att: Attempt, result: ChannelResult, now: float, s:
                              reason="awaiting_provider", event=event)
     # Declined, voided or refunded: the attempt holds nothing.
     state = _STATE_OF[outcome]
-    late_check = now + s.late_capture_check_s if st in _DOUBTFUL else None
+    late_check = now + s.late_capture_check_s + s.clock_skew_s if st in _DOUBTFUL else None
     if (outcome is AttemptOutcome.DECLINED and not rec.terminal
             and (result.decline_code or "") not in s.soft_decline_codes):
         return _attempt_step(rec, att, state, f"{source}_declined", now, result, status=RechargeStatus.DECLINED,

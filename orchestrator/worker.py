@@ -87,7 +87,7 @@ async def perform(service: Any, action: dict[str, Any]) -> dict[str, Any]:
     from config import parse
     from orchestrator.api.app import metrics_text
 
-    from orchestrator.service import ReloadError
+    from orchestrator.errors import ReloadError
 
     kind = action["kind"]
     if kind == "apply":

@@ -7,16 +7,19 @@ decision, which is what makes ``explain``, the tests and the simulator trustwort
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import replace
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from routing._model import Decision, Rule, Score, Transaction
 from routing._snapshot import Snapshot, _health_reason, _Prepared
 
+if TYPE_CHECKING:
+    import random
+
 __all__ = ["decide", "match_rule"]
 
-_Ranker = Callable[[list[_Prepared], Transaction, random.Random, Rule | None, Snapshot],
+_Ranker = Callable[[list[_Prepared], Transaction, "random.Random", Rule | None, Snapshot],
                    tuple[list[_Prepared], dict[str, Score]]]
 
 
@@ -106,8 +109,8 @@ def _sample_success(p: _Prepared, rng: random.Random) -> float:
     """One Thompson draw from the channel's Beta posterior.
 
     Exact while the counts are small (the shape matters there); beyond that the normal
-    approximation, clamped to [0, 1], has the same mean and variance at a quarter of
-    the cost.
+    approximation, clamped to [0, 1]: the same mean and variance, and much cheaper
+    (docs/performance.md#thompson-sampling).
     """
     if p.exact_beta:
         return rng.betavariate(p.alpha, p.beta)

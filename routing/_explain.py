@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from routing._decide import decide
 from routing._model import Transaction
 from routing._snapshot import Snapshot
+
+if TYPE_CHECKING:
+    import random
 
 __all__ = ["explain"]
 

@@ -2,14 +2,12 @@
 
 A decision reads ``holder.current`` once and works on that snapshot to the end, so an
 in-flight recharge finishes on the config it started with. Writers (config reload,
-health updates) may race each other; ``update`` serialises their read-modify-write
-so neither loses the other's change. The lock is a plain ``threading.Lock`` held for
-no awaits and no I/O: it guards the swap, never a decision.
+health updates) run on the event loop and ``update`` never awaits, so one writer's
+read-modify-write cannot interleave with another's.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 from routing._snapshot import Snapshot
@@ -20,12 +18,11 @@ __all__ = ["SnapshotHolder"]
 class SnapshotHolder:
     """Holds the current ``Snapshot`` and a generation counter bumped on every swap."""
 
-    __slots__ = ("_current", "_generation", "_lock")
+    __slots__ = ("_current", "_generation")
 
     def __init__(self, snapshot: Snapshot) -> None:
         self._current = snapshot
         self._generation = 0
-        self._lock = threading.Lock()
 
     @property
     def current(self) -> Snapshot:
@@ -38,16 +35,14 @@ class SnapshotHolder:
 
     def publish(self, snapshot: Snapshot) -> Snapshot:
         """Replace the snapshot outright; returns the previous one (for rollback)."""
-        with self._lock:
-            previous, self._current = self._current, snapshot
-            self._generation += 1
+        previous, self._current = self._current, snapshot
+        self._generation += 1
         return previous
 
     def update(self, change: Callable[[Snapshot], Snapshot]) -> Snapshot:
         """Build the next snapshot from the current one and publish it, atomically with
         respect to other writers. ``change`` must be pure and quick; returns the new one."""
-        with self._lock:
-            new = change(self._current)
-            self._current = new
-            self._generation += 1
+        new = change(self._current)
+        self._current = new
+        self._generation += 1
         return new

@@ -181,7 +181,7 @@ class ScoringWeights:
       third of the time on a blank record).
     - ``exact_beta_below``: Thompson samples come from the exact Beta posterior while
       successes + failures are below this; above it, from its normal approximation,
-      which is indistinguishable there and four times cheaper.
+      which is indistinguishable there and cheaper (docs/performance.md#thompson-sampling).
     """
 
     success: float = 1.0
@@ -250,7 +250,7 @@ class Score(NamedTuple):
     """One candidate's score and each factor's contribution (``total`` is their sum).
 
     A NamedTuple rather than a dataclass: one is built per candidate per decision, and
-    tuple construction is several times cheaper.
+    a tuple is cheaper to build (docs/performance.md#score-tuples).
     """
 
     total: float

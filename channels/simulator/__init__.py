@@ -132,13 +132,8 @@ async def _freeze_survivors(interval_s: float) -> None:
     """Every ``interval_s``: a full collection, then what survived it is frozen (moved
     out of every generation the collector scans).
 
-    The ledger only grows (720,000 payments, two tracked objects each, in a 10-minute
-    run at 1,200/s), and whatever generation holds it, collecting that generation stops
-    the event loop while every provider call in flight waits. Measured on the bench
-    machine with thresholds alone (``_tune_gc``): a gen-0 collection every 13.5 s of
-    15-30 ms, and at 303 s a gen-1 one of 800 ms, which the orchestrator saw as the
-    provider stalling (503s shed in the soak). Frozen every 2 s, a collection only
-    scans what the last 2 s made.
+    The ledger only grows, and collecting the generation that holds it stalls every call in
+    flight; frozen, it is left out of every collection (docs/performance.md#simulator-gc).
 
     The price: a reference cycle that becomes garbage after it was frozen is never
     collected (refcounting still frees everything else, frozen or not). The ledger's
@@ -152,8 +147,8 @@ async def _freeze_survivors(interval_s: float) -> None:
 
 def _tune_gc() -> None:
     """Start-up's objects frozen out of collections, and fewer automatic ones: with the
-    default thresholds a full collection of the growing ledger (258 ms with 720,000
-    payments on the bench machine) came each time it grew by a quarter. Between the
+    default thresholds a full collection of the growing ledger came each time it grew by
+    a quarter (docs/performance.md#simulator-gc). Between the
     rounds of ``_freeze_survivors``, which keeps the ledger itself out of collections,
     the young generation still reclaims cycles. The server's ``tune_gc``
     (``orchestrator/server.py``) is alike; it is not imported here because ``channels``

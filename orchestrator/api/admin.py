@@ -9,22 +9,21 @@ import orjson
 import yaml
 from aiohttp import web
 
-from config import ClientConfig, Config, ConfigError, load_text, parse, redacted, warnings
+from config import ClientConfig, Config, ConfigError, LoadedConfig, load_text, parse, redacted, warnings
 from config import diff as config_diff
 from orchestrator.api.body import read_body
 from orchestrator.api.errors import ApiError
-from orchestrator.api.keys import SERVICE
+from orchestrator.api.state import AUTH, SERVICE
 from orchestrator.api.query import only as only_query
 from orchestrator.clock import iso
-from orchestrator.service import ReloadError, Service
+from orchestrator.service import Service
 
 __all__ = ["register"]
 
 
 def _svc(request: web.Request) -> Service:
-    svc = request.app[SERVICE]
-    svc.auth.require(request, "admin")
-    return svc
+    request.app[AUTH].require(request, "admin")
+    return request.app[SERVICE]
 
 
 def _keeps_caller(caller: ClientConfig, new: Config) -> None:
@@ -69,40 +68,39 @@ async def config_history(request: web.Request) -> web.Response:
     ]})
 
 
-async def put_config(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    caller = svc.auth.require(request, "admin")
-    only_query(request, "dry_run")
-    raw = await read_body(request)
-    if len(raw) > svc.config.server.max_body_bytes * 16:
-        raise ApiError("payload_too_large", "config too large")
-    ctype = request.content_type
+def _parse_config(raw: bytes, ctype: str) -> LoadedConfig:
+    """A PUT body as a validated config (JSON or YAML); the config's errors, every one."""
     try:
         if ctype == "application/json":
             try:
                 doc = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise ApiError("malformed_json", f"the body is not valid JSON: {exc.msg}") from None
-            loaded = parse(doc, "api")
-        elif ctype in ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"):
-            loaded = load_text(raw, "api")
-        else:
-            raise ApiError("unsupported_media_type", "send the config as application/yaml or application/json")
+            return parse(doc, "api")
+        if ctype in ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"):
+            return load_text(raw, "api")
+        raise ApiError("unsupported_media_type", "send the config as application/yaml or application/json")
     except ConfigError as exc:
         raise _config_errors(exc) from None
     except yaml.YAMLError as exc:  # load_text maps these; belt and braces for odd input
         raise ApiError("validation_failed", f"not valid YAML: {exc}") from None
+
+
+async def put_config(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    caller = request.app[AUTH].require(request, "admin")
+    only_query(request, "dry_run")
+    raw = await read_body(request)
+    if len(raw) > svc.config.server.max_body_bytes * 16:
+        raise ApiError("payload_too_large", "config too large")
+    loaded = _parse_config(raw, request.content_type)
     _keeps_caller(caller, loaded.config)
-    dry_run = request.query.get("dry_run") in ("1", "true", "yes")
-    if dry_run:
+    if request.query.get("dry_run") in ("1", "true", "yes"):
         return _json({"dry_run": True, "version": loaded.version, "current": svc.loaded.version,
                       "diff": config_diff(svc.config, loaded.config), "warnings": warnings(loaded.config)})
     if loaded.version == svc.loaded.version:
         return _json({"applied": False, "version": loaded.version, "diff": [], "reason": "unchanged"})
-    try:
-        lines, workers = await svc.apply_config(loaded, "api")
-    except ReloadError as exc:  # valid, but not applicable here (a CA file that does not load)
-        raise ApiError("validation_failed", f"the config cannot be applied: {exc}") from None
+    lines, workers = await svc.apply_config(loaded, "api")
     return _json({"applied": True, "version": loaded.version, "diff": lines, "warnings": warnings(loaded.config),
                   **_workers(workers)})
 
@@ -117,10 +115,7 @@ def _workers(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def rollback(request: web.Request) -> web.Response:
     svc = _svc(request)
-    try:
-        lines, workers = await svc.rollback_config()
-    except ReloadError as exc:
-        raise ApiError("nothing_to_roll_back", str(exc)) from None
+    lines, workers = await svc.rollback_config()
     return _json({"applied": True, "version": svc.loaded.version, "diff": lines, **_workers(workers)})
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import secrets
 from typing import Any
@@ -15,21 +14,20 @@ from aiohttp import web
 import routing
 from channels import AttemptOutcome, webhooks
 from config import ClientConfig
+from orchestrator import recharges
 from orchestrator.api import admin, pricing_api
+from orchestrator.api.auth import Authenticator
 from orchestrator.api.body import check_limit, read_body, read_json
-from orchestrator.api.errors import ApiError, error_response
-from orchestrator.api.keys import SERVICE
+from orchestrator.api.errors import ApiError, api_error_of, error_response
 from orchestrator.api.openapi import OPENAPI
 from orchestrator.api.query import only as only_query
 from orchestrator.api.schemas import RechargeIn, validate
+from orchestrator.api.state import AUTH, SERVICE
 from orchestrator.api.status import STATUS_HTML, status_view
 from orchestrator.clock import iso
-from orchestrator.cluster import ClusterError, merge_metrics
-from orchestrator.driver import HeldElsewhere, IdempotencyConflict, new_recharge_id
-from orchestrator.model import Recharge, RechargeStatus, TrailEntry
-from orchestrator.journal import FirstRecharge, JournalError
-from orchestrator.pricing import PricingError
-from orchestrator.risk import RiskInput
+from orchestrator.cluster import merge_metrics
+from orchestrator.errors import OrchestratorError, Overloaded, Unavailable
+from orchestrator.model import Recharge
 from orchestrator.service import Service
 
 __all__ = ["SERVICE", "build_app", "recharge_json"]
@@ -59,6 +57,10 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         response = await handler(request)
     except ApiError as err:
         response = error_response(err)
+    except OrchestratorError as exc:
+        if isinstance(exc, Unavailable):  # nothing half-done was answered; a retry is safe
+            log.error("dependency_unavailable", path=request.path, error=str(exc), kind=type(exc).__name__)
+        response = error_response(api_error_of(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -66,16 +68,6 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         response = error_response(ApiError(code, exc.reason or code.replace("_", " ")))
     except asyncio.CancelledError:
         raise
-    except JournalError as exc:
-        # The store cannot take writes right now: nothing half-done was answered, and a
-        # retry with the same Idempotency-Key is safe.
-        log.error("journal_unavailable", path=request.path, error=str(exc))
-        response = error_response(ApiError("unavailable", "storage is unavailable; retry shortly", retry_after=1))
-    except ClusterError as exc:
-        # A worker whose supervisor is gone (it is stopping) or did not answer in time.
-        log.error("cluster_unavailable", path=request.path, error=str(exc))
-        response = error_response(ApiError("unavailable", "the other workers cannot be reached; retry shortly",
-                                           retry_after=1))
     except Exception:
         log.exception("unhandled_error", path=request.path)
         response = error_response(ApiError("internal_error", "internal error; the request id identifies it in logs"))
@@ -128,15 +120,8 @@ def _idempotency_key(request: web.Request) -> str:
     return key
 
 
-def _visible(rec: Recharge | None, client: ClientConfig) -> Recharge:
-    """A client sees its own recharges; admin sees all. Others' are simply not found."""
-    if rec is None or (rec.client != client.name and "admin" not in client.scopes):
-        raise ApiError("not_found", "no such recharge")
-    return rec
-
-
-def _require_any(svc: Service, request: web.Request) -> ClientConfig:
-    client = svc.auth.identify(request)
+def _require_any(request: web.Request) -> ClientConfig:
+    client = request.app[AUTH].identify(request)
     if client is None:
         raise ApiError("unauthorized", "a valid API key is required (Authorization: Bearer <key>)")
     if not ({"recharge", "admin"} & set(client.scopes)):
@@ -144,53 +129,29 @@ def _require_any(svc: Service, request: web.Request) -> ClientConfig:
     return client
 
 
-async def _current(svc: Service, recharge_id: str) -> Recharge | None:
-    live = svc.driver.live(recharge_id)
-    return live[1] if live is not None else await svc.journal.get(recharge_id)
+def _viewer(request: web.Request) -> tuple[recharges.Viewer, str]:
+    """Who asks for which recharge (an id of the wrong shape is simply not found)."""
+    client = _require_any(request)
+    rid = request.match_info["id"]
+    if not _RECHARGE_ID.match(rid):
+        raise ApiError("not_found", "no such recharge")
+    return recharges.Viewer(client.name, "admin" in client.scopes), rid
 
 
-async def _priced_with(svc: Service, rec: Recharge) -> tuple[list[Any], dict[str, Any]]:
-    """The promotions a stored recharge was priced with and its risk verdict: both are on
-    its 'created' trail entry."""
-    entries = await svc.journal.trail(rec.id)
-    detail = (entries[0].detail if entries and entries[0].event == "created" else None) or {}
-    return list(detail.get("promotions", [])), {"action": detail.get("risk", "allow"),
-                                                "reasons": list(detail.get("risk_reasons", []))}
+def _new_recharge(request: web.Request, client: str, body: Any) -> recharges.NewRecharge:
+    req: RechargeIn = validate(RechargeIn, body)
+    check_limit(request.app[SERVICE].user_limits, req.user_id, "user")
+    return recharges.NewRecharge(
+        client=client, idempotency_key=_idempotency_key(request), user_id=req.user_id,
+        amount_minor=req.amount_minor, currency=req.currency, country=req.country, method=req.method,
+        instrument=recharges.Instrument(req.instrument.token, req.instrument.account_number),
+        document=body, metadata=req.metadata, quote_id=req.quote_id)
 
 
-async def _answer_after_wait(svc: Service, rec: Recharge, *, replayed: bool,
-                             priced: tuple[list[Any], dict[str, Any]] | None = None) -> web.Response:
-    """Wait up to ``sync_wait_s`` for the recharge to end, then answer its durable state:
-    201 when terminal, 202 while it is still moving."""
-    live = svc.driver.live(rec.id)
-    if live is not None:
-        task, rec = live
-        await _until_done(task, svc.config.server.sync_wait_s)
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    promotions, risk = priced if priced is not None else await _priced_with(svc, rec)
-    return _json(recharge_json(rec, promotions, risk), 201 if rec.terminal else 202, headers)
-
-
-async def _until_done(task: asyncio.Task[None], timeout_s: float) -> None:
-    """Wait for ``task`` to end, at most ``timeout_s``; on timeout it goes on running.
-    (``asyncio.wait`` does the same with sets and a waiter per call; this is on every
-    recharge's path.)"""
-    if task.done():
-        return
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    task.add_done_callback(wake)
-    timer = loop.call_later(timeout_s, wake)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        task.remove_done_callback(wake)
+def _created_json(done: recharges.Created) -> web.Response:
+    headers = {"Idempotent-Replayed": "true"} if done.replayed else None
+    return _json(recharge_json(done.recharge, done.promotions, done.risk), 201 if done.recharge.terminal else 202,
+                 headers)
 
 
 # -- handlers -----------------------------------------------------------------------------
@@ -200,112 +161,27 @@ async def create_recharge(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     if svc.requests_in_flight >= svc.config.server.max_concurrent_requests:
         svc.metrics.shed.inc()
-        raise ApiError("unavailable", "overloaded: too many recharges in progress, retry shortly", retry_after=1)
+        raise Overloaded("overloaded: too many recharges in progress, retry shortly")
     svc.requests_in_flight += 1
     try:
-        return await _create_recharge(request, svc)
+        client = request.app[AUTH].require(request, "recharge")
+        check_limit(svc.client_limits, client.name, "client")
+        _idempotency_key(request)
+        cmd = _new_recharge(request, client.name, await read_json(request, svc.config.server.max_body_bytes))
+        return _created_json(await recharges.create(cmd, svc.recharges))
     finally:
         svc.requests_in_flight -= 1
 
 
-async def _create_recharge(request: web.Request, svc: Service) -> web.Response:
-    client = svc.auth.require(request, "recharge")
-    check_limit(svc.client_limits, client.name, "client")
-    key = _idempotency_key(request)
-    body = await read_json(request, svc.config.server.max_body_bytes)
-    req: RechargeIn = validate(RechargeIn, body)
-    check_limit(svc.user_limits, req.user_id, "user")
-    # The fingerprint never hashes a whole card number (a hash of one is guessable):
-    # the instrument enters it as stored, masked.
-    fingerprint = hashlib.sha256(orjson.dumps({**body, "instrument": req.instrument.stored()},
-                                              option=orjson.OPT_SORT_KEYS)).hexdigest()
-    history = await svc.pricing.history(req.user_id)
-    try:
-        p = await svc.pricing.price_recharge(req.user_id, req.amount_minor, req.currency, req.quote_id, history)
-    except PricingError as exc:
-        # A retry of a recharge already made answers that recharge, even if its quote
-        # has expired since.
-        existing = await _held_by(svc, client.name, key)
-        if existing is None:
-            raise pricing_api.api_error(exc) from None
-        if existing.fingerprint != fingerprint:
-            raise ApiError("idempotency_key_reused", "this Idempotency-Key was already used with a different "
-                           "request body", field="Idempotency-Key") from None
-        return await _answer_after_wait(svc, existing, replayed=True)
-    stored_instrument = req.instrument.stored()
-    risk_input = RiskInput(req.user_id, p.base_amount, req.country,
-                           instrument_id=next(iter(stored_instrument.values())),
-                           account_number=req.instrument.account_number, history=history)
-    decision = svc.risk.assess(risk_input)
-    now = svc.clock.now()
-    settings = svc.settings
-    rec = Recharge(
-        id=new_recharge_id(), client=client.name, idempotency_key=key, fingerprint=fingerprint,
-        user_id=req.user_id, amount_minor=req.amount_minor, currency=req.currency, country=req.country,
-        method=req.method, instrument=stored_instrument, metadata=req.metadata,
-        coins=p.coins, bonus_coins=p.bonus_coins,
-        status=RechargeStatus.BLOCKED if decision.blocked else RechargeStatus.PROCESSING,
-        reason="risk: " + ",".join(decision.reasons) if decision.blocked else None,
-        created_at=now, updated_at=now, deadline_at=now + settings.deadline_s, config_version=settings.version,
-    )
-    detail: dict[str, Any] = {"config_version": settings.version, "coins": p.coins, "bonus_coins": p.bonus_coins,
-                              "rate": str(p.rate), "promotions": [pr.to_api() for pr in p.promotions],
-                              "risk": decision.action, "risk_reasons": list(decision.reasons)}
-    if req.quote_id:
-        detail["quote_id"] = req.quote_id
-    created = TrailEntry(rec.id, now, "created", rec.status.value, detail=detail)
-    first = None
-    if p.claims_first_recharge and not decision.blocked:
-        without = p.without_first_recharge()
-        first = FirstRecharge(without.bonus_coins, {"bonus_coins": without.bonus_coins,
-                                                    "promotions": [pr.to_api() for pr in without.promotions]})
-    if decision.action != "allow":
-        svc.metrics.risk_decisions.labels(decision.action).inc()
-    if req.instrument.account_number is not None:
-        svc.hold_instrument(rec.id, {"account_number": req.instrument.account_number})
-    try:
-        rec, fresh = await svc.driver.submit(rec, created, settings, first)
-    except IdempotencyConflict:
-        raise ApiError("idempotency_key_reused", "this Idempotency-Key was already used with a different request body",
-                       field="Idempotency-Key") from None
-    except HeldElsewhere:
-        raise ApiError("request_in_progress", "this recharge is being processed; retry to get its result",
-                       retry_after=1) from None
-    priced = None
-    if fresh:
-        structlog.contextvars.bind_contextvars(recharge_id=rec.id)
-        if not decision.blocked:
-            svc.risk.record(risk_input)
-        denied = first is not None and rec.bonus_coins == first.bonus_without and p.bonus_coins != first.bonus_without
-        promotions = first.detail_without["promotions"] if denied and first else [pr.to_api() for pr in p.promotions]
-        priced = (promotions, {"action": decision.action, "reasons": list(decision.reasons)})
-    return await _answer_after_wait(svc, rec, replayed=not fresh, priced=priced)
-
-
-async def _held_by(svc: Service, client: str, key: str) -> Recharge | None:
-    rows = await svc.journal.query(  # type: ignore[attr-defined]
-        "SELECT id FROM recharges WHERE client = ? AND idempotency_key = ?", (client, key))
-    return await _current(svc, rows[0][0]) if rows else None
-
-
 async def get_recharge(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    client = _require_any(svc, request)
-    rid = request.match_info["id"]
-    if not _RECHARGE_ID.match(rid):
-        raise ApiError("not_found", "no such recharge")
-    rec = _visible(await _current(svc, rid), client)
-    return _json(recharge_json(rec, *await _priced_with(svc, rec)))
+    viewer, rid = _viewer(request)
+    found = await recharges.get(rid, viewer, request.app[SERVICE].recharges)
+    return _json(recharge_json(found.recharge, found.promotions, found.risk))
 
 
 async def get_trail(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    client = _require_any(svc, request)
-    rid = request.match_info["id"]
-    if not _RECHARGE_ID.match(rid):
-        raise ApiError("not_found", "no such recharge")
-    _visible(await svc.journal.get(rid), client)
-    entries = await svc.journal.trail(rid)
+    viewer, rid = _viewer(request)
+    entries = await recharges.trail(rid, viewer, request.app[SERVICE].recharges)
     return _json({
         "recharge_id": rid,
         "entries": [
@@ -318,7 +194,7 @@ async def get_trail(request: web.Request) -> web.Response:
 
 async def get_wallet(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
-    _require_any(svc, request)
+    _require_any(request)
     user_id = request.match_info["user_id"]
     only_query(request, "limit")
     if not re.match(r"^[A-Za-z0-9_.:@-]{1,64}$", user_id):
@@ -343,7 +219,7 @@ async def provider_webhook(request: web.Request) -> web.Response:
     durably and at most once before the 2xx."""
     svc = request.app[SERVICE]
     name = request.match_info["channel"]
-    channel = svc.channel_config(name)
+    channel = await svc.channel_config(name)
     if channel is None:
         raise ApiError("not_found", "no such channel")
     raw = await read_body(request)
@@ -391,7 +267,7 @@ def _restricted(svc: Service, request: web.Request, what: str) -> None:
     """Channel health, metrics and the status page are open unless the config says
     otherwise (``server.restrict``); a valid key is always accepted."""
     if what in svc.config.server.restrict:
-        client = svc.auth.identify(request)
+        client = request.app[AUTH].identify(request)
         if client is None:
             raise ApiError("unauthorized", "a valid API key is required (Authorization: Bearer <key>)")
 
@@ -412,7 +288,7 @@ async def channel_health(request: web.Request) -> web.Response:
 
 async def explain_route(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
-    svc.auth.require(request, "admin")
+    request.app[AUTH].require(request, "admin")
     only_query(request, "currency", "country", "method", "amount_minor", "segment")
     q = request.query
     missing = [k for k in ("currency", "country", "method", "amount_minor") if not q.get(k)]
@@ -426,7 +302,7 @@ async def explain_route(request: web.Request) -> web.Response:
     segment = q.get("segment") or None
     txn = routing.Transaction(currency=q["currency"], country=q["country"], method=q["method"],
                               amount_minor=int(q["amount_minor"]), segment=segment)
-    return _json(svc.explain(txn))
+    return _json(svc.planner.explain(txn))
 
 
 async def status_page(request: web.Request) -> web.Response:
@@ -475,6 +351,7 @@ def build_app(service: Service, *, manage_service: bool = True) -> web.Applicati
     (aiohttp's cleanup_ctx: start, yield, stop)."""
     app = web.Application(middlewares=[_errors], client_max_size=service.config.server.max_body_bytes)
     app[SERVICE] = service
+    app[AUTH] = Authenticator(lambda: service.config.clients)
     if manage_service:
         async def _life(app: web.Application):  # type: ignore[no-untyped-def]
             await service.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -14,8 +15,11 @@ __all__ = ["Authenticator"]
 
 
 class Authenticator:
-    def __init__(self, clients: list[ClientConfig]) -> None:
-        self._clients = tuple(clients)
+    """Checks keys against the running config's clients (``clients`` is read on every
+    request, so a reload takes effect on the next one)."""
+
+    def __init__(self, clients: Callable[[], Sequence[ClientConfig]]) -> None:
+        self._clients = clients
 
     def identify(self, request: web.Request) -> ClientConfig | None:
         """The client a request's bearer key belongs to, or None (no key, or unknown).
@@ -31,7 +35,7 @@ class Authenticator:
             return None
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
         found = None
-        for client in self._clients:
+        for client in self._clients():
             if hmac.compare_digest(digest, client.key_sha256):
                 found = client
         return found

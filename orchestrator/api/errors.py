@@ -1,4 +1,5 @@
-"""API errors: one exception type, one table from error code to HTTP status.
+"""API errors: one exception type, a table from error code to HTTP status, and the
+one table from the core's errors (``orchestrator.errors``) to API answers.
 
 Every error the API answers has the spec's shape
 ``{"error": {"code", "message", "field"?}}``; nothing else ever reaches a client.
@@ -11,7 +12,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["ApiError", "STATUS", "error_response"]
+from orchestrator.errors import (
+    ClusterError,
+    JournalError,
+    NothingToRollBack,
+    OrchestratorError,
+    Refusal,
+    ReloadError,
+)
+
+__all__ = ["API_ERRORS", "RETRY_AFTER", "STATUS", "ApiError", "api_error_of", "error_response"]
 
 STATUS: dict[str, int] = {
     "malformed_json": 400,
@@ -46,7 +56,9 @@ STATUS: dict[str, int] = {
 }
 
 
-class ApiError(Exception):
+class ApiError(OrchestratorError):
+    """An answer already in the API's terms (raised by the API layer itself)."""
+
     def __init__(
         self,
         code: str,
@@ -68,6 +80,30 @@ class ApiError(Exception):
     @property
     def status(self) -> int:
         return STATUS[self.code]
+
+
+# The core's errors as API answers: (code, message), looked up along the error's class
+# hierarchy. None keeps the error's own code or message; "{}" wraps the error's own.
+API_ERRORS: dict[type[OrchestratorError], tuple[str | None, str | None]] = {
+    Refusal: (None, None),
+    ReloadError: (None, "the config cannot be applied: {}"),
+    NothingToRollBack: (None, None),
+    JournalError: ("unavailable", "storage is unavailable; retry shortly"),
+    ClusterError: ("unavailable", "the other workers cannot be reached; retry shortly"),
+    OrchestratorError: ("internal_error", "internal error; the request id identifies it in logs"),
+}
+# When a client should try again, by code (seconds).
+RETRY_AFTER = {"rates_stale": 5, "request_in_progress": 1, "unavailable": 1}
+
+
+def api_error_of(exc: OrchestratorError) -> ApiError:
+    """The answer for one of the core's errors (``API_ERRORS``)."""
+    if isinstance(exc, ApiError):
+        return exc
+    code, message = next(API_ERRORS[c] for c in type(exc).__mro__ if c in API_ERRORS)
+    code = code or getattr(exc, "code", "internal_error")
+    return ApiError(code, (message or "{}").format(exc), field=exc.field if isinstance(exc, Refusal) else None,
+                    retry_after=RETRY_AFTER.get(code))
 
 
 def error_response(err: ApiError) -> web.Response:

@@ -14,19 +14,14 @@ import orjson
 from aiohttp import web
 
 from orchestrator.api.body import check_limit, read_json
-from orchestrator.api.errors import ApiError
-from orchestrator.api.keys import SERVICE
+from orchestrator.api.state import AUTH, SERVICE
 from orchestrator.api.pricing_schemas import QuoteIn
 from orchestrator.api.schemas import validate
 from orchestrator.clock import iso
-from orchestrator.pricing import PricingError
 from orchestrator.quotes import PricingService, Quote
 
-__all__ = ["PRICING", "QUOTE_GUARD", "QuoteGuard", "ServiceGuard", "api_error", "create_quote", "quote_json",
+__all__ = ["PRICING", "QUOTE_GUARD", "QuoteGuard", "ServiceGuard", "create_quote", "quote_json",
            "register"]
-
-# How long a client should wait before retrying when rates are stale.
-STALE_RETRY_AFTER_S = 5
 
 
 class QuoteGuard(Protocol):
@@ -53,21 +48,14 @@ class ServiceGuard:
         self._app = app
 
     def admit(self, request: web.Request) -> None:
-        svc = self._app[SERVICE]
-        client = svc.auth.require(request, "recharge")
-        check_limit(svc.client_limits, client.name, "client")
+        client = self._app[AUTH].require(request, "recharge")
+        check_limit(self._app[SERVICE].client_limits, client.name, "client")
 
     def admit_user(self, user_id: str) -> None:
         check_limit(self._app[SERVICE].user_limits, user_id, "user")
 
     def max_body_bytes(self, request: web.Request) -> int:
         return self._app[SERVICE].config.server.max_body_bytes
-
-
-def api_error(exc: PricingError) -> ApiError:
-    """The API error for a pricing or quote error (503s say when to retry)."""
-    retry_after = STALE_RETRY_AFTER_S if exc.code == "rates_stale" else None
-    return ApiError(exc.code, str(exc), field=exc.field, retry_after=retry_after)
 
 
 def quote_json(quote: Quote) -> dict[str, Any]:
@@ -89,10 +77,7 @@ async def create_quote(request: web.Request) -> web.Response:
     guard.admit(request)
     req: QuoteIn = validate(QuoteIn, await read_json(request, guard.max_body_bytes(request)))
     guard.admit_user(req.user_id)
-    try:
-        quote = await request.app[PRICING].quote(req.user_id, req.amount_minor, req.currency)
-    except PricingError as exc:
-        raise api_error(exc) from None
+    quote = await request.app[PRICING].quote(req.user_id, req.amount_minor, req.currency)
     return web.Response(body=orjson.dumps(quote_json(quote)), status=201, content_type="application/json")
 
 

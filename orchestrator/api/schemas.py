@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from config import exponent, is_known
 from orchestrator.api.errors import ApiError
 
-__all__ = ["InstrumentIn", "RechargeIn", "mask", "validate"]
+__all__ = ["InstrumentIn", "RechargeIn", "validate"]
 
 _Printable = r"^[\x21-\x7e]+$"
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
@@ -34,17 +34,6 @@ class InstrumentIn(_Strict):
             raise ValueError("give exactly one of instrument.token or instrument.account_number")
         return self
 
-    def stored(self) -> dict[str, str]:
-        """What the journal keeps: the token, or the masked number."""
-        if self.token is not None:
-            return {"token": self.token}
-        return {"account_number_masked": mask(self.account_number or "")}
-
-
-def mask(number: str) -> str:
-    """First 6 and last 4 digits at most (PCI DSS), the rest as '*'."""
-    keep_head, keep_tail = (6, 4) if len(number) >= 16 else (min(6, len(number) - 8), 4)
-    return number[:keep_head] + "*" * (len(number) - keep_head - keep_tail) + number[-keep_tail:]
 
 
 class RechargeIn(_Strict):

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
-    FirstRecharge,
     Journal,
     JournalError,
     KeptChannel,
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PURGE_LIMIT",
-    "FirstRecharge",
     "Journal",
     "JournalError",
     "KeptChannel",
@@ -54,6 +52,10 @@ def __getattr__(name: str) -> Any:
         from orchestrator.journal import sqlite
 
         return getattr(sqlite, name)
+    if name in ("spawn_writer", "wait_writer_ready"):  # the SQLite writer process (supervisor)
+        from orchestrator.journal import _sqlite_writer
+
+        return _sqlite_writer.spawn if name == "spawn_writer" else _sqlite_writer.wait_ready
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from orchestrator.errors import JournalError
+from orchestrator.pricing import FirstRecharge
 from orchestrator.model import Attempt, Fence, Recharge, Step, TrailEntry
 
-__all__ = ["PURGE_LIMIT", "FirstRecharge", "Journal", "JournalError", "KeptChannel", "QuoteRecord", "UserTotals",
+__all__ = ["PURGE_LIMIT", "Journal", "JournalError", "KeptChannel", "QuoteRecord", "UserTotals",
            "WalletEntry", "WalletView"]
-
-
-class JournalError(Exception):
-    """The store failed (disk full, database gone); the step did not become durable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,21 +32,6 @@ class WalletView:
     user_id: str
     coins: int
     entries: tuple[WalletEntry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class FirstRecharge:
-    """A recharge priced with the first-recharge bonus, and its price without it: the
-    store grants the bonus only if the user has no other running or succeeded recharge,
-    checked in the creating transaction."""
-
-    bonus_without: int
-    detail_without: dict[str, Any]
-
-    def deny(self, recharge: Recharge, trail: TrailEntry) -> TrailEntry:
-        recharge.bonus_coins = self.bonus_without
-        return TrailEntry(trail.recharge_id, trail.at, trail.event, trail.status, trail.reference, trail.channel,
-                          {**(trail.detail or {}), **self.detail_without, "first_recharge": "already claimed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +107,10 @@ class Journal(Protocol):
         ...
 
     async def get(self, recharge_id: str) -> Recharge | None: ...
+
+    async def find(self, client: str, idempotency_key: str) -> Recharge | None:
+        """The recharge holding ``client``'s idempotency key, if any."""
+        ...
 
     async def trail(self, recharge_id: str) -> list[TrailEntry]: ...
 
@@ -202,10 +189,9 @@ class Journal(Protocol):
     # still hold money.
 
     async def keep_channel(self, name: str, config: dict[str, Any], retired_at: float | None) -> None:
-        """Record (or update) a channel's config; ``retired_at``: when it left the config."""
+        """Record (or update) a channel's config; ``retired_at``: when it left the config.
+        Kept for good: an instance that still runs it, or a late webhook, may need it."""
         ...
-
-    async def forget_channel(self, name: str) -> None: ...
 
     async def kept_channels(self) -> list[KeptChannel]: ...
 

@@ -123,8 +123,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE trail ADD COLUMN hash TEXT",
     ),
     # 5: the recharge row's own UNIQUE (client, idempotency_key) is the idempotency
-    # record; the separate table cost a statement per create, and its deferred foreign
-    # key made SQLite scan it whole on every insert.
+    # record, one statement per create (docs/history.md#idempotency-table).
     ("DROP TABLE idempotency",),
     # 6: quotes (POST /v1/quotes), so every instance on the store redeems any one's.
     # WITHOUT ROWID: the row lives in its primary key's B-tree, so a redemption is one

@@ -115,8 +115,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "INSERT INTO audit_head(one, hash) VALUES (TRUE, '0000000000000000000000000000000000000000000000000000000000000000')",
     ),
     # 5: the recharge row's own UNIQUE (client, idempotency_key) is the idempotency
-    # record; the separate table cost a statement per create, and its deferred foreign
-    # key made SQLite scan it whole on every insert.
+    # record, one statement per create (docs/history.md#idempotency-table).
     ("DROP TABLE idempotency",),
     # 6: quotes (POST /v1/quotes), so every instance on the database redeems any one's;
     # expires_at is indexed for the purge. ``price`` is a JSON document, kept as text

@@ -4,7 +4,8 @@ commit that runs a batch of them in one transaction.
 Whoever runs them (the writer process, or a writer thread for ``:memory:``) hands
 ``run_batch`` a list of ``(op name, args)``; each op is one of ``WRITE_OPS``. Nothing
 here knows which process it runs in: this module imports only the model, the audit
-chain and ``sqlite3``, so the writer process starts in tens of milliseconds.
+chain and ``sqlite3``, so the writer process starts fast
+(docs/performance.md#writer-start-up).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from typing import Any
 import orjson
 
 from orchestrator.audit import GENESIS
-from orchestrator.journal._protocol import FirstRecharge, JournalError, QuoteRecord
+from orchestrator.journal._protocol import JournalError, QuoteRecord
 from orchestrator.journal._rows import ATTEMPT_COLUMNS, RECHARGE_COLUMNS, TRAIL_COLUMNS, attempt_of, attempt_row, \
     recharge_of, recharge_row, trail_rows
-from orchestrator.journal._totals import month_of
+from orchestrator.clock import month_of
 from orchestrator.model import KEEP, TERMINAL, Attempt, Recharge, RechargeStatus, Step, TrailEntry
+from orchestrator.pricing import FirstRecharge
 
 __all__ = ["ATTEMPT_COLUMNS", "WRITE_OPS", "Checkpointer", "attempt_of", "catch_up", "connect", "load", "migrate", "run_batch"]
 
@@ -65,22 +67,12 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 class Checkpointer(threading.Thread):
-    """Copies committed WAL pages into the database file beside the writer.
+    """Copies committed WAL pages into the database file beside the writer: a PASSIVE
+    checkpoint on its own connection takes no lock the writer needs, so no commit waits
+    for a checkpoint's copy and fsync (docs/performance.md#wal-checkpoints).
 
-    SQLite's automatic checkpoint runs inside the committing writer and fsyncs the
-    database file there: every thousand pages, one batch of callers waited for it (p95
-    commit 168 ms at 844 recharges/s). A PASSIVE checkpoint on its own connection takes
-    no lock the writer needs, so commits go on while it copies and syncs.
-
-    The WAL starts over from its beginning only at a write transaction that begins with
-    every frame already copied; the writer commits while a pass runs, so a single pass
-    a round almost never leaves it so, and the WAL grew to the writer's own checkpoint
-    (``WRITER_AUTOCHECKPOINT_PAGES``). That checkpoint then had up to a round's frames
-    to copy and sync inside a commit: at 1,200 recharges/s, one commit every 1.3 s took
-    10-28 ms, longer as the file grew. So a pass that copied anything is followed at
-    once by another (up to ``CATCH_UP_PASSES``), each with only what came during the
-    last, until one finds nothing new; with that, commits over 10 ms fell from 0.25 %
-    to 0.05 % and none passed 20 ms (2-minute runs at 1,200/s)."""
+    The WAL starts over only once every frame is copied, so a pass that copied anything is
+    followed at once by another (up to ``CATCH_UP_PASSES``) until one copies nothing new."""
 
     CATCH_UP_PASSES = 6
 
@@ -432,10 +424,6 @@ def op_keep_channel(conn: sqlite3.Connection, name: str, config: str, retired_at
                  (name, config, retired_at))
 
 
-def op_forget_channel(conn: sqlite3.Connection, name: str) -> None:
-    conn.execute("DELETE FROM channels WHERE name=?", (name,))
-
-
 # -- quotes -------------------------------------------------------------------------------
 
 QUOTE_COLUMNS = "quote_id, user_id, amount_minor, currency, price, issued_at, expires_at"
@@ -474,7 +462,6 @@ WRITE_OPS: dict[str, Callable[..., Any]] = {
     "renew": op_renew,
     "claim_follow_ups": op_claim_follow_ups,
     "keep_channel": op_keep_channel,
-    "forget_channel": op_forget_channel,
     "put_quote": op_put_quote,
 }
 

@@ -1,11 +1,7 @@
 """The SQLite journal's one writer, in a process of its own, and the client that talks to it.
 
-Why a process: SQLite releases the GIL around every statement, and a writer *thread*
-must take it back after each one. Under load the event loop holds the GIL, so each
-reacquisition waited for it (up to the 5 ms switch interval): a commit of three steps
-took 2.6 ms on average at 600 recharges/s, ten times its fsync. In its own process the
-writer never waits for the event loop, runs on the other core, and many recharges'
-steps still share each transaction and fsync (group commit).
+Why a process: a writer *thread* must retake the GIL, held by the busy event loop, after
+every statement; a process never waits for it (docs/performance.md#writer-process).
 
     event loop (client)                         writer process
     submit(op, args) -> future                  blocks on the socket
@@ -280,15 +276,8 @@ def _error_value(exc: BaseException) -> list[str]:
 
 WRITER_NICE = -5
 
-# A commit of this many steps or more means the writer is loaded: the next one waits up
-# to the commit interval to gather a bigger batch. Once loaded, it stays so until a
-# commit holds fewer than ``CALM_BATCH`` steps (the waits make the batches, so the
-# threshold to leave is lower than the one to enter). Measured on 2 cores, 35-40 s runs,
-# alternated: at 1,200 recharges/s, commits at most every 1 ms always (the old rule)
-# took 42 % of a core in the writer with a p99 added latency of 47-55 ms; this rule
-# with a 3 ms interval, 34 % and 25-33 ms. At 600/s a 3 ms interval applied always
-# raised the p99 added from 9 to 12.4 ms; with this rule it stays at 9.3 ms (batches
-# there are of one or two steps, so the writer commits at once).
+# Enter batching (commits wait up to the commit interval) at BUSY_BATCH steps in a commit,
+# leave below CALM_BATCH, so a loaded writer does not flap (docs/performance.md#batching).
 BUSY_BATCH = 6
 CALM_BATCH = 4
 
@@ -353,9 +342,8 @@ def serve(path: str, fd: int, max_batch: int, commit_interval_s: float = 0.0, li
     owner.sendall(ready)
     queued: deque[tuple[_Conn, int, str, Any]] = deque()
     last_start, busy = 0.0, False
-    # One receive buffer for the writer's life. A fresh 1 MiB ``recv`` per read, shrunk
-    # to what arrived, fragmented the heap: in use stayed at 6 MB while the heap grew
-    # 7 -> 26 MB over five minutes at 1,200 recharges/s.
+    # One receive buffer for the writer's life: a fresh ``recv`` buffer per read fragments
+    # the heap (docs/performance.md#writer-receive-buffer).
     inbox = bytearray(_RECV_BYTES)
     inbox_view = memoryview(inbox)
 

@@ -16,24 +16,23 @@ So the totals answer "how many were created at or after M", for M the start of a
 - ``month_start < M``: 0 (all were created before M);
 - ``month_start > M``: the reader's clock is behind a recharge's creation (another
   instance's clock, around the turn of a month). The totals cannot tell, and the store
-  counts that user's recharges as it did before the totals existed.
+  counts that user's recharges one by one (``COUNT_SINCE``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator.clock import month_of
 from orchestrator.journal._protocol import UserTotals
 
 __all__ = ["COUNT_SINCE", "TOTALS_COLUMNS", "backfill", "counted", "month_of", "totals_since"]
 
 TOTALS_COLUMNS = "currency, recharges, amount_minor, month_start, month_recharges"
 
-# The long way round, exact for any ``since``: what the history read was before the
-# totals. Parameters: since, user_id.
+# The long way round, exact for any ``since``, for what the totals cannot tell
+# (docs/history.md#user-totals). Parameters: since, user_id.
 COUNT_SINCE = (
     "SELECT currency, COUNT(*), SUM(amount_minor), SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END) "
     "FROM recharges WHERE user_id = ? AND status = 'succeeded' GROUP BY currency"
@@ -74,15 +73,6 @@ def backfill(integer: str) -> str:
                (SELECT COUNT(*) FROM recharges r WHERE r.user_id = m.user_id AND r.currency = m.currency
                 AND r.status = 'succeeded' AND r.created_at >= m.month_start)
         FROM months m""".format(integer=integer)
-
-
-def month_of(created_at: float) -> int:
-    """The start (epoch seconds) of the UTC calendar month holding ``created_at``: the M
-    with M <= created_at < the next month's start, as ``created_at >= M`` tells. Floored
-    to the second first: ``datetime`` rounds to the microsecond, which would move a time
-    a hair before midnight into the next month. The backfill (migration 7) floors too."""
-    t = datetime.fromtimestamp(math.floor(created_at), UTC)
-    return int(datetime(t.year, t.month, 1, tzinfo=UTC).timestamp())
 
 
 def totals_since(rows: Iterable[Sequence[Any]], since: float) -> list[UserTotals] | None:

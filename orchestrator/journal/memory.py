@@ -20,7 +20,6 @@ from typing import Any
 from orchestrator.audit import GENESIS
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
-    FirstRecharge,
     KeptChannel,
     QuoteRecord,
     UserTotals,
@@ -30,6 +29,7 @@ from orchestrator.journal._protocol import (
 from orchestrator.journal._rows import trail_rows
 from orchestrator.model import KEEP, TERMINAL, Attempt, Fence, Recharge, RechargeStatus, Step, TrailEntry
 from orchestrator.transitions import admits, reduce
+from orchestrator.pricing import FirstRecharge
 
 __all__ = ["MemoryJournal"]
 
@@ -152,6 +152,10 @@ class MemoryJournal:
         rec = self._recharges.get(recharge_id)
         return None if rec is None else _clone(rec)
 
+    async def find(self, client: str, idempotency_key: str) -> Recharge | None:
+        rid = self._keys.get((client, idempotency_key))
+        return None if rid is None else await self.get(rid)
+
     async def attempt(self, reference: str) -> Attempt | None:
         rid = self._references.get(reference)
         return None if rid is None else self._recharges[rid].attempt(reference)
@@ -246,9 +250,6 @@ class MemoryJournal:
 
     async def keep_channel(self, name: str, config: dict[str, Any], retired_at: float | None) -> None:
         self._kept[name] = KeptChannel(name, config, retired_at)
-
-    async def forget_channel(self, name: str) -> None:
-        self._kept.pop(name, None)
 
     async def kept_channels(self) -> list[KeptChannel]:
         return sorted(self._kept.values(), key=lambda r: r.name)

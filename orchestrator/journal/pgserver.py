@@ -21,14 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import PgServerError
+
 __all__ = ["PgServer", "PgServerError", "database_of", "find_bindir", "running", "schema_of"]
 
 _BINDIRS = ("/usr/lib/postgresql/15/bin",)
 _USER = "postgres"
-
-
-class PgServerError(RuntimeError):
-    """The server could not be set up, started or reached."""
 
 
 def find_bindir() -> Path:

@@ -26,7 +26,6 @@ import structlog
 from orchestrator.audit import GENESIS
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
-    FirstRecharge,
     JournalError,
     KeptChannel,
     QuoteRecord,
@@ -46,8 +45,10 @@ from orchestrator.journal._rows import (
     trail_rows,
 )
 from orchestrator.journal._schema_pg import MIGRATIONS
-from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, month_of, totals_since
+from orchestrator.clock import month_of
+from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, totals_since
 from orchestrator.model import KEEP, Attempt, Fence, Recharge, RechargeStatus, Step, TrailEntry
+from orchestrator.pricing import FirstRecharge
 
 __all__ = ["PostgresJournal"]
 
@@ -474,9 +475,6 @@ class PostgresJournal:
             "ON CONFLICT (name) DO UPDATE SET config = excluded.config, retired_at = excluded.retired_at",
             name, doc, None if retired_at is None else float(retired_at)))
 
-    async def forget_channel(self, name: str) -> None:
-        await self._direct(lambda conn: conn.execute("DELETE FROM channels WHERE name = $1", name))
-
     async def kept_channels(self) -> list[KeptChannel]:
         rows = await self.query("SELECT name, config, retired_at FROM channels ORDER BY name")
         return [KeptChannel(r[0], orjson.loads(r[1]), r[2]) for r in rows]
@@ -500,6 +498,15 @@ class PostgresJournal:
     async def get(self, recharge_id: str) -> Recharge | None:
         async def fn(conn: asyncpg.Connection) -> Recharge | None:
             recs = await _load_many(conn, [recharge_id])
+            return recs[0] if recs else None
+
+        return await self._read(fn, snapshot=True)
+
+    async def find(self, client: str, idempotency_key: str) -> Recharge | None:
+        async def fn(conn: asyncpg.Connection) -> Recharge | None:
+            rid = await conn.fetchval("SELECT id FROM recharges WHERE client=$1 AND idempotency_key=$2",
+                                      client, idempotency_key)
+            recs = [] if rid is None else await _load_many(conn, [rid])
             return recs[0] if recs else None
 
         return await self._read(fn, snapshot=True)

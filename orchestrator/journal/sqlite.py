@@ -25,7 +25,6 @@ import structlog
 
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
-    FirstRecharge,
     JournalError,
     KeptChannel,
     QuoteRecord,
@@ -38,6 +37,7 @@ from orchestrator.journal._sqlite_ops import OPEN, QUOTE_COLUMNS, connect, load,
 from orchestrator.journal._sqlite_writer import ProcessWriter
 from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, totals_since
 from orchestrator.model import Attempt, Fence, Recharge, Step, TrailEntry
+from orchestrator.pricing import FirstRecharge
 
 __all__ = ["SqliteJournal", "path_from_url"]
 
@@ -261,9 +261,6 @@ class SqliteJournal:
     async def keep_channel(self, name: str, config: dict[str, Any], retired_at: float | None) -> None:
         await self._write("keep_channel", name, orjson.dumps(config).decode(), retired_at)
 
-    async def forget_channel(self, name: str) -> None:
-        await self._write("forget_channel", name)
-
     async def kept_channels(self) -> list[KeptChannel]:
         rows = await self.query("SELECT name, config, retired_at FROM channels ORDER BY name")
         return [KeptChannel(r[0], orjson.loads(r[1]), r[2]) for r in rows]
@@ -275,6 +272,14 @@ class SqliteJournal:
 
     async def get(self, recharge_id: str) -> Recharge | None:
         return await self._read(lambda conn: load(conn, recharge_id))
+
+    async def find(self, client: str, idempotency_key: str) -> Recharge | None:
+        def fn(conn: sqlite3.Connection) -> Recharge | None:
+            row = conn.execute("SELECT id FROM recharges WHERE client=? AND idempotency_key=?",
+                               (client, idempotency_key)).fetchone()
+            return None if row is None else load(conn, row[0])
+
+        return await self._read(fn)
 
     async def trail(self, recharge_id: str) -> list[TrailEntry]:
         return await self._read(lambda conn: [trail_entry_of(r) for r in conn.execute(
@@ -320,9 +325,9 @@ class SqliteJournal:
 
     async def query_small(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """A small indexed read on every recharge's path (the user's history), answered
-        inline on the event loop's thread: SQLite answers it in tens of microseconds,
-        less than the hop to a reader thread costs. If the file is busy it does not
-        wait here; a reader thread does."""
+        inline on the event loop's thread: SQLite answers it faster than the hop to a reader
+        thread (docs/performance.md#inline-reads). If the file is busy it does not wait
+        here; a reader thread does."""
         if self._pool is None:
             raise JournalError("journal is closed")
         if self._inline is None:

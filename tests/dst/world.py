@@ -42,6 +42,8 @@ T = TypeVar("T")
 
 EPOCH = 1_800_000_000.0
 HARD, SOFT = "insufficient_funds", "issuer_unavailable"
+# How far an instance's clock may be off the true time (two may disagree by twice it).
+MAX_SKEW_S = 20.0
 
 
 # Trail events worth counting over many seeds: evidence of what the runs went through.
@@ -442,7 +444,7 @@ class Process:
         self.driver = Driver(
             self.journal,  # type: ignore[arg-type]
             self.channels.get, self._route, self.clock, lambda: world.settings,
-            settle_channels=self.channels.any, owner=owner, lease_s=world.lease_s,
+            settle_channels=self.channels.find, owner=owner, lease_s=world.lease_s,
             rng=random.Random(world.rng.getrandbits(64)),
             callback_url=lambda channel: f"sim://{channel}",
         )
@@ -525,6 +527,7 @@ class World:
             soft_decline_codes=frozenset({SOFT}), inquiry_attempts=rng.randint(1, 4),
             inquiry_initial_backoff_s=rng.choice((0.05, 0.2, 1.0)), inquiry_max_backoff_s=2.0,
             reconcile_interval_s=rng.choice((1.0, 5.0)), late_capture_check_s=rng.choice((30.0, 120.0)),
+            clock_skew_s=2 * MAX_SKEW_S,
         )
         self.leased = rng.random() < 0.5  # several instances with leases, or one alone
         self.processes: list[Process] = []
@@ -569,7 +572,7 @@ class World:
         owner = None
         if self.leased:
             owner = f"p{self.serial}" if self.rng.random() < 0.5 else f"w{self.serial % 2}"
-        skew = self.rng.choice((0.0, 0.0, self.rng.uniform(-20, 20))) if self.leased else 0.0
+        skew = self.rng.choice((0.0, 0.0, self.rng.uniform(-MAX_SKEW_S, MAX_SKEW_S))) if self.leased else 0.0
         proc = Process(self, f"proc{self.serial}", owner, skew)
         self.processes.append(proc)
         try:
@@ -689,7 +692,8 @@ class World:
         while len(self.alive()) < (2 if self.leased else 1):
             await self.boot()
         s = self.settings
-        await asyncio.sleep(2 * s.deadline_s + s.late_capture_check_s + 10 * s.reconcile_interval_s + 120)
+        await asyncio.sleep(2 * s.deadline_s + s.late_capture_check_s + s.clock_skew_s + 10 * s.reconcile_interval_s
+                            + 120)
 
     # -- the oracle ----------------------------------------------------------------------
 

@@ -1,17 +1,17 @@
-"""Fixtures for the channel integration tests (helpers live in loopback.py)."""
+"""Fixtures for the channel integration tests (helpers live in loopback.py and
+tests/simharness.py)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
-from loopback import Receiver, Sim, channel_doc, start
+from loopback import Receiver
+from simharness import Sim, channel_doc, running_sim, start
 
 from channels.http import HttpChannel
-from channels.simulator import build_app
 
 SIM_CHANNELS = [
     channel_doc("t1"),
@@ -23,12 +23,8 @@ SIM_CHANNELS = [
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Sim]:
-    runner, url = await start(build_app({"seed": 1, "channels": SIM_CHANNELS}))
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Sim(url, session)
-    finally:
-        await runner.cleanup()
+    async with running_sim({"seed": 1, "channels": SIM_CHANNELS}) as running:
+        yield running
 
 
 @pytest.fixture

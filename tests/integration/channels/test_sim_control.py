@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import aiohttp
 import pytest
-from loopback import Sim, channel_doc, req, start
+from loopback import req
+from simharness import channel_doc, running_sim, start
 
 from channels.http import HttpChannel
 from channels.simulator import COUNTERS, build_app, load_config
@@ -170,15 +170,10 @@ async def test_latency_is_drawn_from_the_configured_distribution(sim, adapter):
 
 async def test_the_example_config_serves_every_channel_and_its_currencies():
     config = load_config(EXAMPLE)
-    runner, url = await start(build_app(config))
-    try:
-        async with aiohttp.ClientSession() as session:
-            sim = Sim(url, session)
-            for spec in config.channels:
-                status, body = await sim.raw("GET", f"/{spec.name}/ping")
-                assert (status, body) == (200, {"status": "ok"}), spec.name
-            status, body = await sim.raw("POST", "/alipay_direct/payments", json={**PAYMENT, "currency": "PHP"},
-                                         headers={"Idempotency-Key": "r1"})
-            assert status == 422 and body["error"]["code"] == "unsupported_currency"
-    finally:
-        await runner.cleanup()
+    async with running_sim(config) as sim:
+        for spec in config.channels:
+            status, body = await sim.raw("GET", f"/{spec.name}/ping")
+            assert (status, body) == (200, {"status": "ok"}), spec.name
+        status, body = await sim.raw("POST", "/alipay_direct/payments", json={**PAYMENT, "currency": "PHP"},
+                                     headers={"Idempotency-Key": "r1"})
+        assert status == 422 and body["error"]["code"] == "unsupported_currency"

@@ -9,7 +9,8 @@ import time
 
 import orjson
 import pytest
-from loopback import Delivery, closed_port, req, secret_of
+from loopback import Delivery, closed_port, req
+from simharness import secret_of
 
 from channels import AttemptOutcome
 from channels.webhooks import SignatureError, WebhookEvent, verify

@@ -121,7 +121,8 @@ def _cfg(name: str) -> ChannelConfig:
 
 async def test_a_channel_removed_while_an_attempt_may_hold_money_outlives_restarts(store):
     """Removed by a reload, or from the file while no instance ran: any instance that
-    starts later still settles the attempts on it, then forgets it."""
+    starts later still settles the attempts on it (built from the journal's row when
+    needed), then closes it; the row stays."""
     a = MemoryChannel("a")
     gone = MemoryChannel("gone", script(Action.LOST_AFTER_PEND, inquire=Action.FAIL, void=Action.FAIL))
     built: list[str] = []
@@ -135,21 +136,21 @@ async def test_a_channel_removed_while_an_attempt_may_hold_money_outlives_restar
         await first.open([_cfg("a"), _cfg("gone")], core.clock.now())
         rec = await core.run("k1")
         assert rec.status == "pending" and rec.attempts[0].channel == "gone"
-        # Edited out of the file while no instance ran: the next one still has it.
+        # Edited out of the file while no instance ran: the next one still finds it.
         second = ChannelSet(factory, core.journal)
         await second.open([_cfg("a")], core.clock.now())
-        assert set(second.live) == {"a"} and set(second.retired) == {"gone"} and second.any("gone") is gone
-        assert second.get("gone") is None, "no new attempt goes there"
+        assert set(second.live) == {"a"} and second.get("gone") is None, "no new attempt goes there"
+        assert await second.find("gone", core.clock.now()) is gone and set(second.retired) == {"gone"}
         third = ChannelSet(factory, core.journal)
         await third.open([_cfg("a")], core.clock.now())
-        assert set(third.retired) == {"gone"}
+        assert await third.find("gone", core.clock.now()) is gone
         await third.close_idle(core.clock.now() + 3600, grace_s=15)
         assert set(third.retired) == {"gone"}, "busy: an attempt on it may hold money"
         gone.script = script(Action.LOST_AFTER_PEND)  # inquiries answer again
-        core.driver._settle_channels = third.any
+        core.driver._settle_channels = third.find
         gone.settle(rec.attempts[0].reference, "captured")
         await core.settle_all(rounds=3)
         assert (await core.journal.get(rec.id)).status == "succeeded"
         await third.close_idle(core.clock.now() + 3600, grace_s=15)
-        assert third.retired == {} and [k.name for k in await core.journal.kept_channels()] == ["a"]
+        assert third.retired == {} and [k.name for k in await core.journal.kept_channels()] == ["a", "gone"]
         assert (await core.check()).ok

@@ -98,7 +98,7 @@ async def test_rates_from_a_source_and_stale_rates_refused(tmp_path):
                                              "max_age_s": 0.5}
             _, applied = await put(api, doc)
             assert applied["applied"], applied
-            await api.service.pricing.rates.refresh(api.service._fetch_rates)
+            await api.service.pricing.rates.refresh(api.service._rate_source.fetch)
             resp, body = await api.post(BODY, key="src-1")
             assert resp.status == 201, body
             await runner.cleanup()  # the source goes away; the rates age past max_age_s

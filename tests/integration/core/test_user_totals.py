@@ -21,13 +21,13 @@ from channels.memory import Action, MemoryChannel, Payment
 from orchestrator.clock import VirtualClock
 from orchestrator.invariants import _totals_violations
 from orchestrator.journal import _schema, _schema_pg
-from orchestrator.journal._totals import month_of
+from orchestrator.clock import month_of
 from orchestrator.journal.postgres import _numbered
 from orchestrator.model import Attempt, AttemptState, Credit, Recharge, RechargeStatus, Step, TrailEntry
 from orchestrator.pricing import CurrencyTotals, history_from_totals, month_start
 
 NONTERMINAL = frozenset({RechargeStatus.PROCESSING, RechargeStatus.PENDING})
-# What Service.user_history ran before the totals: the oracle.
+# What PricingService.history ran before the totals: the oracle.
 OLD_QUERY = (
     "SELECT currency, COUNT(*), SUM(amount_minor), SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END) FROM recharges "
     "WHERE user_id = ? AND status = 'succeeded' GROUP BY currency"
@@ -274,7 +274,7 @@ async def test_service_history_and_the_promotions_it_gives_are_what_the_old_quer
         rows = await svc.journal.query(OLD_QUERY, (since, "u_hist"))  # type: ignore[attr-defined]
         old = history_from_totals([CurrencyTotals(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows],
                                   svc.pricing.rates)
-        assert await svc.user_history("u_hist") == old
+        assert await svc.pricing.history("u_hist") == old
         assert old.count == 7 and old.recharges_this_month == 7
 
 

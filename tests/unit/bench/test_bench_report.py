@@ -3,7 +3,7 @@ lower bound (and the ratio to it as an upper bound), not as the max."""
 
 from __future__ import annotations
 
-from bench.__main__ import report
+from bench.report import report
 
 
 def _search(top: float, topped: bool) -> dict:

@@ -1,9 +1,8 @@
-"""The config schema and `config check`: every error named by its path."""
+"""The config schema: every error named by its path (`config check` run as a process:
+tests/integration/config/test_config_cli.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -84,31 +83,6 @@ def test_not_yaml_and_not_a_mapping_are_errors():
     assert "not valid YAML" in str(info.value)
     with pytest.raises(ConfigError):
         load_text("- a\n- b\n")
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=60)
-
-
-def test_config_check_accepts_the_example():
-    proc = _cli("config", "check", str(EXAMPLE))
-    assert proc.returncode == 0, proc.stderr
-    assert "ok" in proc.stdout
-
-
-def test_config_check_prints_every_error_with_its_path_and_exits_1(tmp_path):
-    doc = example()
-    doc["channels"][2]["timeout_ms"] = 0
-    doc["routing"]["rules"][0]["channels"] = ["gcash_direct", "ghost"]
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(doc))
-    proc = _cli("config", "check", str(bad))
-    assert proc.returncode == 1
-    assert "channels[2].timeout_ms: must be > 0" in proc.stderr
-    assert "routing.rules[0].channels[1]: unknown channel 'ghost'" in proc.stderr
-    missing = _cli("config", "check", str(tmp_path / "missing.yaml"))
-    assert missing.returncode == 1 and "cannot read" in missing.stderr
 
 
 @pytest.mark.parametrize(("kind", "timeout_ms"), [("direct_api", 2000), ("digital_currency", 4000), ("bank", 10000)])

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.journal import UserTotals
-from orchestrator.journal._totals import month_of, totals_since
+from orchestrator.clock import month_of
+from orchestrator.journal._totals import totals_since
 from orchestrator.pricing import month_start
 
 NOV_2023 = 1_698_796_800  # 2023-11-01T00:00Z

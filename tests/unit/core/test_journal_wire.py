@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from orchestrator.journal import FirstRecharge
+from orchestrator.pricing import FirstRecharge
 from orchestrator.journal import _wire
 from orchestrator.model import Attempt, AttemptState, Credit, Recharge, RechargeStatus, Step, TrailEntry
 

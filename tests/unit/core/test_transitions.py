@@ -203,6 +203,20 @@ def test_a_late_check_runs_once_the_recharge_is_finished_and_clears_when_it_find
     assert step.attempt.state is S.VOIDED and step.attempt.late_check_at is None and step.follow_up is None
 
 
+def test_a_late_check_waits_out_the_clock_skew_another_instance_may_have():
+    # Closed by an instance whose clock is 30 s behind, checked by one whose clock is
+    # right: the check still comes late_capture_check_s after the close, in true time.
+    skewed = replace(RULES, clock_skew_s=30)
+    closer_now = NOW - 30
+    r = rec(att(state=S.VOID_REQUESTED), status=R.FAILED)
+    step = tr.on_answer(r, r.attempts[0], answer(O.VOIDED), closer_now, skewed, Source.VOID)
+    assert step.attempt.late_check_at == closer_now + 120 + 30
+    r = applied(r, step)
+    true_close = NOW
+    assert tr.next_move(r, true_close + 119, skewed).move is Move.STOP
+    assert tr.next_move(r, true_close + 120, skewed).move is Move.LATE_CHECK
+
+
 # -- the reducer ----------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Shared builders for the pricing tests: the example config, and configs made to order."""
+"""Shared builders for the pricing tests (unit and integration): the example config, and
+configs made to order."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from config import PricingConfig, load_file, parse
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "config" / "orchestrator.example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "orchestrator.example.yaml"
 
 
 def example_pricing() -> PricingConfig:

@@ -1,0 +1,238 @@
+"""The recharge use cases: create one, read it, its trail. Plain async functions over
+explicit dependencies (``RechargeDeps``), returning domain objects or raising the
+errors of ``orchestrator.errors``; the HTTP API is one caller, tests are another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+from orchestrator.clock import Clock
+from orchestrator.driver import Driver, new_recharge_id
+from orchestrator.errors import IdempotencyConflict, NotFound, PricingError
+from orchestrator.journal import Journal
+from orchestrator.metrics import Metrics
+from orchestrator.model import Recharge, RechargeStatus, TrailEntry
+from orchestrator.quotes import PricingService
+from orchestrator.risk import RiskEngine, RiskInput
+from orchestrator.transitions import RunSettings
+
+__all__ = ["Created", "Instrument", "InstrumentVault", "NewRecharge", "RechargeDeps", "Viewer", "create", "get",
+           "mask", "trail"]
+
+
+def mask(number: str) -> str:
+    """First 6 and last 4 digits at most (PCI DSS), the rest as '*'."""
+    keep_head, keep_tail = (6, 4) if len(number) >= 16 else (min(6, len(number) - 8), 4)
+    return number[:keep_head] + "*" * (len(number) - keep_head - keep_tail) + number[-keep_tail:]
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """A token, or a card/account number that only the provider ever sees whole."""
+
+    token: str | None = None
+    account_number: str | None = None
+
+    def stored(self) -> dict[str, str]:
+        """What the journal keeps: the token, or the masked number."""
+        if self.token is not None:
+            return {"token": self.token}
+        return {"account_number_masked": mask(self.account_number or "")}
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecharge:
+    """A request to create a recharge. ``document`` is the request as the client sent
+    it: its fingerprint tells a replay from another request under the same key."""
+
+    client: str
+    idempotency_key: str
+    user_id: str
+    amount_minor: int
+    currency: str
+    country: str
+    method: str
+    instrument: Instrument
+    document: Mapping[str, Any]
+    metadata: dict[str, Any] | None = None
+    quote_id: str | None = None
+
+    def fingerprint(self) -> str:
+        # Never a hash of a whole card number (guessable): the instrument as stored.
+        return hashlib.sha256(orjson.dumps({**self.document, "instrument": self.instrument.stored()},
+                                           option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who asks: a client sees its own recharges, an admin every one."""
+
+    client: str
+    admin: bool = False
+
+    def sees(self, rec: Recharge | None) -> Recharge:
+        if rec is None or (rec.client != self.client and not self.admin):
+            raise NotFound("no such recharge")
+        return rec
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A recharge as created (or found, for a replay), after waiting up to
+    ``sync_wait_s`` for it to finish, with the promotions and risk verdict it got."""
+
+    recharge: Recharge
+    promotions: list[Any]
+    risk: dict[str, Any]
+    replayed: bool
+
+
+class InstrumentVault:
+    """Whole card/account numbers, in memory only, while their recharge runs. A masked
+    number (after a restart) cannot be charged: no instrument, and no new attempt."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, dict[str, str]] = {}
+
+    def hold(self, recharge_id: str, instrument: dict[str, str]) -> None:
+        self._held[recharge_id] = instrument
+
+    def of(self, rec: Recharge) -> dict[str, str] | None:
+        """What the provider gets: the token, or the whole number held here."""
+        return rec.instrument if "token" in rec.instrument else self._held.get(rec.id)
+
+    def forget(self, rec: Recharge) -> None:
+        self._held.pop(rec.id, None)
+
+
+@dataclass(frozen=True, slots=True)
+class RechargeDeps:
+    """What the recharge use cases need; built once by the composition root."""
+
+    journal: Journal
+    driver: Driver
+    pricing: PricingService
+    risk: RiskEngine
+    clock: Clock
+    metrics: Metrics
+    vault: InstrumentVault
+    settings: Callable[[], RunSettings]  # the running config's, at the time of the call
+    sync_wait_s: Callable[[], float]
+
+
+async def create(cmd: NewRecharge, deps: RechargeDeps) -> Created:
+    """Price, assess and journal a new recharge, then drive it; a retry of one already
+    made (same client, key and request) answers that one."""
+    fingerprint = cmd.fingerprint()
+    history = await deps.pricing.history(cmd.user_id)
+    try:
+        p = await deps.pricing.price_recharge(cmd.user_id, cmd.amount_minor, cmd.currency, cmd.quote_id, history)
+    except PricingError:
+        # A retry answers the recharge already made, even if its quote expired since.
+        existing = await deps.journal.find(cmd.client, cmd.idempotency_key)
+        if existing is None:
+            raise
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyConflict() from None
+        return await _settled(deps, _current(deps, existing), replayed=True)
+    stored = cmd.instrument.stored()
+    risk_input = RiskInput(cmd.user_id, p.base_amount, cmd.country, instrument_id=next(iter(stored.values())),
+                           account_number=cmd.instrument.account_number, history=history)
+    decision = deps.risk.assess(risk_input)
+    now = deps.clock.now()
+    settings = deps.settings()
+    rec = Recharge(
+        id=new_recharge_id(), client=cmd.client, idempotency_key=cmd.idempotency_key, fingerprint=fingerprint,
+        user_id=cmd.user_id, amount_minor=cmd.amount_minor, currency=cmd.currency, country=cmd.country,
+        method=cmd.method, instrument=stored, metadata=cmd.metadata, coins=p.coins, bonus_coins=p.bonus_coins,
+        status=RechargeStatus.BLOCKED if decision.blocked else RechargeStatus.PROCESSING,
+        reason="risk: " + ",".join(decision.reasons) if decision.blocked else None,
+        created_at=now, updated_at=now, deadline_at=now + settings.deadline_s, config_version=settings.version,
+    )
+    detail: dict[str, Any] = {"config_version": settings.version, "coins": p.coins, "bonus_coins": p.bonus_coins,
+                              "rate": str(p.rate), "promotions": [pr.to_api() for pr in p.promotions],
+                              "risk": decision.action, "risk_reasons": list(decision.reasons)}
+    if cmd.quote_id:
+        detail["quote_id"] = cmd.quote_id
+    if decision.action != "allow":
+        deps.metrics.risk_decisions.labels(decision.action).inc()
+    if cmd.instrument.account_number is not None:
+        deps.vault.hold(rec.id, {"account_number": cmd.instrument.account_number})
+    first = None if decision.blocked else p.first_recharge_claim()
+    rec, fresh = await deps.driver.submit(rec, TrailEntry(rec.id, now, "created", rec.status.value, detail=detail),
+                                          settings, first)
+    if not fresh:
+        return await _settled(deps, rec, replayed=True)
+    structlog.contextvars.bind_contextvars(recharge_id=rec.id)
+    if not decision.blocked:
+        deps.risk.record(risk_input)
+    return await _settled(deps, rec, replayed=False, promotions=p.promotions_given(rec.bonus_coins),
+                          risk={"action": decision.action, "reasons": list(decision.reasons)})
+
+
+async def get(recharge_id: str, viewer: Viewer, deps: RechargeDeps) -> Created:
+    """A recharge as it is now (the running one's latest state), with how it was priced."""
+    rec = viewer.sees(_current(deps, await deps.journal.get(recharge_id)))
+    promotions, risk = await _priced_with(deps, rec)
+    return Created(rec, promotions, risk, replayed=False)
+
+
+async def trail(recharge_id: str, viewer: Viewer, deps: RechargeDeps) -> list[TrailEntry]:
+    viewer.sees(await deps.journal.get(recharge_id))
+    return await deps.journal.trail(recharge_id)
+
+
+def _current(deps: RechargeDeps, rec: Recharge | None) -> Recharge | None:
+    """The running recharge's in-memory state (ahead of nothing the journal has), else
+    the stored one."""
+    live = deps.driver.live(rec.id) if rec is not None else None
+    return live[1] if live is not None else rec
+
+
+async def _priced_with(deps: RechargeDeps, rec: Recharge) -> tuple[list[Any], dict[str, Any]]:
+    """The promotions and risk verdict of a stored recharge: its 'created' trail entry's."""
+    entries = await deps.journal.trail(rec.id)
+    detail = (entries[0].detail if entries and entries[0].event == "created" else None) or {}
+    return list(detail.get("promotions", [])), {"action": detail.get("risk", "allow"),
+                                                "reasons": list(detail.get("risk_reasons", []))}
+
+
+async def _settled(deps: RechargeDeps, rec: Recharge, *, replayed: bool, promotions: list[Any] | None = None,
+                   risk: dict[str, Any] | None = None) -> Created:
+    """Wait up to ``sync_wait_s`` for the recharge to finish, then its latest state."""
+    live = deps.driver.live(rec.id)
+    if live is not None:
+        task, rec = live
+        await _until_done(task, deps.sync_wait_s())
+    if promotions is None or risk is None:
+        promotions, risk = await _priced_with(deps, rec)
+    return Created(rec, promotions, risk, replayed)
+
+
+async def _until_done(task: asyncio.Task[None], timeout_s: float) -> None:
+    """Wait for ``task`` to end, at most ``timeout_s``; on timeout it goes on running.
+    (``asyncio.wait`` does the same with sets and a waiter per call, on every recharge.)"""
+    if task.done():
+        return
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    timer = loop.call_later(timeout_s, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
