@@ -83,12 +83,12 @@ class ServerConfig(_Model):
     # Worker processes behind the port (read at start): each a whole orchestrator on
     # its own SO_REUSEPORT socket, under one supervisor (orchestrator/cluster.py).
     workers: int = Field(1, ge=1, le=64)
-    # Slow and hostile clients: a request line and headers must arrive within
-    # header_timeout_s (else 400 request_timeout and the connection closes); past
-    # max_connections open connections a new one is answered 503 and closed; a kept-alive
-    # connection idle for idle_timeout_s is closed (read at start).
+    # Against slow and hostile clients: a request line and headers must arrive within this,
+    # else 400 request_timeout and the connection closes.
     header_timeout_s: float = Field(10.0, gt=0, le=300)
+    # Past this many open connections, a new one is answered 503 and closed.
     max_connections: int = Field(10_000, gt=0, le=1_000_000)
+    # A kept-alive connection idle this long is closed (read at start).
     idle_timeout_s: float = Field(75.0, gt=0, le=3600)
     # Where providers send webhooks; defaults to http://{host}:{port}.
     public_url: str | None = None
@@ -109,14 +109,11 @@ class StorageConfig(_Model):
     url: str = "sqlite:///data/orchestrator.db"
     # Upper bound on journal steps folded into one transaction/fsync.
     group_commit_max_batch: int = Field(512, gt=0, le=100_000)
-    # SQLite: under load (a commit held 6+ steps, and each since 4+), commits start at most
-    # this often, so the steps arriving between two commits share one transaction and
-    # fsync (0: commit back to back). Lightly loaded, a step commits at once; the most
-    # it adds to a step is this.
+    # SQLite under load (docs/performance.md#batching): commits start at most this often, so the
+    # steps between share a transaction and fsync, each waiting at most this (0: back to back).
     commit_interval_ms: float = Field(3.0, ge=0, le=50)
-    # Each instance leases the recharges it drives; a dead instance's leases expire after
-    # this (on the store's clock) and a live instance takes over its work. It must
-    # outlast every channel's timeout: a call under way cannot be taken back.
+    # A dead instance's leases expire after this (store's clock) and a live one takes over its
+    # work; it must outlast every channel's timeout, as a call under way cannot be taken back.
     lease_s: float = Field(15.0, gt=0, le=3600)
     # How often an instance renews the leases it holds (default: a third of lease_s);
     # at most half of lease_s, so one lost renewal does not lose a lease.
@@ -444,9 +441,8 @@ class LimitsConfig(_Model):
 
 
 class LoggingConfig(_Model):
-    # Share of succeeded recharges logged at info: their line costs more than the rest of
-    # their bookkeeping (docs/performance.md#success-logging). Failures, declines,
-    # failovers, webhooks and everything unusual are always logged.
+    # Share of succeeded recharges logged at info, as the line costs more than their bookkeeping
+    # (docs/performance.md#success-logging); failures and anything unusual are always logged.
     success_sample: float = Field(0.01, ge=0, le=1)
 
 

@@ -116,10 +116,8 @@ class HealthRegistry:
 
     def _breaker_moved(self, name: str, stats: ChannelStats, new: str) -> None:
         if new == "half_open":
-            # Let back in on a clean slate: the failures in the window are the outage
-            # that got the channel ejected, already paid for. Kept, they would hold its
-            # success estimate down (decay shrinks old counts but not their ratio) and
-            # keep traffic away for a whole window after it recovered. Trials refill it.
+            # Let back in on a clean slate: the window's failures are the outage that ejected it.
+            # Kept (decay shrinks counts, not ratios), they'd bar traffic a whole window past recovery.
             stats.reset_success_window()
         self._changed(name)
 

@@ -198,9 +198,8 @@ class Step:
     reason: str | None = None
     attempt: Attempt | None = None
     attempt_is_new: bool = False
-    # Optimistic guard on the attempt: it applies only while the stored attempt is in
-    # one of these states (the state the writer last saw), so a webhook and the driver
-    # never overwrite each other's news.
+    # Optimistic guard: applies only while the stored attempt is in one of these states (as the
+    # writer last saw it), so a webhook and the driver never overwrite each other's news.
     expect_attempt: frozenset[AttemptState] | None = None
     credit: Credit | None = None
     # (channel, event_id) of the provider event this step applies: recorded in the same

@@ -207,9 +207,8 @@ class Service:
             settle_channels=self.channel_set.find,
             instrument=self.vault.of,
             on_terminal=self.vault.forget,
-            # Alone on a SQLite file (server.JournalLock makes sure of it), nothing else
-            # could drive its recharges: no lease to write on every one. Workers, other
-            # instances (PostgreSQL) or an explicit instance_id lease what they drive.
+            # Alone on a SQLite file (server.JournalLock), nothing else could drive its recharges:
+            # no lease on each. Workers, PostgreSQL instances or a set instance_id lease theirs.
             owner=self.instance_id if (not sqlite or cluster is not None or storage.instance_id) else None,
             lease_s=storage.lease_s,
             renew_s=storage.lease_renew_s,

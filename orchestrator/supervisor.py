@@ -56,10 +56,8 @@ def listening_sockets(host: str, port: int, count: int, backlog: int = 1024) -> 
     there already; with ``port`` 0, the probe's bind picks the port they share."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                          flags=socket.AI_PASSIVE)[0]
-    # SO_REUSEPORT would let this group join any listener that has it too: another
-    # supervisor of the same user (the service started twice), with its own journal
-    # writer on the same file and the same lease names. One bind without it fails if
-    # anything listens there.
+    # Probed without SO_REUSEPORT, which would let the group join a second start of the service
+    # (its own journal writer on the same file, same lease names): fails if anything listens.
     probe = socket.socket(family, kind, proto)
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -69,9 +69,8 @@ async def _main(args: argparse.Namespace) -> int:
     stopping = loop.create_task(stop.wait())
     await asyncio.wait((gone, stopping), return_when=asyncio.FIRST_COMPLETED)
     if gone.done():
-        # The supervisor died (and, on SQLite, the journal writer with it): nothing can
-        # be made durable and nobody would restart this worker. Go at once, like it;
-        # every step is journaled first, so the next start resumes where this stopped.
+        # The supervisor (on SQLite, the journal writer too) died: nothing can be made durable, nor
+        # this worker restarted. Go at once: steps are journaled first, so the next start resumes.
         log.error("worker_stopping", reason="supervisor gone")
         os._exit(1)
     log.info("worker_stopping", reason="SIGTERM")

@@ -96,12 +96,9 @@ def _retry_later(status: int, message: str) -> web.Response:
 
 
 # -- aiohttp's own refusals, as JSON -------------------------------------------------------
-#
-# An unknown path, a wrong method or a body too large answers JSON like everything else.
-# Not through a middleware: that would wrap every request, each payment too. Instead each
-# resource answers its other methods itself (``_serve``), a catch-all route registered
-# last takes every path nothing else matched, and the handlers that read a body answer
-# its size themselves.
+
+# Without a middleware, which would wrap each payment too: ``_serve``, a catch-all route added
+# last and the body readers answer these (docs/architecture.md#the-simulators-refusals).
 
 def _refusal(exc: web.HTTPException) -> web.Response:
     return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)

@@ -161,11 +161,9 @@ class Behaviour:
         return asdict(self)
 
     # -- draws (each from the channel's own RNG) ------------------------------------------
-    #
-    # A draw happens for every payment and a behaviour changes rarely, so what the draws
-    # need besides the RNG is worked out once per behaviour (cached properties: a frozen
-    # behaviour never goes stale; a change builds a new one). The arithmetic is the same
-    # as drawing from the fields directly, so a seed gives the same run either way.
+
+    # What draws need besides the RNG is cached per behaviour: a draw comes with every payment,
+    # and a frozen behaviour never goes stale (docs/performance.md#simulator-draws).
 
     def latency_s(self, rng: random.Random) -> float:
         mean, sd = self.latency_ms, self.latency_jitter_ms

@@ -154,11 +154,8 @@ class Journal(Protocol):
         """Raise JournalError unless the store accepts a write right now."""
         ...
 
-    # Leases: with several instances on one store, each non-terminal recharge is driven
-    # by the instance holding its lease, (owner, token) until ``expires_at`` on the
-    # store's clock. The token grows each time the lease changes hands; a step carries
-    # the lease it was decided under (``Step.lease``) and the store refuses it once the
-    # lease moved on.
+    # Leases (docs/exactly-once.md#leases): the holder of a recharge's (owner, token) drives it;
+    # the store refuses a step whose ``Step.lease`` has since moved on (the token grew).
 
     async def claim(self, owner: str, lease_s: float, limit: int = 500) -> list[tuple[Recharge, int]]:
         """Lease to ``owner`` for ``lease_s`` up to ``limit`` non-terminal recharges,

@@ -125,9 +125,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 5: the recharge row's own UNIQUE (client, idempotency_key) is the idempotency
     # record, one statement per create (docs/history.md#idempotency-table).
     ("DROP TABLE idempotency",),
-    # 6: quotes (POST /v1/quotes), so every instance on the store redeems any one's.
-    # WITHOUT ROWID: the row lives in its primary key's B-tree, so a redemption is one
-    # lookup; expires_at is indexed for the purge. ``price`` is a JSON document.
+    # 6: quotes (POST /v1/quotes), so every instance on the store redeems any one's; ``price`` is
+    # JSON. WITHOUT ROWID: a redemption is one B-tree lookup; expires_at is indexed for the purge.
     (
         """CREATE TABLE quotes (
             quote_id TEXT PRIMARY KEY,
@@ -140,13 +139,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX quotes_expires ON quotes(expires_at)",
     ),
-    # 7: each user's succeeded recharges per currency, kept by the journal in the
-    # transaction that credits each one (see ``journal._totals``), so the history read on
-    # every recharge is one primary-key range read, not a walk of the user's recharges.
-    # WITHOUT ROWID: the few rows of a user are neighbours in the primary key's B-tree.
-    # The backfill finds the month of each user's newest success in integer arithmetic
-    # (H. Hinnant's days-to-civil; created_at floored to the second first), written the
-    # same in both stores, then counts the successes created since that month began.
+    # 7: each user's succeeded recharges per currency, kept as each is credited, so the history
+    # read is one key-range read, not a walk (docs/architecture.md#per-user-totals).
     (
         """CREATE TABLE user_recharge_totals (
             user_id TEXT NOT NULL,
@@ -159,16 +153,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         backfill("INTEGER"),
     ),
-    # 8: the late captures whose refund is not yet confirmed, for every reconcile pass:
-    # a partial index holds just those, so the pass reads only them (the query names
-    # the state as a literal, or the planner cannot use it).
+    # 8: a partial index of the late captures whose refund is unconfirmed, so each reconcile pass
+    # reads only them (its query names the state as a literal, or the planner cannot use it).
     ("CREATE INDEX attempts_refund_due ON attempts(recharge_id) WHERE state = 'refund_requested'",),
-    # 9: exactly-once against late providers (SPEC 7). Attempts closed after an unknown
-    # outcome carry when they are checked once more for a late capture; leases carry a
-    # fencing token; the rare background work of finished recharges (refunds owed,
-    # late-capture checks, attempts left open) is found through ``follow_ups`` alone, one
-    # row per recharge with work left (a plain recharge never writes one); channels
-    # the config names are kept, and those removed while their attempts may hold money.
+    # 9: exactly-once against late providers (SPEC 7; docs/exactly-once.md): late-capture checks,
+    # lease tokens, ``follow_ups`` (a row only per finished recharge with work left), kept channels.
     (
         "ALTER TABLE attempts ADD COLUMN late_check_at REAL",
         "ALTER TABLE leases ADD COLUMN token INTEGER NOT NULL DEFAULT 1",

@@ -117,9 +117,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 5: the recharge row's own UNIQUE (client, idempotency_key) is the idempotency
     # record, one statement per create (docs/history.md#idempotency-table).
     ("DROP TABLE idempotency",),
-    # 6: quotes (POST /v1/quotes), so every instance on the database redeems any one's;
-    # expires_at is indexed for the purge. ``price`` is a JSON document, kept as text
-    # (exactly as written, as in SQLite).
+    # 6: quotes (POST /v1/quotes), so every instance on the database redeems any one's; ``price``
+    # is JSON kept as text, exactly as written (as in SQLite); expires_at is indexed for the purge.
     (
         """CREATE TABLE quotes (
             quote_id TEXT PRIMARY KEY,
@@ -132,12 +131,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX quotes_expires ON quotes(expires_at)",
     ),
-    # 7: each user's succeeded recharges per currency, kept by the journal in the
-    # transaction that credits each one (see ``journal._totals``), so the history read on
-    # every recharge is one primary-key range read, not a walk of the user's recharges.
-    # The backfill finds the month of each user's newest success in integer arithmetic
-    # (H. Hinnant's days-to-civil; created_at floored to the second first), written the
-    # same in both stores, then counts the successes created since that month began.
+    # 7: each user's succeeded recharges per currency, kept as each is credited, so the history
+    # read is one key-range read, not a walk (docs/architecture.md#per-user-totals).
     (
         """CREATE TABLE user_recharge_totals (
             user_id TEXT NOT NULL,
@@ -150,9 +145,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         backfill("BIGINT"),
     ),
-    # 8: the late captures whose refund is not yet confirmed, for every reconcile pass:
-    # a partial index holds just those, so the pass reads only them (the query names
-    # the state as a literal, or the planner cannot use it).
+    # 8: a partial index of the late captures whose refund is unconfirmed, so each reconcile pass
+    # reads only them (its query names the state as a literal, or the planner cannot use it).
     ("CREATE INDEX attempts_refund_due ON attempts(recharge_id) WHERE state = 'refund_requested'",),
     # 9: as SQLite's 9: late-capture checks, lease tokens, follow-ups, kept channels.
     (

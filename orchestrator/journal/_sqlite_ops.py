@@ -29,9 +29,8 @@ from orchestrator.pricing import FirstRecharge
 __all__ = ["ATTEMPT_COLUMNS", "WRITE_OPS", "Checkpointer", "attempt_of", "catch_up", "connect", "load", "migrate", "run_batch"]
 
 NONTERMINAL = tuple(s.value for s in RechargeStatus if s not in TERMINAL)
-# The non-terminal recharges, in the words of the recharges_open partial index's own
-# condition: SQLite uses a partial index only for a query that repeats its WHERE term
-# (a bound parameter proves nothing), and otherwise scans every recharge ever made.
+# The non-terminal recharges in recharges_open's own WHERE term: SQLite uses a partial index
+# only for a query repeating it (a bound parameter proves nothing), else scans every recharge.
 OPEN = "status IN ('processing', 'pending')"
 
 # The writer leaves checkpoints to the checkpointer; it checkpoints itself (stalling its
@@ -228,9 +227,8 @@ def op_create(conn: sqlite3.Connection, recharge: Recharge, trail: TrailEntry, l
     return None, denied
 
 
-# One more success in its user's totals (see ``_totals``): counted in its creation
-# month's tally if that is the newest month, starting a new tally if newer, left out of
-# the tally (not the count and sum) if older.
+# One more success in its user's totals (see ``_totals``): its creation month's tally grows if
+# that is the newest month, restarts if newer, stays if older (count and sum grow always).
 _ADD_TO_TOTALS = (
     "INSERT INTO user_recharge_totals(user_id, currency, recharges, amount_minor, month_start, month_recharges) "
     "VALUES (?,?,1,?,?,1) ON CONFLICT (user_id, currency) DO UPDATE SET "

@@ -393,12 +393,8 @@ def serve(path: str, fd: int, max_batch: int, commit_interval_s: float = 0.0, li
                     drop(c)
             if not queued:
                 continue
-            # Under load (a commit held ``BUSY_BATCH`` steps or more, and every one since
-            # at least ``CALM_BATCH``), let commits start at most every
-            # ``commit_interval_s``: the steps arriving meanwhile join the batch, so each
-            # fsync and each rewrite of the shared index pages serves more of them.
-            # Lightly loaded (small batches), a step commits at once: there the wait
-            # would only add latency, and the CPU it saves is not short.
+            # Under load, commits start at most every ``commit_interval_s``, so each fsync serves
+            # more steps; lightly loaded, a wait only adds latency (docs/performance.md#batching).
             if commit_interval_s and busy and len(queued) < max_batch:
                 wait = last_start + commit_interval_s - time.perf_counter()
                 if wait > 0:

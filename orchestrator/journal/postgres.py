@@ -55,9 +55,8 @@ __all__ = ["PostgresJournal"]
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-# The non-terminal recharges, as a literal the planner can match to the recharges_open
-# partial index: a generic plan over ``status = ANY($1)`` cannot use it, and scans
-# every recharge ever made.
+# The non-terminal recharges as a literal the planner matches to the recharges_open partial
+# index: a generic plan over ``status = ANY($1)`` cannot use it, and scans every recharge.
 _OPEN = "status IN ('processing', 'pending')"
 # Any key will do, as long as nothing else on the database takes it.
 _MIGRATION_LOCK = 0x6A6F75726E616C  # "journal"
@@ -155,11 +154,11 @@ class _Writer:
             _deliver([(item, None, JournalError("journal writer cancelled")) for item in batch])
             raise
         except Exception as exc:
-            # The transaction as a whole failed (server gone, disk full, connection
-            # lost): nothing in it is known to be durable, so every caller hears so.
-            # The connection may be broken or stuck mid-transaction: start afresh.
+            # The transaction failed as a whole (server gone, disk full, connection lost); the
+            # connection may be broken or stuck mid-transaction: start afresh.
             await self._drop_connection(terminate=True)
             self._retry = []
+            # Nothing in it is known to be durable, so every caller hears so.
             err = JournalError(f"commit failed: {exc}")
             err.__cause__ = exc
             results = [(item, None, err) for item in batch]
@@ -370,9 +369,8 @@ class PostgresJournal:
                 # Within one instance the writer serialises this; across instances two
                 # "firsts" racing in one instant may both keep the bonus (coins only).
                 entry = first.deny(recharge, trail)
-            # ON CONFLICT waits for a concurrent inserter of the same key (another
-            # instance) to finish, so exactly one of them makes the recharge; the
-            # recharge and its trail entry are inserted only when the key was free.
+            # ON CONFLICT waits for another instance inserting the same key, so exactly one makes
+            # the recharge; it and its trail entry are inserted only when the key was free.
             head = _HEADS.get(id(conn), GENESIS)
             made = await conn.fetchval(_CREATE, *recharge_row(recharge), *_trail_rows(conn, (entry,))[0])
             if made is None:
@@ -629,10 +627,8 @@ _UPDATE_STATUS = (
 _TOUCH = "UPDATE recharges SET updated_at=$1 WHERE id=$2 AND ($3::text[] IS NULL OR status = ANY($3::text[]))"
 # A success that credits: the row says whose totals it joins (see _ADD_TO_TOTALS).
 _UPDATE_STATUS_SUCCEEDED = _UPDATE_STATUS + " RETURNING user_id, currency, amount_minor, created_at"
-# One more success in its user's totals (see ``_totals``): counted in its creation
-# month's tally if that is the newest month, starting a new tally if newer, left out of
-# the tally (not the count and sum) if older. The upsert locks the row until commit, so
-# two instances crediting one user add one after the other.
+# One more success in its user's totals (``_totals``): its creation month's tally grows if newest,
+# restarts if newer, stays if older; the upsert's row lock makes two instances add in turn.
 _ADD_TO_TOTALS = (
     "INSERT INTO user_recharge_totals AS t(user_id, currency, recharges, amount_minor, month_start, month_recharges) "
     "VALUES ($1, $2, 1, $3, $4, 1) ON CONFLICT (user_id, currency) DO UPDATE SET "
@@ -686,9 +682,8 @@ _UPDATE_ATTEMPT = (
     "latency_ms=COALESCE($5, latency_ms), updated_at=$6, late_check_at=$9 "
     "WHERE reference=$7 AND ($8::text[] IS NULL OR state = ANY($8::text[]))"
 )
-# The wallet row's lock (taken by the upsert) serializes credits to one user across
-# instances; the entry's UNIQUE(recharge_id) refuses a second credit, and the savepoint
-# then takes the balance bump back.
+# The upsert's lock on the wallet row serializes one user's credits across instances; the
+# entry's UNIQUE(recharge_id) refuses a second credit, and the savepoint takes the bump back.
 _CREDIT = (
     "WITH w AS ("
     " INSERT INTO wallets(user_id, coins, updated_at) VALUES ($1, $2, $3)"
