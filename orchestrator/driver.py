@@ -32,9 +32,8 @@ from orchestrator.activity import Activity
 from orchestrator.clock import Clock
 from orchestrator.errors import HeldElsewhere, IdempotencyConflict
 from orchestrator.journal import Journal
-from orchestrator.model import TERMINAL, Attempt, AttemptState, Fence, Recharge, Step, TrailEntry
+from orchestrator.model import TERMINAL, Attempt, AttemptState, Fence, FirstRecharge, Recharge, Step, TrailEntry
 from orchestrator.transitions import Move, RunSettings, Source
-from orchestrator.pricing import FirstRecharge
 
 __all__ = ["Driver", "Gate", "HeldElsewhere", "IdempotencyConflict", "RoutePlan", "RunSettings", "new_recharge_id"]
 

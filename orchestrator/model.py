@@ -19,6 +19,7 @@ __all__ = [
     "Attempt",
     "AttemptState",
     "Credit",
+    "FirstRecharge",
     "Recharge",
     "RechargeStatus",
     "Step",
@@ -219,3 +220,19 @@ class Step:
         to refund): it must land whoever holds the lease."""
         return self.credit is not None or (
             self.attempt is not None and self.attempt.state in (AttemptState.CAPTURED, AttemptState.REFUND_REQUESTED))
+
+
+@dataclass(frozen=True, slots=True)
+class FirstRecharge:
+    """A recharge priced with the first-recharge bonus, and its price without it (made by
+    ``pricing.Price.first_recharge_claim``). The journal grants the bonus only if the user
+    has no other running or succeeded recharge, checked in the creating transaction;
+    otherwise it ``deny``s it."""
+
+    bonus_without: int
+    detail_without: dict[str, Any]
+
+    def deny(self, recharge: Recharge, trail: TrailEntry) -> TrailEntry:
+        recharge.bonus_coins = self.bonus_without
+        return TrailEntry(trail.recharge_id, trail.at, trail.event, trail.status, trail.reference, trail.channel,
+                          {**(trail.detail or {}), **self.detail_without, "first_recharge": "already claimed"})

@@ -36,14 +36,14 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
 from config import PricingConfig, PromotionsConfig, exponent, is_known
 from orchestrator.clock import Clock, month_of
 from orchestrator.errors import PricingError, RateSourceError
-from orchestrator.model import Recharge, TrailEntry
+from orchestrator.model import FirstRecharge
 
 __all__ = [
     "CurrencyTotals",
@@ -410,21 +410,6 @@ class Price:
         without = self.without_first_recharge()
         denied = self.claims_first_recharge and bonus_coins == without.bonus_coins != self.bonus_coins
         return [p.to_api() for p in (without if denied else self).promotions]
-
-
-@dataclass(frozen=True, slots=True)
-class FirstRecharge:
-    """A recharge priced with the first-recharge bonus, and its price without it. The
-    journal grants the bonus only if the user has no other running or succeeded
-    recharge, checked in the creating transaction; otherwise it ``deny``s it."""
-
-    bonus_without: int
-    detail_without: dict[str, Any]
-
-    def deny(self, recharge: Recharge, trail: TrailEntry) -> TrailEntry:
-        recharge.bonus_coins = self.bonus_without
-        return TrailEntry(trail.recharge_id, trail.at, trail.event, trail.status, trail.reference, trail.channel,
-                          {**(trail.detail or {}), **self.detail_without, "first_recharge": "already claimed"})
 
 
 def denomination_limits(cfg: PricingConfig, rates: RateLookup, currency: str) -> tuple[int, int] | None:

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from orchestrator.errors import JournalError
-from orchestrator.pricing import FirstRecharge
-from orchestrator.model import Attempt, Fence, Recharge, Step, TrailEntry
+from orchestrator.model import Attempt, Fence, FirstRecharge, Recharge, Step, TrailEntry
 
 __all__ = ["PURGE_LIMIT", "Journal", "JournalError", "KeptChannel", "QuoteRecord", "UserTotals",
            "WalletEntry", "WalletView"]

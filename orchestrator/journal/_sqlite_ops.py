@@ -23,8 +23,7 @@ from orchestrator.journal._protocol import JournalError, QuoteRecord
 from orchestrator.journal._rows import ATTEMPT_COLUMNS, RECHARGE_COLUMNS, TRAIL_COLUMNS, attempt_of, attempt_row, \
     recharge_of, recharge_row, trail_rows
 from orchestrator.clock import month_of
-from orchestrator.model import KEEP, TERMINAL, Attempt, Recharge, RechargeStatus, Step, TrailEntry
-from orchestrator.pricing import FirstRecharge
+from orchestrator.model import KEEP, TERMINAL, Attempt, FirstRecharge, Recharge, RechargeStatus, Step, TrailEntry
 
 __all__ = ["ATTEMPT_COLUMNS", "WRITE_OPS", "Checkpointer", "attempt_of", "catch_up", "connect", "load", "migrate", "run_batch"]
 

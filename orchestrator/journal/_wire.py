@@ -16,8 +16,7 @@ from typing import Any
 
 import orjson
 
-from orchestrator.model import KEEP, Attempt, AttemptState, Credit, Recharge, RechargeStatus, Step, TrailEntry
-from orchestrator.pricing import FirstRecharge
+from orchestrator.model import KEEP, Attempt, AttemptState, Credit, FirstRecharge, Recharge, RechargeStatus, Step, TrailEntry
 
 __all__ = ["HEADER", "decode_args", "decode_value", "encode", "encode_request", "encode_value", "frames", "pack"]
 

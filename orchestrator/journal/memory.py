@@ -27,9 +27,8 @@ from orchestrator.journal._protocol import (
     WalletView,
 )
 from orchestrator.journal._rows import trail_rows
-from orchestrator.model import KEEP, TERMINAL, Attempt, Fence, Recharge, RechargeStatus, Step, TrailEntry
+from orchestrator.model import KEEP, TERMINAL, Attempt, Fence, FirstRecharge, Recharge, RechargeStatus, Step, TrailEntry
 from orchestrator.transitions import admits, reduce
-from orchestrator.pricing import FirstRecharge
 
 __all__ = ["MemoryJournal"]
 

@@ -47,8 +47,7 @@ from orchestrator.journal._rows import (
 from orchestrator.journal._schema_pg import MIGRATIONS
 from orchestrator.clock import month_of
 from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, totals_since
-from orchestrator.model import KEEP, Attempt, Fence, Recharge, RechargeStatus, Step, TrailEntry
-from orchestrator.pricing import FirstRecharge
+from orchestrator.model import KEEP, Attempt, Fence, FirstRecharge, Recharge, RechargeStatus, Step, TrailEntry
 
 __all__ = ["PostgresJournal"]
 

@@ -36,8 +36,7 @@ from orchestrator.journal._rows import ATTEMPT_COLUMNS, attempt_of, trail_entry_
 from orchestrator.journal._sqlite_ops import OPEN, QUOTE_COLUMNS, connect, load, quote_of
 from orchestrator.journal._sqlite_writer import ProcessWriter
 from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, totals_since
-from orchestrator.model import Attempt, Fence, Recharge, Step, TrailEntry
-from orchestrator.pricing import FirstRecharge
+from orchestrator.model import Attempt, Fence, FirstRecharge, Recharge, Step, TrailEntry
 
 __all__ = ["SqliteJournal", "path_from_url"]
 

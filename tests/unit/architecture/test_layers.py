@@ -89,6 +89,46 @@ def test_the_source_keeps_the_layer_rules() -> None:
     assert violations(ROOT) == []
 
 
+def loaded_at_import(module: str, root: Path = ROOT) -> set[str]:
+    """Every module importing ``module`` loads, ours and others' (top-level names),
+    following only imports that run at import time (not those inside functions)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = root / (name.replace(".", "/") + ".py")
+        if not path.exists():
+            path = root / name.replace(".", "/") / "__init__.py"
+        if not path.exists():
+            continue
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # its packages run first
+        tree = ast.parse(path.read_text())
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                todo += [base, *(f"{base}.{a.name}" for a in node.names)]
+    return seen
+
+
+def test_the_sqlite_writer_process_stays_lean() -> None:
+    # It runs beside every server: pydantic, the config schema or the pricing there cost
+    # the process tens of megabytes (docs/performance.md#writer-start-up).
+    loaded = loaded_at_import("orchestrator.journal._sqlite_writer")
+    assert "orchestrator.journal._sqlite_writer" in loaded and "orchestrator.model" in loaded
+    heavy = {"pydantic", "config", "aiohttp", "asyncpg", "orchestrator.pricing", "orchestrator.service"}
+    assert not {m for m in loaded if m.split(".")[0] in heavy or m in heavy}
+
+
 @pytest.mark.parametrize(("module", "line", "expected"), [
     ("routing/_bad.py", "import asyncio", "routing._bad is pure and imports asyncio"),
     ("routing/_bad.py", "from orchestrator.model import Recharge",

@@ -6,9 +6,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from orchestrator.pricing import FirstRecharge
 from orchestrator.journal import _wire
-from orchestrator.model import Attempt, AttemptState, Credit, Recharge, RechargeStatus, Step, TrailEntry
+from orchestrator.model import Attempt, AttemptState, Credit, FirstRecharge, Recharge, RechargeStatus, Step, TrailEntry
 
 AT = 1796157391.9159791  # floats must survive exactly: the audit chain hashes them
 
