@@ -38,7 +38,10 @@ __all__ = [
 
 SIGNATURE_HEADER = "X-Provider-Signature"
 TOLERANCE_S = 300
-EVENT_STATUSES = frozenset({"captured", "pending", "declined", "voided", "refunded"})
+EVENT_STATUSES = frozenset({"captured", "pending", "declined", "voided", "refunded", "failed", "disputed",
+                            "dispute_won", "dispute_lost"})
+"""A payment's statuses, a refund's (``refunded``, ``failed``: the event carries its
+``refund_reference``) and a dispute's (SPEC 6)."""
 _MAX_FIELD = 255
 _MAX_T_DIGITS = 12  # unix seconds stay under 12 digits for 30,000 years; longer is an attack
 
@@ -69,8 +72,9 @@ class WebhookEvent:
     provider_ref: str | None
     status: str
     decline_code: str | None
-    amount_minor: int | None = None  # what the provider says it charged, when it says so
+    amount_minor: int | None = None  # what the provider says it charged (or refunded), when it says so
     currency: str | None = None
+    refund_reference: str | None = None  # set on a refund's event: which refund, as the client named it
 
 
 def _mac(secret: str, t: int, body: bytes) -> str:
@@ -157,12 +161,13 @@ def parse_event(body: bytes) -> WebhookEvent:
     if currency is not None and not (len(currency) == 3 and currency.isascii() and currency.isupper()):
         raise MalformedEvent("currency must be a 3-letter ISO 4217 code")
     return WebhookEvent(event_id, reference, _optional(doc, "provider_ref"), status, _optional(doc, "decline_code"),
-                        amount, currency)
+                        amount, currency, _optional(doc, "refund_reference"))
 
 
 def event_body(event: WebhookEvent) -> bytes:
-    """The wire body of ``event``: what a provider signs and sends."""
-    return orjson.dumps({
+    """The wire body of ``event``: what a provider signs and sends. ``refund_reference``
+    only on a refund's event, so a payment's event keeps its seven keys."""
+    doc = {
         "event_id": event.event_id,
         "reference": event.reference,
         "provider_ref": event.provider_ref,
@@ -170,4 +175,7 @@ def event_body(event: WebhookEvent) -> bytes:
         "decline_code": event.decline_code,
         "amount_minor": event.amount_minor,
         "currency": event.currency,
-    })
+    }
+    if event.refund_reference is not None:
+        doc["refund_reference"] = event.refund_reference
+    return orjson.dumps(doc)

@@ -65,6 +65,18 @@ class Sim:
         async with self.session.get(f"{self.url}/_sim/stats") as resp:
             return (await resp.json())[channel]
 
+    async def refund(self, channel: str, reference: str, refund_reference: str | None = None,
+                     amount_minor: int | None = None) -> tuple[int, Any]:
+        """``POST /{channel}/payments/{reference}/refund``: with a body when a
+        ``refund_reference`` is given, else none (the whole rest)."""
+        body = None if refund_reference is None else {"refund_reference": refund_reference,
+                                                      "amount_minor": amount_minor}
+        return await self.raw("POST", f"/{channel}/payments/{reference}/refund", json=body)
+
+    async def dispute(self, channel: str, reference: str, **body: Any) -> tuple[int, Any]:
+        """``POST /_sim/{channel}/payments/{reference}/dispute`` with ``body`` (``outcome=``)."""
+        return await self.raw("POST", f"/_sim/{channel}/payments/{reference}/dispute", json=body)
+
     async def raw(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
         """One request to the simulator, answered as (status, JSON body or None)."""
         async with self.session.request(method, self.url + path, **kw) as resp:

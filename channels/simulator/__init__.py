@@ -34,7 +34,7 @@ from channels.simulator._behaviour import (
     Fate,
 )
 from channels.simulator._config import ChannelSpec, SimConfig, SimConfigError, load_config, parse_config
-from channels.simulator._ledger import COUNTERS, Payment, SimChannel
+from channels.simulator._ledger import COUNTERS, Dispute, Payment, Refund, SimChannel
 
 __all__ = [
     "COUNTERS",
@@ -45,8 +45,10 @@ __all__ = [
     "Behaviour",
     "BehaviourError",
     "ChannelSpec",
+    "Dispute",
     "Fate",
     "Payment",
+    "Refund",
     "SimChannel",
     "SimConfig",
     "SimConfigError",

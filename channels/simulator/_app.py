@@ -7,15 +7,33 @@ behaviour, idempotent by reference like a real provider, and a control API under
     GET  /{ch}/payments/{reference}          the payment, or 404
     POST /{ch}/payments/{reference}/void     200 voided when not yet settled (a reference never seen
                                              is voided ahead: a tombstone), else 409 + state
-    POST /{ch}/payments/{reference}/refund   200 refunded when captured, else 409 + state
+    POST /{ch}/payments/{reference}/refund   {"refund_reference", "amount_minor"}: 200 with the refund
+                                             (refunded, pending or failed), idempotent by
+                                             refund_reference; refusals below. No body (or {}):
+                                             the whole rest at once, 200 + the payment refunded,
+                                             else 409 + state
     GET  /{ch}/ping                          200 {"status": "ok"}
 
     GET|PUT /_sim/{ch}/behaviour             read / change behaviour (partial, validated: 422)
-    GET  /_sim/ledger[?channel=]             every payment held, with its status history
+    GET  /_sim/ledger[?channel=]             every payment held, with its status history, its
+                                             refunded_minor, refunds and dispute
     GET  /_sim/stats                         counters per channel
     POST /_sim/reset[?channel=]              back to the configured state, ledger emptied
+    POST /_sim/{ch}/payments/{reference}/dispute   {"outcome": "won" | "lost" | null}: opens a
+                                             dispute on a captured payment (``disputed`` webhook),
+                                             decided after the webhook delay when an outcome is
+                                             given; 200 + the ledger entry
 
-Every error is JSON ``{"error": {"code", "message", "field"?}}``.
+Every error is JSON ``{"error": {"code", "message", "field"?}}``. A refund or a dispute
+the payment's state refuses (``_ledger.py`` says why) answers:
+
+    409 refund_reference_reused   the refund_reference names a refund of another payment or
+                                  amount (a conflict with what exists, not a bad body: 422)
+    409 not_captured              pending, declined or voided (a dispute: refunded too)
+    409 already_refunded          refunded in full
+    409 disputed                  its dispute is open or lost
+    409 already_disputed          a payment has one dispute
+    422 refund_exceeds_amount     more than is left to refund; nothing changes
 """
 
 from __future__ import annotations
@@ -34,7 +52,7 @@ from aiohttp import web
 
 from channels.simulator._behaviour import BehaviourError, Fate
 from channels.simulator._config import SimConfig, parse_config
-from channels.simulator._ledger import Payment, SimChannel
+from channels.simulator._ledger import Payment, Refusal, SimChannel
 from channels.simulator._notifier import Notifier
 
 __all__ = ["SIMULATOR", "Simulator", "build_app"]
@@ -44,6 +62,9 @@ log = structlog.get_logger("simulator")
 MAX_BODY_BYTES = 64 * 1024
 _STALL_POLL_S = 0.02
 _LIMITS = {"reference": 255, "currency": 3, "method": 64}
+_REFUSAL_STATUS = {"refund_reference_reused": 409, "not_captured": 409, "already_refunded": 409, "disputed": 409,
+                   "already_disputed": 409, "refund_exceeds_amount": 422}
+_OUTCOMES = ("won", "lost", None)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 V1Handler = Callable[[web.Request, SimChannel], Awaitable[web.StreamResponse]]
@@ -95,6 +116,10 @@ def _retry_later(status: int, message: str) -> web.Response:
     return _error(status, "unavailable" if status == 503 else "rate_limited", message, headers={"Retry-After": "1"})
 
 
+def _refused(refusal: Refusal) -> web.Response:
+    return _error(_REFUSAL_STATUS[refusal.code], refusal.code, refusal.message)
+
+
 # -- aiohttp's own refusals, as JSON -------------------------------------------------------
 
 # Without a middleware, which would wrap each payment too: ``_serve``, a catch-all route added
@@ -134,8 +159,7 @@ def _payment_problem(body: Any, idempotency_key: str | None) -> tuple[str, str] 
         value = body.get(key)
         if not isinstance(value, str) or not 0 < len(value) <= limit:
             return key, f"a string of 1 to {limit} characters is required"
-    amount = body.get("amount_minor")
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+    if not _positive_int(body.get("amount_minor")):
         return "amount_minor", "a positive integer is required"
     if not isinstance(body.get("instrument", {}), dict):
         return "instrument", "must be a JSON object"
@@ -145,6 +169,49 @@ def _payment_problem(body: Any, idempotency_key: str | None) -> tuple[str, str] 
     if idempotency_key != body["reference"]:
         return "Idempotency-Key", "the Idempotency-Key header must equal the reference"
     return None
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _refund_problem(body: Any) -> tuple[str, str] | None:
+    """The (field, message) of the first problem in a refund request's body, or None."""
+    if not isinstance(body, dict):
+        return "body", "must be a JSON object"
+    reference = body.get("refund_reference")
+    if not isinstance(reference, str) or not 0 < len(reference) <= _LIMITS["reference"]:
+        return "refund_reference", f"a string of 1 to {_LIMITS['reference']} characters is required"
+    if not _positive_int(body.get("amount_minor")):
+        return "amount_minor", "a positive integer is required"
+    return None
+
+
+def _dispute_problem(body: Any) -> tuple[str, str] | None:
+    """The (field, message) of the first problem in a dispute's body, or None. Unknown keys
+    are refused: a misspelt ``outcome`` must not open a dispute that never closes."""
+    if not isinstance(body, dict):
+        return "body", "must be a JSON object"
+    for key in body:
+        if key != "outcome":
+            return str(key), "unknown field"
+    if body.get("outcome") not in _OUTCOMES:
+        return "outcome", "must be \"won\", \"lost\" or null"
+    return None
+
+
+async def _read_json(request: web.Request, empty: Any) -> tuple[Any, web.Response | None]:
+    """The request's JSON body (``empty`` when there is none), or the answer refusing it."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        return None, _refusal(exc)
+    if not raw.strip():
+        return empty, None
+    try:
+        return orjson.loads(raw), None
+    except orjson.JSONDecodeError:
+        return None, _error(400, "malformed_json", "the body is not JSON")
 
 
 def _bearer_ok(request: web.Request, api_key: str) -> bool:
@@ -289,8 +356,39 @@ class Simulator:
     async def refund(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
         if (payment := await self._lookup(request, ch)) is None:
             return _error(404, "not_found", "no such payment")
-        if payment.status == "captured":
-            ch.move(payment, "refunded")
+        body, refused = await _read_json(request, empty={})
+        if refused is not None:
+            return refused
+        if body == {}:
+            return self._refund_the_rest(ch, payment)
+        if problem := _refund_problem(body):
+            ch.counters["rejected"] += 1
+            return _error(422, "invalid_field", problem[1], problem[0])
+        refund_reference, amount = body["refund_reference"], body["amount_minor"]
+        if (known := ch.refunds.get(refund_reference)) is not None:
+            if (known.reference, known.amount_minor) != (payment.reference, amount):
+                ch.counters["refunds_refused"] += 1
+                return _refused(Refusal("refund_reference_reused", f"refund_reference {refund_reference!r} names a "
+                                        "refund of another payment or amount"))
+            ch.counters["refund_replays"] += 1
+            return _json(known.wire())
+        if refusal := payment.refund_refusal(amount):
+            ch.counters["refunds_refused"] += 1
+            return _refused(refusal)
+        b = ch.behaviour
+        pending, failed = b.chance("refund_pending_rate", ch.rng), b.chance("refund_failure_rate", ch.rng)
+        status = "pending" if pending else "failed" if failed else "refunded"
+        refund = ch.refund(payment, refund_reference, amount, status)
+        if pending:
+            self.notifier.schedule_refund(ch, payment, refund, failed)
+        return _json(refund.wire())
+
+    @staticmethod
+    def _refund_the_rest(ch: SimChannel, payment: Payment) -> web.Response:
+        """A refund without a body, as before refunds were partial: all that is left, at
+        once, answered with the payment (refunded, or 409 with the state that refuses it)."""
+        if payment.refund_refusal(None) is None:
+            ch.refund(payment, ch.new_id("rf"), payment.refundable_minor, "refunded")
         return _json(payment.wire(), 200 if payment.status == "refunded" else 409)
 
     async def ping(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
@@ -339,6 +437,21 @@ class Simulator:
     async def stats(self, request: web.Request) -> web.Response:
         return _json({ch.name: ch.stats() for ch in self._selected(request)})
 
+    async def dispute(self, request: web.Request) -> web.Response:
+        ch = self._named(request.match_info["channel"])
+        if (payment := ch.payments.get(request.match_info["reference"])) is None:
+            return _error(404, "not_found", "no such payment")
+        body, refused = await _read_json(request, empty={})
+        if refused is not None:
+            return refused
+        if problem := _dispute_problem(body):
+            return _error(422, "invalid_field", problem[1], problem[0])
+        if refusal := payment.dispute_refusal():
+            return _refused(refusal)
+        self.notifier.dispute(ch, payment, body.get("outcome"))
+        log.info("dispute_opened", channel=ch.name, reference=payment.reference, outcome=body.get("outcome"))
+        return _json(payment.ledger())
+
     async def reset(self, request: web.Request) -> web.Response:
         chosen = self._selected(request)
         for ch in chosen:
@@ -369,6 +482,7 @@ def build_app(config: SimConfig | Mapping[str, Any]) -> web.Application:
     _serve(r, "/_sim/stats", GET=sim.stats)
     _serve(r, "/_sim/reset", POST=sim.reset)
     _serve(r, "/_sim/{channel}/behaviour", GET=sim.get_behaviour, PUT=sim.put_behaviour)
+    _serve(r, "/_sim/{channel}/payments/{reference}/dispute", POST=sim.dispute)
     _serve(r, "/{channel}/payments", POST=sim.v1(sim.authorize))
     _serve(r, "/{channel}/payments/{reference}", GET=sim.v1(sim.inquire))
     _serve(r, "/{channel}/payments/{reference}/void", POST=sim.v1(sim.void))

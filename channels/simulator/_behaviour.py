@@ -24,6 +24,16 @@ the rest is a plain capture):
 
 A void of a reference the provider has not seen answers ``voided`` and keeps a tombstone,
 so a charge with that reference arriving later is refused as voided (SPEC 6).
+
+A new refund (one with a body, ``_app.py``) draws twice, both draws always made:
+
+    refund_pending_rate      answer ``pending``; after ``webhook_delay_ms`` it settles and a
+                             signed webhook goes out
+    refund_failure_rate      the refund fails (``failed``, nothing refunded): at once, or when a
+                             pending one settles
+
+A refund without a body (the whole remaining payment, as before refunds were partial)
+draws nothing and is refunded at once.
 """
 
 from __future__ import annotations
@@ -66,7 +76,8 @@ class Fate(enum.StrEnum):
 _FATE_ORDER = tuple(f for f in Fate if f is not Fate.CAPTURE)
 _FATE_RATES = tuple(f"{f.value}_rate" for f in _FATE_ORDER)
 _FATES = (*_FATE_ORDER, Fate.CAPTURE)  # indexed by where the draw falls among the edges
-_OTHER_RATES = ("pending_decline_rate", "duplicate_webhook_rate", "out_of_order_webhook_rate", "webhook_drop_rate")
+_OTHER_RATES = ("pending_decline_rate", "duplicate_webhook_rate", "out_of_order_webhook_rate", "webhook_drop_rate",
+                "refund_pending_rate", "refund_failure_rate")
 _DURATIONS_MS = ("latency_ms", "latency_jitter_ms", "ping_latency_ms", "webhook_delay_ms", "webhook_retry_ms",
                  "hang_ms", "late_processing_ms")
 _MAX_MS = 600_000
@@ -110,6 +121,8 @@ class Behaviour:
     webhook_drop_rate: float = 0.0
     webhook_max_attempts: int = 6
     webhook_retry_ms: float = 200.0  # the first retry's backoff; it doubles each time
+    refund_pending_rate: float = 0.0  # of refunds, the share answered pending and settled later
+    refund_failure_rate: float = 0.0  # of refunds, the share that fail (pending or not)
     hang_ms: float = 30_000.0  # a "timeout" stalls this long, or until the client hangs up
     outage: bool = False
     outage_mode: str = "refuse"

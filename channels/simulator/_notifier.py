@@ -1,25 +1,36 @@
-"""Pending payments settling later, and the signed webhooks that tell the orchestrator.
+"""Pending payments and refunds settling later, disputes deciding later, and the signed
+webhooks that tell the orchestrator.
 
 A pending payment settles after ``webhook_delay_ms`` (jittered) unless it was voided
 first. The settlement decides, there and then, whether its webhook is dropped,
 duplicated, or followed by a stale ``pending`` event (out of order), so the RNG sequence
 does not depend on how long deliveries take. Each delivery is retried on a non-2xx answer
 or a network error, with doubling backoff, at most ``webhook_max_attempts`` times.
+
+Refunds and disputes send their events the same way, each event drawing its own drop,
+duplicate and out-of-order chances:
+
+    a pending refund     settles after ``webhook_delay_ms``: ``refunded`` or ``failed``, with its
+                         ``refund_reference`` and its own ``amount_minor`` (no stale event: a
+                         refund's ``pending`` is not one of its events)
+    a dispute            ``disputed`` at once; with an outcome, ``dispute_won`` or ``dispute_lost``
+                         after ``webhook_delay_ms``, and out of order means the ``disputed`` event
+                         (the same event_id) arrives again after it, first if it was dropped
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from channels.simulator._ledger import Payment, SimChannel
+from channels.simulator._ledger import Payment, Refund, SimChannel
 from channels.webhooks import SIGNATURE_HEADER, WebhookEvent, event_body, sign
 
 __all__ = ["Notifier"]
@@ -65,27 +76,55 @@ class Notifier:
         code = b.decline_code(rng) if declined else None
 
         def settle() -> None:
-            channel.settlements.pop(payment.reference, None)
             if payment.status != "pending":  # voided meanwhile
                 return
             channel.move(payment, "declined" if declined else "captured", code)
-            self._notify(channel, payment)
+            self._notify(channel, payment.callback_url, lambda: _event(channel, payment, payment.status, code),
+                         lambda final: replace(final, event_id=channel.new_id("evt"), status="pending",
+                                               decline_code=None))
 
-        channel.settlements[payment.reference] = asyncio.get_running_loop().call_later(delay, settle)
+        _later(channel, ("payment", payment.reference), delay, settle)
 
-    def _notify(self, channel: SimChannel, payment: Payment) -> None:
+    def schedule_refund(self, channel: SimChannel, payment: Payment, refund: Refund, failed: bool) -> None:
+        """Settle ``refund`` (now pending) later, refunded or ``failed``."""
+        def settle() -> None:
+            channel.settle_refund(payment, refund, "failed" if failed else "refunded")
+            self._notify(channel, payment.callback_url,
+                         lambda: _event(channel, payment, refund.status, amount_minor=refund.amount_minor,
+                                        refund_reference=refund.refund_reference))
+
+        _later(channel, ("refund", refund.refund_reference), channel.behaviour.webhook_delay_s(channel.rng), settle)
+
+    def dispute(self, channel: SimChannel, payment: Payment, outcome: str | None) -> None:
+        """Open a dispute on ``payment`` (captured, checked) and tell; decide ``outcome``
+        (won or lost) later, or leave it open."""
+        channel.open_dispute(payment)
+        opened = _event(channel, payment, "disputed")
+        self._notify(channel, payment.callback_url, lambda: opened)
+        if outcome is None:
+            return
+
+        def decide() -> None:
+            channel.decide_dispute(payment, outcome)
+            self._notify(channel, payment.callback_url, lambda: _event(channel, payment, f"dispute_{outcome}"),
+                         lambda _final: opened)
+
+        _later(channel, ("dispute", payment.reference), channel.behaviour.webhook_delay_s(channel.rng), decide)
+
+    def _notify(self, channel: SimChannel, url: str | None, event: Callable[[], WebhookEvent],
+                earlier: Callable[[WebhookEvent], WebhookEvent] | None = None) -> None:
+        """Send ``event()`` to ``url`` as this event's draws say; out of order, ``earlier``
+        (given the event) follows it. Events are made only when sent, so a dropped one
+        draws no id."""
         b, rng = channel.behaviour, channel.rng
         plan = _Plan(b.chance("webhook_drop_rate", rng), b.chance("duplicate_webhook_rate", rng),
                      b.chance("out_of_order_webhook_rate", rng))
-        if payment.callback_url is None or plan.drop:
+        if url is None or plan.drop:
             channel.counters["webhooks_dropped"] += 1
             return
-        event = WebhookEvent(channel.new_id("evt"), payment.reference, payment.provider_ref, payment.status,
-                             payment.decline_code, payment.amount_minor, payment.currency)
-        stale = (WebhookEvent(channel.new_id("evt"), payment.reference, payment.provider_ref, "pending", None,
-                              payment.amount_minor, payment.currency)
-                 if plan.out_of_order else None)
-        self._spawn(self._send(channel, payment.callback_url, event, plan, stale))
+        final = event()
+        stale = earlier(final) if plan.out_of_order and earlier is not None else None
+        self._spawn(self._send(channel, url, final, plan, stale))
 
     async def _send(self, channel: SimChannel, url: str, event: WebhookEvent, plan: _Plan,
                     stale: WebhookEvent | None) -> None:
@@ -94,7 +133,7 @@ class Notifier:
             channel.counters["webhooks_duplicated"] += 1
             await self._deliver(channel, url, event)
         if stale is not None:
-            # The earlier 'pending' state, arriving after the final one.
+            # The earlier state, arriving after the final one.
             channel.counters["webhooks_out_of_order"] += 1
             await self._deliver(channel, url, stale)
 
@@ -132,3 +171,22 @@ class Notifier:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _event(channel: SimChannel, payment: Payment, status: str, decline_code: str | None = None, *,
+           amount_minor: int | None = None, refund_reference: str | None = None) -> WebhookEvent:
+    """An event about ``payment`` with a new id; ``amount_minor`` is the payment's unless
+    given (a refund's own)."""
+    return WebhookEvent(channel.new_id("evt"), payment.reference, payment.provider_ref, status, decline_code,
+                        payment.amount_minor if amount_minor is None else amount_minor, payment.currency,
+                        refund_reference)
+
+
+def _later(channel: SimChannel, key: tuple[str, str], delay_s: float, settle: Callable[[], None]) -> None:
+    """Run ``settle`` in ``delay_s``, held in ``channel.settlements`` under ``key`` until then
+    (so a void or a reset can cancel it)."""
+    def run() -> None:
+        channel.settlements.pop(key, None)
+        settle()
+
+    channel.settlements[key] = asyncio.get_running_loop().call_later(delay_s, run)

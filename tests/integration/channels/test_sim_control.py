@@ -45,6 +45,8 @@ async def test_a_partial_update_changes_only_what_it_names(sim):
     ({"decline_codes": {"x": -1}}, "decline_codes"),
     ({"colour": "red"}, "colour"),
     ({"decline_rate": 0.6, "pending_rate": 0.6}, "rates"),
+    ({"refund_pending_rate": 1.5}, "refund_pending_rate"),
+    ({"refund_failure_rate": -0.1}, "refund_failure_rate"),
 ])
 async def test_bad_control_input_is_422_naming_the_field_and_changes_nothing(sim, change, field):
     before = await sim.behave("t1")

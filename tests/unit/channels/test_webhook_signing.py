@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from channels.webhooks import (
+    EVENT_STATUSES,
     MalformedEvent,
     SignatureError,
     WebhookError,
@@ -117,6 +118,8 @@ def _signed(doc: object) -> tuple[str, bytes]:
     ({"event_id": "e", "reference": "", "status": "captured"}, "reference must be a string"),
     ({"event_id": "e", "reference": "r" * 256, "status": "captured"}, "reference must be a string"),
     ({"event_id": "e", "reference": "r", "status": "captured", "decline_code": 5}, "decline_code must"),
+    ({"event_id": "e", "reference": "r", "status": "refunded", "refund_reference": ""}, "refund_reference must"),
+    ({"event_id": "e", "reference": "r", "status": "refunded", "refund_reference": 3}, "refund_reference must"),
 ])
 def test_a_signed_but_malformed_body_names_what_is_wrong(doc, reason):
     header, body = _signed(doc)
@@ -135,6 +138,22 @@ def test_optional_fields_may_be_absent_or_null():
     assert verify(SECRET, header, body, now=T) == WebhookEvent("e", "r", None, "declined", None)
 
 
+@pytest.mark.parametrize("status", ["refunded", "failed", "disputed", "dispute_won", "dispute_lost"])
+def test_refund_and_dispute_statuses_parse_and_a_refund_names_itself(status):
+    header, body = _signed({"event_id": "e", "reference": "r", "status": status, "amount_minor": 300,
+                            "refund_reference": "rf_1" if status in ("refunded", "failed") else None})
+    event = verify(SECRET, header, body, now=T)
+    assert (event.status, event.amount_minor) == (status, 300)
+    assert event.refund_reference == ("rf_1" if status in ("refunded", "failed") else None)
+
+
+def test_only_a_refund_event_carries_a_refund_reference_on_the_wire():
+    assert "refund_reference" not in orjson.loads(BODY)
+    refund = WebhookEvent("evt_2", "att_1", "pr_1", "refunded", None, 300, "CNY", "rf_1")
+    assert orjson.loads(event_body(refund))["refund_reference"] == "rf_1"
+    assert parse_event(event_body(refund)) == refund
+
+
 def test_sign_refuses_a_timestamp_that_is_not_unix_seconds():
     for t in (-1, 1.5, True):
         with pytest.raises(ValueError):
@@ -146,8 +165,9 @@ events = st.builds(
     event_id=st.text(min_size=1, max_size=40),
     reference=st.text(min_size=1, max_size=40),
     provider_ref=st.none() | st.text(min_size=1, max_size=40),
-    status=st.sampled_from(["captured", "pending", "declined", "voided", "refunded"]),
+    status=st.sampled_from(sorted(EVENT_STATUSES)),
     decline_code=st.none() | st.text(min_size=1, max_size=40),
+    refund_reference=st.none() | st.text(min_size=1, max_size=40),
 )
 
 
