@@ -35,7 +35,7 @@ from orchestrator.journal import Journal
 from orchestrator.model import TERMINAL, Attempt, AttemptState, Fence, FirstRecharge, Recharge, Step, TrailEntry
 from orchestrator.transitions import Move, RunSettings, Source
 
-__all__ = ["Driver", "Gate", "HeldElsewhere", "IdempotencyConflict", "RoutePlan", "RunSettings", "new_recharge_id"]
+__all__ = ["Driver", "Gate", "HeldElsewhere", "IdempotencyConflict", "RoutePlan", "RunSettings", "Running", "new_recharge_id"]
 
 log = structlog.get_logger("orchestrator.driver")
 
@@ -58,6 +58,24 @@ def new_recharge_id() -> str:
 
 class _LeaseLost(Exception):
     """This instance no longer holds the recharge's lease: stop driving it."""
+
+
+class Running:
+    """What a reload changes that the driver reads: the settings new recharges start on,
+    and the base URL providers call back. The composition root replaces both; the driver
+    reads them here and never calls up into it."""
+
+    __slots__ = ("base_url", "settings")
+
+    def __init__(self, settings: RunSettings, base_url: str | None = None) -> None:
+        self.settings = settings
+        self.base_url = base_url
+
+    def __call__(self) -> RunSettings:
+        return self.settings
+
+    def callback_url(self, channel: str) -> str | None:
+        return None if self.base_url is None else f"{self.base_url.rstrip('/')}/v1/webhooks/{channel}"
 
 
 def _finder(channels: ChannelLookup) -> ChannelFinder:

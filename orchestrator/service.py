@@ -34,7 +34,7 @@ from orchestrator.channel_set import ChannelFactory, ChannelSet
 from orchestrator.cluster import Refused, WorkerLink
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.errors import NothingToRollBack, ReloadError
-from orchestrator.driver import Driver, RoutePlan, RunSettings
+from orchestrator.driver import Driver, RoutePlan, Running, RunSettings
 from orchestrator.journal import Journal, open_journal
 from orchestrator.metrics import Metrics
 from orchestrator.pricing import PricingError
@@ -83,6 +83,13 @@ def _policy(cfg: Config) -> routing.RoutingPolicy:
 def snapshot_for(loaded: LoadedConfig, states: dict[str, routing.ChannelState] | None = None) -> routing.Snapshot:
     cfg = loaded.config
     return routing.Snapshot.build([_spec(c) for c in cfg.channels], states, _policy(cfg), loaded.version)
+
+
+def _base_url(cfg: Config) -> str:
+    """Where providers reach this instance's webhooks."""
+    server = cfg.server
+    scheme = "https" if server.tls_cert else "http"
+    return server.public_url or f"{scheme}://{server.host}:{server.port}"
 
 
 def _breaker(cfg: Config) -> health.BreakerConfig:
@@ -180,7 +187,7 @@ class Service:
         self._prober: health.Prober | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publish_due = False
-        self.settings = RunSettings.from_config(loaded.config, loaded.version)
+        self.running = Running(RunSettings.from_config(loaded.config, loaded.version), _base_url(loaded.config))
         self.activity = Activity(self.clock.monotonic)
         self.vault = InstrumentVault()
         self._rate_source = HttpRateSource(self._rate_source_url)
@@ -200,9 +207,9 @@ class Service:
             self.channel_set.get,
             functools.partial(router, self) if router is not None else self.planner.plan,
             self.clock,
-            self.current_settings,
+            self.running,
             gate=HealthGate(self.health, self.metrics),
-            callback_url=self.callback_url,
+            callback_url=self.running.callback_url,
             activity=self.activity,
             settle_channels=self.channel_set.find,
             instrument=self.vault.of,
@@ -215,15 +222,20 @@ class Service:
             rng=self.rng,
         )
         self.recharges = RechargeDeps(self.journal, self.driver, self.pricing, self.risk, self.clock, self.metrics,
-                                      self.vault, self.current_settings, self._sync_wait_s)
+                                      self.vault, self.running, self._sync_wait_s)
 
     def _rate_source_url(self) -> str | None:
         source = self.config.pricing.rate_source
         return None if source is None else source.url
 
-    def current_settings(self) -> RunSettings:
+    @property
+    def settings(self) -> RunSettings:
         """The running config's settings: a recharge keeps those it started with."""
-        return self.settings
+        return self.running.settings
+
+    @settings.setter
+    def settings(self, settings: RunSettings) -> None:
+        self.running.settings = settings
 
     def _sync_wait_s(self) -> float:
         return self.config.server.sync_wait_s
@@ -236,11 +248,8 @@ class Service:
     def config(self) -> Config:
         return self.loaded.config
 
-    def callback_url(self, channel: str) -> str:
-        server = self.config.server
-        scheme = "https" if server.tls_cert else "http"
-        base = server.public_url or f"{scheme}://{server.host}:{server.port}"
-        return f"{base.rstrip('/')}/v1/webhooks/{channel}"
+    def callback_url(self, channel: str) -> str | None:
+        return self.running.callback_url(channel)
 
     # -- routing ----------------------------------------------------------------------
 
@@ -342,7 +351,8 @@ class Service:
             self.health.sync({c.name: c.max_in_flight for c in new.config.channels},
                              {c.name: c.kind == "direct_api" for c in new.config.channels})
             self.loaded = new
-            self.settings = RunSettings.from_config(new.config, new.version)
+            self.running.settings = RunSettings.from_config(new.config, new.version)
+            self.running.base_url = _base_url(new.config)
             self.risk.configure(new.config.risk)
             lim = new.config.limits
             self.client_limits.reconfigure(*self._limit(lim.per_client))
