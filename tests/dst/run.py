@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,27 @@ def _retired_channels_forgotten() -> Iterator[None]:
 
     with _patched(MemoryJournal, "kept_channels", kept_channels):
         yield
+
+
+@contextmanager
+def _late_check_ignores_clock_skew() -> Iterator[None]:
+    """As before: a late check due by the closing instance's clock alone."""
+    import world as w
+
+    orig = w.World.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        orig(self, *args, **kwargs)
+        self.settings = replace(self.settings, clock_skew_s=0.0)
+
+    with _patched(w.World, "__init__", init):
+        yield
+
+
+# Rare: the seeds the 100,000-seed run first failed on (test_dst runs them, not 3,000).
+RARE_MUTATIONS: dict[str, tuple[Callable[[], Any], tuple[int, ...]]] = {
+    "late_check_ignores_clock_skew": (_late_check_ignores_clock_skew, (41019, 56244)),
+}
 
 
 MUTATIONS: dict[str, Callable[[], Any]] = {

@@ -54,3 +54,11 @@ def test_the_simulation_catches_each_fix_taken_back(mutation):
     assert failed, f"3000 seeds did not notice {mutation}"
     first = min(failed, key=lambda o: o.seed)
     print(f"\n{mutation}: seed {first.seed}: {first.violations[0]}")
+
+
+@pytest.mark.parametrize("mutation", sorted(run.RARE_MUTATIONS))
+def test_the_seeds_that_found_a_rare_defect_catch_its_fix_taken_back(mutation):
+    patch, seeds = run.RARE_MUTATIONS[mutation]
+    assert all(not run.run_seed(seed).violations for seed in seeds)
+    with patch():
+        assert all(run.run_seed(seed).violations for seed in seeds), f"{seeds} did not notice {mutation}"

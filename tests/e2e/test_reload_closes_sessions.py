@@ -14,7 +14,9 @@ import signal
 import aiohttp
 import pytest
 import yaml
-from procs import FRONT_KEY, SRE_KEY, orchestrator, orchestrator_doc, simulator
+from procs import FRONT_KEY, SRE_KEY, SqliteReader, ledger, orchestrator, orchestrator_doc, simulator
+
+from orchestrator.invariants import check
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +68,8 @@ async def test_a_reload_that_replaces_a_channel_closes_the_old_session(tmp_path,
                     "Authorization": f"Bearer {FRONT_KEY}", "Idempotency-Key": "rs-after"}) as r:
                 assert r.status in (201, 202), await r.text()
         orch.stop()
+        report = await check(SqliteReader(tmp_path / "orch.db"), await ledger(sim), settled=True)
+        assert report.ok and report.recharges == 5, (report.recharges, report.violations[:10])
         log = orch.log_path.read_text(errors="replace")
         unclosed = log.count("Unclosed client session")
         assert unclosed == 0, (

@@ -45,17 +45,22 @@ async def two_instances(tmp_path, store_clock=None):
             await j.close()
 
 
-async def test_the_same_key_on_two_instances_is_driven_once(tmp_path):
-    clock = VirtualClock()
-    gate = asyncio.Event()
-    ch = MemoryChannel("a")
+def gated_channel() -> tuple[MemoryChannel, asyncio.Event]:
+    """A healthy channel whose charges wait until the event is set."""
+    ch, gate = MemoryChannel("a"), asyncio.Event()
     orig = ch.authorize
 
     async def slow(req):
         await gate.wait()
         return await orig(req)
 
-    ch.authorize = slow
+    ch.authorize = slow  # type: ignore[method-assign]
+    return ch, gate
+
+
+async def test_the_same_key_on_two_instances_is_driven_once(tmp_path):
+    clock = VirtualClock()
+    ch, gate = gated_channel()
     async with two_instances(tmp_path, clock.now) as ((j1, j2), make):
         e1, e2 = make(0, [ch], clock, "one"), make(1, [ch], clock, "two")
         rec, trail = make_recharge(clock, "k1")
@@ -70,6 +75,8 @@ async def test_the_same_key_on_two_instances_is_driven_once(tmp_path):
         again, fresh = await e2.submit(dup, trail2)
         assert not fresh and again.status == "succeeded"
         assert len(ch.ledger) == 1
+        ledger = [LedgerPayment("a", p.reference, p.status) for p in ch.ledger.values()]
+        assert (await check(j1, ledger)).ok
 
 
 async def test_a_dead_instances_work_is_claimed_after_its_leases_expire(tmp_path):
@@ -109,15 +116,7 @@ async def test_a_lease_is_renewed_through_a_call_longer_than_it(tmp_path):
     which may run less often than the lease lasts)."""
     from orchestrator.clock import SystemClock
 
-    gate = asyncio.Event()
-    ch = MemoryChannel("a")
-    orig = ch.authorize
-
-    async def slow(req):
-        await gate.wait()
-        return await orig(req)
-
-    ch.authorize = slow
+    ch, gate = gated_channel()
     clock = SystemClock()
     async with two_instances(tmp_path) as ((j1, j2), make):
         e1 = make(0, [ch], clock, "one", lease_s=0.6, renew_s=0.2)
