@@ -2,6 +2,15 @@
 provider simulator."""
 
 from channels._kinds import KIND_DEFAULTS, KindDefaults
-from channels._protocol import AttemptOutcome, Channel, ChannelResult, PaymentRequest
+from channels._protocol import (
+    AttemptOutcome,
+    Channel,
+    ChannelResult,
+    PaymentRequest,
+    RefundOutcome,
+    RefundRequest,
+    RefundResult,
+)
 
-__all__ = ["KIND_DEFAULTS", "AttemptOutcome", "Channel", "ChannelResult", "KindDefaults", "PaymentRequest"]
+__all__ = ["KIND_DEFAULTS", "AttemptOutcome", "Channel", "ChannelResult", "KindDefaults", "PaymentRequest",
+           "RefundOutcome", "RefundRequest", "RefundResult"]

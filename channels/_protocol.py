@@ -11,6 +11,15 @@ Everything the core knows about a provider is an ``AttemptOutcome``; nothing out
      ├── UNKNOWN         the request may have been processed
      ├── VOIDED          cancelled before capture
      └── REFUNDED        captured, then given back
+
+A partial refund has outcomes of its own, keyed by its ``refund_reference`` (the provider's
+idempotency key for it), so asking again is always safe:
+
+    RefundOutcome
+     ├── REFUNDED        the provider gave the amount back
+     ├── PENDING         accepted, settles later (webhook, or ask again)
+     ├── FAILED          refused or failed: nothing was refunded under this refund_reference
+     └── UNKNOWN         no answer we can trust: ask again with the same refund_reference
 """
 
 from __future__ import annotations
@@ -24,6 +33,9 @@ __all__ = [
     "Channel",
     "ChannelResult",
     "PaymentRequest",
+    "RefundOutcome",
+    "RefundRequest",
+    "RefundResult",
 ]
 
 
@@ -75,6 +87,38 @@ class ChannelResult:
     currency: str | None = None
 
 
+class RefundOutcome(enum.StrEnum):
+    REFUNDED = "refunded"
+    PENDING = "pending"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """One partial refund of an attempt's payment (``reference``). ``refund_reference`` is
+    the provider's idempotency key: the same one again never refunds twice, so a refund
+    whose answer was lost is asked again under it, never under a new one."""
+
+    reference: str
+    refund_reference: str
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    """What one refund call came to. ``amount_minor`` is what the provider says it
+    refunded (or holds pending), when it says so: the core checks it against the request.
+    ``code`` is the provider's refusal code on a FAILED it refused (``disputed``,
+    ``refund_exceeds_amount``, ...), so the core can tell why without knowing HTTP."""
+
+    outcome: RefundOutcome
+    amount_minor: int | None = None
+    code: str | None = None
+    error: str | None = None
+    latency_ms: float = 0.0
+
+
 @runtime_checkable
 class Channel(Protocol):
     """One configured route to a provider. Implementations never raise for provider
@@ -90,7 +134,13 @@ class Channel(Protocol):
 
     async def void(self, reference: str) -> ChannelResult: ...
 
-    async def refund(self, reference: str) -> ChannelResult: ...
+    async def refund(self, reference: str) -> ChannelResult:
+        """Give back the whole payment: for a capture nobody keeps (a late one)."""
+        ...
+
+    async def issue_refund(self, request: RefundRequest) -> RefundResult:
+        """Give back part of a kept payment, idempotent by ``refund_reference``."""
+        ...
 
     async def ping(self) -> ChannelResult: ...
 

@@ -1,8 +1,8 @@
 """The reference adapter for provider protocol v1 (SPEC section 6).
 
 It only builds requests and reads answers. ``outcome_of`` is the one place that turns what
-happened on the wire into the spec's attempt outcomes; nothing outside this module knows an
-HTTP status code:
+happened on the wire into the spec's attempt outcomes (``refund_outcome_of``, below, does
+the same for partial refunds); nothing outside this module knows an HTTP status code:
 
     authorize  200|409 captured|pending|declined    -> that outcome (409: the state it already has)
                429, 503                             -> NOT_PROCESSED: the provider says nothing was charged
@@ -33,6 +33,22 @@ A payment answer that names another reference than the one asked about is UNKNOW
 provider is confused, and nothing it says can be trusted); the amount and currency it
 states ride on the result for the core to check against the attempt.
 
+A partial refund (``issue_refund``) has its own outcomes, mapped by ``refund_outcome_of``;
+the refund_reference is the Idempotency-Key, so every UNKNOWN is safe to ask again:
+
+    issue_refund  200 refunded|pending|failed naming our refund_reference
+                                                    -> that outcome, amount_minor as the body states it
+                  409|422 {"error": {"code": c}}, c one of not_captured, already_refunded,
+                  disputed, refund_exceeds_amount, refund_reference_reused
+                                                    -> FAILED with code c: the provider refused it,
+                                                       nothing was refunded for this request (reused:
+                                                       the refund_reference names another refund)
+                  404, 429, 503, any other 4xx/5xx, no answer at all (nothing sent included),
+                  an unreadable 200, a 200 naming another refund_reference
+                                                    -> UNKNOWN: ask again later under the same
+                                                       refund_reference (a 404 may be a replica behind,
+                                                       a connect failure is not a refusal)
+
 Kinds differ only in defaults (``KIND_DEFAULTS``), never in code paths.
 """
 
@@ -51,7 +67,7 @@ import orjson
 from yarl import URL
 
 from channels._kinds import KIND_DEFAULTS, KindDefaults
-from channels._protocol import AttemptOutcome, ChannelResult, PaymentRequest
+from channels._protocol import AttemptOutcome, ChannelResult, PaymentRequest, RefundOutcome, RefundRequest, RefundResult
 
 __all__ = [
     "KIND_DEFAULTS",
@@ -60,7 +76,9 @@ __all__ = [
     "Op",
     "WireAnswer",
     "WirePayment",
+    "WireRefund",
     "outcome_of",
+    "refund_outcome_of",
 ]
 
 MAX_BODY_BYTES = 1 << 20
@@ -72,6 +90,7 @@ class Op(enum.StrEnum):
     INQUIRE = "inquire"
     VOID = "void"
     REFUND = "refund"
+    ISSUE_REFUND = "issue_refund"
     PING = "ping"
 
 
@@ -113,6 +132,46 @@ class WirePayment:
                    _opt_str(doc, "currency"))
 
 
+_REFUND_STATUS = {
+    "refunded": RefundOutcome.REFUNDED,
+    "pending": RefundOutcome.PENDING,
+    "failed": RefundOutcome.FAILED,
+}
+# The refusals of SPEC 6 that are final for a refund_reference: the provider looked at it
+# and refunded nothing. Any other error code proves nothing either way.
+_REFUND_REFUSALS = frozenset({"not_captured", "already_refunded", "disputed", "refund_exceeds_amount",
+                             "refund_reference_reused"})
+
+
+@dataclass(frozen=True, slots=True)
+class WireRefund:
+    """A refund object as a protocol-v1 provider sends it."""
+
+    refund_reference: str | None
+    status: str
+    amount_minor: int | None
+
+    @classmethod
+    def parse(cls, raw: bytes) -> WireRefund | None:
+        """The refund in ``raw``, or None when it is not one (not JSON, no known status)."""
+        doc = _json_object(raw)
+        status = _opt_str(doc, "status") if doc is not None else None
+        if doc is None or status is None or status not in _REFUND_STATUS:
+            return None
+        amount = doc.get("amount_minor")
+        return cls(_opt_str(doc, "refund_reference"), status,
+                   amount if isinstance(amount, int) and not isinstance(amount, bool) else None)
+
+
+def _error_code(raw: bytes) -> tuple[str | None, str | None]:
+    """The (code, message) of a protocol error body ``{"error": {"code", "message"}}``."""
+    doc = _json_object(raw)
+    err = doc.get("error") if doc is not None else None
+    if not isinstance(err, dict):
+        return None, None
+    return _opt_str(err, "code"), _opt_str(err, "message")
+
+
 @dataclass(frozen=True, slots=True)
 class WirePing:
     """The probe answer: ``{"status": "ok"}``."""
@@ -147,6 +206,7 @@ class WireAnswer:
     sent: bool = True
     error: str | None = None
     reference: str | None = None  # the payment asked about, when there is one
+    refund_reference: str | None = None  # the refund asked for (issue_refund)
 
 
 def outcome_of(ans: WireAnswer, latency_ms: float = 0.0) -> ChannelResult:
@@ -193,6 +253,30 @@ def _payment_result(ans: WireAnswer, latency_ms: float) -> ChannelResult:
     return ChannelResult(_PAYMENT_STATUS[payment.status], provider_ref=payment.provider_ref,
                          decline_code=payment.decline_code, error=error, latency_ms=latency_ms,
                          amount_minor=payment.amount_minor, currency=payment.currency)
+
+
+def refund_outcome_of(ans: WireAnswer, latency_ms: float = 0.0) -> RefundResult:
+    """The exhaustive map from a refund's wire answer to its outcome (see the module doc)."""
+    status = ans.http_status
+    if status == 200:
+        refund = WireRefund.parse(ans.raw)
+        if refund is None:
+            return RefundResult(RefundOutcome.UNKNOWN, error="issue_refund: unreadable 200 answer",
+                                latency_ms=latency_ms)
+        if refund.refund_reference is None or refund.refund_reference != ans.refund_reference:
+            # Not our refund (or a whole-payment answer): nothing in it is about this one.
+            return RefundResult(RefundOutcome.UNKNOWN, latency_ms=latency_ms,
+                                error=f"issue_refund: the answer is about refund {str(refund.refund_reference)[:64]!r},"
+                                      " not the one asked")
+        return RefundResult(_REFUND_STATUS[refund.status], amount_minor=refund.amount_minor, latency_ms=latency_ms)
+    if status in (409, 422):
+        code, message = _error_code(ans.raw)
+        if code in _REFUND_REFUSALS:
+            said = f": {message[:200]}" if message else ""
+            return RefundResult(RefundOutcome.FAILED, code=code, latency_ms=latency_ms,
+                                error=f"issue_refund refused ({status} {code}){said}")
+    what = ans.error if status is None else f"issue_refund answered {status}"
+    return RefundResult(RefundOutcome.UNKNOWN, error=what, latency_ms=latency_ms)
 
 
 # Errors that prove the request never left: the connection was not made, or the URL
@@ -286,6 +370,13 @@ class HttpChannel:
 
     async def _call(self, op: Op, method: str, path: str | URL, *, body: dict[str, Any] | None = None,
                     idempotency_key: str | None = None, reference: str | None = None) -> ChannelResult:
+        started = time.perf_counter()
+        answer = await self._send(op, method, path, body, idempotency_key, reference)
+        return outcome_of(answer, (time.perf_counter() - started) * 1000)
+
+    async def _send(self, op: Op, method: str, path: str | URL, body: dict[str, Any] | None,
+                    idempotency_key: str | None, reference: str | None, refund_reference: str | None = None
+                    ) -> WireAnswer:
         headers = dict(self._auth)
         data = None
         if body is not None:
@@ -294,16 +385,15 @@ class HttpChannel:
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         url = path if isinstance(path, URL) else URL(self.base_url + path)
-        started = time.perf_counter()
-        answer = await self._exchange(op, method, url, headers, data, reference)
-        return outcome_of(answer, (time.perf_counter() - started) * 1000)
+        return await self._exchange(op, method, url, headers, data, reference, refund_reference)
 
     async def _exchange(self, op: Op, method: str, url: URL, headers: dict[str, str], data: bytes | None,
-                        reference: str | None = None) -> WireAnswer:
+                        reference: str | None = None, refund_reference: str | None = None) -> WireAnswer:
         """The one seam to the network: every library error becomes a ``WireAnswer``."""
         try:
             async with self._client().request(method, url, headers=headers, data=data) as resp:
-                return WireAnswer(op, resp.status, await _read_capped(resp), reference=reference)
+                return WireAnswer(op, resp.status, await _read_capped(resp), reference=reference,
+                                  refund_reference=refund_reference)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return _no_answer(op, exc)
 
@@ -331,6 +421,15 @@ class HttpChannel:
     async def refund(self, reference: str) -> ChannelResult:
         return await self._call(Op.REFUND, "POST", f"/payments/{_segment(reference)}/refund",
                                 idempotency_key=f"{reference}.refund", reference=reference)
+
+    async def issue_refund(self, request: RefundRequest) -> RefundResult:
+        """A partial refund, keyed by its refund_reference: on UNKNOWN, call again with the
+        same request (the provider answers that refund as it is now, never a second one)."""
+        body = {"refund_reference": request.refund_reference, "amount_minor": request.amount_minor}
+        started = time.perf_counter()
+        answer = await self._send(Op.ISSUE_REFUND, "POST", f"/payments/{_segment(request.reference)}/refund", body,
+                                  request.refund_reference, request.reference, request.refund_reference)
+        return refund_outcome_of(answer, (time.perf_counter() - started) * 1000)
 
     async def ping(self) -> ChannelResult:
         """CAPTURED means the provider answered ``200 {"status": "ok"}``; ``latency_ms``

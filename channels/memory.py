@@ -9,6 +9,13 @@ really charged. The script decides, per call, what the "network" does:
 
 ``Action`` names what happens: capture, pend, decline (with a code), refuse before
 processing, lose the answer before or after capturing, or fail an inquiry/void.
+
+A partial refund (``issue_refund``, scripted as op ``"issue_refund"`` with its
+refund_reference) keeps the simulator's rules (channels/simulator/_ledger.py): idempotent by
+refund_reference, refunded plus pending never above the captured amount, a refusal FAILED
+with its code and nothing changed. Its actions: OK refunds, PEND holds it pending until
+``settle_refund``, DECLINE_* fails it (status failed), LOST_AFTER applies it and loses the
+answer, FAIL and LOST_BEFORE lose the call before it lands.
 """
 
 from __future__ import annotations
@@ -18,9 +25,9 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from channels._protocol import AttemptOutcome, ChannelResult, PaymentRequest
+from channels._protocol import AttemptOutcome, ChannelResult, PaymentRequest, RefundOutcome, RefundRequest, RefundResult
 
-__all__ = ["Action", "MemoryChannel", "Payment", "Script"]
+__all__ = ["Action", "MemoryChannel", "Payment", "Refund", "Script"]
 
 
 class Action(enum.StrEnum):
@@ -51,6 +58,20 @@ class Payment:
     provider_ref: str
     decline_code: str | None = None
     history: list[str] = field(default_factory=list)
+    refunded_minor: int = 0
+    refunds: list[str] = field(default_factory=list)  # refund_references, in order
+    disputed: bool = False
+
+
+@dataclass
+class Refund:
+    refund_reference: str
+    reference: str  # the payment's
+    amount_minor: int
+    status: str  # pending, refunded or failed
+
+    def result(self) -> RefundResult:
+        return RefundResult(RefundOutcome(self.status), amount_minor=self.amount_minor)
 
 
 def _healthy(op: str, reference: str, n: int) -> Action:
@@ -64,6 +85,7 @@ class MemoryChannel:
         self.script = script
         self.latency_s = latency_s
         self.ledger: dict[str, Payment] = {}
+        self.refunds: dict[str, Refund] = {}  # by refund_reference, across the channel like a provider
         self.calls: list[tuple[str, str]] = []
         self._counts: dict[tuple[str, str], int] = {}
         self.closed = False
@@ -132,9 +154,43 @@ class MemoryChannel:
         p = self.ledger.get(reference)
         if p is None:
             return ChannelResult(AttemptOutcome.UNKNOWN, error="404 no such payment")
-        if p.status == "captured":
-            self._set(p, "refunded")
+        if p.status == "captured" and not p.disputed:
+            # All that is left, as the simulator does: pending partial refunds keep their
+            # share, so the payment is refunded only once they land.
+            p.refunded_minor = p.amount_minor - self._held(p)
+            if p.refunded_minor == p.amount_minor:
+                self._set(p, "refunded")
         return self._result(p)
+
+    async def issue_refund(self, request: RefundRequest) -> RefundResult:
+        action = self._next("issue_refund", request.refund_reference)
+        if action in (Action.FAIL, Action.LOST_BEFORE):
+            return RefundResult(RefundOutcome.UNKNOWN, error="refund call failed")
+        known = self.refunds.get(request.refund_reference)
+        if known is not None:
+            if (known.reference, known.amount_minor) != (request.reference, request.amount_minor):
+                return _refused("refund_reference_reused", "the refund_reference names another refund")
+            result = known.result()
+        else:
+            p = self.ledger.get(request.reference)
+            if p is None:
+                return RefundResult(RefundOutcome.UNKNOWN, error="404 no such payment")
+            if refusal := _refusal(p, self._held(p), request.amount_minor):
+                return refusal
+            status = {Action.PEND: "pending", Action.DECLINE_HARD: "failed", Action.DECLINE_SOFT: "failed"}.get(
+                action, "refunded")
+            self.refunds[request.refund_reference] = Refund(request.refund_reference, p.reference,
+                                                            request.amount_minor, "pending")
+            p.refunds.append(request.refund_reference)
+            if status != "pending":
+                self.settle_refund(request.refund_reference, status)
+            result = self.refunds[request.refund_reference].result()
+        if action is Action.LOST_AFTER:
+            return RefundResult(RefundOutcome.UNKNOWN, error="connection reset after send")
+        return result
+
+    def _held(self, p: Payment) -> int:
+        return sum(self.refunds[r].amount_minor for r in p.refunds if self.refunds[r].status == "pending")
 
     async def ping(self) -> ChannelResult:
         return ChannelResult(AttemptOutcome.CAPTURED)
@@ -151,6 +207,41 @@ class MemoryChannel:
             p.decline_code = decline_code
             self._set(p, status)
 
+    def settle_refund(self, refund_reference: str, status: str = "refunded") -> None:
+        """Move a pending refund on (refunded or failed), as the provider would later."""
+        refund = self.refunds[refund_reference]
+        if refund.status != "pending":
+            return
+        refund.status = status
+        if status == "refunded":
+            p = self.ledger[refund.reference]
+            p.refunded_minor += refund.amount_minor
+            if p.refunded_minor == p.amount_minor:
+                self._set(p, "refunded")
+
+    def dispute(self, reference: str) -> None:
+        """Open a dispute on a payment: no refund is taken while it is open."""
+        self.ledger[reference].disputed = True
+
     def captured(self) -> list[Payment]:
         """Payments holding money now: captured and not refunded."""
         return [p for p in self.ledger.values() if p.status == "captured"]
+
+
+def _refused(code: str, message: str) -> RefundResult:
+    return RefundResult(RefundOutcome.FAILED, code=code, error=f"refused ({code}): {message}")
+
+
+def _refusal(p: Payment, held: int, amount_minor: int) -> RefundResult | None:
+    """Why a new refund of ``amount_minor`` from ``p`` is refused (``held`` is pending in
+    other refunds), in the simulator's order, or None."""
+    if p.status == "refunded":
+        return _refused("already_refunded", "the payment is already refunded in full")
+    if p.status != "captured":
+        return _refused("not_captured", f"the payment is {p.status}")
+    if p.disputed:
+        return _refused("disputed", "the payment's dispute is open")
+    left = p.amount_minor - p.refunded_minor - held
+    if not 0 < amount_minor <= left:
+        return _refused("refund_exceeds_amount", f"{left} is left to refund")
+    return None

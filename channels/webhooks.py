@@ -7,6 +7,10 @@ parsing; ``t`` bounds replays to a tolerance window (300 s by default). Both fun
 pure (the caller passes the time), so the simulator signs with them and the orchestrator
 verifies with them, and tests need no clock.
 
+Notifications to front services (SPEC 19) are signed the same way under
+``X-Orchestrator-Signature`` (``NOTIFY_SIGNATURE_HEADER``): ``sign`` makes it, and
+``check_signature`` is what a receiver checks, with no provider event to parse.
+
     WebhookError (ValueError)
      ├── SignatureError   missing, malformed, wrong or stale signature: answer 401
      └── MalformedEvent   correctly signed, but not an event body: answer 422
@@ -26,10 +30,12 @@ __all__ = [
     "EVENT_STATUSES",
     "SIGNATURE_HEADER",
     "TOLERANCE_S",
+    "NOTIFY_SIGNATURE_HEADER",
     "MalformedEvent",
     "SignatureError",
     "WebhookError",
     "WebhookEvent",
+    "check_signature",
     "event_body",
     "parse_event",
     "sign",
@@ -37,6 +43,7 @@ __all__ = [
 ]
 
 SIGNATURE_HEADER = "X-Provider-Signature"
+NOTIFY_SIGNATURE_HEADER = "X-Orchestrator-Signature"
 TOLERANCE_S = 300
 EVENT_STATUSES = frozenset({"captured", "pending", "declined", "voided", "refunded", "failed", "disputed",
                             "dispute_won", "dispute_lost"})
@@ -82,7 +89,8 @@ def _mac(secret: str, t: int, body: bytes) -> str:
 
 
 def sign(secret: str, body: bytes, t: int) -> str:
-    """The ``X-Provider-Signature`` header value for ``body`` sent at unix time ``t``."""
+    """The signature header's value for ``body`` sent at unix time ``t`` (a provider's
+    webhook and a notification to a front service are signed alike)."""
     if isinstance(t, bool) or not isinstance(t, int) or t < 0:
         raise ValueError("t must be a non-negative integer of unix seconds")
     return f"t={t},v1={_mac(secret, t, body)}"
@@ -108,12 +116,13 @@ def _parse_header(header: str) -> tuple[int, list[bytes]]:
     return t, candidates
 
 
-def verify(secret: str, header: str | None, body: bytes, now: float, tolerance_s: float = TOLERANCE_S) -> WebhookEvent:
-    """Check the signature (constant time, within ``tolerance_s`` of ``now``), then parse
-    the event. Raises ``SignatureError`` or ``MalformedEvent``; never anything else for
-    any header or body."""
+def check_signature(secret: str, header: str | None, body: bytes, now: float, tolerance_s: float = TOLERANCE_S,
+                    header_name: str = SIGNATURE_HEADER) -> None:
+    """Check ``header`` signs ``body`` with ``secret`` (constant time, within
+    ``tolerance_s`` of ``now``). Raises ``SignatureError``, naming ``header_name`` when it
+    is missing; never anything else for any header or body."""
     if not header:
-        raise SignatureError(f"missing {SIGNATURE_HEADER}")
+        raise SignatureError(f"missing {header_name}")
     t, candidates = _parse_header(header)
     if not math.isfinite(now) or abs(now - t) > tolerance_s:
         raise SignatureError(f"timestamp {t} is more than {tolerance_s:g} s away from now")
@@ -124,6 +133,12 @@ def verify(secret: str, header: str | None, body: bytes, now: float, tolerance_s
         matched |= hmac.compare_digest(expected, candidate)
     if not matched:
         raise SignatureError("signature does not match")
+
+
+def verify(secret: str, header: str | None, body: bytes, now: float, tolerance_s: float = TOLERANCE_S) -> WebhookEvent:
+    """Check the signature (``check_signature``), then parse the event. Raises
+    ``SignatureError`` or ``MalformedEvent``; never anything else for any header or body."""
+    check_signature(secret, header, body, now, tolerance_s)
     return parse_event(body)
 
 
