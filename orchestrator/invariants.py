@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.clock import month_of
@@ -25,6 +25,7 @@ class LedgerPayment:
     status: str  # captured, pending, declined, voided, refunded
     amount_minor: int | None = None  # what the provider took, when the ledger says
     currency: str | None = None
+    refunded_minor: int | None = None  # what it gave back (partial refunds), when the ledger says
 
 
 class _Queryable(Protocol):
@@ -51,12 +52,18 @@ class Facts:
     ``recharges``: (id, status, coins + bonus, user, channel, reason, client, key,
     amount_minor, currency);
     ``attempts``: (reference, recharge id, channel, state); ``credits``: (recharge id,
-    user, coins); ``wallets``: (user, balance, sum of its entries)."""
+    user, coins); ``wallets``: (user, balance, sum of its entries, frozen);
+    ``refunds``: (id, recharge id, amount_minor, coins, status); ``disputes``: (recharge id,
+    status, coins); ``moves``: every wallet entry that is not a credit (recharge id, kind,
+    ref, coins)."""
 
     recharges: list[tuple[Any, ...]]
     attempts: list[tuple[Any, ...]]
     credits: list[tuple[Any, ...]]
     wallets: list[tuple[Any, ...]]
+    refunds: list[tuple[Any, ...]] = field(default_factory=list)
+    disputes: list[tuple[Any, ...]] = field(default_factory=list)
+    moves: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 async def facts_of(journal: _Queryable) -> Facts:
@@ -66,10 +73,13 @@ async def facts_of(journal: _Queryable) -> Facts:
             "SELECT id, status, coins + bonus_coins, user_id, channel, reason, client, idempotency_key, amount_minor, "
             "currency FROM recharges"),
         attempts=await journal.query("SELECT reference, recharge_id, channel, state FROM attempts"),
-        credits=await journal.query("SELECT recharge_id, user_id, coins FROM wallet_entries"),
+        credits=await journal.query("SELECT recharge_id, user_id, coins FROM wallet_entries WHERE kind = 'credit'"),
         wallets=await journal.query(
             "SELECT w.user_id, w.coins, COALESCE((SELECT SUM(e.coins) FROM wallet_entries e "
-            "WHERE e.user_id = w.user_id), 0) FROM wallets w"),
+            "WHERE e.user_id = w.user_id), 0), w.frozen FROM wallets w"),
+        refunds=await journal.query("SELECT id, recharge_id, amount_minor, coins, status FROM refunds"),
+        disputes=await journal.query("SELECT recharge_id, status, coins FROM disputes"),
+        moves=await journal.query("SELECT recharge_id, kind, ref, coins FROM wallet_entries WHERE kind != 'credit'"),
     )
 
 
@@ -101,8 +111,8 @@ def check_facts(facts: Facts, ledger: Iterable[LedgerPayment], *, settled: bool 
             continue
         if att[2] != p.channel:
             v.append(f"payment {p.reference} is on {p.channel} but its attempt was on {att[2]}")
-        if p.status == "captured":
-            kept[att[1]].append(p)
+        if p.status == "captured" or (p.status == "refunded" and att[3] == "captured"):
+            kept[att[1]].append(p)  # kept, and maybe refunded since by the client's refunds
         elif p.status == "refunded":
             refunded += 1
 
@@ -139,9 +149,10 @@ def check_facts(facts: Facts, ledger: Iterable[LedgerPayment], *, settled: bool 
 
     for rid in set(credits) - set(recharges):
         v.append(f"credit for unknown recharge {rid}")
-    for user, coins, total in facts.wallets:
+    for user, coins, total, *_ in facts.wallets:
         if coins != total:
             v.append(f"wallet {user} holds {coins} coins but its entries sum to {total}")
+    v += _after_sale(facts, recharges, credits, kept)
 
     return Report(
         recharges=len(recharges),
@@ -151,6 +162,59 @@ def check_facts(facts: Facts, ledger: Iterable[LedgerPayment], *, settled: bool 
         credits=sum(len(c) for c in credits.values()),
         violations=v,
     )
+
+
+def _after_sale(facts: Facts, recharges: dict[str, tuple[Any, ...]], credits: dict[str, list[tuple[Any, ...]]],
+                kept: dict[str, list[LedgerPayment]]) -> list[str]:
+    """Refunds and disputes (SPEC 18, 19): no refund past its recharge's amount or coins,
+    only of succeeded recharges, each with its coins out (and back if it failed), the
+    provider's refunds matching ours, frozen coins those of open disputes, a lost
+    dispute's coins clawed back once."""
+    v: list[str] = []
+    by_recharge: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for r in facts.refunds:
+        by_recharge[r[1]].append(r)
+    moves: Counter[tuple[str, str | None]] = Counter()
+    clawed: Counter[str] = Counter()
+    for rid, kind, ref, coins in facts.moves:
+        moves[(kind, ref)] += coins
+        if kind == "clawback":
+            clawed[rid] += coins
+    for rid, refunds in by_recharge.items():
+        rec = recharges.get(rid)
+        if rec is None or rec[1] != "succeeded":
+            v.append(f"refunds of {rid}, which is {rec[1] if rec else 'unknown'}")
+            continue
+        live = [r for r in refunds if r[4] != "failed"]
+        if sum(r[2] for r in live) > rec[8]:
+            v.append(f"{rid} refunded {sum(r[2] for r in live)} of its {rec[8]} {rec[9]}")
+        credited = sum(c[2] for c in credits.get(rid, []))
+        if sum(r[3] for r in live) > credited:
+            v.append(f"{rid} refunds take {sum(r[3] for r in live)} coins of the {credited} credited")
+        for ref, _, _, coins, status in refunds:
+            if coins and moves[("refund", ref)] != -coins:
+                v.append(f"refund {ref} took {-moves[('refund', ref)]} coins from the wallet, want {coins}")
+            back = moves[("refund_reversal", ref)]
+            if back != (coins if status == "failed" else 0):
+                v.append(f"refund {ref} is {status} but gave back {back} coins")
+        done = sum(r[2] for r in refunds if r[4] == "succeeded")
+        pending = sum(r[2] for r in refunds if r[4] == "pending")
+        for p in kept.get(rid, []):
+            given = p.refunded_minor
+            if given is not None and not done <= given <= done + pending:
+                v.append(f"{rid}: provider {p.channel} refunded {given}, our refunds say {done} "
+                         f"(+{pending} pending)")
+    frozen: Counter[str] = Counter()
+    users = {r[0]: r[3] for r in facts.recharges}
+    for rid, status, coins in facts.disputes:
+        if status == "open":
+            frozen[users.get(rid, "?")] += coins
+        if clawed[rid] != (-coins if status == "lost" else 0):
+            v.append(f"{rid}'s dispute is {status} ({coins} coins) but {-clawed[rid]} were clawed back")
+    for user, _, _, *held in facts.wallets:
+        if held and held[0] != frozen[user]:
+            v.append(f"wallet {user} has {held[0]} coins frozen, its open disputes {frozen[user]}")
+    return v
 
 
 async def _totals_violations(journal: _Queryable) -> list[str]:

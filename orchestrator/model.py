@@ -28,6 +28,12 @@ __all__ = [
     "OPEN_ATTEMPT_STATES",
     "KEEP",
     "Fence",
+    "Dispute",
+    "DisputeStatus",
+    "Notice",
+    "Refund",
+    "RefundStatus",
+    "refund_coins",
 ]
 
 
@@ -213,6 +219,9 @@ class Step:
     # With several drivers on one store: the writer's lease, checked in the store. A
     # step that records a capture goes unfenced: a capture is never dropped.
     lease: Fence | None = None
+    # Notifications to the front service this change makes (SPEC 19), written to the
+    # outbox in the same transaction, so a change is never made without its notice.
+    notices: tuple[Notice, ...] = ()
 
     @property
     def keeps_money(self) -> bool:
@@ -236,3 +245,81 @@ class FirstRecharge:
         recharge.bonus_coins = self.bonus_without
         return TrailEntry(trail.recharge_id, trail.at, trail.event, trail.status, trail.reference, trail.channel,
                           {**(trail.detail or {}), **self.detail_without, "first_recharge": "already claimed"})
+
+
+# -- after the sale: refunds, disputes, notifications (SPEC 19) --------------------------------
+
+
+class RefundStatus(enum.StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class Refund:
+    """A front service's refund of (part of) a succeeded recharge. Its coins leave the
+    wallet when it is journaled, before the provider is asked; a failed refund gives them
+    back. ``id`` is also the ``refund_reference`` the provider deduplicates on, and
+    ``next_at`` is when the provider is to be asked (again) while it is pending."""
+
+    id: str
+    recharge_id: str
+    client: str
+    idempotency_key: str
+    fingerprint: str
+    user_id: str
+    channel: str
+    reference: str  # the captured attempt's: the payment the provider refunds
+    amount_minor: int
+    currency: str
+    coins: int
+    status: RefundStatus
+    reason: str | None
+    created_at: float
+    updated_at: float
+    error: str | None = None
+    next_at: float | None = None
+    tries: int = 0
+
+
+class DisputeStatus(enum.StrEnum):
+    OPEN = "open"
+    WON = "won"
+    LOST = "lost"
+
+
+@dataclass(frozen=True, slots=True)
+class Dispute:
+    """A chargeback on a recharge. ``coins``: what it froze (open), gave back (won) or
+    clawed back (lost): the recharge's coins not already refunded when it opened."""
+
+    recharge_id: str
+    user_id: str
+    status: DisputeStatus
+    coins: int
+    opened_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One event for a front service, as the outbox holds it until delivered. ``key``
+    orders delivery (one recharge's events in the order written); ``body`` is the
+    exact JSON the client receives and the signature covers."""
+
+    id: str
+    client: str
+    key: str
+    type: str
+    created_at: float
+    body: str  # JSON text
+
+
+def refund_coins(total_coins: int, amount_minor: int, recharge_minor: int, refunded_minor: int,
+                 refunded_coins: int) -> int:
+    """The coins a refund of ``amount_minor`` takes back, in proportion to the amount and
+    counted on the refunds before it (not failed), so the refunds of a whole recharge
+    take back exactly its coins and never more."""
+    after = total_coins * (refunded_minor + amount_minor) // recharge_minor
+    return max(0, min(after, total_coins) - refunded_coins)

@@ -52,9 +52,9 @@ class CrashingJournal:
         await self.inner.close()
 
     async def create(self, recharge: Recharge, trail: TrailEntry, lease: tuple[str, float] | None = None,
-                     first: Any = None, started: Any = None) -> Recharge | None:
+                     first: Any = None, started: Any = None, notices: tuple[Any, ...] = ()) -> Recharge | None:
         return await self._write(lambda: self.inner.create(recharge, trail, lease=lease, first=first,
-                                                           started=started))
+                                                           started=started, notices=notices))
 
     async def apply(self, step: Step) -> bool:
         return await self._write(lambda: self.inner.apply(step))

@@ -12,25 +12,79 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from orchestrator.errors import JournalError
-from orchestrator.model import Attempt, Fence, FirstRecharge, Recharge, Step, TrailEntry
+from orchestrator.model import (
+    Attempt,
+    Dispute,
+    DisputeStatus,
+    Fence,
+    FirstRecharge,
+    Notice,
+    Recharge,
+    Refund,
+    RefundStatus,
+    Step,
+    TrailEntry,
+)
 
-__all__ = ["PURGE_LIMIT", "Journal", "JournalError", "KeptChannel", "QuoteRecord", "UserTotals",
-           "WalletEntry", "WalletView"]
+__all__ = ["PURGE_LIMIT", "Journal", "JournalError", "KeptChannel", "NoticeRow", "OutboxStats", "QuoteRecord",
+           "RefundGuard", "UserTotals", "WalletEntry", "WalletView"]
 
 
 @dataclass(frozen=True, slots=True)
 class WalletEntry:
+    """One movement of a wallet's coins. ``kind``: ``credit`` (a succeeded recharge),
+    ``refund`` (a refund's debit), ``refund_reversal`` (a failed refund's coins back),
+    ``clawback`` (a lost dispute); ``ref`` names the refund for the refund kinds."""
+
     recharge_id: str
     coins: int
     balance_after: int
     created_at: float
+    kind: str = "credit"
+    ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class WalletView:
+    """``coins`` may be negative (a debt, after a lost dispute); ``frozen_coins`` are
+    held by open disputes: spendable is ``coins - frozen_coins``."""
+
     user_id: str
     coins: int
     entries: tuple[WalletEntry, ...]
+    frozen_coins: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RefundGuard:
+    """What a refund was decided on, checked again in the store's transaction: the
+    recharge's refunds (not failed) still sum to these, its dispute is still this one,
+    and, unless ``allow_negative``, the wallet still has the coins to spend."""
+
+    refunded_minor: int
+    refunded_coins: int
+    dispute: DisputeStatus | None
+    allow_negative: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeRow:
+    """An outbox row: the notice, and where its delivery stands."""
+
+    notice: Notice
+    state: str  # pending, delivered, dead
+    attempts: int
+    next_at: float
+    window_start: float  # when its retry window began (written, or redelivered)
+    last_error: str | None
+    delivered_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    pending: int
+    dead: int
+    oldest_pending_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +142,12 @@ class Journal(Protocol):
     async def create(self, recharge: Recharge, trail: TrailEntry,
                      lease: tuple[str, float] | None = None,
                      first: FirstRecharge | None = None,
-                     started: tuple[Attempt, TrailEntry] | None = None) -> Recharge | None:
+                     started: tuple[Attempt, TrailEntry] | None = None,
+                     notices: tuple[Notice, ...] = ()) -> Recharge | None:
         """Insert a new recharge, unless its (client, idempotency key) is taken; in the
-        same transaction its lease (``lease`` = (owner, lease_s): token 1) and its first
+        same transaction its lease (``lease`` = (owner, lease_s): token 1), its first
         attempt, journaled ``started`` with its trail entry, before the provider hears
-        of it. Returns None when it was created, or the recharge already holding the
+        of it, and its notices (a recharge blocked at once). Returns None when it was created, or the recharge already holding the
         key (and then writes nothing)."""
         ...
 
@@ -210,3 +265,95 @@ class Journal(Protocol):
     async def get_quote(self, quote_id: str) -> QuoteRecord | None:
         """The quote (one primary-key read), or None: never issued, or purged."""
         ...
+
+    # Refunds and disputes of succeeded recharges (SPEC 19).
+
+    async def create_refund(self, refund: Refund, trail: TrailEntry, guard: RefundGuard,
+                            notices: tuple[Notice, ...] = ()) -> Refund | str | None:
+        """Journal a new refund and debit its coins from the wallet, in one transaction
+        with its trail entry and notices. None: done. A Refund: the (client,
+        idempotency key) is taken by that refund (nothing written). A string: refused,
+        nothing written: ``insufficient_coins``, or ``stale`` when ``guard`` no longer
+        holds (decide again on fresh reads). The caller refuses a refund of a recharge
+        whose dispute is open or lost (``guard.dispute`` is None or won); the store then
+        holds it to that."""
+        ...
+
+    async def settle_refund(self, refund_id: str, status: RefundStatus, at: float, *, error: str | None = None,
+                            event: tuple[str, str] | None = None, trail: tuple[TrailEntry, ...] = (),
+                            notices: tuple[Notice, ...] = ()) -> bool:
+        """End a pending refund as succeeded or failed (a failed one's coins go back to the
+        wallet: frozen again while the recharge's dispute is open, clawed back again if it
+        was lost). False, and nothing written, when it is no longer pending or ``event``
+        was already applied."""
+        ...
+
+    async def retry_refund(self, refund_id: str, next_at: float, error: str | None) -> None:
+        """A pending refund the provider has not settled: ask again at ``next_at``."""
+        ...
+
+    async def claim_refunds(self, now: float, retry_at: float, limit: int = 100) -> list[Refund]:
+        """Pending refunds due at ``now``, each postponed to ``retry_at`` in the same
+        transaction (the claimer settles or retries it before then, or it comes due again)."""
+        ...
+
+    async def get_refund(self, refund_id: str) -> Refund | None: ...
+
+    async def find_refund(self, client: str, idempotency_key: str) -> Refund | None: ...
+
+    async def refunds_of(self, recharge_id: str) -> list[Refund]:
+        """The recharge's refunds, oldest first."""
+        ...
+
+    async def dispute_of(self, recharge_id: str) -> Dispute | None: ...
+
+    async def apply_dispute(self, dispute: Dispute, expect: DisputeStatus | None, refunded_coins: int,
+                            event: tuple[str, str], trail: tuple[TrailEntry, ...] = (),
+                            notices: tuple[Notice, ...] = ()) -> bool:
+        """Move the recharge's dispute from ``expect`` (None: none yet) to ``dispute``,
+        with the wallet: an opened dispute freezes ``dispute.coins``, a won one unfreezes
+        them, a lost one claws them back (the balance may go negative). ``event`` is
+        recorded in the same transaction. False, nothing written, when the dispute is no
+        longer ``expect``, the recharge's refunds (not failed) no longer hold
+        ``refunded_coins``, or ``event`` was already applied."""
+        ...
+
+    async def record_event(self, event: tuple[str, str], recharge_id: str, trail: tuple[TrailEntry, ...]) -> bool:
+        """Record a provider event that changes nothing (with its trail), so it is not
+        applied twice. False when it already was."""
+        ...
+
+    # The outbox of notifications (SPEC 19). Rows are written by ``Step.notices`` and the
+    # ``notices`` arguments above; a dispatcher claims them.
+
+    async def add_notices(self, notices: tuple[Notice, ...]) -> None:
+        """Write notices of a change that is already durable (a recharge refused at once)."""
+        ...
+
+    async def claim_notices(self, owner: str, now: float, lease_s: float, limit: int = 100) -> list[NoticeRow]:
+        """Up to ``limit`` pending notices due at ``now`` that no live claim holds
+        and that are each the oldest pending one of their ``key`` (delivery in order),
+        claimed by ``owner`` until ``now + lease_s``. Atomic: one claimer per notice."""
+        ...
+
+    async def notice_delivered(self, notice_id: str, owner: str, at: float) -> bool:
+        """Mark a claimed notice delivered; False when ``owner`` no longer holds it."""
+        ...
+
+    async def notice_failed(self, notice_id: str, owner: str, next_at: float | None, error: str) -> bool:
+        """A failed delivery: try again at ``next_at``, or ``dead`` when None."""
+        ...
+
+    async def notices(self, state: str, limit: int = 100, after: str | None = None) -> list[NoticeRow]:
+        """Notices in ``state`` (pending, delivered or dead), oldest first."""
+        ...
+
+    async def notice(self, notice_id: str) -> NoticeRow | None: ...
+
+    async def redeliver(self, notice_id: str, now: float) -> NoticeRow | None:
+        """Make a notice pending again, due now, its retry window restarted (a notice a
+        dispatcher holds right now is left to it). Redelivered, an old notice goes out
+        again after the newer ones of its recharge that were delivered meanwhile."""
+        ...
+
+    async def outbox_stats(self) -> OutboxStats: ...

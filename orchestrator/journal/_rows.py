@@ -14,10 +14,29 @@ from typing import Any
 import orjson
 
 from orchestrator.audit import entry_hash
-from orchestrator.model import Attempt, AttemptState, Recharge, RechargeStatus, TrailEntry
+from orchestrator.model import (
+    Attempt,
+    AttemptState,
+    Dispute,
+    DisputeStatus,
+    Notice,
+    Recharge,
+    RechargeStatus,
+    Refund,
+    RefundStatus,
+    TrailEntry,
+)
 
 __all__ = [
     "ATTEMPT_COLUMNS",
+    "DISPUTE_COLUMNS",
+    "NOTICE_COLUMNS",
+    "REFUND_COLUMNS",
+    "dispute_of",
+    "dispute_row",
+    "notice_row_of",
+    "refund_of",
+    "refund_row",
     "RECHARGE_COLUMNS",
     "TRAIL_COLUMNS",
     "attempt_of",
@@ -94,3 +113,38 @@ def trail_rows(head: str, entries: Sequence[TrailEntry]) -> tuple[list[tuple[Any
 def trail_entry_of(r: Sequence[Any]) -> TrailEntry:
     """A trail entry from ``recharge_id, at, event, status, reference, channel, detail``."""
     return TrailEntry(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6]) if r[6] else None)
+
+
+REFUND_COLUMNS = (
+    "id, recharge_id, client, idempotency_key, fingerprint, user_id, channel, reference, amount_minor, currency, "
+    "coins, status, reason, created_at, updated_at, error, next_at, tries"
+)
+DISPUTE_COLUMNS = "recharge_id, user_id, status, coins, opened_at, updated_at"
+# An outbox row as ``NoticeRow`` reads it: the notice, then where its delivery stands.
+NOTICE_COLUMNS = "id, client, key, type, created_at, body, state, attempts, next_at, window_start, last_error, delivered_at"
+
+
+def refund_row(r: Refund) -> tuple[Any, ...]:
+    return (r.id, r.recharge_id, r.client, r.idempotency_key, r.fingerprint, r.user_id, r.channel, r.reference,
+            r.amount_minor, r.currency, r.coins, r.status.value, r.reason, float(r.created_at), float(r.updated_at),
+            r.error, _float(r.next_at), r.tries)
+
+
+def refund_of(row: Sequence[Any]) -> Refund:
+    return Refund(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]), row[9], int(row[10]),
+                  RefundStatus(row[11]), row[12], row[13], row[14], row[15], row[16], int(row[17]))
+
+
+def dispute_row(d: Dispute) -> tuple[Any, ...]:
+    return (d.recharge_id, d.user_id, d.status.value, d.coins, float(d.opened_at), float(d.updated_at))
+
+
+def dispute_of(row: Sequence[Any]) -> Dispute:
+    return Dispute(row[0], row[1], DisputeStatus(row[2]), int(row[3]), row[4], row[5])
+
+
+def notice_row_of(row: Sequence[Any]) -> tuple[Notice, str, int, float, float, str | None, float | None]:
+    """The fields of a ``NoticeRow`` (the journal's protocol module builds it)."""
+    body = row[5] if isinstance(row[5], str) else bytes(row[5]).decode()
+    return (Notice(row[0], row[1], row[2], row[3], row[4], body), row[6], int(row[7]), row[8], row[9], row[10],
+            row[11])

@@ -176,4 +176,87 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             retired_at REAL
         )""",
     ),
+    # 10: after the sale (SPEC 19). Wallets may go negative (a lost dispute's debt) and hold
+    # frozen coins; a wallet entry is a credit, a refund's debit or its reversal, or a
+    # clawback (one credit per recharge, one entry per refund and kind); refunds, disputes,
+    # and the outbox of notifications. SQLite drops a CHECK or UNIQUE only by copying the table.
+    (
+        """CREATE TABLE wallets_10 (
+            user_id TEXT PRIMARY KEY,
+            coins INTEGER NOT NULL,
+            frozen INTEGER NOT NULL DEFAULT 0 CHECK (frozen >= 0),
+            updated_at REAL NOT NULL
+        )""",
+        "INSERT INTO wallets_10(user_id, coins, updated_at) SELECT user_id, coins, updated_at FROM wallets",
+        "DROP TABLE wallets",
+        "ALTER TABLE wallets_10 RENAME TO wallets",
+        """CREATE TABLE wallet_entries_10 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id TEXT NOT NULL,
+            recharge_id TEXT NOT NULL REFERENCES recharges(id),
+            kind TEXT NOT NULL DEFAULT 'credit',
+            ref TEXT,
+            coins INTEGER NOT NULL CHECK (coins != 0 AND (kind != 'credit' OR coins > 0)),
+            balance_after INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "INSERT INTO wallet_entries_10(id, user_id, recharge_id, coins, balance_after, created_at) "
+        "SELECT id, user_id, recharge_id, coins, balance_after, created_at FROM wallet_entries",
+        "DROP TABLE wallet_entries",
+        "ALTER TABLE wallet_entries_10 RENAME TO wallet_entries",
+        "CREATE INDEX wallet_entries_user ON wallet_entries(user_id, id)",
+        "CREATE UNIQUE INDEX wallet_entries_credit ON wallet_entries(recharge_id) WHERE kind = 'credit'",
+        "CREATE UNIQUE INDEX wallet_entries_ref ON wallet_entries(kind, ref) WHERE ref IS NOT NULL",
+        """CREATE TABLE refunds (
+            id TEXT PRIMARY KEY,
+            recharge_id TEXT NOT NULL REFERENCES recharges(id),
+            client TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            amount_minor INTEGER NOT NULL CHECK (amount_minor > 0),
+            currency TEXT NOT NULL,
+            coins INTEGER NOT NULL CHECK (coins >= 0),
+            status TEXT NOT NULL,
+            reason TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            error TEXT,
+            next_at REAL,
+            tries INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (client, idempotency_key)
+        )""",
+        "CREATE INDEX refunds_recharge ON refunds(recharge_id)",
+        "CREATE INDEX refunds_due ON refunds(next_at) WHERE status = 'pending'",
+        """CREATE TABLE disputes (
+            recharge_id TEXT PRIMARY KEY REFERENCES recharges(id),
+            user_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            coins INTEGER NOT NULL CHECK (coins >= 0),
+            opened_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            client TEXT NOT NULL,
+            key TEXT NOT NULL,
+            type TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            body TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,
+            window_start REAL NOT NULL,
+            last_error TEXT,
+            delivered_at REAL,
+            claimed_by TEXT,
+            claimed_until REAL NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX outbox_key ON outbox(key, seq) WHERE state = 'pending'",
+        "CREATE INDEX outbox_due ON outbox(next_at) WHERE state = 'pending'",
+        "CREATE INDEX outbox_state ON outbox(state, seq)",
+    ),
 )

@@ -166,4 +166,69 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             retired_at DOUBLE PRECISION
         )""",
     ),
+    # 10: as SQLite's 10 (SPEC 19): wallets may go negative and hold frozen coins; entries have a
+    # kind (one credit per recharge, one entry per refund and kind); refunds, disputes, the outbox.
+    # PostgreSQL alters in place what SQLite must copy, so ids, their sequence, foreign keys and
+    # index names stay; the constraints dropped are those migration 1 named by default.
+    (
+        "ALTER TABLE wallets DROP CONSTRAINT wallets_coins_check, "
+        "ADD COLUMN frozen BIGINT NOT NULL DEFAULT 0 CHECK (frozen >= 0)",
+        "ALTER TABLE wallet_entries DROP CONSTRAINT wallet_entries_recharge_id_key, "
+        "DROP CONSTRAINT wallet_entries_coins_check, "
+        "ADD COLUMN kind TEXT NOT NULL DEFAULT 'credit', ADD COLUMN ref TEXT, "
+        "ADD CONSTRAINT wallet_entries_coins_check CHECK (coins != 0 AND (kind != 'credit' OR coins > 0))",
+        "CREATE UNIQUE INDEX wallet_entries_credit ON wallet_entries(recharge_id) WHERE kind = 'credit'",
+        "CREATE UNIQUE INDEX wallet_entries_ref ON wallet_entries(kind, ref) WHERE ref IS NOT NULL",
+        """CREATE TABLE refunds (
+            id TEXT PRIMARY KEY,
+            recharge_id TEXT NOT NULL REFERENCES recharges(id),
+            client TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            amount_minor BIGINT NOT NULL CHECK (amount_minor > 0),
+            currency TEXT NOT NULL,
+            coins BIGINT NOT NULL CHECK (coins >= 0),
+            status TEXT NOT NULL,
+            reason TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            error TEXT,
+            next_at DOUBLE PRECISION,
+            tries INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (client, idempotency_key)
+        )""",
+        "CREATE INDEX refunds_recharge ON refunds(recharge_id)",
+        "CREATE INDEX refunds_due ON refunds(next_at) WHERE status = 'pending'",
+        """CREATE TABLE disputes (
+            recharge_id TEXT PRIMARY KEY REFERENCES recharges(id),
+            user_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            coins BIGINT NOT NULL CHECK (coins >= 0),
+            opened_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE outbox (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            client TEXT NOT NULL,
+            key TEXT NOT NULL,
+            type TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            body TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at DOUBLE PRECISION NOT NULL,
+            window_start DOUBLE PRECISION NOT NULL,
+            last_error TEXT,
+            delivered_at DOUBLE PRECISION,
+            claimed_by TEXT,
+            claimed_until DOUBLE PRECISION NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX outbox_key ON outbox(key, seq) WHERE state = 'pending'",
+        "CREATE INDEX outbox_due ON outbox(next_at) WHERE state = 'pending'",
+        "CREATE INDEX outbox_state ON outbox(state, seq)",
+    ),
 )

@@ -20,10 +20,15 @@ import orjson
 
 from orchestrator.audit import GENESIS
 from orchestrator.journal._protocol import JournalError, QuoteRecord
-from orchestrator.journal._rows import ATTEMPT_COLUMNS, RECHARGE_COLUMNS, TRAIL_COLUMNS, attempt_of, attempt_row, \
-    recharge_of, recharge_row, trail_rows
+from orchestrator.journal._rows import ATTEMPT_COLUMNS, RECHARGE_COLUMNS, attempt_of, attempt_row, recharge_of, \
+    recharge_row
+from orchestrator.journal._sqlite_aftersale import AFTERSALE_OPS, add_notices
+from orchestrator.journal._sqlite_trail import Rejected
+from orchestrator.journal._sqlite_trail import chain as _chain
+from orchestrator.journal._sqlite_trail import insert_trail as _insert_trail
 from orchestrator.clock import month_of
-from orchestrator.model import KEEP, TERMINAL, Attempt, FirstRecharge, Recharge, RechargeStatus, Step, TrailEntry
+from orchestrator.model import KEEP, TERMINAL, Attempt, FirstRecharge, Notice, Recharge, RechargeStatus, Step, \
+    TrailEntry
 
 __all__ = ["ATTEMPT_COLUMNS", "WRITE_OPS", "Checkpointer", "attempt_of", "catch_up", "connect", "load", "migrate", "run_batch"]
 
@@ -35,10 +40,6 @@ OPEN = "status IN ('processing', 'pending')"
 # The writer leaves checkpoints to the checkpointer; it checkpoints itself (stalling its
 # commits) only if the WAL reaches this many pages (4 KiB each) anyway.
 WRITER_AUTOCHECKPOINT_PAGES = 20000
-
-
-class Rejected(Exception):
-    """A step's guard failed: roll back its savepoint and answer False."""
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -202,7 +203,8 @@ _INSERT_RECHARGE = (
 
 
 def op_create(conn: sqlite3.Connection, recharge: Recharge, trail: TrailEntry, lease: tuple[str, float] | None,
-              first: FirstRecharge | None, started: tuple[Attempt, TrailEntry] | None) -> tuple[str | None, bool]:
+              first: FirstRecharge | None, started: tuple[Attempt, TrailEntry] | None,
+              notices: Sequence[Notice] = ()) -> tuple[str | None, bool]:
     """Insert a new recharge. Answers ``(holder, denied)``: the id of the recharge holding
     its key if the key is taken (and nothing written), and whether the first-recharge
     bonus was denied (the user has another running or succeeded recharge)."""
@@ -223,6 +225,8 @@ def op_create(conn: sqlite3.Connection, recharge: Recharge, trail: TrailEntry, l
     else:
         _insert_attempt(conn, started[0])
         _insert_trail(conn, (entry, started[1]))
+    if notices:
+        add_notices(conn, notices)
     return None, denied
 
 
@@ -319,11 +323,11 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
             "RETURNING coins",
             (c.user_id, c.coins, c.at),
         ).fetchone()
-        # UNIQUE(recharge_id) refuses a second credit; the step's rollback takes the
+        # The unique index of credits refuses a second credit; the step's rollback takes the
         # balance bump back with it.
         if conn.execute(
             "INSERT INTO wallet_entries(user_id, recharge_id, coins, balance_after, created_at) VALUES (?,?,?,?,?) "
-            "ON CONFLICT (recharge_id) DO NOTHING",
+            "ON CONFLICT (recharge_id) WHERE kind = 'credit' DO NOTHING",
             (c.user_id, c.recharge_id, c.coins, balance, c.at),
         ).rowcount != 1:
             raise Rejected
@@ -337,6 +341,8 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
             conn.execute(_SET_FOLLOW_UP, (step.recharge_id, step.follow_up))
     if step.trail:
         _insert_trail(conn, step.trail)
+    if step.notices:
+        add_notices(conn, step.notices)
     return True
 
 
@@ -460,6 +466,7 @@ WRITE_OPS: dict[str, Callable[..., Any]] = {
     "claim_follow_ups": op_claim_follow_ups,
     "keep_channel": op_keep_channel,
     "put_quote": op_put_quote,
+    **AFTERSALE_OPS,
 }
 
 
@@ -473,17 +480,6 @@ def load(conn: sqlite3.Connection, recharge_id: str) -> Recharge | None:
     attempts = [attempt_of(a) for a in conn.execute(
         f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE recharge_id=? ORDER BY seq", (recharge_id,)).fetchall()]
     return recharge_of(row, attempts)
-
-
-_chain = threading.local()  # the writer's audit chain head
-
-
-def _insert_trail(conn: sqlite3.Connection, entries: Sequence[TrailEntry]) -> None:
-    """Append to the trail, each entry chained to the one before (see orchestrator.audit).
-    Only the writer appends, and it read the head under the write lock, so the head in
-    memory is the head on disk."""
-    rows, _chain.head = trail_rows(_chain.head, entries)
-    conn.executemany(f"INSERT INTO trail({TRAIL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
 
 
 def _insert_attempt(conn: sqlite3.Connection, a: Attempt) -> None:

@@ -16,9 +16,10 @@ from typing import Any
 
 import orjson
 
-from orchestrator.model import KEEP, Attempt, AttemptState, Credit, FirstRecharge, Recharge, RechargeStatus, Step, TrailEntry
+from orchestrator.model import KEEP, Attempt, AttemptState, Credit, FirstRecharge, Notice, Recharge, RechargeStatus, \
+    Step, TrailEntry
 
-__all__ = ["HEADER", "decode_args", "decode_value", "encode", "encode_request", "encode_value", "frames", "pack"]
+__all__ = ["HEADER", "enc_notice", "enc_trail", "notice", "trail", "decode_args", "decode_value", "encode", "encode_request", "encode_value", "frames", "pack"]
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 << 20
@@ -91,7 +92,8 @@ def enc_step(s: Step) -> list[Any]:
             s.decline_code, s.reason, None if s.attempt is None else enc_attempt(s.attempt), s.attempt_is_new,
             None if s.expect_attempt is None else list(s.expect_attempt),
             None if c is None else [c.recharge_id, c.user_id, c.coins, c.at], s.event,
-            [enc_trail(t) for t in s.trail], None if s.follow_up is KEEP else [s.follow_up], s.lease]
+            [enc_trail(t) for t in s.trail], None if s.follow_up is KEEP else [s.follow_up], s.lease,
+            [enc_notice(n) for n in s.notices]]
 
 
 def step(v: list[Any]) -> Step:
@@ -106,22 +108,33 @@ def step(v: list[Any]) -> Step:
         trail=tuple(trail(t) for t in v[12]),
         follow_up=KEEP if v[13] is None else v[13][0],
         lease=None if v[14] is None else (v[14][0], v[14][1]),
+        notices=tuple(notice(n) for n in v[15]),
     )
 
 
+def enc_notice(n: Notice) -> list[Any]:
+    return [n.id, n.client, n.key, n.type, n.created_at, n.body]
+
+
+def notice(v: list[Any]) -> Notice:
+    return Notice(v[0], v[1], v[2], v[3], v[4], v[5])
+
+
 def _enc_create(args: tuple[Any, ...]) -> list[Any]:
-    rec, entry, lease, first, started = args
+    rec, entry, lease, first, started, notices = args
     return [enc_recharge(rec), enc_trail(entry), lease,
             None if first is None else [first.bonus_without, first.detail_without],
-            None if started is None else [enc_attempt(started[0]), enc_trail(started[1])]]
+            None if started is None else [enc_attempt(started[0]), enc_trail(started[1])],
+            [enc_notice(n) for n in notices]]
 
 
 def _dec_create(args: list[Any]) -> tuple[Any, ...]:
-    rec, entry, lease, first, started = args
+    rec, entry, lease, first, started, notices = args
     return (
         recharge(rec), trail(entry), None if lease is None else (lease[0], lease[1]),
         None if first is None else FirstRecharge(first[0], first[1]),
         None if started is None else (attempt(started[0]), trail(started[1])),
+        tuple(notice(n) for n in notices),
     )
 
 

@@ -21,13 +21,31 @@ from orchestrator.audit import GENESIS
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
     KeptChannel,
+    NoticeRow,
+    OutboxStats,
     QuoteRecord,
+    RefundGuard,
     UserTotals,
     WalletEntry,
     WalletView,
 )
 from orchestrator.journal._rows import trail_rows
-from orchestrator.model import KEEP, TERMINAL, Attempt, Fence, FirstRecharge, Recharge, RechargeStatus, Step, TrailEntry
+from orchestrator.model import (
+    KEEP,
+    TERMINAL,
+    Attempt,
+    Dispute,
+    DisputeStatus,
+    Fence,
+    FirstRecharge,
+    Notice,
+    Recharge,
+    RechargeStatus,
+    Refund,
+    RefundStatus,
+    Step,
+    TrailEntry,
+)
 from orchestrator.transitions import admits, reduce
 
 __all__ = ["MemoryJournal"]
@@ -38,6 +56,24 @@ _RUNNING_OR_DONE = frozenset({RechargeStatus.PROCESSING, RechargeStatus.PENDING,
 def _clone(rec: Recharge) -> Recharge:
     """A copy a caller may change (attempts are replaced, never changed in place)."""
     return replace(rec, attempts=list(rec.attempts))
+
+
+@dataclass(slots=True)
+class _Outboxed:
+    notice: Notice
+    seq: int
+    state: str
+    attempts: int
+    next_at: float
+    window_start: float
+    last_error: str | None = None
+    delivered_at: float | None = None
+    claimed_by: str | None = None
+    claimed_until: float = 0.0
+
+    def row(self) -> NoticeRow:
+        return NoticeRow(self.notice, self.state, self.attempts, self.next_at, self.window_start, self.last_error,
+                         self.delivered_at)
 
 
 @dataclass(slots=True)
@@ -64,6 +100,12 @@ class MemoryJournal:
         self._follow_ups: dict[str, float] = {}
         self._kept: dict[str, KeptChannel] = {}
         self._quotes: dict[str, QuoteRecord] = {}
+        self._frozen: dict[str, int] = {}
+        self._refunds: dict[str, Refund] = {}
+        self._refund_keys: dict[tuple[str, str], str] = {}
+        self._disputes: dict[str, Dispute] = {}
+        self._outbox: dict[str, _Outboxed] = {}
+        self._outbox_seq = 0
         self.opened = False
 
     async def open(self) -> None:
@@ -81,7 +123,8 @@ class MemoryJournal:
 
     async def create(self, recharge: Recharge, trail: TrailEntry, lease: tuple[str, float] | None = None,
                      first: FirstRecharge | None = None,
-                     started: tuple[Attempt, TrailEntry] | None = None) -> Recharge | None:
+                     started: tuple[Attempt, TrailEntry] | None = None,
+                     notices: tuple[Notice, ...] = ()) -> Recharge | None:
         holder = self._keys.get((recharge.client, recharge.idempotency_key))
         if holder is not None:
             return _clone(self._recharges[holder])
@@ -101,6 +144,7 @@ class MemoryJournal:
         if lease is not None:
             self._leases[recharge.id] = _Lease(lease[0], self._clock() + lease[1], 1)
         self._append_trail([entry] if started is None else [entry, started[1]])
+        self._outbox_add(notices)
         return None
 
     async def apply(self, step: Step) -> bool:
@@ -126,10 +170,9 @@ class MemoryJournal:
         c = step.credit
         if c is not None:
             self._credited.add(c.recharge_id)
-            balance = self._wallets.get(c.user_id, 0) + c.coins
-            self._wallets[c.user_id] = balance
-            self._entries.setdefault(c.user_id, []).append(WalletEntry(c.recharge_id, c.coins, balance, c.at))
+            self._move(c.user_id, c.recharge_id, c.coins, c.at, "credit", None)
         reduce(rec, step)
+        self._outbox_add(step.notices)
         if step.follow_up is not KEEP:
             if step.follow_up is None:
                 self._follow_ups.pop(rec.id, None)
@@ -138,6 +181,13 @@ class MemoryJournal:
         if step.trail:
             self._append_trail(step.trail)
         return True
+
+    def _move(self, user_id: str, recharge_id: str, coins: int, at: float, kind: str, ref: str | None) -> None:
+        if coins == 0:  # as the SQL stores: no entry moves nothing
+            return
+        balance = self._wallets.get(user_id, 0) + coins
+        self._wallets[user_id] = balance
+        self._entries.setdefault(user_id, []).append(WalletEntry(recharge_id, coins, balance, at, kind, ref))
 
     async def record(self, entry: TrailEntry) -> None:
         self._append_trail([entry])
@@ -169,7 +219,8 @@ class MemoryJournal:
 
     async def wallet(self, user_id: str, limit: int = 100) -> WalletView:
         entries = self._entries.get(user_id, [])
-        return WalletView(user_id, self._wallets.get(user_id, 0), tuple(reversed(entries[-limit:])))
+        return WalletView(user_id, self._wallets.get(user_id, 0), tuple(reversed(entries[-limit:])),
+                          self._frozen.get(user_id, 0))
 
     async def user_totals(self, user_id: str, since: float) -> list[UserTotals]:
         out: dict[str, list[int]] = {}
@@ -277,6 +328,174 @@ class MemoryJournal:
     async def get_quote(self, quote_id: str) -> QuoteRecord | None:
         return self._quotes.get(quote_id)
 
+    # -- refunds and disputes -------------------------------------------------------------
+
+    def _refunded(self, recharge_id: str) -> tuple[int, int]:
+        live = [r for r in self._refunds.values() if r.recharge_id == recharge_id and r.status is not RefundStatus.FAILED]
+        return sum(r.amount_minor for r in live), sum(r.coins for r in live)
+
+    async def create_refund(self, refund: Refund, trail: TrailEntry, guard: RefundGuard,
+                            notices: tuple[Notice, ...] = ()) -> Refund | str | None:
+        held = self._refund_keys.get((refund.client, refund.idempotency_key))
+        if held is not None:
+            return replace(self._refunds[held])
+        dispute = self._disputes.get(refund.recharge_id)
+        if (self._refunded(refund.recharge_id) != (guard.refunded_minor, guard.refunded_coins)
+                or (dispute.status if dispute else None) != guard.dispute):
+            return "stale"
+        spendable = self._wallets.get(refund.user_id, 0) - self._frozen.get(refund.user_id, 0)
+        if not guard.allow_negative and spendable < refund.coins:
+            return "insufficient_coins"
+        self._refunds[refund.id] = replace(refund)
+        self._refund_keys[(refund.client, refund.idempotency_key)] = refund.id
+        self._move(refund.user_id, refund.recharge_id, -refund.coins, refund.created_at, "refund", refund.id)
+        self._append_trail([trail])
+        self._outbox_add(notices)
+        return None
+
+    async def settle_refund(self, refund_id: str, status: RefundStatus, at: float, *, error: str | None = None,
+                            event: tuple[str, str] | None = None, trail: tuple[TrailEntry, ...] = (),
+                            notices: tuple[Notice, ...] = ()) -> bool:
+        r = self._refunds.get(refund_id)
+        if r is None or r.status is not RefundStatus.PENDING or (event is not None and event in self._events):
+            return False
+        if event is not None:
+            self._events.add(event)
+        r.status, r.updated_at, r.error, r.next_at = status, at, error, None
+        if status is RefundStatus.FAILED:
+            self._move(r.user_id, r.recharge_id, r.coins, at, "refund_reversal", r.id)
+            d = self._disputes.get(r.recharge_id)
+            if d is not None and d.status is DisputeStatus.OPEN:
+                self._disputes[r.recharge_id] = replace(d, coins=d.coins + r.coins, updated_at=at)
+                self._frozen[r.user_id] = self._frozen.get(r.user_id, 0) + r.coins
+            elif d is not None and d.status is DisputeStatus.LOST:
+                self._disputes[r.recharge_id] = replace(d, coins=d.coins + r.coins, updated_at=at)
+                self._move(r.user_id, r.recharge_id, -r.coins, at, "clawback", r.id)
+        self._append_trail(list(trail))
+        self._outbox_add(notices)
+        return True
+
+    async def retry_refund(self, refund_id: str, next_at: float, error: str | None) -> None:
+        r = self._refunds.get(refund_id)
+        if r is not None and r.status is RefundStatus.PENDING:
+            r.next_at, r.error, r.tries = next_at, error, r.tries + 1
+
+    async def claim_refunds(self, now: float, retry_at: float, limit: int = 100) -> list[Refund]:
+        due = sorted((r for r in self._refunds.values() if r.status is RefundStatus.PENDING
+                      and r.next_at is not None and r.next_at <= now), key=lambda r: (r.next_at, r.id))[:limit]
+        for r in due:
+            r.next_at = retry_at
+        return [replace(r) for r in due]
+
+    async def get_refund(self, refund_id: str) -> Refund | None:
+        r = self._refunds.get(refund_id)
+        return None if r is None else replace(r)
+
+    async def find_refund(self, client: str, idempotency_key: str) -> Refund | None:
+        rid = self._refund_keys.get((client, idempotency_key))
+        return None if rid is None else replace(self._refunds[rid])
+
+    async def refunds_of(self, recharge_id: str) -> list[Refund]:
+        return [replace(r) for r in sorted(self._refunds.values(), key=lambda r: (r.created_at, r.id))
+                if r.recharge_id == recharge_id]
+
+    async def dispute_of(self, recharge_id: str) -> Dispute | None:
+        return self._disputes.get(recharge_id)
+
+    async def apply_dispute(self, dispute: Dispute, expect: DisputeStatus | None, refunded_coins: int,
+                            event: tuple[str, str], trail: tuple[TrailEntry, ...] = (),
+                            notices: tuple[Notice, ...] = ()) -> bool:
+        current = self._disputes.get(dispute.recharge_id)
+        if ((current.status if current else None) != expect or event in self._events
+                or self._refunded(dispute.recharge_id)[1] != refunded_coins):
+            return False
+        self._events.add(event)
+        user, coins = dispute.user_id, dispute.coins
+        if dispute.status is DisputeStatus.OPEN:
+            self._frozen[user] = self._frozen.get(user, 0) + coins
+        elif current is not None:  # open -> won or lost: what it froze is free, or gone
+            self._frozen[user] = self._frozen.get(user, 0) - coins
+        if dispute.status is DisputeStatus.LOST:
+            self._move(user, dispute.recharge_id, -coins, dispute.updated_at, "clawback", None)
+        self._disputes[dispute.recharge_id] = dispute
+        self._append_trail(list(trail))
+        self._outbox_add(notices)
+        return True
+
+    async def record_event(self, event: tuple[str, str], recharge_id: str, trail: tuple[TrailEntry, ...]) -> bool:
+        if event in self._events:
+            return False
+        self._events.add(event)
+        self._append_trail(list(trail))
+        return True
+
+    # -- the outbox -----------------------------------------------------------------------
+
+    def _outbox_add(self, notices: tuple[Notice, ...]) -> None:
+        for n in notices:
+            self._outbox_seq += 1
+            self._outbox[n.id] = _Outboxed(n, self._outbox_seq, "pending", 0, n.created_at, n.created_at)
+
+    async def add_notices(self, notices: tuple[Notice, ...]) -> None:
+        self._outbox_add(notices)
+
+    async def claim_notices(self, owner: str, now: float, lease_s: float, limit: int = 100) -> list[NoticeRow]:
+        first: dict[str, _Outboxed] = {}
+        for o in sorted(self._outbox.values(), key=lambda o: o.seq):
+            if o.state == "pending" and o.notice.key not in first:
+                first[o.notice.key] = o
+        due = [o for o in first.values() if o.next_at <= now and o.claimed_until <= now]
+        out = []
+        for o in sorted(due, key=lambda o: (o.next_at, o.seq))[:limit]:
+            o.claimed_by, o.claimed_until = owner, now + lease_s
+            out.append(o.row())
+        return out
+
+    def _held(self, notice_id: str, owner: str) -> _Outboxed | None:
+        o = self._outbox.get(notice_id)
+        return o if o is not None and o.state == "pending" and o.claimed_by == owner else None
+
+    async def notice_delivered(self, notice_id: str, owner: str, at: float) -> bool:
+        o = self._held(notice_id, owner)
+        if o is None:
+            return False
+        o.state, o.delivered_at, o.attempts, o.claimed_by = "delivered", at, o.attempts + 1, None
+        return True
+
+    async def notice_failed(self, notice_id: str, owner: str, next_at: float | None, error: str) -> bool:
+        o = self._held(notice_id, owner)
+        if o is None:
+            return False
+        o.attempts, o.last_error, o.claimed_by, o.claimed_until = o.attempts + 1, error[:500], None, 0.0
+        if next_at is None:
+            o.state = "dead"
+        else:
+            o.next_at = next_at
+        return True
+
+    async def notices(self, state: str, limit: int = 100, after: str | None = None) -> list[NoticeRow]:
+        rows = sorted((o for o in self._outbox.values() if o.state == state), key=lambda o: o.seq)
+        if after is not None and after in self._outbox:
+            rows = [o for o in rows if o.seq > self._outbox[after].seq]
+        return [o.row() for o in rows[:limit]]
+
+    async def notice(self, notice_id: str) -> NoticeRow | None:
+        o = self._outbox.get(notice_id)
+        return None if o is None else o.row()
+
+    async def redeliver(self, notice_id: str, now: float) -> NoticeRow | None:
+        o = self._outbox.get(notice_id)
+        if o is None:
+            return None
+        if o.state != "pending" or o.claimed_until <= now:
+            o.state, o.next_at, o.window_start, o.claimed_by, o.claimed_until = "pending", now, now, None, 0.0
+        return o.row()
+
+    async def outbox_stats(self) -> OutboxStats:
+        pending = [o.notice.created_at for o in self._outbox.values() if o.state == "pending"]
+        return OutboxStats(len(pending), sum(o.state == "dead" for o in self._outbox.values()),
+                           min(pending) if pending else None)
+
     # -- for the invariant checks ---------------------------------------------------------
 
     def facts(self) -> Any:
@@ -291,6 +510,12 @@ class MemoryJournal:
                         r.idempotency_key, r.amount_minor, r.currency) for r in self._recharges.values()],
             attempts=[(a.reference, a.recharge_id, a.channel, a.state.value)
                       for r in self._recharges.values() for a in r.attempts],
-            credits=[(e.recharge_id, user, e.coins) for user, entries in self._entries.items() for e in entries],
-            wallets=[(user, coins, sums.get(user, 0)) for user, coins in self._wallets.items()],
+            credits=[(e.recharge_id, user, e.coins) for user, entries in self._entries.items() for e in entries
+                     if e.kind == "credit"],
+            wallets=[(user, coins, sums.get(user, 0), self._frozen.get(user, 0))
+                     for user, coins in self._wallets.items()],
+            refunds=[(r.id, r.recharge_id, r.amount_minor, r.coins, r.status.value) for r in self._refunds.values()],
+            disputes=[(d.recharge_id, d.status.value, d.coins) for d in self._disputes.values()],
+            moves=[(e.recharge_id, e.kind, e.ref, e.coins) for entries in self._entries.values() for e in entries
+                   if e.kind != "credit"],
         )

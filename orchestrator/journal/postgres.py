@@ -9,7 +9,9 @@ rest of the pool.
 Several orchestrator instances may share one database: every guard of ``apply`` is a
 constraint or a row lock in the database (the status guard is an ``UPDATE ... WHERE
 status = ANY(...)``, re-checked by PostgreSQL on the newest row version; a guard without
-an update locks the row), never a check in process memory.
+an update locks the row), never a check in process memory. So are the guards of the
+refunds, disputes and outbox (SPEC 19): they lock the recharge's row, and claims take
+rows with ``FOR UPDATE SKIP LOCKED``.
 """
 
 from __future__ import annotations
@@ -28,26 +30,51 @@ from orchestrator.journal._protocol import (
     PURGE_LIMIT,
     JournalError,
     KeptChannel,
+    NoticeRow,
+    OutboxStats,
     QuoteRecord,
+    RefundGuard,
     UserTotals,
     WalletEntry,
     WalletView,
 )
 from orchestrator.journal._rows import (
     ATTEMPT_COLUMNS,
+    DISPUTE_COLUMNS,
+    NOTICE_COLUMNS,
     RECHARGE_COLUMNS,
+    REFUND_COLUMNS,
     TRAIL_COLUMNS,
     attempt_of,
     attempt_row,
+    dispute_of,
+    dispute_row,
+    notice_row_of,
     recharge_of,
     recharge_row,
+    refund_of,
+    refund_row,
     trail_entry_of,
     trail_rows,
 )
 from orchestrator.journal._schema_pg import MIGRATIONS
 from orchestrator.clock import month_of
 from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, totals_since
-from orchestrator.model import KEEP, Attempt, Fence, FirstRecharge, Recharge, RechargeStatus, Step, TrailEntry
+from orchestrator.model import (
+    KEEP,
+    Attempt,
+    Dispute,
+    DisputeStatus,
+    Fence,
+    FirstRecharge,
+    Notice,
+    Recharge,
+    RechargeStatus,
+    Refund,
+    RefundStatus,
+    Step,
+    TrailEntry,
+)
 
 __all__ = ["PostgresJournal"]
 
@@ -358,7 +385,8 @@ class PostgresJournal:
     async def create(self, recharge: Recharge, trail: TrailEntry,
                      lease: tuple[str, float] | None = None,
                      first: FirstRecharge | None = None,
-                     started: tuple[Attempt, TrailEntry] | None = None) -> Recharge | None:
+                     started: tuple[Attempt, TrailEntry] | None = None,
+                     notices: tuple[Notice, ...] = ()) -> Recharge | None:
         async def op(conn: asyncpg.Connection) -> str | None:
             entry = trail
             if first is not None and await conn.fetchval(
@@ -386,6 +414,7 @@ class PostgresJournal:
             if started is not None:
                 await conn.execute(_INSERT_ATTEMPT, *attempt_row(started[0]))
                 await _insert_trail(conn, (started[1],))
+            await _add_notices(conn, notices)
             return None
 
         existing_id = await self._write(op)
@@ -515,13 +544,14 @@ class PostgresJournal:
 
     async def wallet(self, user_id: str, limit: int = 100) -> WalletView:
         async def fn(conn: asyncpg.Connection) -> WalletView:
-            coins = await conn.fetchval("SELECT coins FROM wallets WHERE user_id=$1", user_id)
+            row = await conn.fetchrow("SELECT coins, frozen FROM wallets WHERE user_id=$1", user_id)
             entries = await conn.fetch(
-                "SELECT recharge_id, coins, balance_after, created_at FROM wallet_entries "
+                "SELECT recharge_id, coins, balance_after, created_at, kind, ref FROM wallet_entries "
                 "WHERE user_id=$1 ORDER BY id DESC LIMIT $2",
                 user_id, limit,
             )
-            return WalletView(user_id, coins or 0, tuple(WalletEntry(*e) for e in entries))
+            return WalletView(user_id, row[0] if row else 0, tuple(WalletEntry(*e) for e in entries),
+                              row[1] if row else 0)
 
         return await self._read(fn, snapshot=True)
 
@@ -576,6 +606,102 @@ class PostgresJournal:
         if row is None:
             return None
         return QuoteRecord(row[0], row[1], row[2], row[3], orjson.loads(row[4]), row[5], row[6])
+
+    # -- refunds and disputes (SPEC 19; the ops are below, after the SQL) ---------------
+
+    async def create_refund(self, refund: Refund, trail: TrailEntry, guard: RefundGuard,
+                            notices: tuple[Notice, ...] = ()) -> Refund | str | None:
+        answer: Refund | str | None = await self._write(
+            lambda conn: _create_refund(conn, refund, trail, guard, notices))
+        return answer
+
+    async def settle_refund(self, refund_id: str, status: RefundStatus, at: float, *, error: str | None = None,
+                            event: tuple[str, str] | None = None, trail: tuple[TrailEntry, ...] = (),
+                            notices: tuple[Notice, ...] = ()) -> bool:
+        return bool(await self._write(
+            lambda conn: _settle_refund(conn, refund_id, status, float(at), error, event, trail, notices)))
+
+    async def retry_refund(self, refund_id: str, next_at: float, error: str | None) -> None:
+        await self._write(lambda conn: conn.execute(_RETRY_REFUND, float(next_at), error, refund_id))
+
+    async def claim_refunds(self, now: float, retry_at: float, limit: int = 100) -> list[Refund]:
+        # Its own transaction, as claim_follow_ups: SKIP LOCKED locks are let go at once.
+        rows = await self._direct(lambda conn: conn.fetch(_CLAIM_REFUNDS, float(now), float(retry_at), limit))
+        return [refund_of(r) for r in rows]
+
+    async def get_refund(self, refund_id: str) -> Refund | None:
+        row = await self._read(lambda conn: conn.fetchrow(f"SELECT {REFUND_COLUMNS} FROM refunds WHERE id=$1",
+                                                          refund_id))
+        return None if row is None else refund_of(row)
+
+    async def find_refund(self, client: str, idempotency_key: str) -> Refund | None:
+        row = await self._read(lambda conn: conn.fetchrow(_REFUND_BY_KEY, client, idempotency_key))
+        return None if row is None else refund_of(row)
+
+    async def refunds_of(self, recharge_id: str) -> list[Refund]:
+        rows = await self._read(lambda conn: conn.fetch(
+            f"SELECT {REFUND_COLUMNS} FROM refunds WHERE recharge_id=$1 ORDER BY created_at, id", recharge_id))
+        return [refund_of(r) for r in rows]
+
+    async def dispute_of(self, recharge_id: str) -> Dispute | None:
+        row = await self._read(lambda conn: conn.fetchrow(
+            f"SELECT {DISPUTE_COLUMNS} FROM disputes WHERE recharge_id=$1", recharge_id))
+        return None if row is None else dispute_of(row)
+
+    async def apply_dispute(self, dispute: Dispute, expect: DisputeStatus | None, refunded_coins: int,
+                            event: tuple[str, str], trail: tuple[TrailEntry, ...] = (),
+                            notices: tuple[Notice, ...] = ()) -> bool:
+        return bool(await self._write(
+            lambda conn: _apply_dispute(conn, dispute, expect, refunded_coins, event, trail, notices)))
+
+    async def record_event(self, event: tuple[str, str], recharge_id: str, trail: tuple[TrailEntry, ...]) -> bool:
+        async def op(conn: asyncpg.Connection) -> bool:
+            if not await _event_new(conn, event, None, "recorded", trail[0].at if trail else 0.0):
+                return False
+            await _insert_trail(conn, trail)
+            return True
+
+        return bool(await self._write(op))
+
+    # -- the outbox ---------------------------------------------------------------------
+
+    async def add_notices(self, notices: tuple[Notice, ...]) -> None:
+        if notices:
+            await self._write(lambda conn: _add_notices(conn, notices))
+
+    async def claim_notices(self, owner: str, now: float, lease_s: float, limit: int = 100) -> list[NoticeRow]:
+        rows = await self._direct(lambda conn: conn.fetch(
+            _CLAIM_NOTICES, float(now), owner, float(now) + float(lease_s), limit))
+        return [NoticeRow(*notice_row_of(r)) for r in rows]
+
+    async def notice_delivered(self, notice_id: str, owner: str, at: float) -> bool:
+        done = await self._write(lambda conn: conn.execute(_NOTICE_DELIVERED, float(at), notice_id, owner))
+        return bool(done == "UPDATE 1")
+
+    async def notice_failed(self, notice_id: str, owner: str, next_at: float | None, error: str) -> bool:
+        done = await self._write(lambda conn: conn.execute(
+            _NOTICE_FAILED, error[:500], None if next_at is None else float(next_at), notice_id, owner))
+        return bool(done == "UPDATE 1")
+
+    async def notices(self, state: str, limit: int = 100, after: str | None = None) -> list[NoticeRow]:
+        rows = await self._read(lambda conn: conn.fetch(_NOTICES, state, after, limit))
+        return [NoticeRow(*notice_row_of(r)) for r in rows]
+
+    async def notice(self, notice_id: str) -> NoticeRow | None:
+        row = await self._read(lambda conn: conn.fetchrow(_NOTICE, notice_id))
+        return None if row is None else NoticeRow(*notice_row_of(row))
+
+    async def redeliver(self, notice_id: str, now: float) -> NoticeRow | None:
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            await conn.execute(_REDELIVER, notice_id, float(now))
+            return await conn.fetchrow(_NOTICE, notice_id)
+
+        row = await self._write(op)
+        return None if row is None else NoticeRow(*notice_row_of(row))
+
+    async def outbox_stats(self) -> OutboxStats:
+        row = await self._read(lambda conn: conn.fetchrow(_OUTBOX_STATS))
+        return OutboxStats(int(row[0]), int(row[1]), row[2])
 
 
 # -- migrations -------------------------------------------------------------------------
@@ -681,15 +807,24 @@ _UPDATE_ATTEMPT = (
     "latency_ms=COALESCE($5, latency_ms), updated_at=$6, late_check_at=$9 "
     "WHERE reference=$7 AND ($8::text[] IS NULL OR state = ANY($8::text[]))"
 )
-# The upsert's lock on the wallet row serializes one user's credits across instances; the
-# entry's UNIQUE(recharge_id) refuses a second credit, and the savepoint takes the bump back.
-_CREDIT = (
+# $2 coins (negative: taken) into $1's wallet at $3, for recharge $4. The upsert's lock on the
+# wallet row serializes one user's movements across instances.
+_ADD_COINS = (
     "WITH w AS ("
     " INSERT INTO wallets(user_id, coins, updated_at) VALUES ($1, $2, $3)"
     " ON CONFLICT (user_id) DO UPDATE SET coins = wallets.coins + excluded.coins, updated_at = excluded.updated_at"
     " RETURNING coins) "
+)
+# The unique index of credits refuses a second credit, and the savepoint takes the bump back.
+_CREDIT = _ADD_COINS + (
     "INSERT INTO wallet_entries(user_id, recharge_id, coins, balance_after, created_at) "
-    "SELECT $1, $4, $2, w.coins, $3 FROM w ON CONFLICT (recharge_id) DO NOTHING RETURNING balance_after"
+    "SELECT $1, $4, $2, w.coins, $3 FROM w ON CONFLICT (recharge_id) WHERE kind = 'credit' DO NOTHING "
+    "RETURNING balance_after"
+)
+# Any other movement, of kind $5 for refund $6 (see ``WalletEntry``).
+_MOVE_COINS = _ADD_COINS + (
+    "INSERT INTO wallet_entries(user_id, recharge_id, kind, ref, coins, balance_after, created_at) "
+    "SELECT $1, $4, $5, $6, $2, w.coins, $3 FROM w"
 )
 
 
@@ -758,16 +893,12 @@ async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
             "SELECT status FROM recharges WHERE id=$1 FOR NO KEY UPDATE", step.recharge_id)
         if status is None or RechargeStatus(status) not in step.expect_status:
             raise _Rejected
-    if step.event is not None:
-        inserted = await conn.execute(
-            "INSERT INTO provider_events(channel, event_id, reference, status, received_at) "
-            "VALUES ($1,$2,$3,$4,$5) ON CONFLICT (channel, event_id) DO NOTHING",
-            step.event[0], step.event[1], step.attempt.reference if step.attempt else None,
-            step.status.value if step.status else (step.attempt.state.value if step.attempt else "recorded"),
-            float(step.at),
-        )
-        if inserted != "INSERT 0 1":
-            raise _Rejected
+    if not await _event_new(
+        conn, step.event, step.attempt.reference if step.attempt else None,
+        step.status.value if step.status else (step.attempt.state.value if step.attempt else "recorded"),
+        float(step.at),
+    ):
+        raise _Rejected
     if step.attempt is not None:
         await _write_attempt(conn, step)
     if step.credit is not None:
@@ -783,6 +914,7 @@ async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
             await conn.execute(_SET_FOLLOW_UP, step.recharge_id, float(step.follow_up))
     if step.trail:
         await _insert_trail(conn, step.trail)
+    await _add_notices(conn, step.notices)
     return True
 
 
@@ -835,3 +967,162 @@ _PURGE_QUOTES = (
     "DELETE FROM quotes WHERE quote_id IN "
     "(SELECT quote_id FROM quotes WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
 )
+
+
+# -- after the sale (SPEC 19): refunds, disputes, the outbox ----------------------------
+#
+# Each op checks every guard before it writes anything, so a refusal has nothing to roll
+# back. An op on a recharge's refunds or dispute first locks the recharge's row (as an
+# update of its status would): two instances refunding or disputing one recharge take
+# turns, and the second checks its guard on what the first committed. Locks are taken
+# in one order, recharge, refund, wallet, dispute, as ``_apply`` takes recharge then wallet.
+
+_LOCK_RECHARGE = "SELECT 1 FROM recharges WHERE id=$1 FOR NO KEY UPDATE"
+_REFUNDED = ("SELECT COALESCE(SUM(amount_minor), 0)::bigint, COALESCE(SUM(coins), 0)::bigint FROM refunds "
+             "WHERE recharge_id=$1 AND status != 'failed'")
+_DISPUTE_STATUS = "SELECT status FROM disputes WHERE recharge_id=$1"
+_SPENDABLE = "SELECT coins - frozen FROM wallets WHERE user_id=$1 FOR NO KEY UPDATE"
+_FREEZE = "UPDATE wallets SET frozen = frozen + $1 WHERE user_id = $2"
+_INSERT_EVENT = ("INSERT INTO provider_events(channel, event_id, reference, status, received_at) "
+                 "VALUES ($1,$2,$3,$4,$5) ON CONFLICT (channel, event_id) DO NOTHING")
+_REFUND_BY_KEY = f"SELECT {REFUND_COLUMNS} FROM refunds WHERE client=$1 AND idempotency_key=$2"
+_INSERT_REFUND = (f"INSERT INTO refunds({REFUND_COLUMNS}) VALUES ({','.join(f'${i}' for i in range(1, 19))}) "
+                  "ON CONFLICT (client, idempotency_key) DO NOTHING")
+_PENDING_REFUND = "SELECT user_id, coins, reference FROM refunds WHERE id=$1 AND status='pending' FOR NO KEY UPDATE"
+_SETTLE_REFUND = "UPDATE refunds SET status=$1, updated_at=$2, error=$3, next_at=NULL WHERE id=$4"
+_RETRY_REFUND = "UPDATE refunds SET next_at=$1, error=$2, tries=tries+1 WHERE id=$3 AND status='pending'"
+# Along refunds_due; SKIP LOCKED: instances claiming at once take different ones. Answered
+# in the order due, each with its new next_at.
+_CLAIM_REFUNDS = (
+    "WITH due AS (SELECT id AS due_id, next_at AS due_at FROM refunds WHERE status = 'pending' AND next_at <= $1 "
+    " ORDER BY next_at, id LIMIT $3 FOR UPDATE SKIP LOCKED), "
+    f"claimed AS (UPDATE refunds SET next_at = $2 FROM due WHERE id = due_id RETURNING {REFUND_COLUMNS}, due_at) "
+    f"SELECT {REFUND_COLUMNS} FROM claimed ORDER BY due_at, id"
+)
+_UPSERT_DISPUTE = (
+    f"INSERT INTO disputes({DISPUTE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (recharge_id) DO UPDATE "
+    "SET status = excluded.status, coins = excluded.coins, updated_at = excluded.updated_at"
+)
+_INSERT_NOTICE = ("INSERT INTO outbox(id, client, key, type, created_at, body, state, attempts, next_at, "
+                  "window_start) VALUES ($1,$2,$3,$4,$5,$6,'pending',0,$5,$5)")
+# Due, not held by a live claim, and the oldest pending notice of its key (in order), along
+# outbox_due and outbox_key. SKIP LOCKED: a notice another claimer is taking is not ours, and
+# the one behind it is not the oldest of its key. Outbox rows are written only by the group
+# commit, under the audit head's lock, so ``seq`` order is commit order: no older notice of a
+# key can appear after a newer one was claimed.
+_CLAIM_NOTICES = (
+    "WITH due AS (SELECT o.seq AS due_seq FROM outbox o WHERE o.state = 'pending' AND o.next_at <= $1 "
+    " AND o.claimed_until <= $1 AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' "
+    " AND p.key = o.key AND p.seq < o.seq) ORDER BY o.next_at, o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED), "
+    "claimed AS (UPDATE outbox SET claimed_by = $2, claimed_until = $3 FROM due WHERE seq = due_seq "
+    f"RETURNING seq, {NOTICE_COLUMNS}) "
+    f"SELECT {NOTICE_COLUMNS} FROM claimed ORDER BY next_at, seq"
+)
+_NOTICE_DELIVERED = ("UPDATE outbox SET state='delivered', delivered_at=$1, attempts=attempts+1, claimed_by=NULL "
+                     "WHERE id=$2 AND state='pending' AND claimed_by=$3")
+_NOTICE_FAILED = (
+    "UPDATE outbox SET attempts=attempts+1, last_error=$1, claimed_by=NULL, claimed_until=0, "
+    "state=CASE WHEN $2::float8 IS NULL THEN 'dead' ELSE 'pending' END, next_at=COALESCE($2::float8, next_at) "
+    "WHERE id=$3 AND state='pending' AND claimed_by=$4"
+)
+# A notice a dispatcher holds right now is left to it (it is being delivered).
+_REDELIVER = ("UPDATE outbox SET state='pending', next_at=$2, window_start=$2, claimed_by=NULL, claimed_until=0 "
+              "WHERE id=$1 AND NOT (state='pending' AND claimed_until > $2)")
+_NOTICE = f"SELECT {NOTICE_COLUMNS} FROM outbox WHERE id=$1"
+_NOTICES = (f"SELECT {NOTICE_COLUMNS} FROM outbox WHERE state=$1 "
+            "AND ($2::text IS NULL OR seq > COALESCE((SELECT seq FROM outbox WHERE id=$2), 0)) ORDER BY seq LIMIT $3")
+_OUTBOX_STATS = ("SELECT (SELECT COUNT(*) FROM outbox WHERE state='pending'), "
+                 "(SELECT COUNT(*) FROM outbox WHERE state='dead'), "
+                 "(SELECT MIN(created_at) FROM outbox WHERE state='pending')")
+
+
+async def _event_new(conn: asyncpg.Connection, event: Sequence[str] | None, reference: str | None, status: str,
+                     at: float) -> bool:
+    """Record a provider event; False when it was already applied (None: there is none)."""
+    if event is None:
+        return True
+    return bool(await conn.execute(_INSERT_EVENT, event[0], event[1], reference, status, float(at)) == "INSERT 0 1")
+
+
+async def _add_notices(conn: asyncpg.Connection, notices: Sequence[Notice]) -> None:
+    rows = [(n.id, n.client, n.key, n.type, float(n.created_at), n.body) for n in notices]
+    if len(rows) == 1:
+        await conn.execute(_INSERT_NOTICE, *rows[0])
+    elif rows:
+        await conn.executemany(_INSERT_NOTICE, rows)
+
+
+async def _move_coins(conn: asyncpg.Connection, user_id: str, recharge_id: str, coins: int, at: float, kind: str,
+                      ref: str | None) -> None:
+    """Add ``coins`` (negative: take) to the wallet, with its entry."""
+    if coins:
+        await conn.execute(_MOVE_COINS, user_id, coins, float(at), recharge_id, kind, ref)
+
+
+async def _create_refund(conn: asyncpg.Connection, refund: Refund, trail: TrailEntry, guard: RefundGuard,
+                         notices: Sequence[Notice]) -> Refund | str | None:
+    """None: journaled. Else nothing written: the refund holding its key, or the refusal."""
+    await conn.execute(_LOCK_RECHARGE, refund.recharge_id)
+    held = await conn.fetchrow(_REFUND_BY_KEY, refund.client, refund.idempotency_key)
+    if held is not None:
+        return refund_of(held)
+    if (tuple(await conn.fetchrow(_REFUNDED, refund.recharge_id)) != (guard.refunded_minor, guard.refunded_coins)
+            or await conn.fetchval(_DISPUTE_STATUS, refund.recharge_id) != guard.dispute):
+        return "stale"
+    if not guard.allow_negative and (await conn.fetchval(_SPENDABLE, refund.user_id) or 0) < refund.coins:
+        return "insufficient_coins"
+    if await conn.execute(_INSERT_REFUND, *refund_row(refund)) != "INSERT 0 1":
+        # Another instance took the key for another recharge meanwhile (ON CONFLICT waited
+        # for its commit): the key is that refund's, and nothing is written yet.
+        return refund_of(await conn.fetchrow(_REFUND_BY_KEY, refund.client, refund.idempotency_key))
+    await _move_coins(conn, refund.user_id, refund.recharge_id, -refund.coins, refund.created_at, "refund", refund.id)
+    await _insert_trail(conn, (trail,))
+    await _add_notices(conn, notices)
+    return None
+
+
+async def _settle_refund(conn: asyncpg.Connection, refund_id: str, status: RefundStatus, at: float,
+                         error: str | None, event: tuple[str, str] | None, trail: Sequence[TrailEntry],
+                         notices: Sequence[Notice]) -> bool:
+    recharge_id = await conn.fetchval("SELECT recharge_id FROM refunds WHERE id=$1", refund_id)
+    if recharge_id is None:
+        return False
+    await conn.execute(_LOCK_RECHARGE, recharge_id)
+    row = await conn.fetchrow(_PENDING_REFUND, refund_id)
+    if row is None or not await _event_new(conn, event, row[2], f"refund_{status.value}", at):
+        return False
+    user_id, coins = row[0], int(row[1])
+    await conn.execute(_SETTLE_REFUND, status.value, at, error, refund_id)
+    if status is RefundStatus.FAILED:
+        await _move_coins(conn, user_id, recharge_id, coins, at, "refund_reversal", refund_id)
+        dispute = await conn.fetchval(_DISPUTE_STATUS, recharge_id)
+        if dispute in (DisputeStatus.OPEN, DisputeStatus.LOST):
+            # The coins came back to a disputed recharge: held with the rest, or gone with it.
+            await conn.execute("UPDATE disputes SET coins=coins+$1, updated_at=$2 WHERE recharge_id=$3",
+                               coins, at, recharge_id)
+            if dispute == DisputeStatus.OPEN:
+                await conn.execute(_FREEZE, coins, user_id)
+            else:
+                await _move_coins(conn, user_id, recharge_id, -coins, at, "clawback", refund_id)
+    await _insert_trail(conn, trail)
+    await _add_notices(conn, notices)
+    return True
+
+
+async def _apply_dispute(conn: asyncpg.Connection, d: Dispute, expect: DisputeStatus | None, refunded_coins: int,
+                         event: tuple[str, str], trail: Sequence[TrailEntry], notices: Sequence[Notice]) -> bool:
+    await conn.execute(_LOCK_RECHARGE, d.recharge_id)
+    current = await conn.fetchval(_DISPUTE_STATUS, d.recharge_id)
+    if (current != expect or (await conn.fetchrow(_REFUNDED, d.recharge_id))[1] != refunded_coins
+            or not await _event_new(conn, event, None, f"dispute_{d.status.value}", d.updated_at)):
+        return False
+    if d.status is DisputeStatus.OPEN:
+        await conn.execute(_FREEZE, d.coins, d.user_id)
+    elif current is not None:  # open -> won or lost: what it froze is free, or gone
+        await conn.execute(_FREEZE, -d.coins, d.user_id)
+    if d.status is DisputeStatus.LOST:
+        await _move_coins(conn, d.user_id, d.recharge_id, -d.coins, d.updated_at, "clawback", None)
+    await conn.execute(_UPSERT_DISPUTE, *dispute_row(d))
+    await _insert_trail(conn, trail)
+    await _add_notices(conn, notices)
+    return True

@@ -23,20 +23,48 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 
+from orchestrator.journal import _wire
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
     JournalError,
     KeptChannel,
+    NoticeRow,
+    OutboxStats,
     QuoteRecord,
+    RefundGuard,
     UserTotals,
     WalletEntry,
     WalletView,
 )
-from orchestrator.journal._rows import ATTEMPT_COLUMNS, attempt_of, trail_entry_of
+from orchestrator.journal._rows import (
+    ATTEMPT_COLUMNS,
+    DISPUTE_COLUMNS,
+    NOTICE_COLUMNS,
+    REFUND_COLUMNS,
+    attempt_of,
+    dispute_of,
+    dispute_row,
+    notice_row_of,
+    refund_of,
+    refund_row,
+    trail_entry_of,
+)
 from orchestrator.journal._sqlite_ops import OPEN, QUOTE_COLUMNS, connect, load, quote_of
 from orchestrator.journal._sqlite_writer import ProcessWriter
 from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, totals_since
-from orchestrator.model import Attempt, Fence, FirstRecharge, Recharge, Step, TrailEntry
+from orchestrator.model import (
+    Attempt,
+    Dispute,
+    DisputeStatus,
+    Fence,
+    FirstRecharge,
+    Notice,
+    Recharge,
+    Refund,
+    RefundStatus,
+    Step,
+    TrailEntry,
+)
 
 __all__ = ["SqliteJournal", "path_from_url"]
 
@@ -190,9 +218,10 @@ class SqliteJournal:
     async def create(self, recharge: Recharge, trail: TrailEntry,
                      lease: tuple[str, float] | None = None,
                      first: FirstRecharge | None = None,
-                     started: tuple[Attempt, TrailEntry] | None = None) -> Recharge | None:
+                     started: tuple[Attempt, TrailEntry] | None = None,
+                     notices: tuple[Notice, ...] = ()) -> Recharge | None:
         timed = None if lease is None else (lease[0], self._clock() + lease[1])
-        existing_id, denied = await self._write("create", recharge, trail, timed, first, started)
+        existing_id, denied = await self._write("create", recharge, trail, timed, first, started, notices)
         if existing_id is None:
             if denied and first is not None:
                 # The writer denied the first-recharge bonus inside the transaction: the
@@ -287,13 +316,14 @@ class SqliteJournal:
 
     async def wallet(self, user_id: str, limit: int = 100) -> WalletView:
         def fn(conn: sqlite3.Connection) -> WalletView:
-            row = conn.execute("SELECT coins FROM wallets WHERE user_id=?", (user_id,)).fetchone()
+            row = conn.execute("SELECT coins, frozen FROM wallets WHERE user_id=?", (user_id,)).fetchone()
             entries = conn.execute(
-                "SELECT recharge_id, coins, balance_after, created_at FROM wallet_entries "
+                "SELECT recharge_id, coins, balance_after, created_at, kind, ref FROM wallet_entries "
                 "WHERE user_id=? ORDER BY id DESC LIMIT ?",
                 (user_id, limit),
             ).fetchall()
-            return WalletView(user_id, row[0] if row else 0, tuple(WalletEntry(*e) for e in entries))
+            return WalletView(user_id, row[0] if row else 0, tuple(WalletEntry(*e) for e in entries),
+                              row[1] if row else 0)
 
         return await self._read(fn)
 
@@ -337,6 +367,98 @@ class SqliteJournal:
             return self._inline.execute(sql, params).fetchall()
         except sqlite3.OperationalError:
             return await self.query(sql, params)
+
+    # -- refunds and disputes (ops in ``_sqlite_aftersale``) ----------------------------
+
+    async def create_refund(self, refund: Refund, trail: TrailEntry, guard: RefundGuard,
+                            notices: tuple[Notice, ...] = ()) -> Refund | str | None:
+        answer = await self._write(
+            "create_refund", refund_row(refund), _wire.enc_trail(trail),
+            [guard.refunded_minor, guard.refunded_coins, guard.dispute, guard.allow_negative],
+            [_wire.enc_notice(n) for n in notices])
+        if isinstance(answer, list):
+            held = await self.get_refund(answer[1])
+            if held is None:  # cannot happen: the row is committed before we read
+                raise JournalError(f"refund key held by missing refund {answer[1]}")
+            return held
+        return answer  # type: ignore[no-any-return]
+
+    async def settle_refund(self, refund_id: str, status: RefundStatus, at: float, *, error: str | None = None,
+                            event: tuple[str, str] | None = None, trail: tuple[TrailEntry, ...] = (),
+                            notices: tuple[Notice, ...] = ()) -> bool:
+        return bool(await self._write("settle_refund", refund_id, status.value, at, error, event,
+                                      [_wire.enc_trail(t) for t in trail], [_wire.enc_notice(n) for n in notices]))
+
+    async def retry_refund(self, refund_id: str, next_at: float, error: str | None) -> None:
+        await self._write("retry_refund", refund_id, next_at, error)
+
+    async def claim_refunds(self, now: float, retry_at: float, limit: int = 100) -> list[Refund]:
+        return [refund_of(r) for r in await self._write("claim_refunds", now, retry_at, limit)]
+
+    async def get_refund(self, refund_id: str) -> Refund | None:
+        rows = await self.query(f"SELECT {REFUND_COLUMNS} FROM refunds WHERE id=?", (refund_id,))
+        return refund_of(rows[0]) if rows else None
+
+    async def find_refund(self, client: str, idempotency_key: str) -> Refund | None:
+        rows = await self.query(f"SELECT {REFUND_COLUMNS} FROM refunds WHERE client=? AND idempotency_key=?",
+                                (client, idempotency_key))
+        return refund_of(rows[0]) if rows else None
+
+    async def refunds_of(self, recharge_id: str) -> list[Refund]:
+        rows = await self.query(f"SELECT {REFUND_COLUMNS} FROM refunds WHERE recharge_id=? ORDER BY created_at, id",
+                                (recharge_id,))
+        return [refund_of(r) for r in rows]
+
+    async def dispute_of(self, recharge_id: str) -> Dispute | None:
+        rows = await self.query(f"SELECT {DISPUTE_COLUMNS} FROM disputes WHERE recharge_id=?", (recharge_id,))
+        return dispute_of(rows[0]) if rows else None
+
+    async def apply_dispute(self, dispute: Dispute, expect: DisputeStatus | None, refunded_coins: int,
+                            event: tuple[str, str], trail: tuple[TrailEntry, ...] = (),
+                            notices: tuple[Notice, ...] = ()) -> bool:
+        return bool(await self._write("apply_dispute", list(dispute_row(dispute)), expect, refunded_coins, event,
+                                      [_wire.enc_trail(t) for t in trail], [_wire.enc_notice(n) for n in notices]))
+
+    async def record_event(self, event: tuple[str, str], recharge_id: str, trail: tuple[TrailEntry, ...]) -> bool:
+        return bool(await self._write("record_event", event, recharge_id, [_wire.enc_trail(t) for t in trail]))
+
+    # -- the outbox ---------------------------------------------------------------------
+
+    async def add_notices(self, notices: tuple[Notice, ...]) -> None:
+        await self._write("add_notices", [_wire.enc_notice(n) for n in notices])
+
+    async def claim_notices(self, owner: str, now: float, lease_s: float, limit: int = 100) -> list[NoticeRow]:
+        return [NoticeRow(*notice_row_of(r)) for r in await self._write("claim_notices", owner, now, lease_s, limit)]
+
+    async def notice_delivered(self, notice_id: str, owner: str, at: float) -> bool:
+        return bool(await self._write("notice_delivered", notice_id, owner, at))
+
+    async def notice_failed(self, notice_id: str, owner: str, next_at: float | None, error: str) -> bool:
+        return bool(await self._write("notice_failed", notice_id, owner, next_at, error))
+
+    async def notices(self, state: str, limit: int = 100, after: str | None = None) -> list[NoticeRow]:
+        sql = f"SELECT {NOTICE_COLUMNS} FROM outbox WHERE state=?"
+        params: tuple[Any, ...] = (state,)
+        if after is not None:
+            sql += " AND seq > COALESCE((SELECT seq FROM outbox WHERE id=?), 0)"
+            params += (after,)
+        return [NoticeRow(*notice_row_of(r)) for r in await self.query(sql + " ORDER BY seq LIMIT ?",
+                                                                        (*params, limit))]
+
+    async def notice(self, notice_id: str) -> NoticeRow | None:
+        rows = await self.query(f"SELECT {NOTICE_COLUMNS} FROM outbox WHERE id=?", (notice_id,))
+        return NoticeRow(*notice_row_of(rows[0])) if rows else None
+
+    async def redeliver(self, notice_id: str, now: float) -> NoticeRow | None:
+        row = await self._write("redeliver", notice_id, now)
+        return None if row is None else NoticeRow(*notice_row_of(row))
+
+    async def outbox_stats(self) -> OutboxStats:
+        rows = await self.query("SELECT (SELECT COUNT(*) FROM outbox WHERE state='pending'), "
+                                "(SELECT COUNT(*) FROM outbox WHERE state='dead'), "
+                                "(SELECT MIN(created_at) FROM outbox WHERE state='pending')")
+        pending, dead, oldest = rows[0]
+        return OutboxStats(int(pending), int(dead), oldest)
 
     # -- quotes -------------------------------------------------------------------------
 

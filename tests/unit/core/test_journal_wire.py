@@ -7,7 +7,8 @@ import orjson
 import pytest
 
 from orchestrator.journal import _wire
-from orchestrator.model import Attempt, AttemptState, Credit, FirstRecharge, Recharge, RechargeStatus, Step, TrailEntry
+from orchestrator.model import Attempt, AttemptState, Credit, FirstRecharge, Notice, Recharge, RechargeStatus, Step, \
+    TrailEntry
 
 AT = 1796157391.9159791  # floats must survive exactly: the audit chain hashes them
 
@@ -41,9 +42,10 @@ def test_create_round_trips(rec):
     started = (_attempt(state=AttemptState.STARTED), TrailEntry(rec.id, AT, "attempt_started", "processing",
                                                                  "rc_1.1", "alipay_direct"))
     first = FirstRecharge(0, {"bonus_coins": 0, "promotions": []})
-    assert _roundtrip_request("create", (rec, entry, ("local", AT + 10), first, started)) == (
-        rec, entry, ("local", AT + 10), first, started)
-    assert _roundtrip_request("create", (rec, entry, None, None, None)) == (rec, entry, None, None, None)
+    notices = (Notice("evt_1", "front", rec.id, "recharge.blocked", AT, '{"id": "evt_1"}'),)
+    assert _roundtrip_request("create", (rec, entry, ("local", AT + 10), first, started, notices)) == (
+        rec, entry, ("local", AT + 10), first, started, notices)
+    assert _roundtrip_request("create", (rec, entry, None, None, None, ())) == (rec, entry, None, None, None, ())
 
 
 @pytest.mark.parametrize("step", [
@@ -58,6 +60,8 @@ def test_create_round_trips(rec):
     Step("rc_1", AT, attempt=_attempt(state=AttemptState.VOIDED, late_check_at=AT + 120), follow_up=AT + 120,
          lease=("w0", 7)),
     Step("rc_1", AT, attempt=_attempt(state=AttemptState.REFUNDED), follow_up=None),
+    Step("rc_1", AT, status=RechargeStatus.FAILED, notices=(
+        Notice("evt_2", "front", "rc_1", "recharge.failed", AT, '{"data": {"status": "failed"}}'),)),
 ])
 def test_apply_round_trips(step):
     assert _roundtrip_request("apply", (step,)) == (step,)
