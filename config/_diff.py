@@ -9,7 +9,7 @@ from config._schema import Config
 
 __all__ = ["diff", "redacted", "warnings"]
 
-_SECRETS = frozenset({"api_key", "webhook_secret", "key_sha256"})
+_SECRETS = frozenset({"api_key", "webhook_secret", "key_sha256", "secret"})
 REDACTED = "[redacted]"
 _ITEM = object()  # marks the path of a whole named item
 

@@ -133,10 +133,45 @@ class StorageConfig(_Model):
         return url
 
 
+NotifyEvent = Literal[
+    "recharge.succeeded", "recharge.failed", "recharge.declined", "recharge.blocked", "recharge.pending",
+    "recharge.requires_action", "refund.succeeded", "refund.failed", "dispute.opened", "dispute.won", "dispute.lost",
+]
+NOTIFY_EVENTS: tuple[str, ...] = NotifyEvent.__args__  # type: ignore[attr-defined]
+
+
+class NotifyConfig(_Model):
+    """Where a client hears of its recharges' changes (SPEC 19): signed POSTs, retried
+    with backoff for ``retry_for_s``, then ``dead``."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]
+    secret: Annotated[str, StringConstraints(min_length=16, max_length=256)]
+    events: Annotated[list[NotifyEvent], Field(min_length=1)]
+    retry_for_s: float = Field(86_400.0, gt=0, le=30 * 86_400)
+
+
 class ClientConfig(_Model):
     name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     key_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
     scopes: Annotated[list[Scope], Field(min_length=1)]
+    notify: NotifyConfig | None = None
+
+
+class RefundsConfig(_Model):
+    # A refund may take coins the user has spent already (the balance goes negative: a debt).
+    allow_negative_balance: bool = False
+    # How often a refund the provider has not settled is asked after (same refund_reference).
+    retry_interval_s: float = Field(30.0, gt=0, le=86_400)
+
+
+class NotificationsConfig(_Model):
+    """The dispatcher of every instance: how hard it pushes each client's endpoint."""
+
+    max_per_destination: int = Field(4, ge=1, le=256)
+    timeout_ms: int = Field(5000, gt=0, le=60_000)
+    initial_backoff_s: float = Field(1.0, gt=0, le=3600)
+    max_backoff_s: float = Field(600.0, gt=0, le=86_400)
+    poll_interval_s: float = Field(0.5, gt=0, le=60)
 
 
 class FeeConfig(_Model):
@@ -457,6 +492,8 @@ class Config(_Model):
     pricing: PricingConfig = PricingConfig()
     risk: RiskConfig = RiskConfig()
     limits: LimitsConfig = LimitsConfig()
+    refunds: RefundsConfig = RefundsConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
 
     def channel(self, name: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.name == name), None)

@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import structlog
 
@@ -34,6 +34,9 @@ from orchestrator.errors import HeldElsewhere, IdempotencyConflict
 from orchestrator.journal import Journal
 from orchestrator.model import TERMINAL, Attempt, AttemptState, Fence, FirstRecharge, Recharge, Step, TrailEntry
 from orchestrator.transitions import Move, RunSettings, Source
+
+if TYPE_CHECKING:
+    from orchestrator.notifications import Notifier
 
 __all__ = ["Driver", "Gate", "HeldElsewhere", "IdempotencyConflict", "RoutePlan", "RunSettings", "Running", "new_recharge_id"]
 
@@ -161,8 +164,11 @@ class Driver:
         lease_s: float = 30.0,
         renew_s: float | None = None,
         rng: random.Random | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self._journal = journal
+        # Each status change a client subscribed to is written with its notice (SPEC 19).
+        self._notifier = notifier
         self._channels = channels
         # Resolving what an attempt already started (inquire, void, refund) may use a
         # channel that a reload retired; starting new attempts may not.
@@ -208,9 +214,10 @@ class Driver:
         asked = self._clock.monotonic()
         try:
             att = None if pick is None else pick.step.attempt
+            notices = () if self._notifier is None else self._notifier.of_created(rec)
             existing = await self._journal.create(rec, created, lease=lease, first=first,
                                                   started=None if pick is None or att is None
-                                                  else (att, pick.step.trail[0]))
+                                                  else (att, pick.step.trail[0]), notices=notices)
         except BaseException:
             if pick is not None:
                 self._release(pick)
@@ -686,6 +693,10 @@ class Driver:
             step = replace(step, lease=fence)
         elif fenced and self._owner is not None and not step.keeps_money and not rec.terminal:
             raise _LeaseLost(rec.id)  # a running recharge's decisions need its lease
+        notify = self._notifier is not None and step.status is not None and step.status is not rec.status
+        if notify:
+            assert self._notifier is not None
+            step = replace(step, notices=self._notifier.of_step(rec, step))
         if not await self._journal.apply(step):
             await self._refresh(rec)
             if fence is not None and await self._journal.lease_of(rec.id) != fence:
@@ -694,6 +705,9 @@ class Driver:
             return False
         if step.status is not None and self._activity is not None and step.status in TERMINAL:
             self._activity.outcome(step.status.value)
+        if step.notices:
+            assert self._notifier is not None
+            self._notifier.written()
         tr.reduce(rec, step)
         return True
 

@@ -9,6 +9,8 @@
     |   +-- HeldElsewhere        another instance drives this recharge right now
     |   +-- Overloaded           too many recharges in progress here
     |   +-- NotFound             no such recharge (or not the caller's)
+    |   +-- RefundRefused        this refund cannot be made (not_refundable, refund_exceeds_amount,
+    |                            insufficient_coins, recharge_disputed)
     |   +-- ReloadError          a config that cannot be applied; the running one stays
     |       +-- NothingToRollBack
     +-- Unavailable              a dependency failed; nothing half-done, a retry is safe
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ClusterError", "HeldElsewhere", "IdempotencyConflict", "JournalError", "NotFound",
            "NothingToRollBack", "OrchestratorError", "Overloaded", "PgServerError", "PricingError",
-           "QuoteError", "RateSourceError", "Refusal", "Refused", "ReloadError", "StartError", "Unavailable"]
+           "QuoteError", "RateSourceError", "RefundRefused", "Refusal", "Refused", "ReloadError", "StartError", "Unavailable"]
 
 
 class OrchestratorError(Exception):
@@ -88,6 +90,13 @@ class Overloaded(Refusal):
 
 class NotFound(Refusal):
     code = "not_found"
+
+
+class RefundRefused(Refusal):
+    """A refund the rules turn down; nothing was stored."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message, code=code, field=field)
 
 
 class ReloadError(Refusal):

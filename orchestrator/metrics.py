@@ -91,6 +91,18 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         )
 
+        # After the sale (SPEC 19).
+        self.refunds = Counter("orchestrator_refunds", "Refunds by what happened to them (requested, succeeded, "
+                               "failed, retried)", ["event"], registry=r)
+        self.disputes = Counter("orchestrator_disputes", "Dispute events applied", ["status"], registry=r)
+        self.notifications = Counter("orchestrator_notifications", "Notification deliveries by result "
+                                     "(delivered, retried, dead)", ["result"], registry=r)
+        self.notifications_pending = Gauge("orchestrator_notifications_pending", "Notices waiting in the outbox",
+                                           registry=r)
+        self.notifications_dead = Gauge("orchestrator_notifications_dead", "Notices given up on (dead)", registry=r)
+        self.notifications_oldest_age = Gauge("orchestrator_notifications_oldest_pending_age_seconds",
+                                              "Age of the oldest notice not yet delivered", registry=r)
+
     def routed(self, rule: str, strategy: str, first_choice: str) -> None:
         self._child(self.routing_decisions, rule, strategy, first_choice).inc()
 

@@ -19,10 +19,11 @@ from orchestrator.driver import Driver, new_recharge_id
 from orchestrator.errors import IdempotencyConflict, NotFound, PricingError
 from orchestrator.journal import Journal
 from orchestrator.metrics import Metrics
-from orchestrator.model import Recharge, RechargeStatus, TrailEntry
+from orchestrator.model import Dispute, Recharge, RechargeStatus, Refund, TrailEntry
 from orchestrator.quotes import PricingService
 from orchestrator.risk import RiskEngine, RiskInput
 from orchestrator.transitions import RunSettings
+from orchestrator.views import recharge_view
 
 __all__ = ["Created", "Instrument", "InstrumentVault", "NewRecharge", "RechargeDeps", "Viewer", "create", "get",
            "mask", "trail"]
@@ -93,6 +94,11 @@ class Created:
     promotions: list[Any]
     risk: dict[str, Any]
     replayed: bool
+    refunds: tuple[Refund, ...] = ()
+    dispute: Dispute | None = None
+
+    def view(self) -> dict[str, Any]:
+        return recharge_view(self.recharge, self.promotions, self.risk, self.refunds, self.dispute)
 
 
 class InstrumentVault:
@@ -182,7 +188,10 @@ async def get(recharge_id: str, viewer: Viewer, deps: RechargeDeps) -> Created:
     """A recharge as it is now (the running one's latest state), with how it was priced."""
     rec = viewer.sees(_current(deps, await deps.journal.get(recharge_id)))
     promotions, risk = await _priced_with(deps, rec)
-    return Created(rec, promotions, risk, replayed=False)
+    if rec.status is not RechargeStatus.SUCCEEDED:
+        return Created(rec, promotions, risk, replayed=False)
+    refunds, dispute = await asyncio.gather(deps.journal.refunds_of(rec.id), deps.journal.dispute_of(rec.id))
+    return Created(rec, promotions, risk, False, tuple(refunds), dispute)
 
 
 async def trail(recharge_id: str, viewer: Viewer, deps: RechargeDeps) -> list[TrailEntry]:

@@ -26,10 +26,14 @@ import structlog
 import health
 import routing
 from channels import AttemptOutcome, Channel
+from channels.notify import NotifySender
 from channels.rates import HttpRateSource
 from config import ChannelConfig, Config, LoadedConfig
 from config import diff as config_diff
 from orchestrator.activity import Activity
+from orchestrator.disputes import DisputeDeps
+from orchestrator.notifications import Dispatcher, Notifier
+from orchestrator.refunds import RefundDeps, RefundWorker
 from orchestrator.channel_set import ChannelFactory, ChannelSet
 from orchestrator.cluster import Refused, WorkerLink
 from orchestrator.clock import Clock, SystemClock
@@ -202,6 +206,7 @@ class Service:
         )
         if cluster is not None:
             self.instance_id += f"-w{cluster.index}"
+        self.notifier = Notifier(lambda: self.config.clients)
         self.driver = Driver(
             self.journal,
             self.channel_set.get,
@@ -220,7 +225,18 @@ class Service:
             lease_s=storage.lease_s,
             renew_s=storage.lease_renew_s,
             rng=self.rng,
+            notifier=self.notifier,
         )
+        self.refunds = RefundDeps(self.journal, self.channel_set.find, self.clock, self.metrics, self.notifier,
+                                  lambda: self.config.refunds)
+        self.disputes = DisputeDeps(self.journal, self.clock, self.metrics, self.notifier)
+        n = loaded.config.notifications
+        self._notify_sender = NotifySender(timeout_s=n.timeout_ms / 1000, max_per_destination=n.max_per_destination)
+        self.dispatcher = Dispatcher(self.journal, self._notify_sender, lambda: self.config.clients,
+                                     lambda: self.config.notifications, self.clock, self.metrics,
+                                     owner=f"{self.instance_id}-{os.getpid()}-{random.getrandbits(32):08x}",
+                                     rng=self.rng)
+        self.notifier.on_written = self.dispatcher.nudge
         self.recharges = RechargeDeps(self.journal, self.driver, self.pricing, self.risk, self.clock, self.metrics,
                                       self.vault, self.running, self._sync_wait_s)
 
@@ -317,6 +333,9 @@ class Service:
                  retired=sorted(self.channel_set.retired))
         if self._reconcile:
             self.driver.start_background(on_pass=self._close_idle_retired)
+            # After the sale: refunds still pending, and the outbox (both shared by every instance).
+            self._tasks.append(loop.create_task(RefundWorker(self.refunds).run_forever()))
+            self._tasks.append(loop.create_task(self.dispatcher.run_forever()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -325,6 +344,8 @@ class Service:
         self._tasks.clear()
         if self._prober is not None:
             await self._prober.stop()
+        await self.dispatcher.stop()
+        await self._notify_sender.close()
         await self.driver.stop()
         await self.channel_set.close()
         await self._rate_source.close()

@@ -154,7 +154,8 @@ class Core:
             self.clock.advance(self.settings.reconcile_interval_s)
 
     def ledger(self) -> list[LedgerPayment]:
-        return [LedgerPayment(c.name, p.reference, p.status) for c in self.channels.values() for p in c.ledger.values()]
+        return [LedgerPayment(c.name, p.reference, p.status, refunded_minor=p.refunded_minor)
+                for c in self.channels.values() for p in c.ledger.values()]
 
     async def check(self, settled: bool = True) -> Report:
         return await check(self.journal, self.ledger(), settled=settled)  # type: ignore[arg-type]

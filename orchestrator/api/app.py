@@ -13,11 +13,10 @@ from aiohttp import web
 
 import routing
 from channels import AttemptOutcome, webhooks
-from config import ClientConfig
-from orchestrator import recharges
-from orchestrator.api import admin, pricing_api
+from orchestrator import disputes, recharges, refunds
+from orchestrator.api import admin, aftersale, pricing_api
 from orchestrator.api.auth import Authenticator
-from orchestrator.api.body import check_limit, read_body, read_json
+from orchestrator.api.body import check_limit, idempotency_key, read_body, read_json
 from orchestrator.api.errors import ApiError, api_error_of, error_response
 from orchestrator.api.openapi import OPENAPI
 from orchestrator.api.query import only as only_query
@@ -27,15 +26,13 @@ from orchestrator.api.status import STATUS_HTML, status_view
 from orchestrator.clock import iso
 from orchestrator.cluster import merge_metrics
 from orchestrator.errors import OrchestratorError, Overloaded, Unavailable
-from orchestrator.model import Recharge
 from orchestrator.service import Service
 
-__all__ = ["SERVICE", "build_app", "recharge_json"]
+__all__ = ["SERVICE", "build_app"]
 
 log = structlog.get_logger("orchestrator.api")
 
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 _RECHARGE_ID = re.compile(r"^rc_[0-9a-f]{1,64}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
@@ -81,57 +78,13 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def recharge_json(rec: Recharge, promotions: list[Any] | None = None,
-                  risk: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": rec.id,
-        "status": rec.status.value,
-        "user_id": rec.user_id,
-        "amount_minor": rec.amount_minor,
-        "currency": rec.currency,
-        "country": rec.country,
-        "method": rec.method,
-        "coins": rec.coins,
-        "bonus_coins": rec.bonus_coins,
-        "promotions": promotions or [],
-        "risk": risk or {"action": "allow", "reasons": []},
-        "channel": rec.channel,
-        "attempts": [a.to_api() for a in rec.attempts],
-        "decline_code": rec.decline_code,
-        "reason": rec.reason,
-        "metadata": rec.metadata,
-        "config_version": rec.config_version,
-        "created_at": iso(rec.created_at),
-        "updated_at": iso(rec.updated_at),
-    }
-
-
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
-def _idempotency_key(request: web.Request) -> str:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        raise ApiError("missing_idempotency_key", "the Idempotency-Key header is required", field="Idempotency-Key")
-    if not _IDEMPOTENCY_KEY.match(key):
-        raise ApiError("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters",
-                       field="Idempotency-Key")
-    return key
-
-
-def _require_any(request: web.Request) -> ClientConfig:
-    client = request.app[AUTH].identify(request)
-    if client is None:
-        raise ApiError("unauthorized", "a valid API key is required (Authorization: Bearer <key>)")
-    if not ({"recharge", "admin"} & set(client.scopes)):
-        raise ApiError("forbidden", "this API key has no scope for this resource")
-    return client
-
-
 def _viewer(request: web.Request) -> tuple[recharges.Viewer, str]:
     """Who asks for which recharge (an id of the wrong shape is simply not found)."""
-    client = _require_any(request)
+    client = request.app[AUTH].require_any(request)
     rid = request.match_info["id"]
     if not _RECHARGE_ID.match(rid):
         raise ApiError("not_found", "no such recharge")
@@ -142,7 +95,7 @@ def _new_recharge(request: web.Request, client: str, body: Any) -> recharges.New
     req: RechargeIn = validate(RechargeIn, body)
     check_limit(request.app[SERVICE].user_limits, req.user_id, "user")
     return recharges.NewRecharge(
-        client=client, idempotency_key=_idempotency_key(request), user_id=req.user_id,
+        client=client, idempotency_key=idempotency_key(request), user_id=req.user_id,
         amount_minor=req.amount_minor, currency=req.currency, country=req.country, method=req.method,
         instrument=recharges.Instrument(req.instrument.token, req.instrument.account_number),
         document=body, metadata=req.metadata, quote_id=req.quote_id)
@@ -150,7 +103,7 @@ def _new_recharge(request: web.Request, client: str, body: Any) -> recharges.New
 
 def _created_json(done: recharges.Created) -> web.Response:
     headers = {"Idempotent-Replayed": "true"} if done.replayed else None
-    return _json(recharge_json(done.recharge, done.promotions, done.risk), 201 if done.recharge.terminal else 202,
+    return _json(done.view(), 201 if done.recharge.terminal else 202,
                  headers)
 
 
@@ -166,7 +119,7 @@ async def create_recharge(request: web.Request) -> web.Response:
     try:
         client = request.app[AUTH].require(request, "recharge")
         check_limit(svc.client_limits, client.name, "client")
-        _idempotency_key(request)
+        idempotency_key(request)
         cmd = _new_recharge(request, client.name, await read_json(request, svc.config.server.max_body_bytes))
         return _created_json(await recharges.create(cmd, svc.recharges))
     finally:
@@ -176,7 +129,7 @@ async def create_recharge(request: web.Request) -> web.Response:
 async def get_recharge(request: web.Request) -> web.Response:
     viewer, rid = _viewer(request)
     found = await recharges.get(rid, viewer, request.app[SERVICE].recharges)
-    return _json(recharge_json(found.recharge, found.promotions, found.risk))
+    return _json(found.view())
 
 
 async def get_trail(request: web.Request) -> web.Response:
@@ -194,7 +147,7 @@ async def get_trail(request: web.Request) -> web.Response:
 
 async def get_wallet(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
-    _require_any(request)
+    request.app[AUTH].require_any(request)
     user_id = request.match_info["user_id"]
     only_query(request, "limit")
     if not re.match(r"^[A-Za-z0-9_.:@-]{1,64}$", user_id):
@@ -206,9 +159,11 @@ async def get_wallet(request: web.Request) -> web.Response:
     return _json({
         "user_id": view.user_id,
         "coins": view.coins,
+        "frozen_coins": view.frozen_coins,
+        "spendable_coins": view.coins - view.frozen_coins,
         "entries": [
-            {"recharge_id": e.recharge_id, "coins": e.coins, "balance_after": e.balance_after,
-             "created_at": iso(e.created_at)}
+            {"recharge_id": e.recharge_id, "kind": e.kind, "refund_id": e.ref, "coins": e.coins,
+             "balance_after": e.balance_after, "created_at": iso(e.created_at)}
             for e in view.entries
         ],
     })
@@ -232,10 +187,19 @@ async def provider_webhook(request: web.Request) -> web.Response:
         raise ApiError("unauthorized", f"webhook signature rejected: {exc}") from None
     except webhooks.MalformedEvent as exc:
         raise ApiError("validation_failed", f"webhook body rejected: {exc}") from None
+    if event.status in disputes.DISPUTE_EVENTS:
+        effect = await disputes.on_event(name, event.event_id, event.reference, event.status, svc.disputes)
+        return _json({"received": True, "effect": effect})
+    if event.refund_reference is not None:
+        effect = await refunds.on_event(name, event.event_id, event.reference, event.refund_reference, event.status,
+                                        svc.refunds)
+        if effect is not None:
+            return _json({"received": True, "effect": effect})
     try:
         status = AttemptOutcome(event.status)
     except ValueError:
-        raise ApiError("invalid_field", f"unknown payment status {event.status!r}", field="status") from None
+        raise ApiError("invalid_field", f"status {event.status!r} needs the refund_reference of one of our refunds",
+                       field="refund_reference") from None
     effect = await svc.driver.on_event(name, event.event_id, event.reference, status,
                                        event.provider_ref, event.decline_code, event.amount_minor, event.currency)
     return _json({"received": True, "effect": effect})
@@ -368,6 +332,7 @@ def build_app(service: Service, *, manage_service: bool = True) -> web.Applicati
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     admin.register(app)
+    aftersale.register(app)
     pricing_api.register(app, service.pricing)
     app.router.add_get("/v1/health/channels", channel_health)
     app.router.add_get("/status", status_page)

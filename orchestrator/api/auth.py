@@ -40,6 +40,15 @@ class Authenticator:
                 found = client
         return found
 
+    def require_any(self, request: web.Request) -> ClientConfig:
+        """The client, whichever of its scopes (``recharge`` or ``admin``) it holds."""
+        client = self.identify(request)
+        if client is None:
+            raise ApiError("unauthorized", "a valid API key is required (Authorization: Bearer <key>)")
+        if not ({"recharge", "admin"} & set(client.scopes)):
+            raise ApiError("forbidden", "this API key has no scope for this resource")
+        return client
+
     def require(self, request: web.Request, scope: str) -> ClientConfig:
         client = self.identify(request)
         if client is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from typing import Any
 
 import orjson
@@ -11,9 +12,21 @@ from aiohttp import web
 
 from orchestrator.api.errors import ApiError
 
-__all__ = ["BODY_READ_TIMEOUT_S", "check_limit", "read_body", "read_json"]
+__all__ = ["BODY_READ_TIMEOUT_S", "check_limit", "idempotency_key", "read_body", "read_json"]
 
 BODY_READ_TIMEOUT_S = 10.0
+_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+
+
+def idempotency_key(request: web.Request) -> str:
+    """The ``Idempotency-Key`` header (SPEC 5: 1 to 255 printable ASCII characters)."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        raise ApiError("missing_idempotency_key", "the Idempotency-Key header is required", field="Idempotency-Key")
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters",
+                       field="Idempotency-Key")
+    return key
 
 
 async def read_body(request: web.Request, timeout_s: float | None = None) -> bytes:

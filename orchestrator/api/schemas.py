@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from config import exponent, is_known
 from orchestrator.api.errors import ApiError
 
-__all__ = ["InstrumentIn", "RechargeIn", "validate"]
+__all__ = ["InstrumentIn", "RechargeIn", "RefundIn", "validate"]
 
 _Printable = r"^[\x21-\x7e]+$"
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
@@ -113,6 +113,13 @@ def _message(err: Any, field: str, data: dict[str, Any]) -> str:
             return msg
         return msg if msg.startswith(field) else f"{field}: {msg}"
     return f"{field}: {err['msg']}"
+
+
+class RefundIn(_Strict):
+    """A refund: ``amount_minor`` absent refunds all that is left."""
+
+    amount_minor: int = Field(None, gt=0, le=10**12)  # type: ignore[assignment]
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
 
 
 def validate(model: type[_Strict], data: Any) -> Any:

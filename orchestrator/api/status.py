@@ -39,6 +39,7 @@ def status_view(svc: Any) -> dict[str, Any]:
         "failovers": activity["failovers"][:20],
         "window_s": activity["window_s"],
         "channels": channels,
+        "notifications": svc.dispatcher.figures(),
     }
 
 
@@ -85,6 +86,9 @@ async function refresh() {
     const o = d.outcomes_per_min || {};
     const cards = [["in flight", d.recharges_in_flight], ["succeeded/min", num(o.succeeded || 0)],
       ["failed/min", num(o.failed || 0)], ["declined/min", num(o.declined || 0)], ["blocked/min", num(o.blocked || 0)]];
+    const n = d.notifications || {};
+    if (n.pending != null) cards.push(["notifications waiting", n.pending], ["oldest waiting s", num(n.oldest_pending_age_s, 0)],
+      ["notifications dead", n.dead]);
     document.getElementById("cards").innerHTML = cards.map(([k, v]) => `<div class="card"><b>${esc(v)}</b>${esc(k)}</div>`).join("");
     document.querySelector("#channels tbody").innerHTML = d.channels.map(c => `<tr data-channel="${esc(c.channel)}">
       <td>${esc(c.channel)}</td><td>${esc(c.kind)}</td><td>${pill(c.drained ? "drained" : c.state)}</td>

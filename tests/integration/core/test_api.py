@@ -32,7 +32,11 @@ def _channel(name: str, **kw: object) -> dict[str, object]:
 
 
 def make_config(tmp_path, sync_wait_s: float = 5.0):
-    return parse({
+    return parse(config_doc(tmp_path, sync_wait_s))
+
+
+def config_doc(tmp_path, sync_wait_s: float = 5.0) -> dict:
+    return {
         "server": {"sync_wait_s": sync_wait_s},
         "logging": {"success_sample": 1.0},
         "storage": {"url": f"sqlite:///{tmp_path}/j.db"},
@@ -43,7 +47,7 @@ def make_config(tmp_path, sync_wait_s: float = 5.0):
         ],
         "channels": [_channel("a"), _channel("b")],
         "pricing": {"base_currency": "USD", "coins_per_unit": 70, "rates": {"CNY": 0.1404, "JPY": 0.0067}},
-    })
+    }
 
 
 class Api:
@@ -69,7 +73,8 @@ class Api:
         return resp, await resp.json()
 
     async def invariants(self) -> None:
-        ledger = [LedgerPayment(c.name, p.reference, p.status) for c in self.channels.values() for p in c.ledger.values()]
+        ledger = [LedgerPayment(c.name, p.reference, p.status, refunded_minor=p.refunded_minor)
+                  for c in self.channels.values() for p in c.ledger.values()]
         report = await check(self.service.journal, ledger, settled=False)  # type: ignore[arg-type]
         assert report.ok, report.violations
 
@@ -77,13 +82,19 @@ class Api:
 @contextlib.asynccontextmanager
 async def running_api(tmp_path, **config_kw):
     """The app over loopback HTTP on MemoryChannels a and b (routing: config order)."""
+    async with running_api_with(make_config(tmp_path, **config_kw)) as api:
+        yield api
+
+
+@contextlib.asynccontextmanager
+async def running_api_with(loaded):
     channels: dict[str, MemoryChannel] = {}
 
     def factory(cfg):
         channels[cfg.name] = MemoryChannel(cfg.name)
         return channels[cfg.name]
 
-    service = Service(make_config(tmp_path, **config_kw), channel_factory=factory,
+    service = Service(loaded, channel_factory=factory,
                       router=lambda svc, rec: [c.name for c in svc.config.channels], reconcile=False)
     client = TestClient(TestServer(build_app(service), host="127.0.0.1"))
     await client.start_server()
@@ -127,9 +138,9 @@ async def test_a_recharge_succeeds_and_credits_the_wallet(api):
     _, trail = await api.get(f"/v1/recharges/{body['id']}/trail")
     assert [e["event"] for e in trail["entries"]] == ["created", "attempt_started", "attempt_captured", "credited"]
     _, wallet = await api.get("/v1/wallets/u_1")
-    assert wallet["coins"] == 960
-    assert wallet["entries"] == [{"recharge_id": body["id"], "coins": 960, "balance_after": 960,
-                                  "created_at": wallet["entries"][0]["created_at"]}]
+    assert (wallet["coins"], wallet["frozen_coins"], wallet["spendable_coins"]) == (960, 0, 960)
+    assert wallet["entries"] == [{"recharge_id": body["id"], "kind": "credit", "refund_id": None, "coins": 960,
+                                  "balance_after": 960, "created_at": wallet["entries"][0]["created_at"]}]
     await api.invariants()
 
 
