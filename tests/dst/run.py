@@ -157,9 +157,47 @@ def _late_check_ignores_clock_skew() -> Iterator[None]:
         yield
 
 
-# Rare: the seeds the 100,000-seed run first failed on (test_dst runs them, not 3,000).
+@contextmanager
+def _refund_unknown_read_as_failed() -> Iterator[None]:
+    """A refund call with no answer read as a refusal: its coins go back to the wallet,
+    while the provider may have refunded it (a 500 after the refund landed)."""
+    from channels import RefundOutcome, RefundResult
+    from orchestrator import refunds
+
+    old = refunds.settle
+
+    async def settle(refund: Any, result: Any, deps: Any, event: Any = None) -> str:
+        if result.outcome is RefundOutcome.UNKNOWN:
+            result = RefundResult(RefundOutcome.FAILED, error=result.error)
+        return await old(refund, result, deps, event)
+
+    with _patched(refunds, "settle", settle):
+        yield
+
+
+@contextmanager
+def _refund_guard_ignored() -> Iterator[None]:
+    """A refund journaled on the reads it was decided on, unchecked: two at once on one
+    recharge may together pass its amount."""
+    from orchestrator.journal import MemoryJournal, RefundGuard
+
+    old = MemoryJournal.create_refund
+
+    async def create_refund(self: Any, refund: Any, trail: Any, guard: Any, notices: Any = ()) -> Any:
+        minor, coins = self._refunded(refund.recharge_id)
+        dispute = self._disputes.get(refund.recharge_id)
+        fresh = RefundGuard(minor, coins, dispute.status if dispute else None, guard.allow_negative)
+        return await old(self, refund, trail, fresh, notices)
+
+    with _patched(MemoryJournal, "create_refund", create_refund):
+        yield
+
+
+# Rare: seeds that fail with the fix taken back (test_dst runs them, not 3,000). 41019 is one
+# the 100,000-seed run first failed on; 3797 replaces 56244, a world that now also refunds
+# (a search of seeds 0 to 4,000 with the mutation found it).
 RARE_MUTATIONS: dict[str, tuple[Callable[[], Any], tuple[int, ...]]] = {
-    "late_check_ignores_clock_skew": (_late_check_ignores_clock_skew, (41019, 56244)),
+    "late_check_ignores_clock_skew": (_late_check_ignores_clock_skew, (41019, 3797)),
 }
 
 
@@ -169,6 +207,8 @@ MUTATIONS: dict[str, Callable[[], Any]] = {
     "refund_404_is_refunded": _refund_404_is_refunded,
     "amounts_not_checked": _amounts_not_checked,
     "retired_channels_forgotten": _retired_channels_forgotten,
+    "refund_unknown_read_as_failed": _refund_unknown_read_as_failed,
+    "refund_guard_ignored": _refund_guard_ignored,
 }
 
 

@@ -28,14 +28,20 @@ from typing import Any, TypeVar
 
 import orjson
 
-from channels import AttemptOutcome, ChannelResult, PaymentRequest
-from channels.http import Op, WireAnswer, outcome_of
-from config import ChannelConfig
+from channels import AttemptOutcome, ChannelResult, PaymentRequest, RefundRequest, RefundResult
+from channels.http import Op, WireAnswer, outcome_of, refund_outcome_of
+from config import ChannelConfig, RefundsConfig
 from orchestrator.channel_set import ChannelSet
 from orchestrator.driver import Driver, HeldElsewhere, IdempotencyConflict, RoutePlan
 from orchestrator.invariants import LedgerPayment, check_facts
 from orchestrator.journal import MemoryJournal
 from orchestrator.model import OPEN_ATTEMPT_STATES, AttemptState, Recharge, RechargeStatus, TrailEntry
+from orchestrator.errors import RefundRefused
+from orchestrator.metrics import Metrics
+from orchestrator.notifications import Notifier
+from orchestrator.recharges import Viewer
+from orchestrator.refunds import NewRefund, RefundDeps, RefundWorker
+from orchestrator.refunds import request as request_refund
 from orchestrator.transitions import AMOUNT_MISMATCH, RunSettings
 
 T = TypeVar("T")
@@ -49,7 +55,7 @@ MAX_SKEW_S = 20.0
 # Trail events worth counting over many seeds: evidence of what the runs went through.
 _SEEN = ("late_capture_refund_requested", "late_capture_refunded", "amount_mismatch", "void_voided",
          "void_requested", "late_capture_check_clear", "webhook_captured", "webhook_ignored", "inquiry_captured",
-         "void_captured", "late_check_captured")
+         "void_captured", "late_check_captured", "refund_requested", "refund_succeeded", "refund_failed")
 
 
 # -- the seed's draw of faults --------------------------------------------------------------
@@ -122,12 +128,39 @@ class Payment:
     tombstone: bool = False
     history: list[str] = field(default_factory=list)
     at: float = 0.0
+    refunded_minor: int = 0  # by partial refunds; the status turns refunded when it reaches the amount
+    refunds: list[Refund] = field(default_factory=list)
 
     def wire(self) -> bytes:
         return orjson.dumps({"reference": self.reference, "provider_ref": self.provider_ref, "status": self.status,
                              "decline_code": self.decline_code,
                              "amount_minor": None if self.tombstone else self.amount_minor,
                              "currency": None if self.tombstone else self.currency})
+
+    def refund_refusal(self, amount_minor: int) -> str | None:
+        """The simulator's refusal code for a new partial refund (SPEC 6), or None."""
+        if self.status == "refunded":
+            return "already_refunded"
+        if self.status != "captured":
+            return "not_captured"
+        held = sum(r.amount_minor for r in self.refunds if r.status == "pending")
+        if not 0 < amount_minor <= self.amount_minor - self.refunded_minor - held:
+            return "refund_exceeds_amount"
+        return None
+
+
+@dataclass
+class Refund:
+    """A partial refund, as the provider holds it: idempotent by ``refund_reference``."""
+
+    refund_reference: str
+    reference: str
+    amount_minor: int
+    status: str  # pending, refunded or failed
+
+    def wire(self) -> bytes:
+        return orjson.dumps({"refund_reference": self.refund_reference, "status": self.status,
+                             "amount_minor": self.amount_minor})
 
 
 class Provider:
@@ -140,6 +173,7 @@ class Provider:
         self.payments: dict[str, Payment] = {}
         self.callbacks: dict[str, str] = {}
         self.refused: set[str] = set()
+        self.refunds: dict[str, Refund] = {}  # by refund_reference, across the provider
         self._settling: dict[str, asyncio.TimerHandle] = {}
 
     def one_way(self, op: Op) -> float:
@@ -163,7 +197,7 @@ class Provider:
             p.decline_code = code
         p.history.append(status)
 
-    async def exchange(self, op: Op, reference: str, request: PaymentRequest | None) -> WireAnswer:
+    async def exchange(self, op: Op, reference: str, request: PaymentRequest | RefundRequest | None) -> WireAnswer:
         """One request, from its arrival to its answer leaving: a world task, so it goes
         on whatever happens to the client that sent it."""
         rng = self.world.rng
@@ -176,7 +210,7 @@ class Provider:
                 await asyncio.sleep(3600)
             return WireAnswer(op, None, sent=True, error="connection lost")
         if op is Op.AUTHORIZE:
-            assert request is not None
+            assert isinstance(request, PaymentRequest)
             return await self._authorize(request)
         p = self.payments.get(reference)
         if op is not Op.VOID and p is not None and self.world.loop.time() - p.at < self.f.lag_s \
@@ -197,6 +231,9 @@ class Provider:
                 self._cancel_settle(reference)
                 self._move(p, "voided")
             return WireAnswer(op, 200 if p.status == "voided" else 409, p.wire(), reference=reference)
+        if op is Op.ISSUE_REFUND:
+            assert isinstance(request, RefundRequest)
+            return self._issue_refund(request, p)
         # refund
         if self._chance(self.f.refund_fails):
             return WireAnswer(op, 500)
@@ -210,6 +247,50 @@ class Provider:
                                   reference=reference)
             self._move(p, "refunded")
         return WireAnswer(op, 200 if p.status == "refunded" else 409, p.wire(), reference=reference)
+
+    def _issue_refund(self, req: RefundRequest, p: Payment | None) -> WireAnswer:
+        """A partial refund, by the simulator's rules (channels/simulator/_ledger.py). A
+        failing call is a 500 that came before or after the refund landed: a coin decides.
+        No webhook tells a partial refund here: events may never arrive (SPEC 6), and
+        asking again under the same refund_reference finds its state."""
+        op, rng = Op.ISSUE_REFUND, self.world.rng
+        lost = self._chance(self.f.refund_fails)
+        if lost and rng.random() < 0.5:
+            return WireAnswer(op, 500)
+        answer = self._refund_answer(req, p)
+        return WireAnswer(op, 500) if lost else answer
+
+    def _refund_answer(self, req: RefundRequest, p: Payment | None) -> WireAnswer:
+        op, rr = Op.ISSUE_REFUND, req.refund_reference
+        known = self.refunds.get(rr)
+        if known is not None:
+            if (known.reference, known.amount_minor) != (req.reference, req.amount_minor):
+                return _refused(409, "refund_reference_reused")
+            return WireAnswer(op, 200, known.wire(), reference=req.reference, refund_reference=rr)
+        if p is None:
+            return WireAnswer(op, 404)
+        code = p.refund_refusal(req.amount_minor)
+        if code == "refund_exceeds_amount" and self.world.lax_refunds:
+            self.world.stats["over-refunds a broken provider took"] += 1
+        elif code:
+            return _refused(422 if code == "refund_exceeds_amount" else 409, code)
+        refund = self.refunds[rr] = Refund(rr, p.reference, req.amount_minor, "pending")
+        p.refunds.append(refund)
+        if self._chance(self.f.refund_pending):
+            self.world.later(self.world.rng.uniform(0.1, 30), self._settle_refund, p, refund)
+        else:
+            self._settle_refund(p, refund)
+        return WireAnswer(op, 200, refund.wire(), reference=req.reference, refund_reference=rr)
+
+    def _settle_refund(self, p: Payment, refund: Refund) -> None:
+        """A pending refund's end: failed as often as a pending payment declines."""
+        if self._chance(self.f.pending_declines):
+            refund.status = "failed"
+            return
+        refund.status = "refunded"
+        p.refunded_minor += refund.amount_minor
+        if p.refunded_minor >= p.amount_minor and p.status == "captured":
+            self._move(p, "refunded")
 
     def _ref(self) -> str:
         return f"pr_{self.world.rng.getrandbits(48):012x}"
@@ -296,7 +377,7 @@ class Provider:
 
     def ledger(self) -> list[LedgerPayment]:
         return [LedgerPayment(self.name, p.reference, p.status, None if p.tombstone else p.amount_minor,
-                              None if p.tombstone else p.currency) for p in self.payments.values()]
+                              None if p.tombstone else p.currency, p.refunded_minor) for p in self.payments.values()]
 
 
 class ProviderClient:
@@ -311,6 +392,11 @@ class ProviderClient:
         self.closed = False
 
     async def _call(self, op: Op, reference: str, request: PaymentRequest | None = None) -> ChannelResult:
+        answer, latency_ms = await self._exchange(op, reference, request)
+        return outcome_of(answer, latency_ms)
+
+    async def _exchange(self, op: Op, reference: str, request: PaymentRequest | RefundRequest | None
+                        ) -> tuple[WireAnswer, float]:
         proc, world = self._proc, self._proc.world
         await proc.stalled()
         started = world.loop.time()
@@ -323,7 +409,7 @@ class ProviderClient:
         except TimeoutError:
             answer = WireAnswer(op, None, sent=True, error="timeout")
         await proc.stalled()
-        return outcome_of(answer, (world.loop.time() - started) * 1000)
+        return answer, (world.loop.time() - started) * 1000
 
     async def authorize(self, request: PaymentRequest) -> ChannelResult:
         return await self._call(Op.AUTHORIZE, request.reference, request)
@@ -337,11 +423,20 @@ class ProviderClient:
     async def refund(self, reference: str) -> ChannelResult:
         return await self._call(Op.REFUND, reference)
 
+    async def issue_refund(self, request: RefundRequest) -> RefundResult:
+        answer, latency_ms = await self._exchange(Op.ISSUE_REFUND, request.reference, request)
+        return refund_outcome_of(answer, latency_ms)
+
     async def ping(self) -> ChannelResult:
         return ChannelResult(AttemptOutcome.CAPTURED)
 
     async def close(self) -> None:
         self.closed = True
+
+
+def _refused(status: int, code: str) -> WireAnswer:
+    """A provider's refusal of a partial refund, as the simulator words it."""
+    return WireAnswer(Op.ISSUE_REFUND, status, orjson.dumps({"error": {"code": code, "message": code}}))
 
 
 # -- the store, as each process reaches it ---------------------------------------------------
@@ -358,7 +453,9 @@ class JournalHandle:
     (the world decides, as a kill -9 between send and commit does)."""
 
     _WRITES = frozenset({"create", "apply", "record", "claim", "lease", "renew", "release", "claim_follow_ups",
-                         "retire_channel", "unretire_channel", "put_quote"})
+                         "retire_channel", "unretire_channel", "put_quote", "create_refund", "settle_refund",
+                         "retry_refund", "claim_refunds", "apply_dispute", "record_event", "add_notices",
+                         "claim_notices", "notice_delivered", "notice_failed", "redeliver"})
 
     def __init__(self, proc: Process, store: MemoryJournal) -> None:
         self._proc = proc
@@ -448,6 +545,10 @@ class Process:
             rng=random.Random(world.rng.getrandbits(64)),
             callback_url=lambda channel: f"sim://{channel}",
         )
+        self.refunds = RefundDeps(self.journal, self.channels.find, self.clock, Metrics(),  # type: ignore[arg-type]
+                                  Notifier(lambda: ()), lambda: world.refunds_config,
+                                  new_id=lambda: f"rf_{world.refund_rng.getrandbits(64):016x}")
+        self._refund_worker: asyncio.Task[None] | None = None
 
     def _route(self, rec: Recharge) -> RoutePlan:
         names = sorted(self.channels.live)
@@ -458,6 +559,9 @@ class Process:
         await self.channels.open(self.world.configs, self.clock.now())
         await self.driver.recover()
         self.driver.start_background(on_pass=self._pass)
+        if self.world.refunding:
+            self._refund_worker = self.world.spawn(RefundWorker(self.refunds, poll_s=1.0, claim_for_s=20.0)
+                                                   .run_forever())
 
     async def _pass(self) -> None:
         await self.channels.close_idle(self.clock.now(), self.world.settings.deadline_s)
@@ -484,6 +588,8 @@ class Process:
             task.cancel()
         for task in self.driver._background:
             task.cancel()
+        if self._refund_worker is not None:
+            self._refund_worker.cancel()
 
     async def reload(self, configs: list[ChannelConfig]) -> None:
         now = self.clock.now()
@@ -535,6 +641,13 @@ class World:
         self.delivered = 0
         self.wrap_client: Callable[[Any], Any] = lambda client: client
         self.stats: Counter[str] = Counter()
+        # Refunds of succeeded recharges in half the worlds, decided by a stream of their own:
+        # a world without them draws exactly what it drew before they existed.
+        self.refund_rng = random.Random(seed ^ 0x5EED_F00D)
+        self.refunding = self.refund_rng.random() < 0.5
+        self.refunds_config = RefundsConfig(retry_interval_s=self.refund_rng.choice((1.0, 5.0, 30.0)))
+        # Some providers take a refund past what is left (broken): the orchestrator must not lean on their check.
+        self.lax_refunds = self.refunding and self.refund_rng.random() < 0.3
 
     def _config(self, name: str) -> ChannelConfig:
         f = self.providers[name].f
@@ -638,6 +751,41 @@ class World:
             metadata=None, coins=amount // 10, bonus_coins=0, status=RechargeStatus.PROCESSING, created_at=now,
             updated_at=now, deadline_at=now + self.settings.deadline_s, config_version="sim")
 
+    async def refunder(self) -> None:
+        """A support desk: refunds succeeded recharges, in part or whole, now and then the
+        same one several times at once, retrying each request under its key until an
+        instance answers it."""
+        rng = self.refund_rng
+        for k in range(rng.randint(1, 8)):
+            await asyncio.sleep(rng.uniform(0, self.horizon))
+            sold = [r for r in self.store._recharges.values() if r.status is RechargeStatus.SUCCEEDED]
+            if not sold:
+                continue
+            rec = rng.choice(sold)
+            amount = rng.choice((None, rec.amount_minor // 2, rec.amount_minor // 3, 1, rec.amount_minor + 1))
+            await asyncio.gather(*(self._refund(f"rf-{k}-{j}", rec.id, amount) for j in range(rng.choice((1, 1, 2, 3)))))
+
+    async def _refund(self, key: str, recharge_id: str, amount: int | None) -> None:
+        rng = self.refund_rng
+        cmd = NewRefund(Viewer("front"), key, recharge_id, amount, None, {"amount_minor": amount})
+        for _ in range(200):
+            live = self.alive()
+            if live:
+                proc = rng.choice(live)
+                try:
+                    await proc.stalled()
+                    await request_refund(cmd, proc.refunds)
+                    self.stats["refunds answered"] += 1
+                    return
+                except RefundRefused as exc:
+                    if exc.code != "request_in_progress":
+                        self.stats[f"refunds refused: {exc.code}"] += 1
+                        return
+                except asyncio.CancelledError:
+                    if proc.alive:
+                        raise
+            await asyncio.sleep(rng.uniform(0.1, 3))
+
     async def chaos(self) -> None:
         """Crashes and restarts, pauses, reloads that remove and re-add channels."""
         rng = self.rng
@@ -679,6 +827,8 @@ class World:
         for _ in range(2 if self.leased else 1):
             await self.boot()
         clients = [self.spawn(self.client(i)) for i in range(self.rng.randint(2, 10))]
+        if self.refunding:
+            clients.append(self.spawn(self.refunder()))
         await self.chaos()
         await asyncio.gather(*clients, return_exceptions=True)
         # Heal: every provider behaves, every instance runs, the config holds every channel.
@@ -714,6 +864,9 @@ class World:
             for p in prov.payments.values():
                 if p.status == "pending":
                     v.append(f"{prov.name} still holds {p.reference} pending")
+        for refund in self.store._refunds.values():
+            if refund.status.value == "pending":
+                v.append(f"refund {refund.id} of {refund.recharge_id} left pending after every fault healed")
         digest = hashlib.sha256(orjson.dumps([
             [row[1:8] for row in self.store._trail],
             sorted((p.channel, p.reference, p.status) for p in ledger),
