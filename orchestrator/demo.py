@@ -3,9 +3,12 @@
 Starts the provider simulator (8 channels of three kinds, three currencies) and the
 orchestrator on SQLite as child processes, sends a steady stream of recharges from many
 users, and shows what routing does live. A third of the way in, the busiest channel goes
-down and another browns out (x20 latency); both come back later. At the end it checks,
-against the simulator's own ledger, that every recharge was charged at most once and
-credited exactly once.
+down and another browns out (x20 latency); both come back later. Along the way some
+recharges are refunded (in part or whole) and some disputed at the provider, and a small
+webhook receiver stands in for the front service: it verifies each signed notification
+the orchestrator sends. At the end it checks, against the simulator's own ledger, that
+every recharge was charged at most once and credited exactly once, refunds and disputes
+included, and that every notification reached the receiver at least once.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from orchestrator.launch import ROOT, Child, free_port
 __all__ = ["main"]
 
 FRONT_KEY = "front-web-demo-key"  # the example config's demo key (stored there as a hash)
+NOTIFY_SECRET = "whsec_demo_front_web_notifications"
+REFUND_EVERY = 40  # one succeeded recharge in this many is refunded (every other one in part)
+DISPUTES = 9  # disputes opened at the provider: a third won, a third lost, a third left open
 MARKETS = [  # (currency, country, share, denominations in minor units)
     ("CNY", "CN", 0.6, [600, 3000, 6800, 12800, 32800, 64800]),
     ("PHP", "PH", 0.25, [5000, 10000, 25000, 50000]),
@@ -47,6 +53,10 @@ class Tally:
     latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=20000))
     errors: Counter[str] = field(default_factory=Counter)
     failovers: int = 0
+    refunds: Counter[str] = field(default_factory=Counter)
+    disputes: Counter[str] = field(default_factory=Counter)
+    notifications: int = 0  # deliveries the receiver verified and recorded
+    sold: list[dict[str, Any]] = field(default_factory=list)
 
     def window(self, seconds: float) -> tuple[list[float], Counter[str]]:
         since = time.monotonic() - seconds
@@ -71,6 +81,7 @@ class Demo:
         self.phase = "starting"
         self.sim: Child | None = None
         self.orch: Child | None = None
+        self.receiver: Child | None = None
         self.started = time.monotonic()
 
     # -- set-up -------------------------------------------------------------------------
@@ -83,6 +94,13 @@ class Demo:
             ch["base_url"] = f"http://127.0.0.1:{sim_port}/{ch['name']}"
         orch_doc["server"]["port"] = orch_port
         orch_doc["storage"]["url"] = f"sqlite:///{self.dir / 'orchestrator.db'}"
+        receiver_port = free_port()
+        for client in orch_doc["clients"]:
+            if client["name"] == "front-web":
+                client["notify"] = {"url": f"http://127.0.0.1:{receiver_port}/notifications", "secret": NOTIFY_SECRET,
+                                    "events": ["recharge.succeeded", "recharge.failed", "recharge.declined",
+                                               "recharge.blocked", "recharge.pending", "refund.succeeded",
+                                               "refund.failed", "dispute.opened", "dispute.won", "dispute.lost"]}
         sim_path, orch_path = self.dir / "simulator.yaml", self.dir / "orchestrator.yaml"
         sim_path.write_text(yaml.safe_dump(sim_doc))
         orch_path.write_text(yaml.safe_dump(orch_doc, sort_keys=False))
@@ -90,16 +108,20 @@ class Demo:
                          self.dir / "simulator.log", f"http://127.0.0.1:{sim_port}", "/_sim/stats")
         self.orch = Child("orchestrator", ["orchestrator", "serve", "--config", str(orch_path)],
                           self.dir / "orchestrator.log", f"http://127.0.0.1:{orch_port}", "/readyz")
+        self.receiver = Child("receiver", ["orchestrator.receiver", "--secret", NOTIFY_SECRET, "--port",
+                                           str(receiver_port), "--out", str(self.dir / "notifications.jsonl")],
+                              self.dir / "receiver.log", f"http://127.0.0.1:{receiver_port}", "/_received")
         return sim_path, orch_path
 
     # -- the run ------------------------------------------------------------------------
 
     async def run(self) -> int:
         self._configs()
-        assert self.sim is not None and self.orch is not None
+        assert self.sim is not None and self.orch is not None and self.receiver is not None
         try:
             self.sim.start()
-            await self.sim.wait_ready()
+            self.receiver.start()
+            await asyncio.gather(self.sim.wait_ready(), self.receiver.wait_ready())
             self.orch.start()
             await self.orch.wait_ready()
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400)) as session:
@@ -107,17 +129,20 @@ class Demo:
                 view = asyncio.create_task(self._view())
                 watch = asyncio.create_task(self._watch(session))
                 try:
-                    await asyncio.gather(self._load(session), self._chaos(session))
+                    await asyncio.gather(self._load(session), self._chaos(session), self._disputes(session))
                     self.phase = "settling: waiting for pending recharges"
                     await self._settle()
+                    self.phase = "settling: waiting for refunds and notifications"
+                    await self._settle_after_sale()
                 finally:
                     for task in (view, watch):
                         task.cancel()
                     await asyncio.gather(view, watch, return_exceptions=True)
                 report = await self._verify(session)
-            return self._summary(report)
+                notified = await self._notified(session)
+            return self._summary(report, notified)
         finally:
-            for child in (self.orch, self.sim):
+            for child in (self.orch, self.receiver, self.sim):
                 child.stop()
 
     async def _load(self, session: aiohttp.ClientSession) -> None:
@@ -160,6 +185,38 @@ class Demo:
         if rec["attempts"]:
             self.tally.first_channel.append((now, rec["attempts"][0]["channel"]))
             self.tally.failovers += len(rec["attempts"]) - 1
+        if rec["status"] == "succeeded":
+            self.tally.sold.append(rec)
+            if n % REFUND_EVERY == 0:
+                await self._refund(session, rec, None if n % (2 * REFUND_EVERY) == 0 else rec["amount_minor"] // 3)
+
+    async def _refund(self, session: aiohttp.ClientSession, rec: dict[str, Any], amount: int | None) -> None:
+        """A support agent refunds a recharge, in part or whole (the front service's call)."""
+        assert self.orch is not None
+        headers = {"Authorization": f"Bearer {FRONT_KEY}", "Idempotency-Key": f"refund-{rec['id']}"}
+        body = {"reason": "support case"} if amount is None else {"amount_minor": amount, "reason": "partial"}
+        try:
+            async with session.post(f"{self.orch.url}/v1/recharges/{rec['id']}/refunds", json=body, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=30)) as r:
+                doc = await r.json()
+                self.tally.refunds[doc["status"] if r.status in (201, 202) else doc["error"]["code"]] += 1
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.tally.errors[f"refund {type(exc).__name__}"] += 1
+
+    async def _disputes(self, session: aiohttp.ClientSession) -> None:
+        """Payers dispute a few payments at their providers (chargebacks), spread over the run."""
+        assert self.sim is not None
+        for n in range(DISPUTES):
+            await asyncio.sleep(self.duration * 0.8 / DISPUTES)
+            candidates = [r for r in self.tally.sold[-200:] if r.get("disputed") is None]
+            if not candidates:
+                continue
+            rec = candidates[n * 7 % len(candidates)]
+            rec["disputed"] = outcome = ("won", "lost", None)[n % 3]
+            att = next(a for a in rec["attempts"] if a["outcome"] == "captured" and a["channel"] == rec["channel"])
+            async with session.post(f"{self.sim.url}/_sim/{rec['channel']}/payments/{att['reference']}/dispute",
+                                    json={"outcome": outcome}) as r:
+                self.tally.disputes[outcome or "open" if r.status == 200 else "refused"] += 1
 
     async def _chaos(self, session: aiohttp.ClientSession) -> None:
         assert self.sim is not None
@@ -185,10 +242,13 @@ class Demo:
 
     async def _watch(self, session: aiohttp.ClientSession) -> None:
         assert self.orch is not None
+        assert self.receiver is not None
         while True:
             try:
                 async with session.get(self.orch.url + "/v1/health/channels") as r:
                     self.health = (await r.json())["channels"]
+                async with session.get(self.receiver.url + "/_received") as r:
+                    self.tally.notifications = (await r.json())["deliveries"]
             except (aiohttp.ClientError, TimeoutError):
                 pass
             await asyncio.sleep(1)
@@ -208,11 +268,43 @@ class Demo:
             self.phase = f"settling: {open_} recharges still pending at their providers"
             await asyncio.sleep(1)
 
+    async def _settle_after_sale(self, limit_s: float = 60) -> None:
+        """Until no refund is pending at its provider and the outbox is empty."""
+        db = self.dir / "orchestrator.db"
+        deadline = time.monotonic() + limit_s
+        await asyncio.sleep(2)  # the last dispute outcomes and refund webhooks land
+        while time.monotonic() < deadline:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                (refunds,) = conn.execute("SELECT count(*) FROM refunds WHERE status = 'pending'").fetchone()
+                (notices,) = conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()
+            finally:
+                conn.close()
+            if refunds == notices == 0:
+                return
+            self.phase = f"settling: {refunds} refunds pending, {notices} notifications to deliver"
+            await asyncio.sleep(1)
+
+    async def _notified(self, session: aiohttp.ClientSession) -> tuple[int, int, int, list[str]]:
+        """(notices written, of them received, deliveries, the ids never received)."""
+        assert self.receiver is not None
+        async with session.get(self.receiver.url + "/_received") as r:
+            got = await r.json()
+        received = {e["id"] for e in got["events"]}
+        conn = sqlite3.connect(f"file:{self.dir / 'orchestrator.db'}?mode=ro", uri=True)
+        try:
+            written = [nid for (nid,) in conn.execute("SELECT id FROM outbox ORDER BY seq")]
+        finally:
+            conn.close()
+        missing = [nid for nid in written if nid not in received]
+        return len(written), len(written) - len(missing), got["deliveries"], missing
+
     async def _verify(self, session: aiohttp.ClientSession) -> Report:
         assert self.sim is not None
         async with session.get(self.sim.url + "/_sim/ledger") as r:
             payments = (await r.json())["payments"]
-        ledger = [LedgerPayment(p["channel"], p["reference"], p["status"], p.get("amount_minor"), p.get("currency"))
+        ledger = [LedgerPayment(p["channel"], p["reference"], p["status"], p.get("amount_minor"), p.get("currency"),
+                                p.get("refunded_minor"))
                   for p in payments]
         return await check(SqliteFile(self.dir / "orchestrator.db"), ledger, settled=True)
 
@@ -236,7 +328,9 @@ class Demo:
                 lat, share = self.tally.window(every)
                 top = ", ".join(f"{ch} {n / max(1, sum(share.values())):.0%}" for ch, n in share.most_common(3))
                 print(f"[{self._t():5.1f}s] {self.phase}: sent {self.tally.sent}, answered {self.tally.answered}, "
-                      f"p50 {_pct(lat, .5):.0f} ms, p99 {_pct(lat, .99):.0f} ms, top channels: {top}", flush=True)
+                      f"p50 {_pct(lat, .5):.0f} ms, p99 {_pct(lat, .99):.0f} ms, top channels: {top}; "
+                      f"refunds {sum(self.tally.refunds.values())}, notifications received "
+                      f"{self.tally.notifications}", flush=True)
 
     def _render(self) -> Any:
         from rich.console import Group
@@ -252,6 +346,8 @@ class Demo:
                      f"throughput {len(lat) / 5:.0f}/s  p50 {_pct(lat, .5):.0f} ms  p99 {_pct(lat, .99):.0f} ms")
         head.add_row(" ".join(f"{k} {v}" for k, v in sorted(t.statuses.items())),
                      f"failovers {t.failovers}  errors {sum(t.errors.values())}")
+        head.add_row(f"refunds {sum(t.refunds.values())}  disputes {sum(t.disputes.values())}",
+                     f"notifications received by the front service {t.notifications}")
         table = Table(title="channels (share of first attempts, last 5 s)", expand=True)
         for col in ("channel", "kind", "breaker", "state", "p50 ms", "p99 ms", "success", "share"):
             table.add_column(col, justify="right" if col in ("p50 ms", "p99 ms", "success", "share") else "left",
@@ -268,25 +364,31 @@ class Demo:
         events = "\n".join(self.events) or "(the outage comes a third of the way in)"
         return Group(Panel(head, title="recharge orchestrator demo"), table, Panel(events, title="events"))
 
-    def _summary(self, report: Report) -> int:
+    def _summary(self, report: Report, notified: tuple[int, int, int, list[str]]) -> int:
         t = self.tally
-        ok = report.ok and t.answered == t.sent
+        written, received, deliveries, missing = notified
+        ok = report.ok and t.answered == t.sent and not missing
         lines = [
             "",
             "== summary ==",
+            f"database: {self.dir / 'orchestrator.db'}",
+            f"logs:     {self.dir / 'orchestrator.log'}, {self.dir / 'simulator.log'}, {self.dir / 'receiver.log'}",
+            f"config:   {self.dir / 'orchestrator.yaml'}, {self.dir / 'simulator.yaml'}",
+            f"notifications as received: {self.dir / 'notifications.jsonl'}",
             f"recharges sent {t.sent}, answered {t.answered}, journal holds {report.recharges}: {report.by_status}",
-            f"provider captures kept {report.captures_kept}, refunded {report.refunded}, wallet credits {report.credits}",
+            f"provider captures kept {report.captures_kept}, late captures refunded {report.refunded}, "
+            f"wallet credits {report.credits}",
             f"failovers seen by clients: {t.failovers}; client errors: {dict(t.errors) or 'none'}",
-            "exactly-once check (simulator ledger vs journal and wallets): "
+            f"refunds: {dict(t.refunds) or 'none'}; disputes opened at the providers: {dict(t.disputes) or 'none'}",
+            "exactly-once check (simulator ledger vs journal and wallets, refunds and disputes included): "
             + ("PASSED: every recharge charged at most once, every success credited exactly once"
                if report.ok else "FAILED"),
         ]
         lines += [f"  violation: {v}" for v in report.violations[:20]]
-        lines += [
-            f"database: {self.dir / 'orchestrator.db'}",
-            f"logs:     {self.dir / 'orchestrator.log'}, {self.dir / 'simulator.log'}",
-            f"config:   {self.dir / 'orchestrator.yaml'}, {self.dir / 'simulator.yaml'}",
-        ]
+        lines.append(f"notifications: {written} written to the outbox, {received} received and verified by the front "
+                     f"service's receiver ({deliveries} deliveries, repeats included): "
+                     + ("every notification delivered at least once" if not missing
+                        else f"FAILED: {len(missing)} never delivered, e.g. {missing[:3]}"))
         print("\n".join(lines), flush=True)
         return 0 if ok else 1
 
@@ -310,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return uvloop.run(demo.run())
     except KeyboardInterrupt:
-        for child in (demo.orch, demo.sim):
+        for child in (demo.orch, demo.receiver, demo.sim):
             if child is not None:
                 child.stop()
         print("\ndemo stopped (Ctrl-C); everything it started is stopped too.", flush=True)

@@ -42,6 +42,29 @@ def orchestrator(tmp: Path, doc: dict[str, Any], *, name: str = "orchestrator", 
 SqliteReader = SqliteFile
 
 
+# Every fault the simulator injects, at rates that leave most recharges succeeding.
+FAULTY: dict[str, Any] = {
+    "latency_ms": 3, "latency_jitter_ms": 1, "ping_latency_ms": 0, "hang_ms": 900,
+    "decline_rate": 0.03, "decline_codes": {"insufficient_funds": 1, "issuer_unavailable": 1},
+    "not_processed_rate": 0.04, "timeout_before_capture_rate": 0.02, "timeout_after_capture_rate": 0.03,
+    "reset_rate": 0.02, "error_500_after_capture_rate": 0.02, "pending_rate": 0.08, "webhook_delay_ms": 300,
+    "duplicate_webhook_rate": 0.3, "out_of_order_webhook_rate": 0.3, "webhook_drop_rate": 0.1,
+    # Still working on it when the client (500 ms timeout) gives up: it lands 900 ms in.
+    "late_processing_rate": 0.04, "late_processing_ms": 900}
+
+
+def faulty_channels(**extra: Any) -> list[dict[str, Any]]:
+    """Two direct APIs and a digital-currency channel (slower, often pending), all FAULTY."""
+    faulty = {**FAULTY, **extra}
+    return [
+        {"name": "alpha", "kind": "direct_api", "webhook_secret": "whsec_alpha_e2e", "behaviour": faulty},
+        {"name": "beta", "kind": "direct_api", "webhook_secret": "whsec_beta_e2e",
+         "behaviour": {**faulty, "latency_ms": 6}},
+        {"name": "gamma", "kind": "digital_currency", "webhook_secret": "whsec_gamma_e2e",
+         "behaviour": {**faulty, "latency_ms": 15, "pending_rate": 0.3}},
+    ]
+
+
 FRONT_KEY = "e2e-front-key"
 SRE_KEY = "e2e-sre-key"
 
@@ -87,7 +110,8 @@ async def ledger(sim: Proc) -> list[Any]:
 
     async with aiohttp.ClientSession() as s, s.get(sim.url + "/_sim/ledger") as r:
         body = await r.json()
-    return [LedgerPayment(p["channel"], p["reference"], p["status"], p.get("amount_minor"), p.get("currency"))
+    return [LedgerPayment(p["channel"], p["reference"], p["status"], p.get("amount_minor"), p.get("currency"),
+                          p.get("refunded_minor"))
             for p in body["payments"]]
 
 

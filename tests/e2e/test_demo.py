@@ -1,5 +1,6 @@
 """`make demo` runs non-interactively (no TTY, as in CI): plain progress lines, and a
-summary whose exactly-once check passes against the simulator's ledger."""
+summary whose exactly-once check passes against the simulator's ledger, and that ends
+with every notification delivered at least once to the front service's receiver."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def test_the_demo_runs_unattended_and_its_exactly_once_check_passes(tmp_path):
     assert proc.returncode == 0, out + proc.stderr
     assert "] steady traffic: sent" in out, "plain progress lines when there is no terminal"
     assert "OUTAGE of" in out
-    assert "exactly-once check (simulator ledger vs journal and wallets): PASSED" in out
+    assert "exactly-once check (simulator ledger vs journal and wallets, refunds and disputes included): PASSED" in out
+    summary = out[out.index("== summary =="):].strip().splitlines()
+    assert summary[-1].endswith("every notification delivered at least once"), summary[-1]
+    assert "refunds: {" in out, "refunds were made"
     assert (tmp_path / "orchestrator.db").exists() and (tmp_path / "orchestrator.log").exists()
     assert "\x1b[" not in out, "no terminal escapes in a non-interactive run"

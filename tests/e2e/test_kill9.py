@@ -15,24 +15,15 @@ import sys
 
 import aiohttp
 import pytest
-from procs import FRONT_KEY, SqliteReader, behave, ledger, orchestrator, orchestrator_doc, settle, simulator
+from procs import FAULTY, FRONT_KEY, SqliteReader, behave, faulty_channels, ledger, orchestrator, orchestrator_doc, \
+    settle, simulator
 
 from orchestrator.invariants import check
 
 pytestmark = pytest.mark.slow
 
-FAULTY = {"latency_ms": 3, "latency_jitter_ms": 1, "ping_latency_ms": 0, "hang_ms": 900,
-          "decline_rate": 0.03, "decline_codes": {"insufficient_funds": 1, "issuer_unavailable": 1},
-          "not_processed_rate": 0.04, "timeout_before_capture_rate": 0.02, "timeout_after_capture_rate": 0.03,
-          "reset_rate": 0.02, "error_500_after_capture_rate": 0.02, "pending_rate": 0.08, "webhook_delay_ms": 300,
-          "duplicate_webhook_rate": 0.3, "out_of_order_webhook_rate": 0.3, "webhook_drop_rate": 0.1,
-          # Still working on it when the client (500 ms timeout) gives up: it lands 900 ms in.
-          "late_processing_rate": 0.04, "late_processing_ms": 900}
 CHANNELS = [
-    {"name": "alpha", "kind": "direct_api", "webhook_secret": "whsec_alpha_e2e", "behaviour": FAULTY},
-    {"name": "beta", "kind": "direct_api", "webhook_secret": "whsec_beta_e2e", "behaviour": {**FAULTY, "latency_ms": 6}},
-    {"name": "gamma", "kind": "digital_currency", "webhook_secret": "whsec_gamma_e2e",
-     "behaviour": {**FAULTY, "latency_ms": 15, "pending_rate": 0.3}},
+    *faulty_channels(),
     # Slower than its timeout on every charge (the reported case: 2.6 s against 1.5 s).
     {"name": "delta", "kind": "direct_api", "webhook_secret": "whsec_delta_e2e", "timeout_ms": 300,
      "behaviour": {**FAULTY, "latency_ms": 450, "latency_distribution": "fixed"}},
