@@ -5,7 +5,9 @@
     none --dispute_won--> won, none --dispute_lost--> lost   (the opening event came late, or never)
 
 An event that does not move the dispute (a repeat, a ``disputed`` after the outcome, an
-outcome after another) is recorded once and changes nothing. ``next_dispute`` decides,
+outcome after another, a dispute of a capture nobody kept) is recorded once and changes
+nothing. One about a recharge still running is refused unrecorded (409 ``event_too_early``):
+its capture has not reached the journal yet, and the provider sends it again. ``next_dispute`` decides,
 purely; ``on_event`` reads, decides and writes with the store re-checking what the
 decision was made on.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from orchestrator.clock import Clock
+from orchestrator.errors import EventTooEarly
 from orchestrator.journal import Journal
 from orchestrator.metrics import Metrics
 from orchestrator.model import AttemptState, Dispute, DisputeStatus, Recharge, RechargeStatus, RefundStatus, TrailEntry
@@ -69,6 +72,11 @@ async def on_event(channel: str, event_id: str, reference: str, status: str, dep
         if rec is None:
             return "unknown_payment"
         now = deps.clock.now()
+        mine = rec.attempt(reference)
+        if not rec.terminal and (mine is None or mine.state is not AttemptState.CAPTURED):
+            # The capture is not journaled yet (its answer or webhook is still on its way):
+            # not applied, not recorded, so the provider sends the event again.
+            raise EventTooEarly(f"the payment {reference} is not settled here yet; send the event again later")
         kept = rec.status is RechargeStatus.SUCCEEDED and rec.channel == channel and any(
             a.reference == reference and a.state is AttemptState.CAPTURED for a in rec.attempts)
         current = await deps.journal.dispute_of(rec.id)
@@ -90,6 +98,8 @@ async def on_event(channel: str, event_id: str, reference: str, status: str, dep
             if deps.notifier.wants(rec.client, kind) else ()
         if await deps.journal.apply_dispute(after, None if current is None else current.status, refunded, event,
                                             (entry,), notices):
+            if notices:
+                deps.notifier.written()
             deps.metrics.disputes.labels(after.status.value).inc()
             log.info("dispute_applied", recharge_id=rec.id, status=after.status.value, coins=after.coins)
             return f"dispute_{after.status.value}"

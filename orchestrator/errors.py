@@ -10,7 +10,8 @@
     |   +-- Overloaded           too many recharges in progress here
     |   +-- NotFound             no such recharge (or not the caller's)
     |   +-- RefundRefused        this refund cannot be made (not_refundable, refund_exceeds_amount,
-    |                            insufficient_coins, recharge_disputed)
+    |   |                        insufficient_coins, recharge_disputed)
+    |   +-- EventTooEarly        a provider event about a payment not settled here yet: send it again
     |   +-- ReloadError          a config that cannot be applied; the running one stays
     |       +-- NothingToRollBack
     +-- Unavailable              a dependency failed; nothing half-done, a retry is safe
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from orchestrator.model import Recharge
 
-__all__ = ["ClusterError", "HeldElsewhere", "IdempotencyConflict", "JournalError", "NotFound",
+__all__ = ["ClusterError", "EventTooEarly", "HeldElsewhere", "IdempotencyConflict", "JournalError", "NotFound",
            "NothingToRollBack", "OrchestratorError", "Overloaded", "PgServerError", "PricingError",
            "QuoteError", "RateSourceError", "RefundRefused", "Refusal", "Refused", "ReloadError", "StartError", "Unavailable"]
 
@@ -97,6 +98,10 @@ class RefundRefused(Refusal):
 
     def __init__(self, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message, code=code, field=field)
+
+
+class EventTooEarly(Refusal):
+    code = "event_too_early"
 
 
 class ReloadError(Refusal):

@@ -305,7 +305,8 @@ class Dispute:
 @dataclass(frozen=True, slots=True)
 class Notice:
     """One event for a front service, as the outbox holds it until delivered. ``key``
-    orders delivery (one recharge's events in the order written); ``body`` is the
+    (the recharge) orders delivery: one client's events of one recharge in the order
+    written; ``body`` is the
     exact JSON the client receives and the signature covers."""
 
     id: str

@@ -38,6 +38,7 @@ __all__ = ["Dispatcher", "Notifier", "Sender", "backoff_s", "new_event_id"]
 log = structlog.get_logger(__name__)
 
 _GAUGE_PERIOD_S = 5.0  # how often the outbox's figures are read for the metrics
+_DEFAULT_RETRY_FOR_S = 86_400.0  # a notice whose client lost its notify config: as long as the default
 
 
 def new_event_id() -> str:
@@ -117,7 +118,8 @@ class Dispatcher:
 
     def __init__(self, journal: Journal, sender: Sender, clients: Callable[[], Sequence[ClientConfig]],
                  settings: Callable[[], NotificationsConfig], clock: Clock, metrics: Metrics, *,
-                 owner: str | None = None, rng: random.Random | None = None, max_in_flight: int = 64) -> None:
+                 owner: str | None = None, rng: random.Random | None = None, max_in_flight: int = 64,
+                 clock_skew_s: float = 0.0) -> None:
         self._journal = journal
         self._sender = sender
         self._clients = clients
@@ -127,6 +129,7 @@ class Dispatcher:
         self._owner = owner or "dispatch-" + secrets.token_hex(6)
         self._rng = rng or random.Random()
         self._max_in_flight = max_in_flight
+        self._clock_skew_s = clock_skew_s
         self._in_flight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._gauges_at = float("-inf")
@@ -185,15 +188,17 @@ class Dispatcher:
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     def _lease_s(self, s: NotificationsConfig) -> float:
-        # A send ends within the timeout; the rest is room for the writes around it.
-        return s.timeout_ms / 1000 + 10
+        # A send ends within the timeout; then room for the writes around it, and for the
+        # instances' clocks disagreeing (the claim is timed by the claimer's clock).
+        return s.timeout_ms / 1000 + 10 + 2 * self._clock_skew_s
 
     async def _deliver(self, row: NoticeRow) -> None:
         n = row.notice
         s = self._settings()
         client = next((c for c in self._clients() if c.name == n.client), None)
         if client is None or client.notify is None:
-            await self._failed(row, None, "the client has no notify config any more")
+            # A reload dropped it, maybe for a moment: retried as a failed delivery would be.
+            await self._retry(row, s, _DEFAULT_RETRY_FOR_S, "the client has no notify config")
             return
         # The sender caps each destination's concurrent posts and bounds a send, its wait
         # for a slot included, by the timeout: the claim outlasts it.
@@ -203,9 +208,12 @@ class Dispatcher:
             if await self._journal.notice_delivered(n.id, self._owner, now):
                 self._metrics.notifications.labels("delivered").inc()
             return
-        error = done.error or f"HTTP {done.status}"
+        await self._retry(row, s, client.notify.retry_for_s, done.error or f"HTTP {done.status}")
+
+    async def _retry(self, row: NoticeRow, s: NotificationsConfig, retry_for_s: float, error: str) -> None:
+        now = self._clock.now()
         delay = backoff_s(row.attempts + 1, s.initial_backoff_s, s.max_backoff_s, self._rng)
-        again = now + delay if now + delay <= row.window_start + client.notify.retry_for_s else None
+        again = now + delay if now + delay <= row.window_start + retry_for_s else None
         await self._failed(row, again, error)
 
     async def _failed(self, row: NoticeRow, next_at: float | None, error: str) -> None:

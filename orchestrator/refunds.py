@@ -137,8 +137,12 @@ async def request(cmd: NewRefund, deps: RefundDeps) -> tuple[Refund, bool]:
 
 
 async def get(refund_id: str, viewer: Viewer, deps: RefundDeps) -> Refund:
+    """A refund, for the client that asked for it, the recharge's owner, or an admin."""
     refund = await deps.journal.get_refund(refund_id)
-    if refund is None or (refund.client != viewer.client and not viewer.admin):
+    if refund is not None and (refund.client == viewer.client or viewer.admin):
+        return refund
+    rec = await deps.journal.get(refund.recharge_id) if refund is not None else None
+    if refund is None or rec is None or rec.client != viewer.client:
         raise NotFound("no such refund")
     return refund
 
@@ -175,20 +179,34 @@ async def settle(refund: Refund, result: RefundResult, deps: RefundDeps,
         # have moved, so the coins stay out and a person looks; it is asked again later.
         log.error("refund_reference_confused", refund_id=refund.id, recharge_id=refund.recharge_id)
         result = RefundResult(RefundOutcome.UNKNOWN, error="the provider says this refund_reference names another")
+    if (result.outcome is RefundOutcome.REFUNDED and result.amount_minor is not None
+            and result.amount_minor != refund.amount_minor):
+        # The provider gave back another amount than asked: not this refund as journaled.
+        # It stays pending, the reason on it, for a person (as a capture of the wrong amount).
+        log.error("refund_amount_mismatch", refund_id=refund.id, recharge_id=refund.recharge_id,
+                  asked=refund.amount_minor, refunded=result.amount_minor)
+        result = RefundResult(RefundOutcome.UNKNOWN, error=f"amount_mismatch: the provider refunded "
+                              f"{result.amount_minor}, the refund asked {refund.amount_minor}")
+        if event is not None:
+            await deps.journal.record_event(event, refund.recharge_id, (_ignored(refund, result, now, event),))
+            return "amount_mismatch"
     if result.outcome in (RefundOutcome.REFUNDED, RefundOutcome.FAILED):
         status = RefundStatus.SUCCEEDED if result.outcome is RefundOutcome.REFUNDED else RefundStatus.FAILED
         error = None if status is RefundStatus.SUCCEEDED else (result.code or result.error or "failed")
         rec = await deps.journal.get(refund.recharge_id)
+        owner = rec.client if rec is not None else refund.client  # the recharge's client hears of it
         settled = replace(refund, status=status, updated_at=now, error=error, next_at=None)
         entry = TrailEntry(refund.recharge_id, now, f"refund_{status.value}", rec.status.value if rec else None,
                            refund.reference, refund.channel,
                            {"refund_id": refund.id, "amount_minor": refund.amount_minor, "coins": refund.coins,
                             **({"error": error} if error else {}), **({"event_id": event[1]} if event else {})})
         kind = f"refund.{status.value}"
-        notices = (deps.notifier.notice(refund.client, refund.recharge_id, kind, now, refund_view(settled)),) \
-            if deps.notifier.wants(refund.client, kind) else ()
+        notices = (deps.notifier.notice(owner, refund.recharge_id, kind, now, refund_view(settled)),) \
+            if deps.notifier.wants(owner, kind) else ()
         if await deps.journal.settle_refund(refund.id, status, now, error=error, event=event, trail=(entry,),
                                             notices=notices):
+            if notices:
+                deps.notifier.written()
             deps.metrics.refunds.labels(status.value).inc()
             log.info("refund_settled", recharge_id=refund.recharge_id, refund_id=refund.id, status=status.value,
                      error=error)
@@ -211,16 +229,29 @@ def _ignored(refund: Refund, result: RefundResult, now: float, event: tuple[str,
 
 
 async def on_event(channel: str, event_id: str, reference: str, refund_reference: str, status: str,
-                   deps: RefundDeps) -> str | None:
-    """A provider's webhook about one of our refunds; None when ``refund_reference``
-    names none of ours on that payment (the caller treats it as a payment event)."""
+                   deps: RefundDeps, amount_minor: int | None = None) -> str | None:
+    """A provider's webhook about one of our refunds; None when it is a ``refunded`` event
+    naming none of ours on that payment (the caller treats it as a payment event)."""
     refund = await deps.journal.get_refund(refund_reference)
     if refund is None or refund.channel != channel or refund.reference != reference:
-        return None
+        if status == "refunded":
+            return None  # the whole payment given back: the driver's (a late capture's refund)
+        # Not one of ours, and not news of the payment: recorded once, so it is not resent forever.
+        if await deps.journal.event_seen(channel, event_id):
+            return "duplicate"
+        att = await deps.journal.attempt(reference)
+        if att is None or att.channel != channel:
+            return "unknown_payment"
+        log.warning("event_for_unknown_refund", channel=channel, reference=reference,
+                    refund_reference=refund_reference, status=status)
+        await deps.journal.record_event((channel, event_id), att.recharge_id, (TrailEntry(
+            att.recharge_id, deps.clock.now(), "refund_webhook_ignored", None, reference, channel,
+            {"refund_reference": refund_reference, "status": status, "event_id": event_id}),))
+        return "unknown_refund"
     if await deps.journal.event_seen(channel, event_id):
         return "duplicate"
     outcome = {"refunded": RefundOutcome.REFUNDED, "failed": RefundOutcome.FAILED}.get(status, RefundOutcome.PENDING)
-    return await settle(refund, RefundResult(outcome), deps, (channel, event_id))
+    return await settle(refund, RefundResult(outcome, amount_minor=amount_minor), deps, (channel, event_id))
 
 
 class RefundWorker:

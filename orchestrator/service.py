@@ -235,7 +235,7 @@ class Service:
         self.dispatcher = Dispatcher(self.journal, self._notify_sender, lambda: self.config.clients,
                                      lambda: self.config.notifications, self.clock, self.metrics,
                                      owner=f"{self.instance_id}-{os.getpid()}-{random.getrandbits(32):08x}",
-                                     rng=self.rng)
+                                     rng=self.rng, clock_skew_s=loaded.config.storage.max_clock_skew_s)
         self.notifier.on_written = self.dispatcher.nudge
         self.recharges = RechargeDeps(self.journal, self.driver, self.pricing, self.risk, self.clock, self.metrics,
                                       self.vault, self.running, self._sync_wait_s)

@@ -75,7 +75,7 @@ async def list_notifications(request: web.Request) -> web.Response:
     if state not in ("dead", "pending", "delivered"):
         raise ApiError("invalid_field", "state must be dead, pending or delivered", field="state")
     limit_raw = request.query.get("limit", "100")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
+    if not re.fullmatch(r"[0-9]{1,4}", limit_raw) or not 1 <= int(limit_raw) <= 1000:
         raise ApiError("invalid_field", "limit must be an integer from 1 to 1000", field="limit")
     after = request.query.get("after")
     if after is not None and not _NOTICE_ID.match(after):

@@ -153,7 +153,7 @@ async def get_wallet(request: web.Request) -> web.Response:
     if not re.match(r"^[A-Za-z0-9_.:@-]{1,64}$", user_id):
         raise ApiError("not_found", "no such user")
     limit_raw = request.query.get("limit", "100")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
+    if not re.fullmatch(r"[0-9]{1,4}", limit_raw) or not 1 <= int(limit_raw) <= 1000:
         raise ApiError("invalid_field", "limit must be an integer from 1 to 1000", field="limit")
     view = await svc.journal.wallet(user_id, int(limit_raw))
     return _json({
@@ -192,7 +192,7 @@ async def provider_webhook(request: web.Request) -> web.Response:
         return _json({"received": True, "effect": effect})
     if event.refund_reference is not None:
         effect = await refunds.on_event(name, event.event_id, event.reference, event.refund_reference, event.status,
-                                        svc.refunds)
+                                        svc.refunds, event.amount_minor)
         if effect is not None:
             return _json({"received": True, "effect": effect})
     try:

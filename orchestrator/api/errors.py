@@ -39,6 +39,7 @@ STATUS: dict[str, int] = {
     "not_refundable": 409,
     "insufficient_coins": 409,
     "recharge_disputed": 409,
+    "event_too_early": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "validation_failed": 422,
@@ -97,7 +98,7 @@ API_ERRORS: dict[type[OrchestratorError], tuple[str | None, str | None]] = {
     OrchestratorError: ("internal_error", "internal error; the request id identifies it in logs"),
 }
 # When a client should try again, by code (seconds).
-RETRY_AFTER = {"rates_stale": 5, "request_in_progress": 1, "unavailable": 1}
+RETRY_AFTER = {"rates_stale": 5, "request_in_progress": 1, "unavailable": 1, "event_too_early": 5}
 
 
 def api_error_of(exc: OrchestratorError) -> ApiError:

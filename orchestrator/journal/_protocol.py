@@ -332,7 +332,8 @@ class Journal(Protocol):
 
     async def claim_notices(self, owner: str, now: float, lease_s: float, limit: int = 100) -> list[NoticeRow]:
         """Up to ``limit`` pending notices due at ``now`` that no live claim holds
-        and that are each the oldest pending one of their ``key`` (delivery in order),
+        and that are each the oldest pending one of their client's ``key`` (delivery in
+        order per client and recharge: one client's dead endpoint holds no other's back),
         claimed by ``owner`` until ``now + lease_s``. Atomic: one claimer per notice."""
         ...
 

@@ -151,11 +151,11 @@ def op_record_event(conn: sqlite3.Connection, event: list[str], recharge_id: str
 
 # -- the outbox -----------------------------------------------------------------------------
 
-# Due, not held by a live claim, and the oldest pending notice of its key (in order).
+# Due, not held by a live claim, and the oldest pending notice of its client's key (in order).
 _CLAIMABLE_NOTICES = (
     "SELECT o.seq FROM outbox o WHERE o.state = 'pending' AND o.next_at <= ? AND o.claimed_until <= ? "
     "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' AND p.key = o.key AND "
-    "p.seq < o.seq) ORDER BY o.next_at, o.seq LIMIT ?"
+    "p.client = o.client AND p.seq < o.seq) ORDER BY o.next_at, o.seq LIMIT ?"
 )
 
 

@@ -440,10 +440,10 @@ class MemoryJournal:
         self._outbox_add(notices)
 
     async def claim_notices(self, owner: str, now: float, lease_s: float, limit: int = 100) -> list[NoticeRow]:
-        first: dict[str, _Outboxed] = {}
+        first: dict[tuple[str, str], _Outboxed] = {}
         for o in sorted(self._outbox.values(), key=lambda o: o.seq):
-            if o.state == "pending" and o.notice.key not in first:
-                first[o.notice.key] = o
+            if o.state == "pending" and (o.notice.client, o.notice.key) not in first:
+                first[(o.notice.client, o.notice.key)] = o
         due = [o for o in first.values() if o.next_at <= now and o.claimed_until <= now]
         out = []
         for o in sorted(due, key=lambda o: (o.next_at, o.seq))[:limit]:

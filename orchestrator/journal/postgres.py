@@ -1013,7 +1013,7 @@ _INSERT_NOTICE = ("INSERT INTO outbox(id, client, key, type, created_at, body, s
 _CLAIM_NOTICES = (
     "WITH due AS (SELECT o.seq AS due_seq FROM outbox o WHERE o.state = 'pending' AND o.next_at <= $1 "
     " AND o.claimed_until <= $1 AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' "
-    " AND p.key = o.key AND p.seq < o.seq) ORDER BY o.next_at, o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED), "
+    " AND p.key = o.key AND p.client = o.client AND p.seq < o.seq) ORDER BY o.next_at, o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED), "
     "claimed AS (UPDATE outbox SET claimed_by = $2, claimed_until = $3 FROM due WHERE seq = due_seq "
     f"RETURNING seq, {NOTICE_COLUMNS}) "
     f"SELECT {NOTICE_COLUMNS} FROM claimed ORDER BY next_at, seq"

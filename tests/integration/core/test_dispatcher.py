@@ -169,22 +169,32 @@ async def _dead(journal, n: int) -> bool:
     return len(await journal.notices("dead")) == n
 
 
-async def test_a_client_without_a_notify_config_any_more_makes_its_notices_dead(store, endpoint):
+async def test_a_client_whose_notify_config_is_gone_for_now_is_retried_not_given_up(store, endpoint):
     journal = store.journal()
     await journal.open()
     clients = _clients(endpoint.url)
     notice = Notifier(lambda: clients).notice("front", "rc_1", "refund.succeeded", SystemClock().now(), {})
     await journal.add_notices((notice,))
-    gone: list[ClientConfig] = []
-    d, sender, _ = _dispatcher(journal, gone, "A")
+    current: list[ClientConfig] = []  # a reload dropped the client's notify config
+    d, sender, _ = _dispatcher(journal, current, "A")
     try:
         assert await d.pass_once() == 1
         await d.drain()
-        (row,) = await journal.notices("dead")
-        assert row.notice.id == notice.id and "no notify config" in (row.last_error or "")
+        assert await journal.notices("dead") == []
+        row = await journal.notice(notice.id)
+        assert (row.state, row.attempts, row.last_error) == ("pending", 1, "the client has no notify config")
+        current.extend(clients)  # and the next reload brings it back
+        await _until(lambda: _delivered_after_pass(d, journal, notice.id))
+        assert endpoint.accepted == [notice.id]
     finally:
         await sender.close()
         await journal.close()
+
+
+async def _delivered_after_pass(d: Dispatcher, journal, nid: str) -> bool:
+    await d.pass_once()
+    await d.drain()
+    return (await journal.notice(nid)).state == "delivered"
 
 
 async def test_an_endpoint_that_hangs_never_holds_a_recharge(tmp_path):

@@ -14,12 +14,14 @@ from harness import Core
 from channels.memory import Action, MemoryChannel
 from config import ClientConfig, NotifyConfig, RefundsConfig
 from orchestrator import disputes, refunds
-from orchestrator.errors import IdempotencyConflict, NotFound, RefundRefused
+from channels import RefundOutcome, RefundResult
+from orchestrator.errors import EventTooEarly, IdempotencyConflict, NotFound, RefundRefused
 from orchestrator.metrics import Metrics
 from orchestrator.notifications import Notifier
 from orchestrator.recharges import Viewer
 
 FRONT = Viewer("front")
+OPS = Viewer("ops", admin=True)
 EVERYTHING = ["recharge.succeeded", "refund.succeeded", "refund.failed", "dispute.opened", "dispute.won",
               "dispute.lost"]
 
@@ -243,3 +245,79 @@ async def test_a_dispute_of_a_payment_we_do_not_know_changes_nothing(sold):
     assert await disputes.on_event("b", "d9", rec.attempts[0].reference, "disputed", after.disputes) == (
         "unknown_payment"), "the payment is on another channel"
     assert await after.coins() == (total, 0)
+
+
+async def test_an_admins_refund_is_notified_to_the_recharges_owner_who_can_read_it(sold):
+    core, after, rec, _ = sold
+    refund, _ = await after.refund(rec.id, "ops-1", 1000, viewer=OPS)
+    assert refund.client == "ops" and refund.status == "succeeded"
+    rows = await core.journal.notices("pending", 100)
+    assert [(r.notice.client, r.notice.type) for r in rows] == [("front", "refund.succeeded")]
+    assert (await refunds.get(refund.id, FRONT, after.refunds)).id == refund.id
+    with pytest.raises(NotFound):
+        await refunds.get(refund.id, Viewer("someone-else"), after.refunds)
+
+
+async def test_a_refund_of_another_amount_than_asked_stays_pending_for_a_person(sold):
+    core, after, rec, total = sold
+
+    class Generous:
+        async def issue_refund(self, request):
+            return RefundResult(RefundOutcome.REFUNDED, amount_minor=request.amount_minor + 1)
+
+    async def channel(name, now):
+        return Generous()
+
+    after.refunds.channels = channel
+    refund, _ = await after.refund(rec.id, "r1", 1000)
+    assert refund.status == "pending" and refund.error.startswith("amount_mismatch"), refund
+    assert (await after.coins())[0] == total - refund.coins, "its coins stay out meanwhile"
+    ref = rec.attempts[0].reference
+    assert await refunds.on_event("a", "ev1", ref, refund.id, "refunded", after.refunds, 1001) == "amount_mismatch"
+    assert (await core.journal.get_refund(refund.id)).status == "pending"
+    # Put right by hand at the provider, it settles on the next answer.
+    after.refunds.channels = lambda name, now: _memory(core)
+    core.clock.advance(31)
+    assert await refunds.RefundWorker(after.refunds).pass_once() == 1
+    assert (await core.journal.get_refund(refund.id)).status == "succeeded"
+
+
+async def _memory(core):
+    return core.channels["a"]
+
+
+async def test_an_event_about_a_refund_we_do_not_know_is_recorded_once(sold):
+    core, after, rec, _ = sold
+    ref = rec.attempts[0].reference
+    assert await refunds.on_event("a", "ev1", ref, "rf_not_ours", "failed", after.refunds) == "unknown_refund"
+    assert await refunds.on_event("a", "ev1", ref, "rf_not_ours", "failed", after.refunds) == "duplicate"
+    assert await refunds.on_event("a", "ev2", ref, "rf_not_ours", "refunded", after.refunds) is None, (
+        "a whole refund is the payment's news: the driver's")
+    assert await refunds.on_event("a", "ev3", "nope", "rf_x", "failed", after.refunds) == "unknown_payment"
+
+
+async def test_a_dispute_before_the_capture_reached_the_journal_is_refused_unrecorded(store):
+    pend = MemoryChannel("a", lambda op, ref, n: Action.PEND if op == "authorize" else Action.OK, kind="bank")
+    core = Core(store, [pend])
+    await core.__aenter__()
+    try:
+        core.clock.sleep = lambda s: asyncio.sleep(10)  # only the capture's event finishes it
+        rec, _ = await core.submit("k1")
+        for _ in range(200):
+            rec = await core.journal.get(rec.id)
+            if rec.attempts and rec.attempts[0].state == "pending":
+                break
+            await asyncio.sleep(0.005)
+        after = AfterSale(core)
+        ref = rec.attempts[0].reference
+        with pytest.raises(EventTooEarly):
+            await disputes.on_event("a", "d1", ref, "disputed", after.disputes)
+        assert not await core.journal.event_seen("a", "d1"), "not recorded: the provider sends it again"
+        pend.settle(ref, "captured")
+        from channels import AttemptOutcome
+        assert await core.driver.on_event("a", "c1", ref, AttemptOutcome.CAPTURED) == "succeeded"
+        assert await disputes.on_event("a", "d1", ref, "disputed", after.disputes) == "dispute_open"
+        total = rec.coins + rec.bonus_coins
+        assert await after.coins() == (total, total)
+    finally:
+        await _closed(core)

@@ -152,6 +152,11 @@ async def test_admins_list_and_redeliver_notifications(api):
     assert resp.status == 200 and body == {"state": "dead", "notifications": []}
     resp, err = await api.get("/v1/admin/notifications?state=lost", token=SRE_KEY)
     assert_error(resp, err, 422, "invalid_field", "state")
+    for bad in ("0", "1001", "\u00b2", "-1", "x"):
+        resp, err = await api.get(f"/v1/admin/notifications?limit={bad}", token=SRE_KEY)
+        assert_error(resp, err, 422, "invalid_field", "limit")
+        resp, err = await api.get(f"/v1/wallets/u_1?limit={bad}")
+        assert_error(resp, err, 422, "invalid_field", "limit")
     resp, err = await api.get("/v1/admin/notifications", token=FRONT_KEY)
     assert_error(resp, err, 403, "forbidden")
     resp = await api.client.post("/v1/admin/notifications/evt_00/redeliver",

@@ -264,3 +264,10 @@ async def test_a_dead_notice_can_be_redelivered(journal, clock):
     assert [r.notice.id for r in await journal.claim_notices("A", now + 100, 30)] == ["evt_1"]
     assert [r.notice.id for r in await journal.notices("delivered")] == ["evt_2"]
     assert (await journal.outbox_stats()).dead == 0
+
+
+async def test_one_clients_pending_notice_never_holds_back_anothers(journal, clock):
+    now = clock.now()
+    theirs = Notice("evt_o1", "ops", "rc_x", "refund.succeeded", now, "{}")
+    await journal.add_notices((theirs, _notice("1", "rc_x", now)))
+    assert sorted(r.notice.id for r in await journal.claim_notices("A", now, 30)) == ["evt_1", "evt_o1"]
