@@ -481,6 +481,15 @@ class LoggingConfig(_Model):
     success_sample: float = Field(0.01, ge=0, le=1)
 
 
+class PoolConfig(_Model):
+    """A prefunded pool of coins (SPEC 20): the credits of users in ``countries`` draw on it."""
+
+    name: Name
+    countries: Annotated[list[CountryCode], Field(min_length=1)]
+    target_coins: int = Field(0, ge=0, le=10**15)
+    low_water_coins: int = Field(0, ge=0, le=10**15)
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -494,6 +503,11 @@ class Config(_Model):
     limits: LimitsConfig = LimitsConfig()
     refunds: RefundsConfig = RefundsConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    pools: list[PoolConfig] = Field(default_factory=list, max_length=200)
+    pool_rebalance_interval_s: float = Field(1800.0, gt=0, le=7 * 86_400)
+
+    def pool_of(self, country: str) -> str | None:
+        return next((p.name for p in self.pools if country in p.countries), None)
 
     def channel(self, name: str) -> ChannelConfig | None:
         return next((c for c in self.channels if c.name == name), None)
@@ -549,6 +563,20 @@ def reference_errors(doc: Any) -> list[tuple[str, str]]:
             names.setdefault(name, i)
         if isinstance(key, str):
             keys.setdefault(key, i)
+    pool_names: dict[str, int] = {}
+    pool_countries: dict[str, int] = {}
+    for i, pool in enumerate(_items(doc.get("pools"))):
+        name = pool.get("name")
+        if isinstance(name, str):
+            if name in pool_names:
+                errors.append((f"pools[{i}].name", f"duplicate pool name {name!r} (also pools[{pool_names[name]}])"))
+            pool_names.setdefault(name, i)
+        for j, country in enumerate(pool.get("countries") or []):
+            if isinstance(country, str) and country in pool_countries:
+                errors.append((f"pools[{i}].countries[{j}]",
+                               f"{country} is served by pools[{pool_countries[country]}] already"))
+            if isinstance(country, str):
+                pool_countries.setdefault(country, i)
     routing = doc.get("routing") if isinstance(doc.get("routing"), dict) else {}
     for i, rule in enumerate(_items(routing.get("rules"))):
         for j, name in enumerate(rule.get("channels") or []):

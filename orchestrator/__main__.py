@@ -5,6 +5,7 @@
     orchestrator simulate --config FILE [--port N]
     orchestrator demo [--duration S] [--rate N] [--plain]
     orchestrator audit verify [--db URL | --config FILE]
+    orchestrator ledger verify [--db URL | --config FILE]
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -53,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     verify = audit_sub.add_parser("verify", help="check the whole chain; name the first broken entry")
     verify.add_argument("--db", help="storage URL (default: the config's storage.url)")
     verify.add_argument("--config", default="config/orchestrator.example.yaml", help="config whose storage to use")
+
+    ledger = sub.add_parser("ledger", help="the double-entry ledger of coins")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    lverify = ledger_sub.add_parser("verify", help="replay every transfer: balances, sums, zero total, audit chain")
+    lverify.add_argument("--db", help="storage URL (default: the config's storage.url)")
+    lverify.add_argument("--config", default="config/orchestrator.example.yaml", help="config whose storage to use")
 
     sim = sub.add_parser("simulate", help="run the provider simulator")
     sim.add_argument("--config", required=True, help="simulator YAML config")
@@ -117,39 +125,50 @@ def _serve(args: argparse.Namespace) -> int:
     return uvloop.run(run_alone(loaded, args.config, overrides))
 
 
-def _audit_verify(args: argparse.Namespace) -> int:
+def _storage_url(args: argparse.Namespace) -> str | None:
     from config import ConfigError, load_file
 
-    url = args.db
+    if args.db is not None:
+        return str(args.db)
+    try:
+        return load_file(args.config).config.storage.url
+    except ConfigError as exc:
+        print("\n".join(exc.lines()), file=sys.stderr)
+        return None
+
+
+async def _with_journal(url: str, check: Any) -> int:
+    """Open the journal at ``url`` (migrating it, as any start does), run ``check``, close."""
+    from orchestrator.journal import JournalError, open_journal
+
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        from orchestrator.journal import path_from_url
+
+        if not Path(path_from_url(url)).exists():
+            print(f"no journal at {url}", file=sys.stderr)
+            return 1
+    journal = open_journal(url)
+    try:
+        await journal.open()
+        return int(await check(journal))
+    except JournalError as exc:
+        print(f"cannot read the journal: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await journal.close()
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    url = _storage_url(args)
     if url is None:
-        try:
-            url = load_file(args.config).config.storage.url
-        except ConfigError as exc:
-            print("\n".join(exc.lines()), file=sys.stderr)
-            return 1
+        return 1
 
-    async def run() -> int:
+    async def check(journal: Any) -> int:
         from orchestrator.audit import verify_rows
-        from orchestrator.journal import JournalError, open_journal
 
-        if url.startswith("sqlite:///"):
-            from pathlib import Path
-
-            from orchestrator.journal import path_from_url
-
-            if not Path(path_from_url(url)).exists():
-                print(f"no journal at {url}", file=sys.stderr)
-                return 1
-        journal = open_journal(url)
-        try:
-            await journal.open()
-            rows = await journal.audit_rows()  # type: ignore[attr-defined]
-        except JournalError as exc:
-            print(f"cannot read the journal: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            await journal.close()
-        report = verify_rows(rows)
+        report = verify_rows(await journal.audit_rows())
         if report.ok:
             print(f"audit chain intact: {report.entries} entries verified")
             return 0
@@ -157,7 +176,29 @@ def _audit_verify(args: argparse.Namespace) -> int:
               f"({report.entries - 1} entries before it verified)")
         return 1
 
-    return asyncio.run(run())
+    return asyncio.run(_with_journal(url, check))
+
+
+def _ledger_verify(args: argparse.Namespace) -> int:
+    url = _storage_url(args)
+    if url is None:
+        return 1
+
+    async def check(journal: Any) -> int:
+        from orchestrator.ledger_check import verify_ledger
+
+        report = await verify_ledger(journal)
+        if report.problem is not None:
+            print(f"ledger INCONSISTENT: {report.problem}")
+        else:
+            print(f"ledger balanced: {report.transfers} transfers, {report.accounts} accounts, sums to 0")
+        if report.audit_problem is not None:
+            print(f"audit chain BROKEN at {report.audit_problem}")
+        else:
+            print(f"audit chain intact: {report.audit_entries} entries verified")
+        return 0 if report.ok else 1
+
+    return asyncio.run(_with_journal(url, check))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_worker(args)
     if args.command == "audit":
         return _audit_verify(args)
+    if args.command == "ledger":
+        return _ledger_verify(args)
     if args.command == "simulate":
         from channels.simulator import main as simulate
 

@@ -33,7 +33,8 @@ from orchestrator.launch import ROOT, Child, free_port
 
 __all__ = ["main"]
 
-FRONT_KEY = "front-web-demo-key"  # the example config's demo key (stored there as a hash)
+FRONT_KEY = "front-web-demo-key"  # the example config's demo keys (stored there as hashes)
+SRE_KEY = "sre-demo-key"
 NOTIFY_SECRET = "whsec_demo_front_web_notifications"
 REFUND_EVERY = 40  # one succeeded recharge in this many is refunded (every other one in part)
 DISPUTES = 9  # disputes opened at the provider: a third won, a third lost, a third left open
@@ -94,6 +95,8 @@ class Demo:
             ch["base_url"] = f"http://127.0.0.1:{sim_port}/{ch['name']}"
         orch_doc["server"]["port"] = orch_port
         orch_doc["storage"]["url"] = f"sqlite:///{self.dir / 'orchestrator.db'}"
+        # Rebalanced a few times in the run, to watch the pools follow demand.
+        orch_doc["pool_rebalance_interval_s"] = max(5.0, self.duration / 4)
         receiver_port = free_port()
         for client in orch_doc["clients"]:
             if client["name"] == "front-web":
@@ -124,6 +127,7 @@ class Demo:
             await asyncio.gather(self.sim.wait_ready(), self.receiver.wait_ready())
             self.orch.start()
             await self.orch.wait_ready()
+            await self._fund_pools()
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400)) as session:
                 self.started = time.monotonic()
                 view = asyncio.create_task(self._view())
@@ -140,7 +144,8 @@ class Demo:
                     await asyncio.gather(view, watch, return_exceptions=True)
                 report = await self._verify(session)
                 notified = await self._notified(session)
-            return self._summary(report, notified)
+                pools = await self._pools(session)
+            return self._summary(report, notified, pools)
         finally:
             for child in (self.orch, self.receiver, self.sim):
                 child.stop()
@@ -189,6 +194,22 @@ class Demo:
             self.tally.sold.append(rec)
             if n % REFUND_EVERY == 0:
                 await self._refund(session, rec, None if n % (2 * REFUND_EVERY) == 0 else rec["amount_minor"] // 3)
+
+    async def _fund_pools(self) -> None:
+        """Partners deposit each pool's target (as they would, from their pre-deposit funds)."""
+        assert self.orch is not None
+        doc = yaml.safe_load((self.dir / "orchestrator.yaml").read_text())
+        async with aiohttp.ClientSession() as session:
+            for pool in doc.get("pools", []):
+                async with session.post(f"{self.orch.url}/v1/admin/pools/{pool['name']}/deposits",
+                                        json={"coins": pool["target_coins"], "reference": f"demo-{pool['name']}"},
+                                        headers={"Authorization": f"Bearer {SRE_KEY}"}) as r:
+                    r.raise_for_status()
+
+    async def _pools(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
+        assert self.orch is not None
+        async with session.get(f"{self.orch.url}/v1/admin/pools", headers={"Authorization": f"Bearer {SRE_KEY}"}) as r:
+            return list((await r.json())["pools"])
 
     async def _refund(self, session: aiohttp.ClientSession, rec: dict[str, Any], amount: int | None) -> None:
         """A support agent refunds a recharge, in part or whole (the front service's call)."""
@@ -364,7 +385,8 @@ class Demo:
         events = "\n".join(self.events) or "(the outage comes a third of the way in)"
         return Group(Panel(head, title="recharge orchestrator demo"), table, Panel(events, title="events"))
 
-    def _summary(self, report: Report, notified: tuple[int, int, int, list[str]]) -> int:
+    def _summary(self, report: Report, notified: tuple[int, int, int, list[str]],
+                 pools: list[dict[str, Any]]) -> int:
         t = self.tally
         written, received, deliveries, missing = notified
         ok = report.ok and t.answered == t.sent and not missing
@@ -380,7 +402,11 @@ class Demo:
             f"wallet credits {report.credits}",
             f"failovers seen by clients: {t.failovers}; client errors: {dict(t.errors) or 'none'}",
             f"refunds: {dict(t.refunds) or 'none'}; disputes opened at the providers: {dict(t.disputes) or 'none'}",
-            "exactly-once check (simulator ledger vs journal and wallets, refunds and disputes included): "
+            "coin pools (coins now, target, demand over the last interval): " + ", ".join(
+                f"{p['name']} {p['balance']:,} ({p['target_coins'] if p['target_coins'] is not None else '-'}, "
+                f"{p['demand']:,})" for p in pools),
+            "exactly-once check (simulator ledger vs journal, wallets and the coin ledger, refunds and disputes "
+            "included): "
             + ("PASSED: every recharge charged at most once, every success credited exactly once"
                if report.ok else "FAILED"),
         ]

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from orchestrator.clock import month_of
 
-__all__ = ["Facts", "LedgerPayment", "Report", "SqliteFile", "check", "check_facts", "facts_of"]
+__all__ = ["Facts", "LedgerPayment", "Report", "SqliteFile", "check", "check_facts", "facts_of", "ledger_violations"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +54,9 @@ class Facts:
     ``attempts``: (reference, recharge id, channel, state); ``credits``: (recharge id,
     user, coins); ``wallets``: (user, balance, sum of its entries, frozen);
     ``refunds``: (id, recharge id, amount_minor, coins, status); ``disputes``: (recharge id,
-    status, coins); ``moves``: every wallet entry that is not a credit (recharge id, kind,
-    ref, coins)."""
+    status, coins); ``moves``: every wallet transfer that is not a credit (recharge id, kind,
+    ref, coins into the wallet); ``accounts``: every ledger account (account, balance, what
+    its transfers sum to)."""
 
     recharges: list[tuple[Any, ...]]
     attempts: list[tuple[Any, ...]]
@@ -64,22 +65,33 @@ class Facts:
     refunds: list[tuple[Any, ...]] = field(default_factory=list)
     disputes: list[tuple[Any, ...]] = field(default_factory=list)
     moves: list[tuple[Any, ...]] = field(default_factory=list)
+    accounts: list[tuple[Any, ...]] = field(default_factory=list)  # (account, balance, sum of its transfers)
+
+
+# Each account with what its transfers sum to: one pass over the transfers, not one per account.
+_ACCOUNTS = (
+    "SELECT a.account, a.balance, COALESCE(t.total, 0), a.frozen FROM accounts a LEFT JOIN ("
+    "SELECT account, SUM(coins) AS total FROM (SELECT credit AS account, coins FROM transfers "
+    "UNION ALL SELECT debit AS account, -coins FROM transfers) moves GROUP BY account) t ON t.account = a.account"
+)
 
 
 async def facts_of(journal: _Queryable) -> Facts:
     """The facts of a SQL journal (or of its file, read from outside)."""
+    accounts = await journal.query(_ACCOUNTS)
     return Facts(
         recharges=await journal.query(
             "SELECT id, status, coins + bonus_coins, user_id, channel, reason, client, idempotency_key, amount_minor, "
             "currency FROM recharges"),
         attempts=await journal.query("SELECT reference, recharge_id, channel, state FROM attempts"),
-        credits=await journal.query("SELECT recharge_id, user_id, coins FROM wallet_entries WHERE kind = 'credit'"),
-        wallets=await journal.query(
-            "SELECT w.user_id, w.coins, COALESCE((SELECT SUM(e.coins) FROM wallet_entries e "
-            "WHERE e.user_id = w.user_id), 0), w.frozen FROM wallets w"),
+        credits=await journal.query("SELECT recharge_id, substr(credit, 8), coins FROM transfers WHERE kind = 'credit'"),
+        wallets=[(a[7:], balance, total, frozen) for a, balance, total, frozen in accounts if a.startswith("wallet:")],
         refunds=await journal.query("SELECT id, recharge_id, amount_minor, coins, status FROM refunds"),
         disputes=await journal.query("SELECT recharge_id, status, coins FROM disputes"),
-        moves=await journal.query("SELECT recharge_id, kind, ref, coins FROM wallet_entries WHERE kind != 'credit'"),
+        moves=await journal.query(
+            "SELECT recharge_id, kind, ref, CASE WHEN credit LIKE 'wallet:%' THEN coins ELSE -coins END FROM transfers "
+            "WHERE kind NOT IN ('credit', 'deposit', 'rebalance')"),
+        accounts=[(a, balance, total) for a, balance, total, _ in accounts],
     )
 
 
@@ -153,6 +165,7 @@ def check_facts(facts: Facts, ledger: Iterable[LedgerPayment], *, settled: bool 
         if coins != total:
             v.append(f"wallet {user} holds {coins} coins but its entries sum to {total}")
     v += _after_sale(facts, recharges, credits, kept)
+    v += ledger_violations(facts.accounts)
 
     return Report(
         recharges=len(recharges),
@@ -214,6 +227,19 @@ def _after_sale(facts: Facts, recharges: dict[str, tuple[Any, ...]], credits: di
     for user, _, _, *held in facts.wallets:
         if held and held[0] != frozen[user]:
             v.append(f"wallet {user} has {held[0]} coins frozen, its open disputes {frozen[user]}")
+    return v
+
+
+def ledger_violations(accounts: Iterable[tuple[Any, ...]]) -> list[str]:
+    """SPEC 20: every account's balance is what its transfers sum to, and the ledger sums to
+    zero (every coin a wallet or a pool holds came from issuance)."""
+    v, total = [], 0
+    for account, balance, summed in accounts:
+        total += balance
+        if balance != summed:
+            v.append(f"account {account} holds {balance} coins but its transfers sum to {summed}")
+    if total != 0:
+        v.append(f"the ledger sums to {total}, not 0")
     return v
 
 

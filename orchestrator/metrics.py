@@ -103,6 +103,13 @@ class Metrics:
         self.notifications_oldest_age = Gauge("orchestrator_notifications_oldest_pending_age_seconds",
                                               "Age of the oldest notice not yet delivered", registry=r)
 
+        # Coin pools (SPEC 20), read from the ledger every few seconds.
+        self.pool_coins = Gauge("orchestrator_pool_coins", "Coins a pool holds", ["pool"], registry=r)
+        self.pool_low = Gauge("orchestrator_pool_below_low_water", "1 while a pool holds less than its "
+                              "low_water_coins", ["pool"], registry=r)
+        self.pool_rebalances = Counter("orchestrator_pool_rebalances", "Rebalancing passes that moved coins",
+                                       registry=r)
+
     def routed(self, rule: str, strategy: str, first_choice: str) -> None:
         self._child(self.routing_decisions, rule, strategy, first_choice).inc()
 

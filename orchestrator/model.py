@@ -34,6 +34,11 @@ __all__ = [
     "Refund",
     "RefundStatus",
     "refund_coins",
+    "DEFAULT_POOL",
+    "ISSUANCE",
+    "Transfer",
+    "pool_account",
+    "wallet_account",
 ]
 
 
@@ -184,10 +189,15 @@ class TrailEntry:
 
 @dataclass(frozen=True, slots=True)
 class Credit:
+    """The coins of a succeeded recharge, drawn from ``pool`` (the pool serving the user's
+    country; the store falls back to the fullest pool when it is short, and None is the
+    default pool of a config without pools)."""
+
     recharge_id: str
     user_id: str
     coins: int
     at: float
+    pool: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,3 +334,36 @@ def refund_coins(total_coins: int, amount_minor: int, recharge_minor: int, refun
     take back exactly its coins and never more."""
     after = total_coins * (refunded_minor + amount_minor) // recharge_minor
     return max(0, min(after, total_coins) - refunded_coins)
+
+
+# -- the double-entry ledger (SPEC 20) ---------------------------------------------------------
+
+ISSUANCE = "issuance"  # where deposited coins come from: its balance is minus all coins issued
+DEFAULT_POOL = "default"  # the pool of a config that names none
+
+
+def pool_account(name: str) -> str:
+    return f"pool:{name}"
+
+
+def wallet_account(user_id: str) -> str:
+    return f"wallet:{user_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """``coins`` (> 0) move from ``debit`` to ``credit``; ``kind``: deposit, credit, refund,
+    refund_reversal, clawback or rebalance. ``ref`` names what it belongs to besides the
+    recharge (the refund, the deposit's reference); ``note`` says why a credit drew on
+    another pool than the user's (``short:<pool>``). The ledger only ever appends them."""
+
+    id: str
+    debit: str
+    credit: str
+    coins: int
+    kind: str
+    at: float
+    recharge_id: str | None = None
+    ref: str | None = None
+    note: str | None = None
+    seq: int = 0

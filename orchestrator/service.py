@@ -33,6 +33,7 @@ from config import diff as config_diff
 from orchestrator.activity import Activity
 from orchestrator.disputes import DisputeDeps
 from orchestrator.notifications import Dispatcher, Notifier
+from orchestrator.pools import PoolDeps, PoolWatch, Rebalancer
 from orchestrator.refunds import RefundDeps, RefundWorker
 from orchestrator.channel_set import ChannelFactory, ChannelSet
 from orchestrator.cluster import Refused, WorkerLink
@@ -237,6 +238,9 @@ class Service:
                                      owner=f"{self.instance_id}-{os.getpid()}-{random.getrandbits(32):08x}",
                                      rng=self.rng, clock_skew_s=loaded.config.storage.max_clock_skew_s)
         self.notifier.on_written = self.dispatcher.nudge
+        self.pools = PoolDeps(self.journal, self.clock, self.metrics, lambda: self.config.pools,
+                              lambda: self.config.pool_rebalance_interval_s)
+        self.pool_watch = PoolWatch(self.pools)
         self.recharges = RechargeDeps(self.journal, self.driver, self.pricing, self.risk, self.clock, self.metrics,
                                       self.vault, self.running, self._sync_wait_s)
 
@@ -304,6 +308,7 @@ class Service:
         if not self.history:
             self.history.append(AppliedConfig(self.loaded, self.clock.now(), "start"))
         await self.journal.open()
+        await self.journal.open_pools([p.name for p in self.config.pools], self.clock.now())
         await self.channel_set.open(self.config.channels, self.clock.now())
         for ch in self.config.channels:
             self.health.add_channel(ch.name, max_in_flight=ch.max_in_flight,
@@ -336,6 +341,8 @@ class Service:
             # After the sale: refunds still pending, and the outbox (both shared by every instance).
             self._tasks.append(loop.create_task(RefundWorker(self.refunds).run_forever()))
             self._tasks.append(loop.create_task(self.dispatcher.run_forever()))
+            self._tasks.append(loop.create_task(Rebalancer(self.pools).run_forever()))
+            self._tasks.append(loop.create_task(self.pool_watch.run_forever()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -367,6 +374,7 @@ class Service:
             now = self.clock.now()
             fresh = self._fresh_channels(new)
             await self.channel_set.record(new.config.channels, now)
+            await self.journal.open_pools([p.name for p in new.config.pools], now)
             # -- the swap: no awaits from here to the end of the block --------------------
             self.channel_set.swap(new.config.channels, fresh, now)
             self.health.sync({c.name: c.max_in_flight for c in new.config.channels},

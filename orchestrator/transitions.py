@@ -99,6 +99,14 @@ class RunSettings:
     # How far two instances' clocks may disagree: a late check another instance runs
     # must still come late_capture_check_s after the close, whatever its clock says.
     clock_skew_s: float = 0.0
+    # (country, pool): the pool each country's credits draw on (SPEC 20); none: any pool.
+    pools: tuple[tuple[str, str], ...] = ()
+
+    def pool_for(self, country: str) -> str | None:
+        for c, pool in self.pools:
+            if c == country:
+                return pool
+        return None
 
     @classmethod
     def from_config(cls, cfg: Any, version: str) -> RunSettings:
@@ -115,6 +123,7 @@ class RunSettings:
             late_capture_check_s=r.inquiry.late_capture_check_s,
             log_success_sample=cfg.logging.success_sample,
             clock_skew_s=cfg.storage.max_clock_skew_s,
+            pools=tuple((c, p.name) for p in cfg.pools for c in p.countries),
         )
 
 
@@ -321,7 +330,8 @@ def _on_capture(rec: Recharge, att: Attempt, result: ChannelResult, now: float, 
              TrailEntry(rec.id, now, "credited", RechargeStatus.SUCCEEDED.value, att.reference, att.channel,
                         {"coins": total}))
     return Step(rec.id, now, status=RechargeStatus.SUCCEEDED, expect_status=NONTERMINAL, channel=att.channel,
-                attempt=done, expect_attempt=frozenset({att.state}), credit=Credit(rec.id, rec.user_id, total, now),
+                attempt=done, expect_attempt=frozenset({att.state}),
+                credit=Credit(rec.id, rec.user_id, total, now, s.pool_for(rec.country)),
                 event=event, trail=trail, follow_up=_follow_up_change(rec, done, True, now))
 
 

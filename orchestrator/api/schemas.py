@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from config import exponent, is_known
 from orchestrator.api.errors import ApiError
 
-__all__ = ["InstrumentIn", "RechargeIn", "RefundIn", "validate"]
+__all__ = ["DepositIn", "InstrumentIn", "RechargeIn", "RefundIn", "validate"]
 
 _Printable = r"^[\x21-\x7e]+$"
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
@@ -120,6 +120,13 @@ class RefundIn(_Strict):
 
     amount_minor: int = Field(None, gt=0, le=10**12)  # type: ignore[assignment]
     reason: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+
+
+class DepositIn(_Strict):
+    """Coins into a pool, idempotent by ``reference`` (a partner's transfer id, say)."""
+
+    coins: int = Field(gt=0, le=10**15)
+    reference: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_Printable)]
 
 
 def validate(model: type[_Strict], data: Any) -> Any:

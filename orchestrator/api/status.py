@@ -40,6 +40,7 @@ def status_view(svc: Any) -> dict[str, Any]:
         "window_s": activity["window_s"],
         "channels": channels,
         "notifications": svc.dispatcher.figures(),
+        "pools": svc.pool_watch.last,
     }
 
 
@@ -67,6 +68,9 @@ STATUS_HTML = """<!doctype html>
 <table id="channels"><thead><tr><th>channel</th><th>kind</th><th>state</th><th>breaker</th>
 <th>p50 ms</th><th>p99 ms</th><th>success</th><th>in flight</th><th>share</th><th></th><th>last probe</th></tr></thead>
 <tbody></tbody></table>
+<h2>Coin pools</h2>
+<table id="pools"><thead><tr><th>pool</th><th>countries</th><th>coins</th><th>target</th><th>low water</th>
+<th>demand (last interval)</th><th></th></tr></thead><tbody></tbody></table>
 <h2>Recent failovers</h2>
 <table id="failovers"><thead><tr><th>when</th><th>recharge</th><th>from</th><th>to</th><th>why</th></tr></thead>
 <tbody></tbody></table>
@@ -97,6 +101,11 @@ async function refresh() {
       <td class="num">${esc(c.in_flight ?? 0)}</td><td class="num">${(100 * c.share).toFixed(1)}%</td>
       <td style="width:120px"><div class="bar" style="width:${Math.round(100 * c.share)}%"></div></td>
       <td>${c.last_probe && c.last_probe.ok != null ? (c.last_probe.ok ? "ok" : "failed") + " " + num(c.last_probe.age_s) + "s ago" : "-"}</td></tr>`).join("");
+    document.querySelector("#pools tbody").innerHTML = (d.pools || []).map(p => `<tr data-pool="${esc(p.name)}">
+      <td>${esc(p.name)}</td><td>${esc((p.countries || []).join(" "))}</td><td class="num">${esc(p.balance)}</td>
+      <td class="num">${esc(p.target_coins ?? "-")}</td><td class="num">${esc(p.low_water_coins ?? "-")}</td>
+      <td class="num">${esc(p.demand)}</td><td>${p.low ? pill("low") : ""}</td></tr>`).join("")
+      || '<tr><td colspan="7">no pools configured</td></tr>';
     document.querySelector("#failovers tbody").innerHTML = (d.failovers.length ? d.failovers : []).map(f => `<tr>
       <td>${num(f.age_s)} s ago</td>
       <td><code>${esc(f.recharge_id)}</code></td><td>${esc(f.from)}</td><td>${esc(f.to)}</td><td>${esc(f.reason)}</td></tr>`).join("")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
+    Account,
     Journal,
     JournalError,
     KeptChannel,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PURGE_LIMIT",
+    "Account",
     "Journal",
     "JournalError",
     "KeptChannel",

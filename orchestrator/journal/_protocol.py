@@ -9,6 +9,7 @@ constraint in the store, not by process memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from orchestrator.errors import JournalError
@@ -24,10 +25,11 @@ from orchestrator.model import (
     RefundStatus,
     Step,
     TrailEntry,
+    Transfer,
 )
 
-__all__ = ["PURGE_LIMIT", "Journal", "JournalError", "KeptChannel", "NoticeRow", "OutboxStats", "QuoteRecord",
-           "RefundGuard", "UserTotals", "WalletEntry", "WalletView"]
+__all__ = ["PURGE_LIMIT", "Account", "Journal", "JournalError", "KeptChannel", "NoticeRow", "OutboxStats",
+           "QuoteRecord", "RefundGuard", "UserTotals", "WalletEntry", "WalletView"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,16 @@ class WalletView:
     coins: int
     entries: tuple[WalletEntry, ...]
     frozen_coins: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A ledger account (``pool:<name>``, ``wallet:<user>``, ``issuance``): its balance, what
+    its transfers sum to, and (a wallet) the coins open disputes hold."""
+
+    account: str
+    balance: int
+    frozen: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +333,39 @@ class Journal(Protocol):
     async def record_event(self, event: tuple[str, str], recharge_id: str, trail: tuple[TrailEntry, ...]) -> bool:
         """Record a provider event that changes nothing (with its trail), so it is not
         applied twice. False when it already was."""
+        ...
+
+    # The double-entry ledger (SPEC 20): every coin movement above is a transfer between a
+    # pool and a wallet, written with it; these are the pools' own.
+
+    async def open_pools(self, pools: Sequence[str], at: float) -> None:
+        """Make sure each pool has its account (balance 0 until a deposit)."""
+        ...
+
+    async def deposit(self, pool: str, coins: int, reference: str, at: float,
+                      trail: TrailEntry) -> tuple[str, Transfer | None]:
+        """Coins from issuance into ``pool``, idempotent by ``reference``: ("made", its
+        transfer), ("held", the transfer the reference made before), or ("conflict", None)
+        when the reference made a deposit of another pool or amount (nothing written)."""
+        ...
+
+    async def accounts(self, prefix: str = "") -> list[Account]:
+        """The accounts whose name starts with ``prefix``, by name."""
+        ...
+
+    async def transfers(self, account: str | None = None, after: int = 0, limit: int = 100) -> list[Transfer]:
+        """Transfers after the one numbered ``after`` (all, or those of ``account``), oldest first."""
+        ...
+
+    async def rebalance(self, expect: Mapping[str, int], moves: Sequence[tuple[str, str, int]], at: float,
+                        trail: TrailEntry) -> bool:
+        """Move coins between pools (``moves``: from pool, to pool, coins), in one
+        transaction, only while every pool account still holds what ``expect`` says (else
+        False, nothing written: plan again)."""
+        ...
+
+    async def pool_demand(self, since: float) -> dict[str, int]:
+        """Coins credited from each pool account at or after ``since``."""
         ...
 
     # The outbox of notifications (SPEC 19). Rows are written by ``Step.notices`` and the

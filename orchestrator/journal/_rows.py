@@ -25,6 +25,7 @@ from orchestrator.model import (
     Refund,
     RefundStatus,
     TrailEntry,
+    Transfer,
 )
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "notice_row_of",
     "refund_of",
     "refund_row",
+    "TRANSFER_COLUMNS",
+    "transfer_of",
     "RECHARGE_COLUMNS",
     "TRAIL_COLUMNS",
     "attempt_of",
@@ -148,3 +151,11 @@ def notice_row_of(row: Sequence[Any]) -> tuple[Notice, str, int, float, float, s
     body = row[5] if isinstance(row[5], str) else bytes(row[5]).decode()
     return (Notice(row[0], row[1], row[2], row[3], row[4], body), row[6], int(row[7]), row[8], row[9], row[10],
             row[11])
+
+
+TRANSFER_COLUMNS = "seq, debit, credit, coins, kind, at, recharge_id, ref, note"
+
+
+def transfer_of(row: Sequence[Any]) -> Transfer:
+    """A ledger transfer; its id is its place in the ledger (``tr_<seq>``)."""
+    return Transfer(f"tr_{row[0]}", row[1], row[2], int(row[3]), row[4], row[5], row[6], row[7], row[8], int(row[0]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from orchestrator.journal._totals import backfill
 
-__all__ = ["LEFT_OPEN", "MIGRATIONS", "REFUNDS_OWED"]
+__all__ = ["LEFT_OPEN", "LEGACY_ACCOUNTS", "LEGACY_DEPOSIT", "LEGACY_TRANSFERS", "MIGRATIONS", "REFUNDS_OWED"]
 
 # Migration 9's follow-ups of the work already journaled (both stores, word for word):
 # refunds owed, and attempts left open on finished recharges, all due at once.
@@ -17,6 +17,32 @@ LEFT_OPEN = (
     "WHERE a.state IN ('started', 'pending', 'unknown', 'void_requested') "
     "AND r.status NOT IN ('processing', 'pending') "
     "AND a.recharge_id NOT IN (SELECT recharge_id FROM follow_ups)"
+)
+
+
+# Migration 11's move of the wallet entries into the ledger (both stores, word for word).
+# pool:legacy is funded with the entries' net total (when positive), then each entry is a
+# transfer against it in its order, the pool's balance after each one counted down.
+LEGACY_DEPOSIT = (
+    "INSERT INTO transfers(debit, credit, coins, kind, ref, at, debit_after, credit_after) "
+    "SELECT 'issuance', 'pool:legacy', SUM(coins), 'deposit', 'legacy', MIN(created_at), -SUM(coins), SUM(coins) "
+    "FROM wallet_entries HAVING SUM(coins) > 0"
+)
+LEGACY_TRANSFERS = (
+    "INSERT INTO transfers(debit, credit, coins, kind, recharge_id, ref, at, debit_after, credit_after) "
+    "SELECT CASE WHEN coins > 0 THEN 'pool:legacy' ELSE 'wallet:' || user_id END, "
+    "CASE WHEN coins > 0 THEN 'wallet:' || user_id ELSE 'pool:legacy' END, ABS(coins), kind, recharge_id, ref, "
+    "created_at, CASE WHEN coins > 0 THEN funded - running ELSE balance_after END, "
+    "CASE WHEN coins > 0 THEN balance_after ELSE funded - running END FROM ("
+    "SELECT e.*, SUM(coins) OVER (ORDER BY id) AS running, "
+    "(SELECT CASE WHEN SUM(coins) > 0 THEN SUM(coins) ELSE 0 END FROM wallet_entries) AS funded "
+    "FROM wallet_entries e) legacy ORDER BY id"
+)
+LEGACY_ACCOUNTS = (
+    "INSERT INTO accounts(account, balance, frozen, updated_at) "
+    "SELECT 'wallet:' || user_id, coins, frozen, updated_at FROM wallets UNION ALL "
+    "SELECT account, SUM(coins), 0, MAX(at) FROM (SELECT credit AS account, coins, at FROM transfers "
+    "UNION ALL SELECT debit, -coins, at FROM transfers) moves WHERE account NOT LIKE 'wallet:%' GROUP BY account"
 )
 
 
@@ -258,5 +284,40 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX outbox_key ON outbox(key, seq) WHERE state = 'pending'",
         "CREATE INDEX outbox_due ON outbox(next_at) WHERE state = 'pending'",
         "CREATE INDEX outbox_state ON outbox(state, seq)",
+    ),
+    # 11: the double-entry ledger (SPEC 20). Accounts (pool:<name>, wallet:<user>, issuance) and
+    # transfers between them, each with both balances after it. Today's wallet entries become
+    # transfers against pool:legacy, which issuance first funds with their net total (LEGACY_*).
+    (
+        """CREATE TABLE accounts (
+            account TEXT PRIMARY KEY,
+            balance INTEGER NOT NULL DEFAULT 0,
+            frozen INTEGER NOT NULL DEFAULT 0 CHECK (frozen >= 0),
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE transfers (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            debit TEXT NOT NULL,
+            credit TEXT NOT NULL,
+            coins INTEGER NOT NULL CHECK (coins > 0),
+            kind TEXT NOT NULL,
+            recharge_id TEXT,
+            ref TEXT,
+            note TEXT,
+            at REAL NOT NULL,
+            debit_after INTEGER NOT NULL,
+            credit_after INTEGER NOT NULL,
+            CHECK (debit != credit)
+        )""",
+        "CREATE UNIQUE INDEX transfers_one_credit ON transfers(recharge_id) WHERE kind = 'credit'",
+        "CREATE UNIQUE INDEX transfers_ref ON transfers(kind, ref) WHERE ref IS NOT NULL",
+        "CREATE INDEX transfers_debit ON transfers(debit, seq)",
+        "CREATE INDEX transfers_credit ON transfers(credit, seq)",
+        "CREATE INDEX transfers_credit_at ON transfers(at) WHERE kind = 'credit'",
+        LEGACY_DEPOSIT,
+        LEGACY_TRANSFERS,
+        LEGACY_ACCOUNTS,
+        "DROP TABLE wallet_entries",
+        "DROP TABLE wallets",
     ),
 )

@@ -4,7 +4,7 @@ Append, never edit a shipped entry: ``schema_migrations`` records what was appli
 
 from __future__ import annotations
 
-from orchestrator.journal._schema import LEFT_OPEN, REFUNDS_OWED
+from orchestrator.journal._schema import LEFT_OPEN, LEGACY_ACCOUNTS, LEGACY_DEPOSIT, LEGACY_TRANSFERS, REFUNDS_OWED
 from orchestrator.journal._totals import backfill
 
 __all__ = ["MIGRATIONS"]
@@ -230,5 +230,40 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX outbox_key ON outbox(key, seq) WHERE state = 'pending'",
         "CREATE INDEX outbox_due ON outbox(next_at) WHERE state = 'pending'",
         "CREATE INDEX outbox_state ON outbox(state, seq)",
+    ),
+    # 11: as SQLite's 11 (SPEC 20): the double-entry ledger, accounts and the transfers between
+    # them; the wallet entries become transfers against pool:legacy, funded from issuance, by the
+    # same statements (PostgreSQL's SUM of BIGINT is NUMERIC, cast back to BIGINT on insert).
+    (
+        """CREATE TABLE accounts (
+            account TEXT PRIMARY KEY,
+            balance BIGINT NOT NULL DEFAULT 0,
+            frozen BIGINT NOT NULL DEFAULT 0 CHECK (frozen >= 0),
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE transfers (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            debit TEXT NOT NULL,
+            credit TEXT NOT NULL,
+            coins BIGINT NOT NULL CHECK (coins > 0),
+            kind TEXT NOT NULL,
+            recharge_id TEXT,
+            ref TEXT,
+            note TEXT,
+            at DOUBLE PRECISION NOT NULL,
+            debit_after BIGINT NOT NULL,
+            credit_after BIGINT NOT NULL,
+            CHECK (debit != credit)
+        )""",
+        "CREATE UNIQUE INDEX transfers_one_credit ON transfers(recharge_id) WHERE kind = 'credit'",
+        "CREATE UNIQUE INDEX transfers_ref ON transfers(kind, ref) WHERE ref IS NOT NULL",
+        "CREATE INDEX transfers_debit ON transfers(debit, seq)",
+        "CREATE INDEX transfers_credit ON transfers(credit, seq)",
+        "CREATE INDEX transfers_credit_at ON transfers(at) WHERE kind = 'credit'",
+        LEGACY_DEPOSIT,
+        LEGACY_TRANSFERS,
+        LEGACY_ACCOUNTS,
+        "DROP TABLE wallet_entries",
+        "DROP TABLE wallets",
     ),
 )

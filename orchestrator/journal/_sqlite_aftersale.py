@@ -12,29 +12,14 @@ from typing import Any
 
 from orchestrator.journal import _wire
 from orchestrator.journal._rows import DISPUTE_COLUMNS, NOTICE_COLUMNS, REFUND_COLUMNS
+from orchestrator.journal._sqlite_ledger import freeze, move, spendable
 from orchestrator.journal._sqlite_trail import insert_trail
 from orchestrator.model import Notice
 
-__all__ = ["AFTERSALE_OPS", "add_notices", "move_coins"]
+__all__ = ["AFTERSALE_OPS", "add_notices"]
 
 _REFUNDED = ("SELECT COALESCE(SUM(amount_minor), 0), COALESCE(SUM(coins), 0) FROM refunds "
              "WHERE recharge_id=? AND status != 'failed'")
-
-
-def move_coins(conn: sqlite3.Connection, user_id: str, recharge_id: str, coins: int, at: float, kind: str,
-               ref: str | None) -> None:
-    """Add ``coins`` (negative: take) to the wallet, with its entry."""
-    if coins == 0:
-        return
-    (balance,) = conn.execute(
-        "INSERT INTO wallets(user_id, coins, updated_at) VALUES (?,?,?) ON CONFLICT(user_id) DO UPDATE SET "
-        "coins=coins+excluded.coins, updated_at=excluded.updated_at RETURNING coins", (user_id, coins, at)).fetchone()
-    conn.execute("INSERT INTO wallet_entries(user_id, recharge_id, kind, ref, coins, balance_after, created_at) "
-                 "VALUES (?,?,?,?,?,?,?)", (user_id, recharge_id, kind, ref, coins, balance, at))
-
-
-def _freeze(conn: sqlite3.Connection, user_id: str, coins: int) -> None:
-    conn.execute("UPDATE wallets SET frozen=frozen+? WHERE user_id=?", (coins, user_id))
 
 
 def add_notices(conn: sqlite3.Connection, notices: Sequence[Notice] | Sequence[Sequence[Any]]) -> None:
@@ -68,12 +53,10 @@ def op_create_refund(conn: sqlite3.Connection, row: list[Any], trail: list[Any],
     if (list(conn.execute(_REFUNDED, (recharge_id,)).fetchone()) != [refunded_minor, refunded_coins]
             or (dispute_now[0] if dispute_now else None) != dispute):
         return "stale"
-    if not allow_negative:
-        wallet = conn.execute("SELECT coins - frozen FROM wallets WHERE user_id=?", (user_id,)).fetchone()
-        if (wallet[0] if wallet else 0) < coins:
-            return "insufficient_coins"
+    if not allow_negative and spendable(conn, user_id) < coins:
+        return "insufficient_coins"
     conn.execute(f"INSERT INTO refunds({REFUND_COLUMNS}) VALUES ({','.join('?' * 18)})", row)
-    move_coins(conn, user_id, recharge_id, -coins, row[13], "refund", rid)
+    move(conn, user_id, recharge_id, -coins, row[13], "refund", rid)
     insert_trail(conn, (_wire.trail(trail),))
     add_notices(conn, notices)
     return None
@@ -89,16 +72,16 @@ def op_settle_refund(conn: sqlite3.Connection, refund_id: str, status: str, at: 
     conn.execute("UPDATE refunds SET status=?, updated_at=?, error=?, next_at=NULL WHERE id=?",
                  (status, at, error, refund_id))
     if status == "failed":
-        move_coins(conn, user_id, recharge_id, coins, at, "refund_reversal", refund_id)
+        move(conn, user_id, recharge_id, coins, at, "refund_reversal", refund_id)
         dispute = conn.execute("SELECT status FROM disputes WHERE recharge_id=?", (recharge_id,)).fetchone()
         if dispute is not None and dispute[0] in ("open", "lost"):
             # The coins came back to a disputed recharge: held with the rest, or gone with it.
             conn.execute("UPDATE disputes SET coins=coins+?, updated_at=? WHERE recharge_id=?",
                          (coins, at, recharge_id))
             if dispute[0] == "open":
-                _freeze(conn, user_id, coins)
+                freeze(conn, user_id, coins, at)
             else:
-                move_coins(conn, user_id, recharge_id, -coins, at, "clawback", refund_id)
+                move(conn, user_id, recharge_id, -coins, at, "clawback", refund_id)
     insert_trail(conn, [_wire.trail(t) for t in trail])
     add_notices(conn, notices)
     return True
@@ -129,11 +112,11 @@ def op_apply_dispute(conn: sqlite3.Connection, row: list[Any], expect: str | Non
     if not _event_new(conn, event, None, f"dispute_{status}", at):
         return False
     if status == "open":
-        _freeze(conn, user_id, coins)
+        freeze(conn, user_id, coins, at)
     elif current is not None:  # open -> won or lost: what it froze is free, or gone
-        _freeze(conn, user_id, -coins)
+        freeze(conn, user_id, -coins, at)
     if status == "lost":
-        move_coins(conn, user_id, recharge_id, -coins, at, "clawback", None)
+        move(conn, user_id, recharge_id, -coins, at, "clawback", None)
     conn.execute(f"INSERT INTO disputes({DISPUTE_COLUMNS}) VALUES (?,?,?,?,?,?) ON CONFLICT(recharge_id) DO UPDATE "
                  "SET status=excluded.status, coins=excluded.coins, updated_at=excluded.updated_at", row)
     insert_trail(conn, [_wire.trail(t) for t in trail])

@@ -22,6 +22,7 @@ from orchestrator.audit import GENESIS
 from orchestrator.journal._protocol import JournalError, QuoteRecord
 from orchestrator.journal._rows import ATTEMPT_COLUMNS, RECHARGE_COLUMNS, attempt_of, attempt_row, recharge_of, \
     recharge_row
+from orchestrator.journal import _sqlite_ledger as ledger
 from orchestrator.journal._sqlite_aftersale import AFTERSALE_OPS, add_notices
 from orchestrator.journal._sqlite_trail import Rejected
 from orchestrator.journal._sqlite_trail import chain as _chain
@@ -316,20 +317,8 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
             if conn.execute(sql, params).rowcount != 1:
                 raise Rejected
     if step.credit is not None:
-        c = step.credit
-        (balance,) = conn.execute(
-            "INSERT INTO wallets(user_id, coins, updated_at) VALUES (?,?,?) "
-            "ON CONFLICT(user_id) DO UPDATE SET coins=coins+excluded.coins, updated_at=excluded.updated_at "
-            "RETURNING coins",
-            (c.user_id, c.coins, c.at),
-        ).fetchone()
-        # The unique index of credits refuses a second credit; the step's rollback takes the
-        # balance bump back with it.
-        if conn.execute(
-            "INSERT INTO wallet_entries(user_id, recharge_id, coins, balance_after, created_at) VALUES (?,?,?,?,?) "
-            "ON CONFLICT (recharge_id) WHERE kind = 'credit' DO NOTHING",
-            (c.user_id, c.recharge_id, c.coins, balance, c.at),
-        ).rowcount != 1:
+        # The credit index refuses a second credit of the recharge: the step rolls back whole.
+        if not ledger.credit(conn, step.credit):
             raise Rejected
         if succeeded is not None:
             user_id, currency, amount_minor, created_at = succeeded
@@ -467,6 +456,7 @@ WRITE_OPS: dict[str, Callable[..., Any]] = {
     "keep_channel": op_keep_channel,
     "put_quote": op_put_quote,
     **AFTERSALE_OPS,
+    **ledger.LEDGER_OPS,
 }
 
 

@@ -91,7 +91,7 @@ def enc_step(s: Step) -> list[Any]:
     return [s.recharge_id, s.at, s.status, None if s.expect_status is None else list(s.expect_status), s.channel,
             s.decline_code, s.reason, None if s.attempt is None else enc_attempt(s.attempt), s.attempt_is_new,
             None if s.expect_attempt is None else list(s.expect_attempt),
-            None if c is None else [c.recharge_id, c.user_id, c.coins, c.at], s.event,
+            None if c is None else [c.recharge_id, c.user_id, c.coins, c.at, c.pool], s.event,
             [enc_trail(t) for t in s.trail], None if s.follow_up is KEEP else [s.follow_up], s.lease,
             [enc_notice(n) for n in s.notices]]
 
@@ -103,7 +103,7 @@ def step(v: list[Any]) -> Step:
         expect_status=None if v[3] is None else frozenset(RechargeStatus(x) for x in v[3]),
         channel=v[4], decline_code=v[5], reason=v[6], attempt=None if v[7] is None else attempt(v[7]),
         attempt_is_new=v[8], expect_attempt=None if v[9] is None else frozenset(AttemptState(x) for x in v[9]),
-        credit=None if credit is None else Credit(credit[0], credit[1], credit[2], credit[3]),
+        credit=None if credit is None else Credit(credit[0], credit[1], credit[2], credit[3], credit[4]),
         event=None if v[11] is None else (v[11][0], v[11][1]),
         trail=tuple(trail(t) for t in v[12]),
         follow_up=KEEP if v[13] is None else v[13][0],

@@ -13,13 +13,14 @@ For the deterministic simulation and for tests; nothing here survives the proces
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from orchestrator.audit import GENESIS
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
+    Account,
     KeptChannel,
     NoticeRow,
     OutboxStats,
@@ -31,9 +32,12 @@ from orchestrator.journal._protocol import (
 )
 from orchestrator.journal._rows import trail_rows
 from orchestrator.model import (
+    DEFAULT_POOL,
+    ISSUANCE,
     KEEP,
     TERMINAL,
     Attempt,
+    Credit,
     Dispute,
     DisputeStatus,
     Fence,
@@ -45,7 +49,11 @@ from orchestrator.model import (
     RefundStatus,
     Step,
     TrailEntry,
+    Transfer,
+    pool_account,
+    wallet_account,
 )
+from orchestrator.journal._ledger import choose_pool
 from orchestrator.transitions import admits, reduce
 
 __all__ = ["MemoryJournal"]
@@ -76,6 +84,75 @@ class _Outboxed:
                          self.delivered_at)
 
 
+class _Ledger:
+    """The double-entry ledger in memory, as the SQL stores keep it: accounts with their
+    balance (and a wallet's frozen coins), and the transfers, appended only."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, list[int]] = {}  # account -> [balance, frozen]
+        self.transfers: list[Transfer] = []
+        self._credit_pool: dict[str, str] = {}  # recharge -> the pool its credit drew on
+        self._refs: set[tuple[str, str]] = set()
+
+    def of(self, account: str) -> tuple[int, int]:
+        held = self.accounts.get(account)
+        return (0, 0) if held is None else (held[0], held[1])
+
+    def _add(self, account: str, coins: int) -> int:
+        held = self.accounts.setdefault(account, [0, 0])
+        held[0] += coins
+        return held[0]
+
+    def transfer(self, debit: str, credit: str, coins: int, kind: str, at: float, recharge_id: str | None = None,
+                 ref: str | None = None, note: str | None = None) -> Transfer:
+        seq = len(self.transfers) + 1
+        self._add(debit, -coins)
+        self._add(credit, coins)
+        t = Transfer(f"tr_{seq}", debit, credit, coins, kind, at, recharge_id, ref, note, seq)
+        self.transfers.append(t)
+        if ref is not None:
+            self._refs.add((kind, ref))
+        return t
+
+    def credit(self, c: Credit) -> None:
+        pool, note = choose_pool(c, {a: held[0] for a, held in self.accounts.items() if a.startswith("pool:")})
+        self._credit_pool[c.recharge_id] = pool
+        self.transfer(pool, wallet_account(c.user_id), c.coins, "credit", c.at, c.recharge_id, None, note)
+
+    def move(self, user_id: str, recharge_id: str, coins: int, at: float, kind: str, ref: str | None) -> None:
+        """Coins into (> 0) or out of the wallet, against the pool the recharge's credit drew on."""
+        if coins == 0:  # as the SQL stores: a transfer moves something
+            return
+        pool = self._credit_pool.get(recharge_id, pool_account(DEFAULT_POOL))
+        wallet = wallet_account(user_id)
+        if coins > 0:
+            self.transfer(pool, wallet, coins, kind, at, recharge_id, ref)
+        else:
+            self.transfer(wallet, pool, -coins, kind, at, recharge_id, ref)
+
+    def freeze(self, user_id: str, coins: int, at: float) -> None:
+        self.accounts.setdefault(wallet_account(user_id), [0, 0])[1] += coins
+
+    def summed(self, account: str) -> int:
+        return sum(t.coins for t in self.transfers if t.credit == account) - sum(
+            t.coins for t in self.transfers if t.debit == account)
+
+    def wallet(self, user_id: str, limit: int) -> WalletView:
+        account = wallet_account(user_id)
+        balance, frozen = self.of(account)
+        entries = []
+        running = balance
+        for t in reversed(self.transfers):
+            if len(entries) >= limit:
+                break
+            if account not in (t.debit, t.credit):
+                continue
+            coins = t.coins if t.credit == account else -t.coins
+            entries.append(WalletEntry(t.recharge_id or "", coins, running, t.at, t.kind, t.ref))
+            running -= coins
+        return WalletView(user_id, balance, tuple(entries), frozen)
+
+
 @dataclass(slots=True)
 class _Lease:
     owner: str | None
@@ -91,8 +168,7 @@ class MemoryJournal:
         self._references: dict[str, str] = {}
         self._by_user: dict[str, list[str]] = {}
         self._credited: set[str] = set()
-        self._wallets: dict[str, int] = {}
-        self._entries: dict[str, list[WalletEntry]] = {}
+        self._ledger = _Ledger()
         self._events: set[tuple[str, str]] = set()
         self._trail: list[tuple[Any, ...]] = []
         self._head = GENESIS
@@ -100,7 +176,6 @@ class MemoryJournal:
         self._follow_ups: dict[str, float] = {}
         self._kept: dict[str, KeptChannel] = {}
         self._quotes: dict[str, QuoteRecord] = {}
-        self._frozen: dict[str, int] = {}
         self._refunds: dict[str, Refund] = {}
         self._refund_keys: dict[tuple[str, str], str] = {}
         self._disputes: dict[str, Dispute] = {}
@@ -170,7 +245,7 @@ class MemoryJournal:
         c = step.credit
         if c is not None:
             self._credited.add(c.recharge_id)
-            self._move(c.user_id, c.recharge_id, c.coins, c.at, "credit", None)
+            self._ledger.credit(c)
         reduce(rec, step)
         self._outbox_add(step.notices)
         if step.follow_up is not KEEP:
@@ -183,11 +258,7 @@ class MemoryJournal:
         return True
 
     def _move(self, user_id: str, recharge_id: str, coins: int, at: float, kind: str, ref: str | None) -> None:
-        if coins == 0:  # as the SQL stores: no entry moves nothing
-            return
-        balance = self._wallets.get(user_id, 0) + coins
-        self._wallets[user_id] = balance
-        self._entries.setdefault(user_id, []).append(WalletEntry(recharge_id, coins, balance, at, kind, ref))
+        self._ledger.move(user_id, recharge_id, coins, at, kind, ref)
 
     async def record(self, entry: TrailEntry) -> None:
         self._append_trail([entry])
@@ -218,9 +289,7 @@ class MemoryJournal:
         return list(self._trail)
 
     async def wallet(self, user_id: str, limit: int = 100) -> WalletView:
-        entries = self._entries.get(user_id, [])
-        return WalletView(user_id, self._wallets.get(user_id, 0), tuple(reversed(entries[-limit:])),
-                          self._frozen.get(user_id, 0))
+        return self._ledger.wallet(user_id, limit)
 
     async def user_totals(self, user_id: str, since: float) -> list[UserTotals]:
         out: dict[str, list[int]] = {}
@@ -343,7 +412,8 @@ class MemoryJournal:
         if (self._refunded(refund.recharge_id) != (guard.refunded_minor, guard.refunded_coins)
                 or (dispute.status if dispute else None) != guard.dispute):
             return "stale"
-        spendable = self._wallets.get(refund.user_id, 0) - self._frozen.get(refund.user_id, 0)
+        balance, frozen = self._ledger.of(wallet_account(refund.user_id))
+        spendable = balance - frozen
         if not guard.allow_negative and spendable < refund.coins:
             return "insufficient_coins"
         self._refunds[refund.id] = replace(refund)
@@ -367,7 +437,7 @@ class MemoryJournal:
             d = self._disputes.get(r.recharge_id)
             if d is not None and d.status is DisputeStatus.OPEN:
                 self._disputes[r.recharge_id] = replace(d, coins=d.coins + r.coins, updated_at=at)
-                self._frozen[r.user_id] = self._frozen.get(r.user_id, 0) + r.coins
+                self._ledger.freeze(r.user_id, r.coins, at)
             elif d is not None and d.status is DisputeStatus.LOST:
                 self._disputes[r.recharge_id] = replace(d, coins=d.coins + r.coins, updated_at=at)
                 self._move(r.user_id, r.recharge_id, -r.coins, at, "clawback", r.id)
@@ -412,9 +482,9 @@ class MemoryJournal:
         self._events.add(event)
         user, coins = dispute.user_id, dispute.coins
         if dispute.status is DisputeStatus.OPEN:
-            self._frozen[user] = self._frozen.get(user, 0) + coins
+            self._ledger.freeze(user, coins, dispute.updated_at)
         elif current is not None:  # open -> won or lost: what it froze is free, or gone
-            self._frozen[user] = self._frozen.get(user, 0) - coins
+            self._ledger.freeze(user, -coins, dispute.updated_at)
         if dispute.status is DisputeStatus.LOST:
             self._move(user, dispute.recharge_id, -coins, dispute.updated_at, "clawback", None)
         self._disputes[dispute.recharge_id] = dispute
@@ -428,6 +498,47 @@ class MemoryJournal:
         self._events.add(event)
         self._append_trail(list(trail))
         return True
+
+    # -- the ledger's own operations -----------------------------------------------------
+
+    async def open_pools(self, pools: Sequence[str], at: float) -> None:
+        for name in pools:
+            self._ledger.accounts.setdefault(pool_account(name), [0, 0])
+
+    async def deposit(self, pool: str, coins: int, reference: str, at: float,
+                      trail: TrailEntry) -> tuple[str, Transfer | None]:
+        held = next((t for t in self._ledger.transfers if t.kind == "deposit" and t.ref == reference), None)
+        if held is not None:
+            same = (held.credit, held.coins) == (pool_account(pool), coins)
+            return ("held", held) if same else ("conflict", None)
+        made = self._ledger.transfer(ISSUANCE, pool_account(pool), coins, "deposit", at, None, reference)
+        self._append_trail([trail])
+        return "made", made
+
+    async def accounts(self, prefix: str = "") -> list[Account]:
+        return [Account(a, bal, frozen) for a, (bal, frozen) in sorted(self._ledger.accounts.items())
+                if a.startswith(prefix)]
+
+    async def transfers(self, account: str | None = None, after: int = 0, limit: int = 100) -> list[Transfer]:
+        return [t for t in self._ledger.transfers if t.seq > after
+                and (account is None or account in (t.debit, t.credit))][:limit]
+
+    async def rebalance(self, expect: Mapping[str, int], moves: Sequence[tuple[str, str, int]], at: float,
+                        trail: TrailEntry) -> bool:
+        pools = {a: held[0] for a, held in self._ledger.accounts.items() if a.startswith("pool:")}
+        if pools != dict(expect):
+            return False
+        for source, target, coins in moves:
+            self._ledger.transfer(pool_account(source), pool_account(target), coins, "rebalance", at)
+        self._append_trail([trail])
+        return True
+
+    async def pool_demand(self, since: float) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self._ledger.transfers:
+            if t.kind == "credit" and t.at >= since:
+                out[t.debit] = out.get(t.debit, 0) + t.coins
+        return out
 
     # -- the outbox -----------------------------------------------------------------------
 
@@ -502,20 +613,19 @@ class MemoryJournal:
         """What SPEC 18's invariants are checked on (``orchestrator.invariants``)."""
         from orchestrator.invariants import Facts
 
-        sums: dict[str, int] = {}
-        for user, entries in self._entries.items():
-            sums[user] = sum(e.coins for e in entries)
+        led = self._ledger
         return Facts(
             recharges=[(r.id, r.status.value, r.coins + r.bonus_coins, r.user_id, r.channel, r.reason, r.client,
                         r.idempotency_key, r.amount_minor, r.currency) for r in self._recharges.values()],
             attempts=[(a.reference, a.recharge_id, a.channel, a.state.value)
                       for r in self._recharges.values() for a in r.attempts],
-            credits=[(e.recharge_id, user, e.coins) for user, entries in self._entries.items() for e in entries
-                     if e.kind == "credit"],
-            wallets=[(user, coins, sums.get(user, 0), self._frozen.get(user, 0))
-                     for user, coins in self._wallets.items()],
+            credits=[(t.recharge_id, t.credit.removeprefix("wallet:"), t.coins) for t in led.transfers
+                     if t.kind == "credit"],
+            wallets=[(a.removeprefix("wallet:"), bal, led.summed(a), frozen) for a, (bal, frozen) in led.accounts.items()
+                     if a.startswith("wallet:")],
             refunds=[(r.id, r.recharge_id, r.amount_minor, r.coins, r.status.value) for r in self._refunds.values()],
             disputes=[(d.recharge_id, d.status.value, d.coins) for d in self._disputes.values()],
-            moves=[(e.recharge_id, e.kind, e.ref, e.coins) for entries in self._entries.values() for e in entries
-                   if e.kind != "credit"],
+            moves=[(t.recharge_id, t.kind, t.ref, t.coins if t.credit.startswith("wallet:") else -t.coins)
+                   for t in led.transfers if t.kind not in ("credit", "deposit", "rebalance")],
+            accounts=[(a, bal, led.summed(a)) for a, (bal, _) in led.accounts.items()],
         )

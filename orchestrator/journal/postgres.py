@@ -11,14 +11,16 @@ constraint or a row lock in the database (the status guard is an ``UPDATE ... WH
 status = ANY(...)``, re-checked by PostgreSQL on the newest row version; a guard without
 an update locks the row), never a check in process memory. So are the guards of the
 refunds, disputes and outbox (SPEC 19): they lock the recharge's row, and claims take
-rows with ``FOR UPDATE SKIP LOCKED``.
+rows with ``FOR UPDATE SKIP LOCKED``. And so are the ledger's (SPEC 20): a second credit of
+a recharge is refused by a unique index, a deposit's reference by another, and every
+transfer takes its two accounts' rows in the order of their names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -26,8 +28,10 @@ import orjson
 import structlog
 
 from orchestrator.audit import GENESIS
+from orchestrator.journal._ledger import choose_pool
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
+    Account,
     JournalError,
     KeptChannel,
     NoticeRow,
@@ -39,6 +43,8 @@ from orchestrator.journal._protocol import (
     WalletView,
 )
 from orchestrator.journal._rows import (
+    TRANSFER_COLUMNS,
+    transfer_of,
     ATTEMPT_COLUMNS,
     DISPUTE_COLUMNS,
     NOTICE_COLUMNS,
@@ -61,8 +67,11 @@ from orchestrator.journal._schema_pg import MIGRATIONS
 from orchestrator.clock import month_of
 from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, totals_since
 from orchestrator.model import (
+    DEFAULT_POOL,
+    ISSUANCE,
     KEEP,
     Attempt,
+    Credit,
     Dispute,
     DisputeStatus,
     Fence,
@@ -74,6 +83,9 @@ from orchestrator.model import (
     RefundStatus,
     Step,
     TrailEntry,
+    Transfer,
+    pool_account,
+    wallet_account,
 )
 
 __all__ = ["PostgresJournal"]
@@ -97,7 +109,11 @@ Op = Callable[[asyncpg.Connection], Awaitable[Any]]
 
 
 class _Rejected(Exception):
-    """A step's guard failed: roll back its savepoint and answer False."""
+    """A step's guard failed: roll back its savepoint and answer ``answer`` (False)."""
+
+    def __init__(self, answer: Any = False) -> None:
+        super().__init__()
+        self.answer = answer
 
 
 class _Item:
@@ -204,10 +220,10 @@ class _Writer:
         head = _HEADS.get(id(conn), GENESIS)
         try:
             value = await item.op(conn)
-        except _Rejected:
+        except _Rejected as exc:
             await conn.execute("ROLLBACK TO SAVEPOINT step")
             _HEADS[id(conn)] = head
-            return (item, False, None), False
+            return (item, exc.answer, None), False
         except _TRANSIENT as exc:
             await conn.execute("ROLLBACK TO SAVEPOINT step")
             _HEADS[id(conn)] = head
@@ -544,12 +560,9 @@ class PostgresJournal:
 
     async def wallet(self, user_id: str, limit: int = 100) -> WalletView:
         async def fn(conn: asyncpg.Connection) -> WalletView:
-            row = await conn.fetchrow("SELECT coins, frozen FROM wallets WHERE user_id=$1", user_id)
-            entries = await conn.fetch(
-                "SELECT recharge_id, coins, balance_after, created_at, kind, ref FROM wallet_entries "
-                "WHERE user_id=$1 ORDER BY id DESC LIMIT $2",
-                user_id, limit,
-            )
+            account = wallet_account(user_id)
+            row = await conn.fetchrow("SELECT balance, frozen FROM accounts WHERE account=$1", account)
+            entries = await conn.fetch(_WALLET_ENTRIES, account, limit)
             return WalletView(user_id, row[0] if row else 0, tuple(WalletEntry(*e) for e in entries),
                               row[1] if row else 0)
 
@@ -606,6 +619,36 @@ class PostgresJournal:
         if row is None:
             return None
         return QuoteRecord(row[0], row[1], row[2], row[3], orjson.loads(row[4]), row[5], row[6])
+
+    # -- the ledger's own operations (SPEC 20; the ops are below, after the SQL) --------
+
+    async def open_pools(self, pools: Sequence[str], at: float) -> None:
+        await self._write(lambda conn: conn.execute(_OPEN_POOLS, sorted(pool_account(p) for p in pools), float(at)))
+
+    async def deposit(self, pool: str, coins: int, reference: str, at: float,
+                      trail: TrailEntry) -> tuple[str, Transfer | None]:
+        kind, row = await self._write(lambda conn: _deposit(conn, pool, coins, reference, float(at), trail))
+        return kind, None if row is None else transfer_of(row)
+
+    async def accounts(self, prefix: str = "") -> list[Account]:
+        sql, args = _accounts_of(prefix)
+        rows = await self._read(lambda conn: conn.fetch(sql + _BY_NAME, *args))
+        return [Account(r[0], int(r[1]), int(r[2])) for r in rows]
+
+    async def transfers(self, account: str | None = None, after: int = 0, limit: int = 100) -> list[Transfer]:
+        if account is None:
+            rows = await self._read(lambda conn: conn.fetch(_TRANSFERS, after, limit))
+        else:
+            rows = await self._read(lambda conn: conn.fetch(_TRANSFERS_OF, account, after, limit))
+        return [transfer_of(r) for r in rows]
+
+    async def rebalance(self, expect: Mapping[str, int], moves: Sequence[tuple[str, str, int]], at: float,
+                        trail: TrailEntry) -> bool:
+        return bool(await self._write(lambda conn: _rebalance(conn, dict(expect), list(moves), float(at), trail)))
+
+    async def pool_demand(self, since: float) -> dict[str, int]:
+        rows = await self._read(lambda conn: conn.fetch(_POOL_DEMAND, float(since)))
+        return {r[0]: int(r[1]) for r in rows}
 
     # -- refunds and disputes (SPEC 19; the ops are below, after the SQL) ---------------
 
@@ -807,27 +850,6 @@ _UPDATE_ATTEMPT = (
     "latency_ms=COALESCE($5, latency_ms), updated_at=$6, late_check_at=$9 "
     "WHERE reference=$7 AND ($8::text[] IS NULL OR state = ANY($8::text[]))"
 )
-# $2 coins (negative: taken) into $1's wallet at $3, for recharge $4. The upsert's lock on the
-# wallet row serializes one user's movements across instances.
-_ADD_COINS = (
-    "WITH w AS ("
-    " INSERT INTO wallets(user_id, coins, updated_at) VALUES ($1, $2, $3)"
-    " ON CONFLICT (user_id) DO UPDATE SET coins = wallets.coins + excluded.coins, updated_at = excluded.updated_at"
-    " RETURNING coins) "
-)
-# The unique index of credits refuses a second credit, and the savepoint takes the bump back.
-_CREDIT = _ADD_COINS + (
-    "INSERT INTO wallet_entries(user_id, recharge_id, coins, balance_after, created_at) "
-    "SELECT $1, $4, $2, w.coins, $3 FROM w ON CONFLICT (recharge_id) WHERE kind = 'credit' DO NOTHING "
-    "RETURNING balance_after"
-)
-# Any other movement, of kind $5 for refund $6 (see ``WalletEntry``).
-_MOVE_COINS = _ADD_COINS + (
-    "INSERT INTO wallet_entries(user_id, recharge_id, kind, ref, coins, balance_after, created_at) "
-    "SELECT $1, $4, $5, $6, $2, w.coins, $3 FROM w"
-)
-
-
 async def _load_many(conn: asyncpg.Connection, ids: list[str]) -> list[Recharge]:
     """The recharges ``ids`` with their attempts, in the order given (missing ones left out)."""
     if not ids:
@@ -902,8 +924,8 @@ async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
     if step.attempt is not None:
         await _write_attempt(conn, step)
     if step.credit is not None:
-        c = step.credit
-        if await conn.fetchval(_CREDIT, c.user_id, c.coins, float(c.at), c.recharge_id) is None:
+        # The credit index refuses a second credit of the recharge: the step rolls back whole.
+        if not await _credit(conn, step.credit):
             raise _Rejected
         if succeeded is not None:
             await conn.execute(_ADD_TO_TOTALS, succeeded[0], succeeded[1], succeeded[2], month_of(succeeded[3]))
@@ -969,20 +991,160 @@ _PURGE_QUOTES = (
 )
 
 
+# -- the double-entry ledger (SPEC 20) ------------------------------------------------
+#
+# A transfer is one statement: one upsert moves both accounts' balances (making a missing
+# account), taking their rows in the order of their names, and the row is appended with both
+# balances after it. Every op that moves coins locks accounts in that one order (a pool's
+# name sorts before a wallet's), so transactions crediting one pool wait for each other and
+# never deadlock. (Each batch first locks the audit head too, so instances' batches already
+# run one after another, and a transfer's seq is in commit order.)
+
+_MOVE = (
+    "WITH moved AS (INSERT INTO accounts AS a(account, balance, updated_at) SELECT account, delta, $8::float8 "
+    "FROM (VALUES ($1::text, -$3::bigint), ($2::text, $3::bigint)) v(account, delta) ORDER BY account ON CONFLICT (account) DO UPDATE SET balance = a.balance + excluded.balance, "
+    "updated_at = excluded.updated_at RETURNING account, balance) "
+    "INSERT INTO transfers(debit, credit, coins, kind, recharge_id, ref, note, at, debit_after, credit_after) "
+    "SELECT $1, $2, $3, $4::text, $5::text, $6::text, $7::text, $8, d.balance, c.balance FROM moved d, moved c "
+    "WHERE d.account = $1 AND c.account = $2 "
+)
+_TRANSFER = _MOVE + "RETURNING seq"
+# A second credit of a recharge, or deposit of a reference, inserts nothing (another instance's
+# is waited for): the savepoint takes the balances' move back.
+_CREDIT = _MOVE + "ON CONFLICT (recharge_id) WHERE kind = 'credit' DO NOTHING RETURNING seq"
+_DEPOSIT = _MOVE + f"ON CONFLICT (kind, ref) WHERE ref IS NOT NULL DO NOTHING RETURNING {TRANSFER_COLUMNS}"
+_DEPOSIT_HELD = f"SELECT {TRANSFER_COLUMNS} FROM transfers WHERE kind = 'deposit' AND ref = $1"
+# The pool a recharge's credit drew on (along transfers_one_credit).
+_CREDIT_POOL = "SELECT debit FROM transfers WHERE kind = 'credit' AND recharge_id = $1"
+# Accounts by name prefix: along the primary key between two bounds ($2, $3), starts_with
+# keeping exactly the prefix's. The bounds are made of letters, because punctuation sorts
+# differently by collation (ICU puts ';' before ':'), letters the same in every one.
+_ACCOUNTS = "SELECT account, balance, frozen FROM accounts WHERE starts_with(account, $1)"
+_BETWEEN = " AND account >= $2 AND account < $3"
+_BY_NAME = ' ORDER BY account COLLATE "C"'  # as Python sorts them (the memory store)
+_POOLS = ("pool:", "pool", "poom")
+_LOCK_ACCOUNTS = ("SELECT account, balance - frozen FROM accounts WHERE account = ANY($1::text[]) ORDER BY account "
+                  "FOR NO KEY UPDATE")
+# A wallet's frozen coins. A wallet not yet made is made holding them: not by one upsert,
+# whose CHECK judges the row it proposes too (frozen minus what is freed, below zero).
+_FREEZE = "UPDATE accounts SET frozen = frozen + $2 WHERE account = $1"
+_FREEZE_NEW = ("INSERT INTO accounts AS a(account, balance, frozen, updated_at) VALUES ($1, 0, $2, $3) "
+               "ON CONFLICT (account) DO UPDATE SET frozen = a.frozen + excluded.frozen")
+_OPEN_POOLS = ("INSERT INTO accounts(account, balance, updated_at) SELECT account, 0, $2::float8 "
+               "FROM unnest($1::text[]) AS p(account) ORDER BY account ON CONFLICT (account) DO NOTHING")
+# A wallet's transfers, newest first, as entries: along each account index, never a scan.
+_WALLET_ENTRIES = (
+    "SELECT COALESCE(recharge_id, ''), coins, balance_after, at, kind, ref FROM ("
+    "(SELECT seq, recharge_id, coins, credit_after AS balance_after, at, kind, ref FROM transfers "
+    "WHERE credit = $1 ORDER BY seq DESC LIMIT $2) UNION ALL "
+    "(SELECT seq, recharge_id, -coins, debit_after, at, kind, ref FROM transfers "
+    "WHERE debit = $1 ORDER BY seq DESC LIMIT $2)) moves ORDER BY seq DESC LIMIT $2"
+)
+_TRANSFERS = f"SELECT {TRANSFER_COLUMNS} FROM transfers WHERE seq > $1 ORDER BY seq LIMIT $2"
+# An account is one side of a transfer, never both (its CHECK): each side read along its index.
+_TRANSFERS_OF = (
+    f"SELECT {TRANSFER_COLUMNS} FROM ("
+    f"(SELECT {TRANSFER_COLUMNS} FROM transfers WHERE debit = $1 AND seq > $2 ORDER BY seq LIMIT $3) UNION ALL "
+    f"(SELECT {TRANSFER_COLUMNS} FROM transfers WHERE credit = $1 AND seq > $2 ORDER BY seq LIMIT $3)) moves "
+    "ORDER BY seq LIMIT $3"
+)
+# Along transfers_credit_at (its WHERE term as a literal, as a partial index needs).
+_POOL_DEMAND = "SELECT debit, SUM(coins)::bigint FROM transfers WHERE kind = 'credit' AND at >= $1 GROUP BY debit"
+
+
+def _accounts_of(prefix: str) -> tuple[str, tuple[str, ...]]:
+    """The query of the accounts starting with ``prefix``, and its arguments: bounded by the
+    letters it starts with when it starts with one (``pool:`` -> from ``pool`` to ``poom``)."""
+    letters = ""
+    for ch in prefix:
+        if not "a" <= ch <= "z":
+            break
+        letters += ch
+    if not letters or letters[-1] == "z":
+        return _ACCOUNTS, (prefix,)
+    return _ACCOUNTS + _BETWEEN, (prefix, letters, letters[:-1] + chr(ord(letters[-1]) + 1))
+
+
+async def _pools(conn: asyncpg.Connection, lock: str = "") -> dict[str, int]:
+    return {r[0]: int(r[1]) for r in await conn.fetch(_ACCOUNTS + _BETWEEN + lock, *_POOLS)}
+
+
+async def _credit(conn: asyncpg.Connection, c: Credit) -> bool:
+    """A succeeded recharge's coins, from its pool to the wallet; False if it was credited.
+    The pools are read unlocked: the chosen one is locked by its transfer, and a pool that
+    moved meanwhile changes only which pool pays, never a balance."""
+    pool, note = choose_pool(c, await _pools(conn))
+    seq = await conn.fetchval(_CREDIT, pool, wallet_account(c.user_id), c.coins, "credit", c.recharge_id, None, note,
+                              float(c.at))
+    return seq is not None
+
+
+async def _credit_pool(conn: asyncpg.Connection, recharge_id: str) -> str:
+    return await conn.fetchval(_CREDIT_POOL, recharge_id) or pool_account(DEFAULT_POOL)
+
+
+async def _move(conn: asyncpg.Connection, user_id: str, recharge_id: str, coins: int, at: float, kind: str,
+                ref: str | None, pool: str | None = None) -> None:
+    """Coins into (> 0) or out of the wallet, against the pool the recharge's credit drew on."""
+    if coins == 0:
+        return
+    pool = pool or await _credit_pool(conn, recharge_id)
+    wallet = wallet_account(user_id)
+    debit, credit = (pool, wallet) if coins > 0 else (wallet, pool)
+    await conn.execute(_TRANSFER, debit, credit, abs(coins), kind, recharge_id, ref, None, float(at))
+
+
+async def _freeze(conn: asyncpg.Connection, user_id: str, coins: int, at: float) -> None:
+    """Hold (> 0) or free the wallet's coins."""
+    account = wallet_account(user_id)
+    if await conn.execute(_FREEZE, account, coins) == "UPDATE 0":
+        await conn.execute(_FREEZE_NEW, account, coins, float(at))
+
+
+def _deposit_answer(held: asyncpg.Record, account: str, coins: int) -> tuple[str, asyncpg.Record | None]:
+    return ("held", held) if (held[2], held[3]) == (account, coins) else ("conflict", None)
+
+
+async def _deposit(conn: asyncpg.Connection, pool: str, coins: int, reference: str, at: float,
+                   trail: TrailEntry) -> tuple[str, asyncpg.Record | None]:
+    """("made" | "held", the transfer's row), or ("conflict", None): see ``Journal.deposit``."""
+    account = pool_account(pool)
+    held = await conn.fetchrow(_DEPOSIT_HELD, reference)
+    if held is not None:
+        return _deposit_answer(held, account, coins)
+    made = await conn.fetchrow(_DEPOSIT, ISSUANCE, account, coins, "deposit", None, reference, None, at)
+    if made is None:
+        # Another instance's deposit of the reference committed meanwhile: it is the answer,
+        # and this one's move of the balances goes back with the savepoint.
+        raise _Rejected(_deposit_answer(await conn.fetchrow(_DEPOSIT_HELD, reference), account, coins))
+    await _insert_trail(conn, (trail,))
+    return "made", made
+
+
+async def _rebalance(conn: asyncpg.Connection, expect: dict[str, int], moves: list[tuple[str, str, int]], at: float,
+                     trail: TrailEntry) -> bool:
+    """The moves, if every pool still holds what the plan read (the pools locked first)."""
+    if await _pools(conn, " ORDER BY account FOR NO KEY UPDATE") != expect:
+        return False
+    await conn.executemany(_TRANSFER, [(pool_account(source), pool_account(target), coins, "rebalance", None, None,
+                                        None, at) for source, target, coins in moves])
+    await _insert_trail(conn, (trail,))
+    return True
+
+
 # -- after the sale (SPEC 19): refunds, disputes, the outbox ----------------------------
 #
 # Each op checks every guard before it writes anything, so a refusal has nothing to roll
 # back. An op on a recharge's refunds or dispute first locks the recharge's row (as an
 # update of its status would): two instances refunding or disputing one recharge take
 # turns, and the second checks its guard on what the first committed. Locks are taken
-# in one order, recharge, refund, wallet, dispute, as ``_apply`` takes recharge then wallet.
+# in one order, recharge, refund, accounts (by name), dispute, as ``_apply`` takes recharge
+# then accounts.
 
 _LOCK_RECHARGE = "SELECT 1 FROM recharges WHERE id=$1 FOR NO KEY UPDATE"
 _REFUNDED = ("SELECT COALESCE(SUM(amount_minor), 0)::bigint, COALESCE(SUM(coins), 0)::bigint FROM refunds "
              "WHERE recharge_id=$1 AND status != 'failed'")
 _DISPUTE_STATUS = "SELECT status FROM disputes WHERE recharge_id=$1"
-_SPENDABLE = "SELECT coins - frozen FROM wallets WHERE user_id=$1 FOR NO KEY UPDATE"
-_FREEZE = "UPDATE wallets SET frozen = frozen + $1 WHERE user_id = $2"
 _INSERT_EVENT = ("INSERT INTO provider_events(channel, event_id, reference, status, received_at) "
                  "VALUES ($1,$2,$3,$4,$5) ON CONFLICT (channel, event_id) DO NOTHING")
 _REFUND_BY_KEY = f"SELECT {REFUND_COLUMNS} FROM refunds WHERE client=$1 AND idempotency_key=$2"
@@ -1052,13 +1214,6 @@ async def _add_notices(conn: asyncpg.Connection, notices: Sequence[Notice]) -> N
         await conn.executemany(_INSERT_NOTICE, rows)
 
 
-async def _move_coins(conn: asyncpg.Connection, user_id: str, recharge_id: str, coins: int, at: float, kind: str,
-                      ref: str | None) -> None:
-    """Add ``coins`` (negative: take) to the wallet, with its entry."""
-    if coins:
-        await conn.execute(_MOVE_COINS, user_id, coins, float(at), recharge_id, kind, ref)
-
-
 async def _create_refund(conn: asyncpg.Connection, refund: Refund, trail: TrailEntry, guard: RefundGuard,
                          notices: Sequence[Notice]) -> Refund | str | None:
     """None: journaled. Else nothing written: the refund holding its key, or the refusal."""
@@ -1069,13 +1224,15 @@ async def _create_refund(conn: asyncpg.Connection, refund: Refund, trail: TrailE
     if (tuple(await conn.fetchrow(_REFUNDED, refund.recharge_id)) != (guard.refunded_minor, guard.refunded_coins)
             or await conn.fetchval(_DISPUTE_STATUS, refund.recharge_id) != guard.dispute):
         return "stale"
-    if not guard.allow_negative and (await conn.fetchval(_SPENDABLE, refund.user_id) or 0) < refund.coins:
+    pool, wallet = await _credit_pool(conn, refund.recharge_id), wallet_account(refund.user_id)
+    spendable = dict(await conn.fetch(_LOCK_ACCOUNTS, [pool, wallet])).get(wallet, 0)
+    if not guard.allow_negative and spendable < refund.coins:
         return "insufficient_coins"
     if await conn.execute(_INSERT_REFUND, *refund_row(refund)) != "INSERT 0 1":
         # Another instance took the key for another recharge meanwhile (ON CONFLICT waited
         # for its commit): the key is that refund's, and nothing is written yet.
         return refund_of(await conn.fetchrow(_REFUND_BY_KEY, refund.client, refund.idempotency_key))
-    await _move_coins(conn, refund.user_id, refund.recharge_id, -refund.coins, refund.created_at, "refund", refund.id)
+    await _move(conn, refund.user_id, refund.recharge_id, -refund.coins, refund.created_at, "refund", refund.id, pool)
     await _insert_trail(conn, (trail,))
     await _add_notices(conn, notices)
     return None
@@ -1094,16 +1251,16 @@ async def _settle_refund(conn: asyncpg.Connection, refund_id: str, status: Refun
     user_id, coins = row[0], int(row[1])
     await conn.execute(_SETTLE_REFUND, status.value, at, error, refund_id)
     if status is RefundStatus.FAILED:
-        await _move_coins(conn, user_id, recharge_id, coins, at, "refund_reversal", refund_id)
+        await _move(conn, user_id, recharge_id, coins, at, "refund_reversal", refund_id)
         dispute = await conn.fetchval(_DISPUTE_STATUS, recharge_id)
         if dispute in (DisputeStatus.OPEN, DisputeStatus.LOST):
             # The coins came back to a disputed recharge: held with the rest, or gone with it.
             await conn.execute("UPDATE disputes SET coins=coins+$1, updated_at=$2 WHERE recharge_id=$3",
                                coins, at, recharge_id)
             if dispute == DisputeStatus.OPEN:
-                await conn.execute(_FREEZE, coins, user_id)
+                await _freeze(conn, user_id, coins, at)
             else:
-                await _move_coins(conn, user_id, recharge_id, -coins, at, "clawback", refund_id)
+                await _move(conn, user_id, recharge_id, -coins, at, "clawback", refund_id)
     await _insert_trail(conn, trail)
     await _add_notices(conn, notices)
     return True
@@ -1116,12 +1273,12 @@ async def _apply_dispute(conn: asyncpg.Connection, d: Dispute, expect: DisputeSt
     if (current != expect or (await conn.fetchrow(_REFUNDED, d.recharge_id))[1] != refunded_coins
             or not await _event_new(conn, event, None, f"dispute_{d.status.value}", d.updated_at)):
         return False
+    if d.status is DisputeStatus.LOST:  # before the wallet alone is locked: pool, then wallet
+        await _move(conn, d.user_id, d.recharge_id, -d.coins, d.updated_at, "clawback", None)
     if d.status is DisputeStatus.OPEN:
-        await conn.execute(_FREEZE, d.coins, d.user_id)
+        await _freeze(conn, d.user_id, d.coins, d.updated_at)
     elif current is not None:  # open -> won or lost: what it froze is free, or gone
-        await conn.execute(_FREEZE, -d.coins, d.user_id)
-    if d.status is DisputeStatus.LOST:
-        await _move_coins(conn, d.user_id, d.recharge_id, -d.coins, d.updated_at, "clawback", None)
+        await _freeze(conn, d.user_id, -d.coins, d.updated_at)
     await conn.execute(_UPSERT_DISPUTE, *dispute_row(d))
     await _insert_trail(conn, trail)
     await _add_notices(conn, notices)

@@ -15,7 +15,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +26,7 @@ import structlog
 from orchestrator.journal import _wire
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
+    Account,
     JournalError,
     KeptChannel,
     NoticeRow,
@@ -48,6 +49,8 @@ from orchestrator.journal._rows import (
     refund_of,
     refund_row,
     trail_entry_of,
+    TRANSFER_COLUMNS,
+    transfer_of,
 )
 from orchestrator.journal._sqlite_ops import OPEN, QUOTE_COLUMNS, connect, load, quote_of
 from orchestrator.journal._sqlite_writer import ProcessWriter
@@ -64,6 +67,8 @@ from orchestrator.model import (
     RefundStatus,
     Step,
     TrailEntry,
+    Transfer,
+    wallet_account,
 )
 
 __all__ = ["SqliteJournal", "path_from_url"]
@@ -81,6 +86,15 @@ _CHANNEL_BUSY = (
     f"(SELECT id FROM recharges WHERE {OPEN} UNION SELECT recharge_id FROM follow_ups) LIMIT 1"
 )
 _USER_TOTALS = f"SELECT {TOTALS_COLUMNS} FROM user_recharge_totals WHERE user_id = ?"
+# A wallet's transfers, newest first, as entries: along each account index, never a scan.
+_WALLET_ENTRIES = (
+    "SELECT COALESCE(recharge_id, ''), coins, balance_after, at, kind, ref FROM ("
+    "SELECT * FROM (SELECT seq, recharge_id, coins, credit_after AS balance_after, at, kind, ref FROM transfers "
+    "WHERE credit = ? AND debit != ? ORDER BY seq DESC LIMIT ?) UNION ALL "
+    "SELECT * FROM (SELECT seq, recharge_id, -coins, debit_after, at, kind, ref FROM transfers "
+    "WHERE debit = ? AND credit != ? ORDER BY seq DESC LIMIT ?)) ORDER BY seq DESC LIMIT ?"
+)
+
 
 
 def path_from_url(url: str) -> str:
@@ -316,12 +330,9 @@ class SqliteJournal:
 
     async def wallet(self, user_id: str, limit: int = 100) -> WalletView:
         def fn(conn: sqlite3.Connection) -> WalletView:
-            row = conn.execute("SELECT coins, frozen FROM wallets WHERE user_id=?", (user_id,)).fetchone()
-            entries = conn.execute(
-                "SELECT recharge_id, coins, balance_after, created_at, kind, ref FROM wallet_entries "
-                "WHERE user_id=? ORDER BY id DESC LIMIT ?",
-                (user_id, limit),
-            ).fetchall()
+            account = wallet_account(user_id)
+            row = conn.execute("SELECT balance, frozen FROM accounts WHERE account=?", (account,)).fetchone()
+            entries = conn.execute(_WALLET_ENTRIES, (account, account, limit, account, account, limit, limit)).fetchall()
             return WalletView(user_id, row[0] if row else 0, tuple(WalletEntry(*e) for e in entries),
                               row[1] if row else 0)
 
@@ -367,6 +378,46 @@ class SqliteJournal:
             return self._inline.execute(sql, params).fetchall()
         except sqlite3.OperationalError:
             return await self.query(sql, params)
+
+    # -- the ledger's own operations (ops in ``_sqlite_ledger``) --------------------------
+
+    async def open_pools(self, pools: Sequence[str], at: float) -> None:
+        await self._write("open_pools", list(pools), at)
+
+    async def deposit(self, pool: str, coins: int, reference: str, at: float,
+                      trail: TrailEntry) -> tuple[str, Transfer | None]:
+        answer = await self._write("deposit", pool, coins, reference, at, _wire.enc_trail(trail))
+        if answer[0] == "conflict":
+            return "conflict", None
+        rows = await self.query(f"SELECT {TRANSFER_COLUMNS} FROM transfers WHERE seq=?", (answer[1],))
+        return answer[0], transfer_of(rows[0])
+
+    async def accounts(self, prefix: str = "") -> list[Account]:
+        rows = await self.query("SELECT account, balance, frozen FROM accounts WHERE account >= ? AND account < ? "
+                                "ORDER BY account", (prefix, prefix + "\U0010ffff"))
+        return [Account(*r) for r in rows]
+
+    async def transfers(self, account: str | None = None, after: int = 0, limit: int = 100) -> list[Transfer]:
+        if account is None:
+            rows = await self.query(f"SELECT {TRANSFER_COLUMNS} FROM transfers WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (after, limit))
+        else:
+            rows = await self.query(
+                f"SELECT {TRANSFER_COLUMNS} FROM transfers WHERE seq IN (SELECT seq FROM transfers WHERE debit = ? "
+                "AND seq > ? UNION SELECT seq FROM transfers WHERE credit = ? AND seq > ?) ORDER BY seq LIMIT ?",
+                (account, after, account, after, limit))
+        return [transfer_of(r) for r in rows]
+
+    async def rebalance(self, expect: Mapping[str, int], moves: Sequence[tuple[str, str, int]], at: float,
+                        trail: TrailEntry) -> bool:
+        return bool(await self._write("rebalance", dict(expect), [list(m) for m in moves], at,
+                                      _wire.enc_trail(trail)))
+
+    async def pool_demand(self, since: float) -> dict[str, int]:
+        # Along transfers_credit_at (its WHERE term repeated, as a partial index needs).
+        rows = await self.query("SELECT debit, SUM(coins) FROM transfers WHERE kind = 'credit' AND at >= ? "
+                                "GROUP BY debit", (since,))
+        return {r[0]: int(r[1]) for r in rows}
 
     # -- refunds and disputes (ops in ``_sqlite_aftersale``) ----------------------------
 

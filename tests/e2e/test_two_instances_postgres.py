@@ -1,7 +1,8 @@
 """Two orchestrator processes on one PostgreSQL behind one simulator. Every recharge is
 sent to both at once with the same key; one instance is killed with SIGKILL mid-run and
-the other takes over its unfinished work when the leases expire. SPEC section 18's
-invariants are checked against the simulator's ledger."""
+the other takes over its unfinished work when the leases expire. Both credit from one
+coin pool. SPEC section 18's invariants, the ledger's included, are checked against the
+simulator's ledger, and the pool holds its deposit less every credit, to the coin."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import random
 
 import aiohttp
 import pytest
-from procs import FRONT_KEY, behave, ledger, orchestrator, orchestrator_doc, settle, simulator
+from procs import FRONT_KEY, SRE_KEY, behave, ledger, orchestrator, orchestrator_doc, settle, simulator
 
 from orchestrator.invariants import check
 from orchestrator.journal.postgres import PostgresJournal
@@ -25,6 +26,7 @@ CHANNELS = [
     {"name": "pb", "kind": "direct_api", "webhook_secret": "whsec_pb_e2e", "behaviour": {**FAULTS, "latency_ms": 8}},
 ]
 TOTAL = 1200
+DEPOSIT = 10_000_000
 
 
 async def test_two_instances_one_database_same_keys_and_a_kill(tmp_path, pg_server):
@@ -35,11 +37,16 @@ async def test_two_instances_one_database_same_keys_and_a_kill(tmp_path, pg_serv
         await sim.wait_ready()
         doc = orchestrator_doc(sim.url, tmp_path / "unused.db", CHANNELS)
         doc["storage"] = {"url": url, "lease_s": 3}
+        doc["pools"] = [{"name": "cn", "countries": ["CN"], "target_coins": DEPOSIT, "low_water_coins": 0}]
         a = orchestrator(tmp_path, dict(doc, server=dict(doc["server"])), name="a").start()
         await a.wait_ready()
         b = orchestrator(tmp_path, dict(doc, server=dict(doc["server"])), name="b").start()
         await b.wait_ready()
         alive = {"a": a, "b": b}
+        async with aiohttp.ClientSession() as session, session.post(
+                a.url + "/v1/admin/pools/cn/deposits", json={"coins": DEPOSIT, "reference": "seed"},
+                headers={"Authorization": f"Bearer {SRE_KEY}"}) as r:
+            assert r.status == 201, await r.text()
         answers: dict[int, set[str]] = {}
         sent = 0
 
@@ -97,6 +104,12 @@ async def test_two_instances_one_database_same_keys_and_a_kill(tmp_path, pg_serv
             assert report.ok, report.violations[:10]
             assert report.recharges == TOTAL
             assert "processing" not in report.by_status and "pending" not in report.by_status, report.by_status
+            (credited,) = (await journal.query("SELECT COALESCE(SUM(coins), 0) FROM transfers WHERE kind = 'credit' "
+                                               "AND debit = 'pool:cn'"))[0]
+            pools = {a.account: a.balance for a in await journal.accounts("pool:")}
+            assert pools == {"pool:cn": DEPOSIT - credited}, pools
+            assert credited == sum(r[0] for r in await journal.query(
+                "SELECT coins + bonus_coins FROM recharges WHERE status = 'succeeded'"))
             owners = await journal.query("SELECT DISTINCT owner FROM leases")
             assert len(owners) >= 2, "both instances drove recharges"
             print(f"\ntwo instances on PostgreSQL, one killed: {report}")
