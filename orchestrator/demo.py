@@ -402,7 +402,7 @@ class Demo:
             f"wallet credits {report.credits}",
             f"failovers seen by clients: {t.failovers}; client errors: {dict(t.errors) or 'none'}",
             f"refunds: {dict(t.refunds) or 'none'}; disputes opened at the providers: {dict(t.disputes) or 'none'}",
-            "coin pools (coins now, target, demand over the last interval): " + ", ".join(
+            "coin pools (coins now, target, demand since the last rebalancing): " + ", ".join(
                 f"{p['name']} {p['balance']:,} ({p['target_coins'] if p['target_coins'] is not None else '-'}, "
                 f"{p['demand']:,})" for p in pools),
             "exactly-once check (simulator ledger vs journal, wallets and the coin ledger, refunds and disputes "

@@ -3,8 +3,9 @@
 Every coin a wallet holds came out of a pool, and every coin a pool holds came from
 ``issuance`` by a deposit (``orchestrator.journal`` keeps the double-entry ledger; credits,
 refunds and clawbacks are written with the changes they belong to). Rebalancing moves coins
-between the configured pools toward targets in proportion to each one's demand over the
-last interval (its credits), or to their configured ``target_coins`` when there was none:
+between the configured pools toward targets in proportion to each one's demand since the
+last pass (its credits, counted on its account), or to their configured ``target_coins``
+when there was none:
 
     balances, demand --plan_rebalance (pure)--> targets, moves --journal.rebalance--> one transaction
 
@@ -70,11 +71,10 @@ async def deposit(cmd: Deposit, deps: PoolDeps) -> tuple[Transfer, bool]:
 
 
 async def pools_view(deps: PoolDeps) -> list[dict[str, Any]]:
-    """Each configured pool: its balance, target, low-water mark and demand over the last
-    rebalancing interval; then any other pool account that holds coins (legacy, default)."""
-    now = deps.clock.now()
+    """Each configured pool: its balance, target, low-water mark and demand since the last
+    rebalancing pass; then any other pool account that holds coins (legacy, default)."""
     balances = {a.account: a.balance for a in await deps.journal.accounts("pool:")}
-    demand = await deps.journal.pool_demand(now - deps.interval_s())
+    demand = await deps.journal.pool_demand()
     out = []
     configured = list(deps.pools())
     for p in configured:
@@ -147,18 +147,19 @@ class Rebalancer:
         for _ in range(_PLAN_TRIES):
             now = deps.clock.now()
             expect = {a.account: a.balance for a in await deps.journal.accounts("pool:")}
-            demand = await deps.journal.pool_demand(now - deps.interval_s())
+            demand = await deps.journal.pool_demand()
             balances = {p.name: expect.get(pool_account(p.name), 0) for p in configured}
             weights = {p.name: demand.get(pool_account(p.name), 0) for p in configured}
             basis = "demand"
             if sum(weights.values()) == 0:
                 weights, basis = {p.name: p.target_coins for p in configured}, "target_coins"
             targets, moves = plan_rebalance(balances, weights)
-            if not moves:
-                return targets
-            entry = TrailEntry("", now, "pools_rebalanced", detail={
+            entry = None if not moves else TrailEntry("", now, "pools_rebalanced", detail={
                 "basis": basis, "targets": targets, "moves": [list(m) for m in moves]})
+            # With nothing to move it still lands: the next interval's demand counts from here.
             if await deps.journal.rebalance(expect, moves, now, entry):
+                if not moves:
+                    return targets
                 deps.metrics.pool_rebalances.inc()
                 log.info("pools_rebalanced", basis=basis, targets=targets, moves=len(moves))
                 return targets

@@ -311,7 +311,7 @@ PATHS: dict[str, Any] = {
         "responses": {"202": _json(_ref("Notification"), "queued"), **_errors(401, 403, 404)},
     }},
     "/v1/admin/pools": {"get": {
-        "summary": "The coin pools: balance, target, low water, demand over the last rebalancing interval",
+        "summary": "The coin pools: balance, target, low water, demand since the last rebalancing pass",
         "security": _bearer,
         "responses": {"200": _json({"type": "object", "required": ["pools"],
                                     "properties": {"pools": {"type": "array", "items": _ref("Pool")},

@@ -358,14 +358,16 @@ class Journal(Protocol):
         ...
 
     async def rebalance(self, expect: Mapping[str, int], moves: Sequence[tuple[str, str, int]], at: float,
-                        trail: TrailEntry) -> bool:
+                        trail: TrailEntry | None) -> bool:
         """Move coins between pools (``moves``: from pool, to pool, coins), in one
         transaction, only while every pool account still holds what ``expect`` says (else
-        False, nothing written: plan again)."""
+        False, nothing written: plan again); the same transaction starts every pool's
+        demand count again (``pool_demand``)."""
         ...
 
-    async def pool_demand(self, since: float) -> dict[str, int]:
-        """Coins credited from each pool account at or after ``since``."""
+    async def pool_demand(self) -> dict[str, int]:
+        """Coins credited from each pool account since the last rebalancing pass (a count
+        kept on the account with each credit: no read grows with the ledger)."""
         ...
 
     # The outbox of notifications (SPEC 19). Rows are written by ``Step.notices`` and the

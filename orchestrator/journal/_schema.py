@@ -293,6 +293,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             account TEXT PRIMARY KEY,
             balance INTEGER NOT NULL DEFAULT 0,
             frozen INTEGER NOT NULL DEFAULT 0 CHECK (frozen >= 0),
+            credited INTEGER NOT NULL DEFAULT 0,
+            credited_mark INTEGER NOT NULL DEFAULT 0,
             updated_at REAL NOT NULL
         ) WITHOUT ROWID""",
         """CREATE TABLE transfers (
@@ -313,7 +315,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX transfers_ref ON transfers(kind, ref) WHERE ref IS NOT NULL",
         "CREATE INDEX transfers_debit ON transfers(debit, seq)",
         "CREATE INDEX transfers_credit ON transfers(credit, seq)",
-        "CREATE INDEX transfers_credit_at ON transfers(at) WHERE kind = 'credit'",
         LEGACY_DEPOSIT,
         LEGACY_TRANSFERS,
         LEGACY_ACCOUNTS,

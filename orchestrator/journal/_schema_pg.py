@@ -239,6 +239,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             account TEXT PRIMARY KEY,
             balance BIGINT NOT NULL DEFAULT 0,
             frozen BIGINT NOT NULL DEFAULT 0 CHECK (frozen >= 0),
+            credited BIGINT NOT NULL DEFAULT 0,
+            credited_mark BIGINT NOT NULL DEFAULT 0,
             updated_at DOUBLE PRECISION NOT NULL
         )""",
         """CREATE TABLE transfers (
@@ -259,7 +261,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX transfers_ref ON transfers(kind, ref) WHERE ref IS NOT NULL",
         "CREATE INDEX transfers_debit ON transfers(debit, seq)",
         "CREATE INDEX transfers_credit ON transfers(credit, seq)",
-        "CREATE INDEX transfers_credit_at ON transfers(at) WHERE kind = 'credit'",
         LEGACY_DEPOSIT,
         LEGACY_TRANSFERS,
         LEGACY_ACCOUNTS,

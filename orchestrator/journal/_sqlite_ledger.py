@@ -42,6 +42,7 @@ def credit(conn: sqlite3.Connection, c: Credit) -> bool:
         return False
     pool, note = choose_pool(c, _pools(conn))
     transfer(conn, pool, wallet_account(c.user_id), c.coins, "credit", c.at, c.recharge_id, None, note)
+    conn.execute("UPDATE accounts SET credited = credited + ? WHERE account = ?", (c.coins, pool))
     return True
 
 
@@ -95,13 +96,17 @@ def op_open_pools(conn: sqlite3.Connection, pools: list[str], at: float) -> None
 
 
 def op_rebalance(conn: sqlite3.Connection, expect: dict[str, int], moves: list[list[Any]], at: float,
-                 trail: list[Any]) -> bool:
-    """Apply ``moves`` ([from pool, to pool, coins]) if every pool still holds what the plan read."""
+                 trail: list[Any] | None) -> bool:
+    """Apply ``moves`` ([from pool, to pool, coins]) if every pool still holds what the plan read,
+    and start the pools' demand counts again."""
     if _pools(conn) != expect:
         return False
     for source, target, coins in moves:
         transfer(conn, pool_account(source), pool_account(target), coins, "rebalance", at)
-    insert_trail(conn, (_wire.trail(trail),))
+    conn.execute("UPDATE accounts SET credited_mark = credited WHERE account >= ? AND account < ?",
+                 (POOLS_FROM, POOLS_TO))
+    if trail is not None:
+        insert_trail(conn, (_wire.trail(trail),))
     return True
 
 

@@ -92,6 +92,7 @@ class _Ledger:
         self.accounts: dict[str, list[int]] = {}  # account -> [balance, frozen]
         self.transfers: list[Transfer] = []
         self._credit_pool: dict[str, str] = {}  # recharge -> the pool its credit drew on
+        self.demand: dict[str, int] = {}  # pool -> coins credited since the last rebalancing pass
         self._refs: set[tuple[str, str]] = set()
 
     def of(self, account: str) -> tuple[int, int]:
@@ -117,6 +118,7 @@ class _Ledger:
     def credit(self, c: Credit) -> None:
         pool, note = choose_pool(c, {a: held[0] for a, held in self.accounts.items() if a.startswith("pool:")})
         self._credit_pool[c.recharge_id] = pool
+        self.demand[pool] = self.demand.get(pool, 0) + c.coins
         self.transfer(pool, wallet_account(c.user_id), c.coins, "credit", c.at, c.recharge_id, None, note)
 
     def move(self, user_id: str, recharge_id: str, coins: int, at: float, kind: str, ref: str | None) -> None:
@@ -524,21 +526,19 @@ class MemoryJournal:
                 and (account is None or account in (t.debit, t.credit))][:limit]
 
     async def rebalance(self, expect: Mapping[str, int], moves: Sequence[tuple[str, str, int]], at: float,
-                        trail: TrailEntry) -> bool:
+                        trail: TrailEntry | None) -> bool:
         pools = {a: held[0] for a, held in self._ledger.accounts.items() if a.startswith("pool:")}
         if pools != dict(expect):
             return False
         for source, target, coins in moves:
             self._ledger.transfer(pool_account(source), pool_account(target), coins, "rebalance", at)
-        self._append_trail([trail])
+        self._ledger.demand.clear()
+        if trail is not None:
+            self._append_trail([trail])
         return True
 
-    async def pool_demand(self, since: float) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for t in self._ledger.transfers:
-            if t.kind == "credit" and t.at >= since:
-                out[t.debit] = out.get(t.debit, 0) + t.coins
-        return out
+    async def pool_demand(self) -> dict[str, int]:
+        return {a: n for a, n in self._ledger.demand.items() if n}
 
     # -- the outbox -----------------------------------------------------------------------
 

@@ -643,11 +643,11 @@ class PostgresJournal:
         return [transfer_of(r) for r in rows]
 
     async def rebalance(self, expect: Mapping[str, int], moves: Sequence[tuple[str, str, int]], at: float,
-                        trail: TrailEntry) -> bool:
+                        trail: TrailEntry | None) -> bool:
         return bool(await self._write(lambda conn: _rebalance(conn, dict(expect), list(moves), float(at), trail)))
 
-    async def pool_demand(self, since: float) -> dict[str, int]:
-        rows = await self._read(lambda conn: conn.fetch(_POOL_DEMAND, float(since)))
+    async def pool_demand(self) -> dict[str, int]:
+        rows = await self._read(lambda conn: conn.fetch(_POOL_DEMAND, *_POOLS))
         return {r[0]: int(r[1]) for r in rows}
 
     # -- refunds and disputes (SPEC 19; the ops are below, after the SQL) ---------------
@@ -1048,8 +1048,12 @@ _TRANSFERS_OF = (
     f"(SELECT {TRANSFER_COLUMNS} FROM transfers WHERE credit = $1 AND seq > $2 ORDER BY seq LIMIT $3)) moves "
     "ORDER BY seq LIMIT $3"
 )
-# Along transfers_credit_at (its WHERE term as a literal, as a partial index needs).
-_POOL_DEMAND = "SELECT debit, SUM(coins)::bigint FROM transfers WHERE kind = 'credit' AND at >= $1 GROUP BY debit"
+# Each pool's credits since the last rebalancing pass: counted on its account with each credit.
+_COUNT_DEMAND = "UPDATE accounts SET credited = credited + $2 WHERE account = $1"
+_RESET_DEMAND = ("UPDATE accounts SET credited_mark = credited WHERE starts_with(account, $1) AND account >= $2 "
+                 "AND account < $3")
+_POOL_DEMAND = ("SELECT account, credited - credited_mark FROM accounts WHERE starts_with(account, $1) "
+                "AND account >= $2 AND account < $3 AND credited != credited_mark")
 
 
 def _accounts_of(prefix: str) -> tuple[str, tuple[str, ...]]:
@@ -1076,7 +1080,10 @@ async def _credit(conn: asyncpg.Connection, c: Credit) -> bool:
     pool, note = choose_pool(c, await _pools(conn))
     seq = await conn.fetchval(_CREDIT, pool, wallet_account(c.user_id), c.coins, "credit", c.recharge_id, None, note,
                               float(c.at))
-    return seq is not None
+    if seq is None:
+        return False
+    await conn.execute(_COUNT_DEMAND, pool, c.coins)
+    return True
 
 
 async def _credit_pool(conn: asyncpg.Connection, recharge_id: str) -> str:
@@ -1122,13 +1129,16 @@ async def _deposit(conn: asyncpg.Connection, pool: str, coins: int, reference: s
 
 
 async def _rebalance(conn: asyncpg.Connection, expect: dict[str, int], moves: list[tuple[str, str, int]], at: float,
-                     trail: TrailEntry) -> bool:
-    """The moves, if every pool still holds what the plan read (the pools locked first)."""
+                     trail: TrailEntry | None) -> bool:
+    """The moves, if every pool still holds what the plan read (the pools locked first), and
+    the pools' demand counts started again."""
     if await _pools(conn, " ORDER BY account FOR NO KEY UPDATE") != expect:
         return False
     await conn.executemany(_TRANSFER, [(pool_account(source), pool_account(target), coins, "rebalance", None, None,
                                         None, at) for source, target, coins in moves])
-    await _insert_trail(conn, (trail,))
+    await conn.execute(_RESET_DEMAND, *_POOLS)
+    if trail is not None:
+        await _insert_trail(conn, (trail,))
     return True
 
 

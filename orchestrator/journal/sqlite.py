@@ -409,14 +409,13 @@ class SqliteJournal:
         return [transfer_of(r) for r in rows]
 
     async def rebalance(self, expect: Mapping[str, int], moves: Sequence[tuple[str, str, int]], at: float,
-                        trail: TrailEntry) -> bool:
+                        trail: TrailEntry | None) -> bool:
         return bool(await self._write("rebalance", dict(expect), [list(m) for m in moves], at,
-                                      _wire.enc_trail(trail)))
+                                      None if trail is None else _wire.enc_trail(trail)))
 
-    async def pool_demand(self, since: float) -> dict[str, int]:
-        # Along transfers_credit_at (its WHERE term repeated, as a partial index needs).
-        rows = await self.query("SELECT debit, SUM(coins) FROM transfers WHERE kind = 'credit' AND at >= ? "
-                                "GROUP BY debit", (since,))
+    async def pool_demand(self) -> dict[str, int]:
+        rows = await self.query("SELECT account, credited - credited_mark FROM accounts WHERE account >= 'pool:' "
+                                "AND account < 'pool;' AND credited != credited_mark")
         return {r[0]: int(r[1]) for r in rows}
 
     # -- refunds and disputes (ops in ``_sqlite_aftersale``) ----------------------------

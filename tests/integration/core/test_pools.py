@@ -54,7 +54,7 @@ async def test_rebalancing_follows_demand_80_20_to_within_0_03_percent_each_pass
                                                     "cn" if country == "CN" else "ph")))
                 clock.advance(INTERVAL / 250)
             clock.advance(INTERVAL / 5)
-            demand = await journal.pool_demand(clock.now() - INTERVAL)
+            demand = await journal.pool_demand()
             targets = await pools.Rebalancer(deps).pass_once()
             balances = {a.account.removeprefix("pool:"): a.balance for a in await journal.accounts("pool:")}
             for name in ("cn", "ph"):

@@ -74,7 +74,7 @@ async def test_a_credit_draws_on_its_pool_or_the_fullest_when_short_and_the_ledg
     wallet = await journal.wallet("u2")
     assert wallet.coins == 800 and [(e.recharge_id, e.coins, e.balance_after, e.kind) for e in wallet.entries] == [
         (b.id, 800, 800, "credit")]
-    assert await journal.pool_demand(0) == {"pool:cn": 800, "pool:ph": 5800}
+    assert await journal.pool_demand() == {"pool:cn": 800, "pool:ph": 5800}
     assert [t.kind for t in await journal.transfers("pool:cn")] == ["deposit", "credit"]
     assert [t.seq for t in await journal.transfers(after=3, limit=2)] == [4, 5]
     await _consistent(journal)
@@ -102,6 +102,7 @@ async def test_a_rebalance_lands_whole_or_not_at_all(journal, clock):
     await journal.deposit("cn", 9000, "d1", clock.now(), _note(clock, "pool_deposit"))
     read = {"pool:cn": 9000, "pool:ph": 0}
     assert await journal.rebalance(read, [("cn", "ph", 4000)], clock.now(), _note(clock, "pools_rebalanced"))
+    assert await journal.pool_demand() == {}, "each pass starts the demand count again"
     assert await _balances(journal) == {"issuance": -9000, "pool:cn": 5000, "pool:ph": 4000}
     # Planned on balances that have moved since: refused, nothing written.
     assert not await journal.rebalance(read, [("cn", "ph", 4000)], clock.now(), _note(clock, "pools_rebalanced"))
