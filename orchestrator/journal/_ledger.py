@@ -11,9 +11,8 @@ from collections.abc import Mapping
 
 from orchestrator.model import DEFAULT_POOL, Credit, pool_account
 
-__all__ = ["LEDGER_KINDS", "POOLS_FROM", "POOLS_TO", "choose_pool"]
+__all__ = ["POOLS_FROM", "POOLS_TO", "choose_pool"]
 
-LEDGER_KINDS = ("deposit", "credit", "refund", "refund_reversal", "clawback", "rebalance")
 # Every pool account sorts between these two keys: one range of the accounts' primary key.
 POOLS_FROM, POOLS_TO = "pool:", "pool;"
 
