@@ -135,7 +135,7 @@ class StorageConfig(_Model):
 
 NotifyEvent = Literal[
     "recharge.succeeded", "recharge.failed", "recharge.declined", "recharge.blocked", "recharge.pending",
-    "recharge.requires_action", "refund.succeeded", "refund.failed", "dispute.opened", "dispute.won", "dispute.lost",
+    "recharge.requires_action", "recharge.settled", "recharge.settlement_failed", "refund.succeeded", "refund.failed", "dispute.opened", "dispute.won", "dispute.lost",
 ]
 NOTIFY_EVENTS: tuple[str, ...] = NotifyEvent.__args__  # type: ignore[attr-defined]
 
@@ -490,6 +490,14 @@ class PoolConfig(_Model):
     low_water_coins: int = Field(0, ge=0, le=10**15)
 
 
+class InstantCreditConfig(_Model):
+    """Instant credit on ``pending`` channels (SPEC 20): for a user with at least
+    ``min_succeeded_recharges`` succeeded recharges, up to ``max_amount_minor_base``."""
+
+    max_amount_minor_base: int = Field(gt=0, le=10**12)
+    min_succeeded_recharges: int = Field(1, ge=1, le=10**6)
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -505,6 +513,8 @@ class Config(_Model):
     notifications: NotificationsConfig = NotificationsConfig()
     pools: list[PoolConfig] = Field(default_factory=list, max_length=200)
     pool_rebalance_interval_s: float = Field(1800.0, gt=0, le=7 * 86_400)
+    # SPEC 20's ``pools.instant_credit``: ``pools`` is the list of pools, so it sits beside it.
+    pool_instant_credit: InstantCreditConfig | None = None
 
     def pool_of(self, country: str) -> str | None:
         return next((p.name for p in self.pools if country in p.countries), None)

@@ -22,7 +22,8 @@ from orchestrator.clock import Clock
 from orchestrator.errors import EventTooEarly
 from orchestrator.journal import Journal
 from orchestrator.metrics import Metrics
-from orchestrator.model import AttemptState, Dispute, DisputeStatus, Recharge, RechargeStatus, RefundStatus, TrailEntry
+from orchestrator.model import AttemptState, Dispute, DisputeStatus, Recharge, RechargeStatus, RefundStatus, Settlement, \
+    TrailEntry
 from orchestrator.notifications import Notifier
 from orchestrator.views import recharge_view
 
@@ -73,7 +74,8 @@ async def on_event(channel: str, event_id: str, reference: str, status: str, dep
             return "unknown_payment"
         now = deps.clock.now()
         mine = rec.attempt(reference)
-        if not rec.terminal and (mine is None or mine.state is not AttemptState.CAPTURED):
+        settling = not rec.terminal or rec.settlement is Settlement.PENDING
+        if settling and (mine is None or mine.state is not AttemptState.CAPTURED):
             # The capture is not journaled yet (its answer or webhook is still on its way):
             # not applied, not recorded, so the provider sends the event again.
             raise EventTooEarly(f"the payment {reference} is not settled here yet; send the event again later")

@@ -693,7 +693,9 @@ class Driver:
             step = replace(step, lease=fence)
         elif fenced and self._owner is not None and not step.keeps_money and not rec.terminal:
             raise _LeaseLost(rec.id)  # a running recharge's decisions need its lease
-        notify = self._notifier is not None and step.status is not None and step.status is not rec.status
+        notify = self._notifier is not None and (
+            (step.status is not None and step.status is not rec.status)
+            or (step.settlement is not None and step.settlement is not rec.settlement))
         if notify:
             assert self._notifier is not None
             step = replace(step, notices=self._notifier.of_step(rec, step))
@@ -715,7 +717,7 @@ class Driver:
         fresh = await self._journal.get(rec.id)
         if fresh is None:
             return
-        for field in ("status", "channel", "decline_code", "reason", "updated_at", "attempts"):
+        for field in ("status", "channel", "decline_code", "reason", "updated_at", "attempts", "settlement"):
             setattr(rec, field, getattr(fresh, field))
 
 

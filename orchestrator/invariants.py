@@ -50,7 +50,7 @@ class Report:
 class Facts:
     """What the invariants are checked on, read from a journal at one moment.
     ``recharges``: (id, status, coins + bonus, user, channel, reason, client, key,
-    amount_minor, currency);
+    amount_minor, currency, settlement);
     ``attempts``: (reference, recharge id, channel, state); ``credits``: (recharge id,
     user, coins); ``wallets``: (user, balance, sum of its entries, frozen);
     ``refunds``: (id, recharge id, amount_minor, coins, status); ``disputes``: (recharge id,
@@ -82,7 +82,7 @@ async def facts_of(journal: _Queryable) -> Facts:
     return Facts(
         recharges=await journal.query(
             "SELECT id, status, coins + bonus_coins, user_id, channel, reason, client, idempotency_key, amount_minor, "
-            "currency FROM recharges"),
+            "currency, settlement FROM recharges"),
         attempts=await journal.query("SELECT reference, recharge_id, channel, state FROM attempts"),
         credits=await journal.query("SELECT recharge_id, substr(credit, 8), coins FROM transfers WHERE kind = 'credit'"),
         wallets=[(a[7:], balance, total, frozen) for a, balance, total, frozen in accounts if a.startswith("wallet:")],
@@ -131,11 +131,29 @@ def check_facts(facts: Facts, ledger: Iterable[LedgerPayment], *, settled: bool 
     credits = defaultdict(list)
     for e in facts.credits:
         credits[e[0]].append(e)
+    settlement_clawed: Counter[str] = Counter()
+    for rid, kind, ref, moved in facts.moves:
+        if kind == "clawback" and ref is None:
+            settlement_clawed[rid] -= moved
 
-    for rid, (_, status, coins, user, channel, reason, _c, _k, amount, currency) in recharges.items():
+    for rid, (_, status, coins, user, channel, reason, _c, _k, amount, currency, *rest) in recharges.items():
         caps = kept.get(rid, [])
         creds = credits.get(rid, [])
-        if status == "succeeded":
+        settlement = rest[0] if rest else None
+        if status == "succeeded" and settlement in ("pending", "failed"):
+            # Credited while the payment was pending (SPEC 20): kept once settled; if it failed,
+            # nothing kept and every coin clawed back.
+            if len(caps) > (1 if settlement == "pending" else 0):
+                v.append(f"{rid} settlement {settlement} but provider(s) kept {len(caps)} capture(s)")
+            if settlement == "pending" and not caps and not any(
+                    a[1] == rid and a[3] == "pending" for a in attempts.values()):
+                v.append(f"{rid} waits for its payment to settle but no attempt of it is pending")
+            if settlement == "failed" and settlement_clawed[rid] != coins:
+                v.append(f"{rid}'s payment failed to settle but {settlement_clawed[rid]} of its {coins} coins were "
+                         "clawed back")
+            if len(creds) != 1:
+                v.append(f"{rid} succeeded with {len(creds)} credits (want exactly 1)")
+        elif status == "succeeded":
             if len(caps) != 1:
                 v.append(f"{rid} succeeded with {len(caps)} kept captures (want exactly 1)")
             elif caps[0].channel != channel:

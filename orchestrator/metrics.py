@@ -105,6 +105,10 @@ class Metrics:
 
         # Coin pools (SPEC 20), read from the ledger every few seconds.
         self.pool_coins = Gauge("orchestrator_pool_coins", "Coins a pool holds", ["pool"], registry=r)
+        self.pool_shortfalls = Gauge("orchestrator_pool_shortfall_credits", "Credits of a pool's users that another "
+                                     "pool paid because it was short (since the store began)", ["pool"], registry=r)
+        self.pool_lost = Gauge("orchestrator_pool_lost_coins", "Coins the pool fronted on instant credits whose "
+                               "payment failed (clawed back; a wallet that could not cover them owes them)", ["pool"], registry=r)
         self.pool_low = Gauge("orchestrator_pool_below_low_water", "1 while a pool holds less than its "
                               "low_water_coins", ["pool"], registry=r)
         self.pool_rebalances = Counter("orchestrator_pool_rebalances", "Rebalancing passes that moved coins",

@@ -39,6 +39,7 @@ __all__ = [
     "Transfer",
     "pool_account",
     "wallet_account",
+    "Settlement",
 ]
 
 
@@ -70,6 +71,15 @@ class AttemptState(enum.StrEnum):
     VOIDED = "voided"
     REFUND_REQUESTED = "refund_requested"
     REFUNDED = "refunded"
+
+
+class Settlement(enum.StrEnum):
+    """Where the payment of an instantly credited recharge stands (SPEC 20): credited while
+    the channel still settles it, then settled, or failed and its coins clawed back."""
+
+    PENDING = "pending"
+    SETTLED = "settled"
+    FAILED = "failed"
 
 
 # Money may be held at the provider for an attempt in one of these states: nothing else
@@ -158,6 +168,10 @@ class Recharge:
     decline_code: str | None = None
     reason: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    # Instant credit (SPEC 20): whether a ``pending`` answer may credit at once (decided at
+    # creation from the user's history and the amount), and then how its payment settles.
+    instant: bool = False
+    settlement: Settlement | None = None
 
     @property
     def terminal(self) -> bool:
@@ -232,12 +246,17 @@ class Step:
     # Notifications to the front service this change makes (SPEC 19), written to the
     # outbox in the same transaction, so a change is never made without its notice.
     notices: tuple[Notice, ...] = ()
+    # An instantly credited payment settled (or failed): the recharge's new settlement, and
+    # on failure the coins going back from the wallet to the pool the credit drew on.
+    settlement: Settlement | None = None
+    clawback: Credit | None = None
 
     @property
     def keeps_money(self) -> bool:
         """Whether this step records money the provider took (a credit, or a capture
-        to refund): it must land whoever holds the lease."""
-        return self.credit is not None or (
+        to refund): it must land whoever holds the lease. An instant credit of a payment
+        still pending is no such news: only the lease holder makes it."""
+        return (self.credit is not None and self.settlement is not Settlement.PENDING) or (
             self.attempt is not None and self.attempt.state in (AttemptState.CAPTURED, AttemptState.REFUND_REQUESTED))
 
 

@@ -29,7 +29,7 @@ from config import ClientConfig, NotificationsConfig
 from orchestrator.clock import Clock, iso
 from orchestrator.journal import Journal, NoticeRow, OutboxStats
 from orchestrator.metrics import Metrics
-from orchestrator.model import TERMINAL, Notice, Recharge, RechargeStatus, Step
+from orchestrator.model import TERMINAL, Notice, Recharge, RechargeStatus, Settlement, Step
 from orchestrator.transitions import reduce
 from orchestrator.views import recharge_view
 
@@ -76,10 +76,14 @@ class Notifier:
         return Notice(nid, client, key, event, at, body)
 
     def of_step(self, rec: Recharge, step: Step) -> tuple[Notice, ...]:
-        """The notice of a step that changes ``rec``'s status (``rec`` as it was before)."""
-        if step.status is None or step.status is rec.status:
+        """The notice of a step that changes ``rec``'s status, or the settlement of its
+        instant credit (``rec`` as it was before)."""
+        if step.status is not None and step.status is not rec.status:
+            event = f"recharge.{step.status.value}"
+        elif step.settlement in (Settlement.SETTLED, Settlement.FAILED) and step.settlement is not rec.settlement:
+            event = "recharge.settled" if step.settlement is Settlement.SETTLED else "recharge.settlement_failed"
+        else:
             return ()
-        event = f"recharge.{step.status.value}"
         if not self.wants(rec.client, event):
             return ()
         after = replace(rec, attempts=list(rec.attempts))

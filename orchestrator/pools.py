@@ -26,7 +26,7 @@ import structlog
 from config import PoolConfig
 from orchestrator.clock import Clock
 from orchestrator.errors import NotFound, Refusal
-from orchestrator.journal import Journal
+from orchestrator.journal import Account, Journal
 from orchestrator.metrics import Metrics
 from orchestrator.model import TrailEntry, Transfer, pool_account
 
@@ -71,21 +71,23 @@ async def deposit(cmd: Deposit, deps: PoolDeps) -> tuple[Transfer, bool]:
 
 
 async def pools_view(deps: PoolDeps) -> list[dict[str, Any]]:
-    """Each configured pool: its balance, target, low-water mark and demand since the last
-    rebalancing pass; then any other pool account that holds coins (legacy, default)."""
-    balances = {a.account: a.balance for a in await deps.journal.accounts("pool:")}
+    """Each configured pool: its balance, target, low-water mark, demand since the last
+    rebalancing pass, how many of its users' credits another pool paid because it was short,
+    and its loss on failed instant credits; then any other pool account (legacy, default)."""
+    accounts = {a.account: a for a in await deps.journal.accounts("pool:")}
     demand = await deps.journal.pool_demand()
     out = []
-    configured = list(deps.pools())
-    for p in configured:
+    for p in deps.pools():
         account = pool_account(p.name)
-        balance = balances.pop(account, 0)
-        out.append({"name": p.name, "countries": list(p.countries), "balance": balance,
+        held = accounts.pop(account, None) or Account(account, 0)
+        out.append({"name": p.name, "countries": list(p.countries), "balance": held.balance,
                     "target_coins": p.target_coins, "low_water_coins": p.low_water_coins,
-                    "low": balance < p.low_water_coins, "demand": demand.get(account, 0)})
-    for account, balance in sorted(balances.items()):
-        out.append({"name": account.removeprefix("pool:"), "countries": [], "balance": balance, "target_coins": None,
-                    "low_water_coins": None, "low": balance < 0, "demand": demand.get(account, 0)})
+                    "low": held.balance < p.low_water_coins, "demand": demand.get(account, 0),
+                    "shortfalls": held.shortfalls, "lost_coins": held.lost})
+    for account, held in sorted(accounts.items()):
+        out.append({"name": account.removeprefix("pool:"), "countries": [], "balance": held.balance,
+                    "target_coins": None, "low_water_coins": None, "low": held.balance < 0,
+                    "demand": demand.get(account, 0), "shortfalls": held.shortfalls, "lost_coins": held.lost})
     return out
 
 
@@ -194,6 +196,11 @@ class PoolWatch:
         for p in view:
             m.pool_coins.labels(p["name"]).set(p["balance"])
             m.pool_low.labels(p["name"]).set(1 if p["low"] else 0)
+            m.pool_shortfalls.labels(p["name"]).set(p["shortfalls"])
+            m.pool_lost.labels(p["name"]).set(p["lost_coins"])
+            before = next((q["shortfalls"] for q in self.last if q["name"] == p["name"]), p["shortfalls"])
+            if p["shortfalls"] > before:
+                log.warning("pool_short", pool=p["name"], credits=p["shortfalls"] - before, balance=p["balance"])
             if p["low"] and p["name"] not in self._low:
                 log.warning("pool_below_low_water", pool=p["name"], balance=p["balance"],
                             low_water_coins=p["low_water_coins"])

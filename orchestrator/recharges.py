@@ -162,6 +162,7 @@ async def create(cmd: NewRecharge, deps: RechargeDeps) -> Created:
         status=RechargeStatus.BLOCKED if decision.blocked else RechargeStatus.PROCESSING,
         reason="risk: " + ",".join(decision.reasons) if decision.blocked else None,
         created_at=now, updated_at=now, deadline_at=now + settings.deadline_s, config_version=settings.version,
+        instant=not decision.blocked and settings.instant_allows(p.base_amount, history.count),
     )
     detail: dict[str, Any] = {"config_version": settings.version, "coins": p.coins, "bonus_coins": p.bonus_coins,
                               "rate": str(p.rate), "promotions": [pr.to_api() for pr in p.promotions],

@@ -97,8 +97,9 @@ async def request(cmd: NewRefund, deps: RefundDeps) -> tuple[Refund, bool]:
         raise RefundRefused("not_refundable", f"only a succeeded recharge can be refunded; this one is "
                             f"{rec.status.value}", "recharge_id")
     kept = next((a for a in rec.attempts if a.state is AttemptState.CAPTURED and a.channel == rec.channel), None)
-    if kept is None:  # cannot happen: a succeeded recharge keeps its capture
-        raise RefundRefused("not_refundable", "this recharge holds no capture to refund", "recharge_id")
+    if kept is None:  # an instant credit whose payment has not settled (or failed: clawed back)
+        raise RefundRefused("not_refundable", f"this recharge holds no capture to refund (its payment's settlement "
+                            f"is {rec.settlement.value if rec.settlement else 'unknown'})", "recharge_id")
     allow_negative = deps.settings().allow_negative_balance
     for _ in range(_DECIDE_TRIES):
         refunds, dispute = await asyncio.gather(deps.journal.refunds_of(rec.id), deps.journal.dispute_of(rec.id))

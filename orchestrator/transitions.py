@@ -16,7 +16,10 @@ stores do the same in SQL (the journal conformance suite holds them to it).
   the recharge is not terminal and holds no other capture, in the same step that
   marks it succeeded; every other capture is refunded, whoever learns of it and when;
 - an attempt closed without a capture after an unknown outcome is inquired once more
-  ``late_capture_check_s`` later, and a capture found then is handled as above.
+  ``late_capture_check_s`` later, and a capture found then is handled as above;
+- instant credit (SPEC 20): a ``pending`` answer for a recharge allowed it credits at
+  once (``settlement`` pending); that payment is then never voided, only inquired every
+  reconcile interval, and its capture settles it while its failure claws the coins back.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 from channels import AttemptOutcome, ChannelResult
+from config import exponent
 from orchestrator.model import (
     KEEP,
     OPEN_ATTEMPT_STATES,
@@ -36,6 +41,7 @@ from orchestrator.model import (
     Credit,
     Recharge,
     RechargeStatus,
+    Settlement,
     Step,
     TrailEntry,
 )
@@ -101,6 +107,16 @@ class RunSettings:
     clock_skew_s: float = 0.0
     # (country, pool): the pool each country's credits draw on (SPEC 20); none: any pool.
     pools: tuple[tuple[str, str], ...] = ()
+    # Instant credit (SPEC 20): the largest amount, in base-currency units, and how many
+    # succeeded recharges make a user established; None: off.
+    instant_max_base: Decimal | None = None
+    instant_min_recharges: int = 1
+
+    def instant_allows(self, base_amount: Decimal, succeeded_before: int) -> bool:
+        """Whether a recharge of ``base_amount`` by a user with ``succeeded_before``
+        succeeded recharges may be credited while its payment is still pending."""
+        return (self.instant_max_base is not None and base_amount <= self.instant_max_base
+                and succeeded_before >= self.instant_min_recharges)
 
     def pool_for(self, country: str) -> str | None:
         for c, pool in self.pools:
@@ -111,6 +127,7 @@ class RunSettings:
     @classmethod
     def from_config(cls, cfg: Any, version: str) -> RunSettings:
         r = cfg.routing
+        instant = cfg.pool_instant_credit
         return cls(
             version=version,
             max_attempts=r.max_attempts,
@@ -124,6 +141,9 @@ class RunSettings:
             log_success_sample=cfg.logging.success_sample,
             clock_skew_s=cfg.storage.max_clock_skew_s,
             pools=tuple((c, p.name) for p in cfg.pools for c in p.countries),
+            instant_max_base=None if instant is None else Decimal(instant.max_amount_minor_base).scaleb(
+                -exponent(cfg.pricing.base_currency)),
+            instant_min_recharges=1 if instant is None else instant.min_succeeded_recharges,
         )
 
 
@@ -182,6 +202,10 @@ def next_move(rec: Recharge, now: float, s: RunSettings) -> Next:
     if open_ is not None:
         if open_.state is AttemptState.VOID_REQUESTED:
             return Next(Move.VOID, open_)
+        if _settling(rec, open_):
+            # Credited already: wait for the channel, asking once per reconcile interval.
+            due = now >= open_.updated_at + s.reconcile_interval_s
+            return Next(Move.INQUIRE, open_) if due else _STOP
         if open_.state is AttemptState.PENDING and (rec.terminal or now >= rec.deadline_at):
             return Next(Move.WRITE, open_, request_void(rec, open_, now, None))
         return Next(Move.INQUIRE, open_)
@@ -244,6 +268,9 @@ def after_inquiry(rec: Recharge, att: Attempt, result: ChannelResult, now: float
     """What an inquiry about an open attempt means. Still unknown once the tries are
     spent (a 404 included), or still pending past the deadline: void it."""
     outcome = result.outcome
+    if _settling(rec, att):  # never voided: the coins are out, only the channel ends it
+        return None if outcome in (AttemptOutcome.UNKNOWN, AttemptOutcome.NOT_PROCESSED) else on_answer(
+            rec, att, result, now, s, Source.INQUIRY)
     if outcome in (AttemptOutcome.UNKNOWN, AttemptOutcome.NOT_PROCESSED):
         return request_void(rec, att, now, result) if exhausted else None
     if outcome is AttemptOutcome.PENDING and att.state is AttemptState.PENDING and (
@@ -279,11 +306,15 @@ def on_answer(rec: Recharge, att: Attempt, result: ChannelResult, now: float, s:
     if outcome is AttemptOutcome.PENDING:
         if st in (AttemptState.PENDING, AttemptState.VOID_REQUESTED):
             return None
+        if rec.instant and not rec.terminal and now < rec.deadline_at and _mismatch(rec, result) is None:
+            return _credit(rec, att, result, now, s, source, event, AttemptState.PENDING, Settlement.PENDING)
         status = None if rec.terminal or rec.status is RechargeStatus.PENDING else RechargeStatus.PENDING
         return _attempt_step(rec, att, AttemptState.PENDING, f"{source}_pending", now, result, status=status,
                              reason="awaiting_provider", event=event)
     # Declined, voided or refunded: the attempt holds nothing.
     state = _STATE_OF[outcome]
+    if _settling(rec, att):
+        return _settlement_failed(rec, att, state, now, result, source, event)
     late_check = now + s.late_capture_check_s + s.clock_skew_s if st in _DOUBTFUL else None
     if (outcome is AttemptOutcome.DECLINED and not rec.terminal
             and (result.decline_code or "") not in s.soft_decline_codes):
@@ -308,6 +339,16 @@ def on_event(rec: Recharge, att: Attempt, result: ChannelResult, now: float, s: 
 
 def _on_capture(rec: Recharge, att: Attempt, result: ChannelResult, now: float, s: RunSettings, source: Source,
                 event: tuple[str, str] | None) -> Step:
+    if _settling(rec, att):
+        if _mismatch(rec, result) is not None:  # not the payment credited: give it back, take the coins back
+            return _settlement_failed(rec, att, AttemptState.REFUND_REQUESTED, now, result, source, event)
+        done = replace(att, state=AttemptState.CAPTURED, updated_at=now, error=None, late_check_at=None,
+                       provider_ref=result.provider_ref or att.provider_ref)
+        trail = (TrailEntry(rec.id, now, f"{source}_captured", rec.status.value, att.reference, att.channel,
+                            {"provider_ref": result.provider_ref}),
+                 TrailEntry(rec.id, now, "settled", rec.status.value, att.reference, att.channel))
+        return Step(rec.id, now, attempt=done, expect_attempt=frozenset({att.state}), settlement=Settlement.SETTLED,
+                    event=event, trail=trail, follow_up=_follow_up_change(rec, done, True, now))
     others = any(a.state is AttemptState.CAPTURED and a.reference != att.reference for a in rec.attempts)
     if rec.terminal or others:
         # Money nobody keeps: a capture after a confirmed failover, on a finished
@@ -320,19 +361,47 @@ def _on_capture(rec: Recharge, att: Attempt, result: ChannelResult, now: float, 
                              status=RechargeStatus.PENDING, reason=AMOUNT_MISMATCH, event=event, late_check_at=None,
                              detail=mismatch, error=f"{AMOUNT_MISMATCH}: the provider captured "
                              f"{mismatch['captured']}, the attempt asked {mismatch['expected']}")
+    return _credit(rec, att, result, now, s, source, event, AttemptState.CAPTURED, None)
+
+
+def _credit(rec: Recharge, att: Attempt, result: ChannelResult, now: float, s: RunSettings, source: Source,
+            event: tuple[str, str] | None, state: AttemptState, settlement: Settlement | None) -> Step:
+    """Succeeded and credited: on a capture, or (instant credit) on a pending payment."""
     total = rec.coins + rec.bonus_coins
-    done = replace(att, state=AttemptState.CAPTURED, updated_at=now, error=None, late_check_at=None,
+    done = replace(att, state=state, updated_at=now, error=None, late_check_at=None,
                    provider_ref=result.provider_ref or att.provider_ref,
                    latency_ms=att.latency_ms if att.latency_ms is not None else result.latency_ms or None)
-    first = "attempt_captured" if source is Source.ATTEMPT else f"{source}_captured"
+    first = ("attempt_captured" if source is Source.ATTEMPT else f"{source}_captured") if settlement is None \
+        else f"{source}_pending"
+    credited: dict[str, Any] = {"coins": total}
+    if settlement is not None:
+        credited["settlement"] = settlement.value
     trail = (TrailEntry(rec.id, now, first, RechargeStatus.SUCCEEDED.value, att.reference, att.channel,
                         {"provider_ref": result.provider_ref}),
-             TrailEntry(rec.id, now, "credited", RechargeStatus.SUCCEEDED.value, att.reference, att.channel,
-                        {"coins": total}))
+             TrailEntry(rec.id, now, "credited", RechargeStatus.SUCCEEDED.value, att.reference, att.channel, credited))
     return Step(rec.id, now, status=RechargeStatus.SUCCEEDED, expect_status=NONTERMINAL, channel=att.channel,
                 attempt=done, expect_attempt=frozenset({att.state}),
-                credit=Credit(rec.id, rec.user_id, total, now, s.pool_for(rec.country)),
+                credit=Credit(rec.id, rec.user_id, total, now, s.pool_for(rec.country)), settlement=settlement,
                 event=event, trail=trail, follow_up=_follow_up_change(rec, done, True, now))
+
+
+def _settling(rec: Recharge, att: Attempt) -> bool:
+    """Whether ``att`` is the payment of an instant credit the channel has not settled yet."""
+    return rec.settlement is Settlement.PENDING and att.state is AttemptState.PENDING
+
+
+def _settlement_failed(rec: Recharge, att: Attempt, state: AttemptState, now: float, result: ChannelResult,
+                       source: Source, event: tuple[str, str] | None) -> Step:
+    """The instantly credited payment failed: the coins go back to the pool (the wallet
+    may go negative: a debt), and the recharge says so; a capture of the wrong amount is
+    refunded besides."""
+    total = rec.coins + rec.bonus_coins
+    step = _attempt_step(rec, att, state, f"{source}_{result.outcome.value}", now, result, event=event,
+                         late_check_at=None)
+    trail = (*step.trail, TrailEntry(rec.id, now, "clawed_back", rec.status.value, att.reference, att.channel,
+                                     {"coins": total, "settlement": Settlement.FAILED.value}))
+    return replace(step, settlement=Settlement.FAILED, trail=trail,
+                   clawback=Credit(rec.id, rec.user_id, total, now))
 
 
 def _on_refund(rec: Recharge, att: Attempt, result: ChannelResult, now: float, source: Source,
@@ -447,11 +516,13 @@ def reduce(rec: Recharge, step: Step) -> None:
             rec.channel = step.channel
         if step.decline_code is not None:
             rec.decline_code = step.decline_code
+    if step.settlement is not None:
+        rec.settlement = step.settlement
     a = step.attempt
     if a is not None:
         if step.attempt_is_new:
             rec.attempts.append(a)
         else:
             rec.attempts = [a if x.reference == a.reference else x for x in rec.attempts]
-    if step.status is not None or a is not None:
+    if step.status is not None or a is not None or step.settlement is not None:
         rec.updated_at = step.at

@@ -41,6 +41,8 @@ def recharge_view(rec: Recharge, promotions: list[Any] | None = None, risk: dict
         "created_at": iso(rec.created_at),
         "updated_at": iso(rec.updated_at),
     })
+    if rec.settlement is not None:  # credited instantly: how its payment settles (SPEC 20)
+        doc["settlement"] = rec.settlement.value
     if rec.status is RechargeStatus.SUCCEEDED:
         doc["refunded_minor"] = sum(r.amount_minor for r in refunds if r.status is RefundStatus.SUCCEEDED)
         doc["refunds"] = [refund_view(r) for r in refunds]

@@ -123,6 +123,10 @@ SCHEMAS: dict[str, Any] = {
                                "description": "succeeded recharges only: the sum of its succeeded refunds"},
             "refunds": {"type": "array", "items": _ref("Refund")},
             "dispute": _ref("Dispute"),
+            "settlement": {"enum": ["pending", "settled", "failed"],
+                           "description": "instantly credited recharges only (SPEC 20): pending while the channel "
+                                          "settles the payment; failed: the payment failed and the coins were clawed "
+                                          "back"},
         },
     },
     "RefundRequest": {
@@ -186,7 +190,12 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"name": {"type": "string"}, "countries": {"type": "array", "items": {"type": "string"}},
                        "balance": {"type": "integer"}, "target_coins": {"type": ["integer", "null"]},
                        "low_water_coins": {"type": ["integer", "null"]}, "low": {"type": "boolean"},
-                       "demand": {"type": "integer", "minimum": 0}},
+                       "demand": {"type": "integer", "minimum": 0},
+                       "shortfalls": {"type": "integer", "minimum": 0, "description": "credits of this pool's users "
+                                      "another pool paid because this one was short"},
+                       "lost_coins": {"type": "integer", "minimum": 0, "description": "coins the pool fronted on "
+                                      "instant credits whose payment failed (its booked loss; clawed back "
+                                      "from the wallets, which owe what they could not cover)"}},
     },
     "Trail": {
         "type": "object", "required": ["recharge_id", "entries"],

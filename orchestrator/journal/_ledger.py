@@ -11,10 +11,12 @@ from collections.abc import Mapping
 
 from orchestrator.model import DEFAULT_POOL, Credit, pool_account
 
-__all__ = ["POOLS_FROM", "POOLS_TO", "choose_pool"]
+__all__ = ["POOLS_FROM", "POOLS_TO", "SETTLEMENT_FAILED", "choose_pool"]
 
 # Every pool account sorts between these two keys: one range of the accounts' primary key.
 POOLS_FROM, POOLS_TO = "pool:", "pool;"
+# The note of a clawback whose instantly credited payment failed to settle.
+SETTLEMENT_FAILED = "settlement_failed"
 
 
 def choose_pool(credit: Credit, pools: Mapping[str, int]) -> tuple[str, str | None]:

@@ -65,6 +65,11 @@ class Account:
     account: str
     balance: int
     frozen: int = 0
+    # A pool: the coins it fronted on instant credits whose payment failed (its booked loss;
+    # clawed back, a wallet that cannot cover them owes them), and how many credits of its
+    # users drew on another pool because it was short.
+    lost: int = 0
+    shortfalls: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from orchestrator.model import (
     RechargeStatus,
     Refund,
     RefundStatus,
+    Settlement,
     TrailEntry,
     Transfer,
 )
@@ -53,7 +54,7 @@ __all__ = [
 RECHARGE_COLUMNS = (
     "id, client, idempotency_key, fingerprint, user_id, amount_minor, currency, country, method, "
     "instrument, metadata, coins, bonus_coins, status, channel, decline_code, reason, config_version, "
-    "created_at, updated_at, deadline_at"
+    "created_at, updated_at, deadline_at, instant, settlement"
 )
 ATTEMPT_COLUMNS = (
     "reference, recharge_id, seq, channel, state, provider_ref, decline_code, error, latency_ms, created_at, "
@@ -72,7 +73,8 @@ def recharge_row(r: Recharge) -> tuple[Any, ...]:
         r.country, r.method, orjson.dumps(r.instrument).decode(),
         None if r.metadata is None else orjson.dumps(r.metadata).decode(),
         r.coins, r.bonus_coins, r.status.value, r.channel, r.decline_code, r.reason, r.config_version,
-        float(r.created_at), float(r.updated_at), float(r.deadline_at),
+        float(r.created_at), float(r.updated_at), float(r.deadline_at), int(r.instant),
+        None if r.settlement is None else r.settlement.value,
     )
 
 
@@ -83,7 +85,8 @@ def recharge_of(row: Sequence[Any], attempts: list[Attempt]) -> Recharge:
         instrument=orjson.loads(row[9]), metadata=None if row[10] is None else orjson.loads(row[10]),
         coins=row[11], bonus_coins=row[12], status=RechargeStatus(row[13]), channel=row[14],
         decline_code=row[15], reason=row[16], config_version=row[17], created_at=row[18],
-        updated_at=row[19], deadline_at=row[20], attempts=attempts,
+        updated_at=row[19], deadline_at=row[20], attempts=attempts, instant=bool(row[21]),
+        settlement=None if row[22] is None else Settlement(row[22]),
     )
 
 

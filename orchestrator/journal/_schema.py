@@ -321,4 +321,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE wallet_entries",
         "DROP TABLE wallets",
     ),
+    # 12: instant credit (SPEC 20): whether a recharge may be credited while its payment is
+    # pending, how that payment settled, each pool's loss on the ones that failed, and how
+    # many credits found it short.
+    (
+        "ALTER TABLE recharges ADD COLUMN instant INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE recharges ADD COLUMN settlement TEXT",
+        "ALTER TABLE accounts ADD COLUMN lost INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE accounts ADD COLUMN shortfalls INTEGER NOT NULL DEFAULT 0",
+    ),
 )

@@ -267,4 +267,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE wallet_entries",
         "DROP TABLE wallets",
     ),
+    # 12: as SQLite's 12 (SPEC 20): instant credit, its settlement, and the pools' losses.
+    (
+        "ALTER TABLE recharges ADD COLUMN instant INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE recharges ADD COLUMN settlement TEXT",
+        "ALTER TABLE accounts ADD COLUMN lost BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE accounts ADD COLUMN shortfalls BIGINT NOT NULL DEFAULT 0",
+    ),
 )

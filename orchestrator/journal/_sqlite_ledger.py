@@ -8,12 +8,12 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.journal._ledger import POOLS_FROM, POOLS_TO, choose_pool
+from orchestrator.journal._ledger import POOLS_FROM, POOLS_TO, SETTLEMENT_FAILED, choose_pool
 from orchestrator.journal._sqlite_trail import insert_trail
 from orchestrator.journal import _wire
 from orchestrator.model import DEFAULT_POOL, ISSUANCE, Credit, pool_account, wallet_account
 
-__all__ = ["LEDGER_OPS", "credit", "freeze", "move", "spendable"]
+__all__ = ["LEDGER_OPS", "claw_back", "credit", "freeze", "move", "spendable"]
 
 _ADD = ("INSERT INTO accounts(account, balance, updated_at) VALUES (?,?,?) ON CONFLICT(account) DO UPDATE SET "
         "balance=balance+excluded.balance, updated_at=excluded.updated_at RETURNING balance")
@@ -43,6 +43,8 @@ def credit(conn: sqlite3.Connection, c: Credit) -> bool:
     pool, note = choose_pool(c, _pools(conn))
     transfer(conn, pool, wallet_account(c.user_id), c.coins, "credit", c.at, c.recharge_id, None, note)
     conn.execute("UPDATE accounts SET credited = credited + ? WHERE account = ?", (c.coins, pool))
+    if note is not None and c.pool is not None:
+        conn.execute("UPDATE accounts SET shortfalls = shortfalls + 1 WHERE account = ?", (pool_account(c.pool),))
     return True
 
 
@@ -59,6 +61,17 @@ def move(conn: sqlite3.Connection, user_id: str, recharge_id: str, coins: int, a
         transfer(conn, pool, wallet, coins, kind, at, recharge_id, ref)
     else:
         transfer(conn, wallet, pool, -coins, kind, at, recharge_id, ref)
+
+
+def claw_back(conn: sqlite3.Connection, c: Credit) -> None:
+    """An instant credit whose payment failed: its coins back from the wallet (which may
+    go negative: a debt) to its pool, and booked as the pool's loss."""
+    row = conn.execute("SELECT debit FROM transfers WHERE kind = 'credit' AND recharge_id = ?",
+                       (c.recharge_id,)).fetchone()
+    pool = row[0] if row else pool_account(DEFAULT_POOL)
+    transfer(conn, wallet_account(c.user_id), pool, c.coins, "clawback", c.at, c.recharge_id, None,
+             SETTLEMENT_FAILED)
+    conn.execute("UPDATE accounts SET lost = lost + ? WHERE account = ?", (c.coins, pool))
 
 
 def freeze(conn: sqlite3.Connection, user_id: str, coins: int, at: float) -> None:

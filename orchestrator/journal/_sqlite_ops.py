@@ -198,7 +198,7 @@ _HAS_OPEN_OR_DONE = (
 
 # A key already held leaves the row alone (rowcount 0): the holder answers instead.
 _INSERT_RECHARGE = (
-    f"INSERT INTO recharges({RECHARGE_COLUMNS}) VALUES ({','.join('?' * 21)}) "
+    f"INSERT INTO recharges({RECHARGE_COLUMNS}) VALUES ({','.join('?' * 23)}) "
     "ON CONFLICT (client, idempotency_key) DO NOTHING"
 )
 
@@ -266,6 +266,9 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
         if step.decline_code is not None:
             sets += ", decline_code=?"
             params.append(step.decline_code)
+        if step.settlement is not None:
+            sets += ", settlement=?"
+            params.append(step.settlement.value)
         where = "id=?"
         params.append(step.recharge_id)
         if step.expect_status is not None:
@@ -280,7 +283,8 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
             raise Rejected
     elif step.attempt is not None:
         # An attempt's change is the recharge's change: its updated_at moves too.
-        sql, params = "UPDATE recharges SET updated_at=? WHERE id=?", [step.at, step.recharge_id]
+        sql, params = "UPDATE recharges SET updated_at=?, settlement=COALESCE(?, settlement) WHERE id=?", [
+            step.at, None if step.settlement is None else step.settlement.value, step.recharge_id]
         if step.expect_status is not None:
             sql += f" AND status IN ({','.join('?' * len(step.expect_status))})"
             params.extend(sorted(s.value for s in step.expect_status))
@@ -323,6 +327,8 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
         if succeeded is not None:
             user_id, currency, amount_minor, created_at = succeeded
             conn.execute(_ADD_TO_TOTALS, (user_id, currency, amount_minor, month_of(created_at)))
+    if step.clawback is not None:
+        ledger.claw_back(conn, step.clawback)
     if step.follow_up is not KEEP:
         if step.follow_up is None:
             conn.execute("DELETE FROM follow_ups WHERE recharge_id=?", (step.recharge_id,))

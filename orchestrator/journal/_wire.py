@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from orchestrator.model import KEEP, Attempt, AttemptState, Credit, FirstRecharge, Notice, Recharge, RechargeStatus, \
-    Step, TrailEntry
+    Settlement, Step, TrailEntry
 
 __all__ = ["HEADER", "enc_notice", "enc_trail", "notice", "trail", "decode_args", "decode_value", "encode", "encode_request", "encode_value", "frames", "pack"]
 
@@ -74,7 +74,7 @@ def enc_recharge(r: Recharge) -> list[Any]:
     return [r.id, r.client, r.idempotency_key, r.fingerprint, r.user_id, r.amount_minor, r.currency, r.country,
             r.method, r.instrument, r.metadata, r.coins, r.bonus_coins, r.status, r.created_at, r.updated_at,
             r.deadline_at, r.config_version, r.channel, r.decline_code, r.reason,
-            [enc_attempt(a) for a in r.attempts]]
+            [enc_attempt(a) for a in r.attempts], r.instant, r.settlement]
 
 
 def recharge(v: list[Any]) -> Recharge:
@@ -83,32 +83,40 @@ def recharge(v: list[Any]) -> Recharge:
         currency=v[6], country=v[7], method=v[8], instrument=v[9], metadata=v[10], coins=v[11], bonus_coins=v[12],
         status=RechargeStatus(v[13]), created_at=v[14], updated_at=v[15], deadline_at=v[16], config_version=v[17],
         channel=v[18], decline_code=v[19], reason=v[20], attempts=[attempt(a) for a in v[21]],
+        instant=v[22], settlement=None if v[23] is None else Settlement(v[23]),
     )
 
 
+def _enc_credit(c: Credit | None) -> list[Any] | None:
+    return None if c is None else [c.recharge_id, c.user_id, c.coins, c.at, c.pool]
+
+
+def _credit(v: list[Any] | None) -> Credit | None:
+    return None if v is None else Credit(v[0], v[1], v[2], v[3], v[4])
+
+
 def enc_step(s: Step) -> list[Any]:
-    c = s.credit
     return [s.recharge_id, s.at, s.status, None if s.expect_status is None else list(s.expect_status), s.channel,
             s.decline_code, s.reason, None if s.attempt is None else enc_attempt(s.attempt), s.attempt_is_new,
             None if s.expect_attempt is None else list(s.expect_attempt),
-            None if c is None else [c.recharge_id, c.user_id, c.coins, c.at, c.pool], s.event,
+            _enc_credit(s.credit), s.event,
             [enc_trail(t) for t in s.trail], None if s.follow_up is KEEP else [s.follow_up], s.lease,
-            [enc_notice(n) for n in s.notices]]
+            [enc_notice(n) for n in s.notices], s.settlement, _enc_credit(s.clawback)]
 
 
 def step(v: list[Any]) -> Step:
-    credit = v[10]
     return Step(
         recharge_id=v[0], at=v[1], status=None if v[2] is None else RechargeStatus(v[2]),
         expect_status=None if v[3] is None else frozenset(RechargeStatus(x) for x in v[3]),
         channel=v[4], decline_code=v[5], reason=v[6], attempt=None if v[7] is None else attempt(v[7]),
         attempt_is_new=v[8], expect_attempt=None if v[9] is None else frozenset(AttemptState(x) for x in v[9]),
-        credit=None if credit is None else Credit(credit[0], credit[1], credit[2], credit[3], credit[4]),
+        credit=_credit(v[10]),
         event=None if v[11] is None else (v[11][0], v[11][1]),
         trail=tuple(trail(t) for t in v[12]),
         follow_up=KEEP if v[13] is None else v[13][0],
         lease=None if v[14] is None else (v[14][0], v[14][1]),
         notices=tuple(notice(n) for n in v[15]),
+        settlement=None if v[16] is None else Settlement(v[16]), clawback=_credit(v[17]),
     )
 
 

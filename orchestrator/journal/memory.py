@@ -53,7 +53,7 @@ from orchestrator.model import (
     pool_account,
     wallet_account,
 )
-from orchestrator.journal._ledger import choose_pool
+from orchestrator.journal._ledger import SETTLEMENT_FAILED, choose_pool
 from orchestrator.transitions import admits, reduce
 
 __all__ = ["MemoryJournal"]
@@ -94,6 +94,8 @@ class _Ledger:
         self._credit_pool: dict[str, str] = {}  # recharge -> the pool its credit drew on
         self.demand: dict[str, int] = {}  # pool -> coins credited since the last rebalancing pass
         self._refs: set[tuple[str, str]] = set()
+        self.lost: dict[str, int] = {}  # pool -> coins it fronted on failed instant credits
+        self.shortfalls: dict[str, int] = {}  # pool -> credits of its users another pool paid
 
     def of(self, account: str) -> tuple[int, int]:
         held = self.accounts.get(account)
@@ -119,6 +121,9 @@ class _Ledger:
         pool, note = choose_pool(c, {a: held[0] for a, held in self.accounts.items() if a.startswith("pool:")})
         self._credit_pool[c.recharge_id] = pool
         self.demand[pool] = self.demand.get(pool, 0) + c.coins
+        local = pool_account(c.pool) if c.pool is not None else ""
+        if note is not None and local in self.accounts:  # as the SQL stores: an open pool's count
+            self.shortfalls[local] = self.shortfalls.get(local, 0) + 1
         self.transfer(pool, wallet_account(c.user_id), c.coins, "credit", c.at, c.recharge_id, None, note)
 
     def move(self, user_id: str, recharge_id: str, coins: int, at: float, kind: str, ref: str | None) -> None:
@@ -131,6 +136,14 @@ class _Ledger:
             self.transfer(pool, wallet, coins, kind, at, recharge_id, ref)
         else:
             self.transfer(wallet, pool, -coins, kind, at, recharge_id, ref)
+
+    def claw_back(self, c: Credit) -> None:
+        """An instant credit whose payment failed: its coins back from the wallet (which may
+        go negative: a debt) to its pool, and booked as the pool's loss."""
+        pool = self._credit_pool.get(c.recharge_id, pool_account(DEFAULT_POOL))
+        self.transfer(wallet_account(c.user_id), pool, c.coins, "clawback", c.at, c.recharge_id, None,
+                      SETTLEMENT_FAILED)
+        self.lost[pool] = self.lost.get(pool, 0) + c.coins
 
     def freeze(self, user_id: str, coins: int, at: float) -> None:
         self.accounts.setdefault(wallet_account(user_id), [0, 0])[1] += coins
@@ -248,6 +261,8 @@ class MemoryJournal:
         if c is not None:
             self._credited.add(c.recharge_id)
             self._ledger.credit(c)
+        if step.clawback is not None:
+            self._ledger.claw_back(step.clawback)
         reduce(rec, step)
         self._outbox_add(step.notices)
         if step.follow_up is not KEEP:
@@ -518,8 +533,8 @@ class MemoryJournal:
         return "made", made
 
     async def accounts(self, prefix: str = "") -> list[Account]:
-        return [Account(a, bal, frozen) for a, (bal, frozen) in sorted(self._ledger.accounts.items())
-                if a.startswith(prefix)]
+        return [Account(a, bal, frozen, self._ledger.lost.get(a, 0), self._ledger.shortfalls.get(a, 0))
+                for a, (bal, frozen) in sorted(self._ledger.accounts.items()) if a.startswith(prefix)]
 
     async def transfers(self, account: str | None = None, after: int = 0, limit: int = 100) -> list[Transfer]:
         return [t for t in self._ledger.transfers if t.seq > after
@@ -616,7 +631,8 @@ class MemoryJournal:
         led = self._ledger
         return Facts(
             recharges=[(r.id, r.status.value, r.coins + r.bonus_coins, r.user_id, r.channel, r.reason, r.client,
-                        r.idempotency_key, r.amount_minor, r.currency) for r in self._recharges.values()],
+                        r.idempotency_key, r.amount_minor, r.currency, r.settlement and r.settlement.value)
+                       for r in self._recharges.values()],
             attempts=[(a.reference, a.recharge_id, a.channel, a.state.value)
                       for r in self._recharges.values() for a in r.attempts],
             credits=[(t.recharge_id, t.credit.removeprefix("wallet:"), t.coins) for t in led.transfers

@@ -28,7 +28,7 @@ import orjson
 import structlog
 
 from orchestrator.audit import GENESIS
-from orchestrator.journal._ledger import choose_pool
+from orchestrator.journal._ledger import SETTLEMENT_FAILED, choose_pool
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
     Account,
@@ -633,7 +633,7 @@ class PostgresJournal:
     async def accounts(self, prefix: str = "") -> list[Account]:
         sql, args = _accounts_of(prefix)
         rows = await self._read(lambda conn: conn.fetch(sql + _BY_NAME, *args))
-        return [Account(r[0], int(r[1]), int(r[2])) for r in rows]
+        return [Account(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
 
     async def transfers(self, account: str | None = None, after: int = 0, limit: int = 100) -> list[Transfer]:
         if account is None:
@@ -777,22 +777,24 @@ def _now(n: int) -> str:
     return f"COALESCE(${n}::float8, EXTRACT(EPOCH FROM clock_timestamp()))"
 
 
-# $1..$21 the recharge row, $22..$30 the trail entry.
+# $1..$23 the recharge row, $24..$32 the trail entry.
 _CREATE = (
     f"WITH rec AS (INSERT INTO recharges({RECHARGE_COLUMNS}) "
-    f"VALUES ({','.join(f'${i}' for i in range(1, 22))}) "
+    f"VALUES ({','.join(f'${i}' for i in range(1, 24))}) "
     "ON CONFLICT (client, idempotency_key) DO NOTHING RETURNING id) "
     f"INSERT INTO trail({TRAIL_COLUMNS}) "
-    "SELECT $22, $23, $24, $25, $26, $27, $28, $29, $30 FROM rec RETURNING 1"
+    "SELECT $24, $25, $26, $27, $28, $29, $30, $31, $32 FROM rec RETURNING 1"
 )
 _INSERT_ATTEMPT = f"INSERT INTO attempts({ATTEMPT_COLUMNS}) VALUES ({','.join(f'${i}' for i in range(1, 13))})"
 _INSERT_TRAIL = f"INSERT INTO trail({TRAIL_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
 # channel and decline_code change only when the step names them, as in SQLite.
 _UPDATE_STATUS = (
     "UPDATE recharges SET status=$1, updated_at=$2, reason=$3, channel=COALESCE($4, channel), "
-    "decline_code=COALESCE($5, decline_code) WHERE id=$6 AND ($7::text[] IS NULL OR status = ANY($7::text[]))"
+    "decline_code=COALESCE($5, decline_code), settlement=COALESCE($8, settlement) "
+    "WHERE id=$6 AND ($7::text[] IS NULL OR status = ANY($7::text[]))"
 )
-_TOUCH = "UPDATE recharges SET updated_at=$1 WHERE id=$2 AND ($3::text[] IS NULL OR status = ANY($3::text[]))"
+_TOUCH = ("UPDATE recharges SET updated_at=$1, settlement=COALESCE($4, settlement) "
+          "WHERE id=$2 AND ($3::text[] IS NULL OR status = ANY($3::text[]))")
 # A success that credits: the row says whose totals it joins (see _ADD_TO_TOTALS).
 _UPDATE_STATUS_SUCCEEDED = _UPDATE_STATUS + " RETURNING user_id, currency, amount_minor, created_at"
 # One more success in its user's totals (``_totals``): its creation month's tally grows if newest,
@@ -885,6 +887,10 @@ def _values(states: frozenset[Any] | None) -> list[str] | None:
     return None if states is None else sorted(s.value for s in states)
 
 
+def _value(state: Any) -> str | None:
+    return None if state is None else state.value
+
+
 async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
     # A step that marks its recharge succeeded and credits it adds it to the user's
     # totals; who, what currency, how much and when created come from the row it updates.
@@ -896,7 +902,7 @@ async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
             raise _Rejected
     if step.status is not None:
         args = (step.status.value, float(step.at), step.reason, step.channel, step.decline_code,
-                step.recharge_id, _values(step.expect_status))
+                step.recharge_id, _values(step.expect_status), _value(step.settlement))
         if step.status is RechargeStatus.SUCCEEDED and step.credit is not None:
             succeeded = await conn.fetchrow(_UPDATE_STATUS_SUCCEEDED, *args)
             if succeeded is None:
@@ -906,7 +912,8 @@ async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
     elif step.attempt is not None:
         # An attempt's change is the recharge's change: its updated_at moves too (and the
         # row is locked, so the status guard still holds when we commit).
-        if await conn.execute(_TOUCH, float(step.at), step.recharge_id, _values(step.expect_status)) != "UPDATE 1":
+        if await conn.execute(_TOUCH, float(step.at), step.recharge_id, _values(step.expect_status),
+                              _value(step.settlement)) != "UPDATE 1":
             raise _Rejected
     elif step.expect_status is not None:
         # Lock the row as the UPDATE above would: the guard must still hold when we
@@ -929,6 +936,8 @@ async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
             raise _Rejected
         if succeeded is not None:
             await conn.execute(_ADD_TO_TOTALS, succeeded[0], succeeded[1], succeeded[2], month_of(succeeded[3]))
+    if step.clawback is not None:
+        await _claw_back(conn, step.clawback)
     if step.follow_up is not KEEP:
         if step.follow_up is None:
             await conn.execute("DELETE FROM follow_ups WHERE recharge_id=$1", step.recharge_id)
@@ -1019,7 +1028,7 @@ _CREDIT_POOL = "SELECT debit FROM transfers WHERE kind = 'credit' AND recharge_i
 # Accounts by name prefix: along the primary key between two bounds ($2, $3), starts_with
 # keeping exactly the prefix's. The bounds are made of letters, because punctuation sorts
 # differently by collation (ICU puts ';' before ':'), letters the same in every one.
-_ACCOUNTS = "SELECT account, balance, frozen FROM accounts WHERE starts_with(account, $1)"
+_ACCOUNTS = "SELECT account, balance, frozen, lost, shortfalls FROM accounts WHERE starts_with(account, $1)"
 _BETWEEN = " AND account >= $2 AND account < $3"
 _BY_NAME = ' ORDER BY account COLLATE "C"'  # as Python sorts them (the memory store)
 _POOLS = ("pool:", "pool", "poom")
@@ -1083,7 +1092,18 @@ async def _credit(conn: asyncpg.Connection, c: Credit) -> bool:
     if seq is None:
         return False
     await conn.execute(_COUNT_DEMAND, pool, c.coins)
+    if note is not None and c.pool is not None:
+        await conn.execute("UPDATE accounts SET shortfalls = shortfalls + 1 WHERE account = $1", pool_account(c.pool))
     return True
+
+
+async def _claw_back(conn: asyncpg.Connection, c: Credit) -> None:
+    """An instant credit whose payment failed: its coins back from the wallet (which may
+    go negative: a debt) to its pool, and booked as the pool's loss."""
+    pool = await _credit_pool(conn, c.recharge_id)
+    await conn.execute(_TRANSFER, wallet_account(c.user_id), pool, c.coins, "clawback", c.recharge_id, None,
+                       SETTLEMENT_FAILED, float(c.at))
+    await conn.execute("UPDATE accounts SET lost = lost + $2 WHERE account = $1", pool, c.coins)
 
 
 async def _credit_pool(conn: asyncpg.Connection, recharge_id: str) -> str:

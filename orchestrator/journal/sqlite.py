@@ -393,7 +393,7 @@ class SqliteJournal:
         return answer[0], transfer_of(rows[0])
 
     async def accounts(self, prefix: str = "") -> list[Account]:
-        rows = await self.query("SELECT account, balance, frozen FROM accounts WHERE account >= ? AND account < ? "
+        rows = await self.query("SELECT account, balance, frozen, lost, shortfalls FROM accounts WHERE account >= ? AND account < ? "
                                 "ORDER BY account", (prefix, prefix + "\U0010ffff"))
         return [Account(*r) for r in rows]
 

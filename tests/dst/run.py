@@ -193,6 +193,30 @@ def _refund_guard_ignored() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _instant_failure_kept() -> Iterator[None]:
+    """An instantly credited payment that then fails leaves its coins in the wallet."""
+    from orchestrator import transitions as tr
+
+    old = tr._settlement_failed
+
+    def failed(*args: Any, **kwargs: Any) -> Any:
+        return replace(old(*args, **kwargs), clawback=None)
+
+    with _patched(tr, "_settlement_failed", failed):
+        yield
+
+
+@contextmanager
+def _instant_credit_voided() -> Iterator[None]:
+    """An instantly credited payment handled as any pending one: voided once its recharge
+    is finished, so the coins stay out with nothing behind them."""
+    from orchestrator import transitions as tr
+
+    with _patched(tr, "_settling", lambda rec, att: False):
+        yield
+
+
 # Rare: seeds that fail with the fix taken back (test_dst runs them, not 3,000). 41019 is one
 # the 100,000-seed run first failed on; 3797 replaces 56244, a world that now also refunds
 # (a search of seeds 0 to 4,000 with the mutation found it).
@@ -209,6 +233,8 @@ MUTATIONS: dict[str, Callable[[], Any]] = {
     "retired_channels_forgotten": _retired_channels_forgotten,
     "refund_unknown_read_as_failed": _refund_unknown_read_as_failed,
     "refund_guard_ignored": _refund_guard_ignored,
+    "instant_failure_kept": _instant_failure_kept,
+    "instant_credit_voided": _instant_credit_voided,
 }
 
 

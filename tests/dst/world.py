@@ -35,7 +35,7 @@ from orchestrator.channel_set import ChannelSet
 from orchestrator.driver import Driver, HeldElsewhere, IdempotencyConflict, RoutePlan
 from orchestrator.invariants import LedgerPayment, check_facts
 from orchestrator.journal import MemoryJournal
-from orchestrator.model import OPEN_ATTEMPT_STATES, AttemptState, Recharge, RechargeStatus, TrailEntry
+from orchestrator.model import OPEN_ATTEMPT_STATES, AttemptState, Recharge, RechargeStatus, Settlement, TrailEntry
 from orchestrator.errors import RefundRefused
 from orchestrator.metrics import Metrics
 from orchestrator.notifications import Notifier
@@ -55,7 +55,8 @@ MAX_SKEW_S = 20.0
 # Trail events worth counting over many seeds: evidence of what the runs went through.
 _SEEN = ("late_capture_refund_requested", "late_capture_refunded", "amount_mismatch", "void_voided",
          "void_requested", "late_capture_check_clear", "webhook_captured", "webhook_ignored", "inquiry_captured",
-         "void_captured", "late_check_captured", "refund_requested", "refund_succeeded", "refund_failed")
+         "void_captured", "late_check_captured", "refund_requested", "refund_succeeded", "refund_failed",
+         "settled", "clawed_back")
 
 
 # -- the seed's draw of faults --------------------------------------------------------------
@@ -648,6 +649,9 @@ class World:
         self.refunds_config = RefundsConfig(retry_interval_s=self.refund_rng.choice((1.0, 5.0, 30.0)))
         # Some providers take a refund past what is left (broken): the orchestrator must not lean on their check.
         self.lax_refunds = self.refunding and self.refund_rng.random() < 0.3
+        # Instant credit (SPEC 20) in half the worlds, for most recharges there, by a stream of its own too.
+        self.instant_rng = random.Random(seed ^ 0x1257_AC7)
+        self.instant = self.instant_rng.random() < 0.5
 
     def _config(self, name: str) -> ChannelConfig:
         f = self.providers[name].f
@@ -749,7 +753,8 @@ class World:
             id=rid, client="front", idempotency_key=f"key-{i}", fingerprint=f"fp-{i}", user_id=user,
             amount_minor=amount, currency="CNY", country="CN", method="ewallet", instrument={"token": "tok"},
             metadata=None, coins=amount // 10, bonus_coins=0, status=RechargeStatus.PROCESSING, created_at=now,
-            updated_at=now, deadline_at=now + self.settings.deadline_s, config_version="sim")
+            updated_at=now, deadline_at=now + self.settings.deadline_s, config_version="sim",
+            instant=self.instant and self.instant_rng.random() < 0.8)
 
     async def refunder(self) -> None:
         """A support desk: refunds succeeded recharges, in part or whole, now and then the
@@ -855,6 +860,8 @@ class World:
         for rec in self.store._recharges.values():
             if rec.status is RechargeStatus.PENDING and rec.reason != AMOUNT_MISMATCH:
                 v.append(f"{rec.id} still pending ({rec.reason}) after every fault healed")
+            if rec.settlement is Settlement.PENDING:
+                v.append(f"{rec.id}'s instant credit still waits for its payment after every fault healed")
             for a in rec.attempts:
                 if a.state in OPEN_ATTEMPT_STATES or a.state is AttemptState.REFUND_REQUESTED:
                     v.append(f"{a.reference} left {a.state.value} after every fault healed")
@@ -878,5 +885,6 @@ class World:
             1 for prov in self.providers.values() for p in prov.payments.values() if p.tombstone and
             p.status == "voided" and len(p.history) == 1 and p.reference in prov.refused)
         stats["leased runs"] = int(self.leased)
+        stats["instant credit runs"] = int(self.instant)
         return Outcome(self.seed, v, digest, report.recharges, report.by_status, len(self.store._trail),
                        {k: n for k, n in stats.items() if n})

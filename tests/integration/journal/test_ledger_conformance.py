@@ -7,14 +7,17 @@ lands whole or, planned on stale balances, not at all."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
-from harness import make_recharge
+from harness import SETTINGS, make_recharge
 from test_conformance import clock, cstore, journal, kind, pair  # noqa: F401  (fixtures)
 
+from channels import AttemptOutcome, ChannelResult
 from orchestrator import transitions as tr
 from orchestrator.invariants import ledger_violations
 from orchestrator.journal import RefundGuard
-from orchestrator.model import Credit, RechargeStatus, Refund, RefundStatus, Step, TrailEntry
+from orchestrator.model import AttemptState, Credit, RechargeStatus, Refund, RefundStatus, Settlement, Step, \
+    TrailEntry
 
 
 async def _credit(journal, clock, key: str, coins: int, pool: str | None, user: str = "u1"):
@@ -129,3 +132,60 @@ async def test_two_instances_crediting_from_one_pool_lose_and_duplicate_nothing(
     assert (await _balances(a))["pool:cn"] == 100_000 - sum(100 + i for i in range(40))
     assert len([t for t in await b.transfers(limit=1000) if t.kind == "credit"]) == len(recs)
     await _consistent(b)
+
+
+async def _instant(journal, clock, key: str, settings):
+    """A recharge allowed instant credit, its first attempt journaled and answered pending."""
+    rec, trail = make_recharge(clock, key)
+    rec.instant = True
+    assert await journal.create(rec, trail) is None
+    step = tr.begin_attempt(rec, "a", clock.now())
+    assert await journal.apply(step)
+    tr.reduce(rec, step)
+    step = tr.on_answer(rec, rec.attempts[0], ChannelResult(AttemptOutcome.PENDING, "pr_1"), clock.now(), settings,
+                        tr.Source.ATTEMPT)
+    assert step.credit is not None and step.settlement is Settlement.PENDING
+    assert await journal.apply(step)
+    tr.reduce(rec, step)
+    return rec
+
+
+async def test_an_instant_credit_settles_once_or_is_clawed_back_into_its_pool_as_its_loss(journal, clock):
+    settings = replace(SETTINGS, pools=(("CN", "cn"),))
+    await journal.open_pools(["cn", "ph"], clock.now())
+    await journal.deposit("cn", 10_000, "d1", clock.now(), _note(clock, "pool_deposit"))
+    good, bad = await _instant(journal, clock, "k1", settings), await _instant(journal, clock, "k2", settings)
+    coins = good.coins + good.bonus_coins
+    stored = await journal.get(bad.id)
+    assert (stored.status, stored.settlement, stored.instant) == (RechargeStatus.SUCCEEDED, Settlement.PENDING, True)
+    assert (await journal.wallet("u1")).coins == 2 * coins
+
+    settled = tr.on_answer(good, good.attempts[0], ChannelResult(AttemptOutcome.CAPTURED, "pr_1"), clock.now(),
+                           settings, tr.Source.WEBHOOK, ("a", "evt_1"))
+    assert settled.credit is None and settled.clawback is None and settled.settlement is Settlement.SETTLED
+    assert await journal.apply(settled)
+    failed = tr.on_answer(bad, bad.attempts[0], ChannelResult(AttemptOutcome.DECLINED, "pr_1", "insufficient_funds"),
+                          clock.now(), settings, tr.Source.INQUIRY)
+    assert await journal.apply(failed)
+    assert not await journal.apply(failed), "its payment failed once: clawed back once"
+
+    assert (await journal.get(good.id)).settlement is Settlement.SETTLED
+    after = await journal.get(bad.id)
+    assert (after.status, after.settlement, after.attempts[0].state) == (
+        RechargeStatus.SUCCEEDED, Settlement.FAILED, AttemptState.DECLINED)
+    moves = [(t.kind, t.debit, t.credit, t.coins, t.note) for t in await journal.transfers() if t.recharge_id == bad.id]
+    assert moves == [("credit", "pool:cn", "wallet:u1", coins, None),
+                     ("clawback", "wallet:u1", "pool:cn", coins, "settlement_failed")]
+    pools = {a.account: a for a in await journal.accounts("pool:")}
+    assert (pools["pool:cn"].balance, pools["pool:cn"].lost, pools["pool:ph"].lost) == (10_000 - coins, coins, 0)
+    assert (await journal.wallet("u1")).coins == coins
+    await _consistent(journal)
+
+
+async def test_a_credit_its_pool_cannot_pay_is_counted_as_that_pools_shortfall(journal, clock):
+    await journal.open_pools(["cn", "ph"], clock.now())
+    await journal.deposit("ph", 3000, "d1", clock.now(), _note(clock, "pool_deposit"))
+    await _credit(journal, clock, "k1", 800, "cn")
+    await _credit(journal, clock, "k2", 800, "ph")
+    pools = {a.account: a.shortfalls for a in await journal.accounts("pool:")}
+    assert pools == {"pool:cn": 1, "pool:ph": 0}

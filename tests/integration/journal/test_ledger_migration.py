@@ -14,6 +14,9 @@ from orchestrator.invariants import facts_of, ledger_violations
 from orchestrator.journal import SqliteJournal, WalletEntry, WalletView, _schema, _schema_pg
 from orchestrator.journal._rows import RECHARGE_COLUMNS, recharge_row
 
+# A recharge row as schema 10 had it (migration 12 added instant and settlement).
+V10_COLUMNS = RECHARGE_COLUMNS.removesuffix(", instant, settlement")
+
 # (user, recharge key, kind, ref, coins): a credit, a refund and its reversal, a clawback.
 ENTRIES = [("u1", "k1", "credit", None, 500), ("u2", "k2", "credit", None, 300),
            ("u1", "k1", "refund", "rf_1", -200), ("u1", "k1", "refund_reversal", "rf_1", 200),
@@ -33,8 +36,8 @@ def _at_schema_10(path) -> dict[str, str]:
         for user, key, *_ in ENTRIES:
             if key not in ids:
                 rec, _ = make_recharge(clock, key, user=user)
-                conn.execute(f"INSERT INTO recharges({RECHARGE_COLUMNS}) VALUES ({','.join('?' * 21)})",
-                             recharge_row(rec))
+                conn.execute(f"INSERT INTO recharges({V10_COLUMNS}) VALUES ({','.join('?' * 21)})",
+                             recharge_row(rec)[:21])
                 ids[key] = rec.id
         balances: dict[str, int] = {}
         for n, (user, key, kind, ref, coins) in enumerate(ENTRIES):
@@ -112,8 +115,8 @@ async def _pg_at_schema_10(url: str) -> tuple[dict[str, str], dict[str, WalletVi
         for user, key, *_ in ENTRIES:
             if key not in ids:
                 rec, _ = make_recharge(clock, key, user=user)
-                await conn.execute(f"INSERT INTO recharges({RECHARGE_COLUMNS}) "
-                                   f"VALUES ({','.join(f'${i}' for i in range(1, 22))})", *recharge_row(rec))
+                await conn.execute(f"INSERT INTO recharges({V10_COLUMNS}) "
+                                   f"VALUES ({','.join(f'${i}' for i in range(1, 22))})", *recharge_row(rec)[:21])
                 ids[key] = rec.id
         balances: dict[str, int] = {}
         for n, (user, key, kind, ref, coins) in enumerate(ENTRIES):

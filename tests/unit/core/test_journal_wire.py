@@ -7,8 +7,8 @@ import orjson
 import pytest
 
 from orchestrator.journal import _wire
-from orchestrator.model import Attempt, AttemptState, Credit, FirstRecharge, Notice, Recharge, RechargeStatus, Step, \
-    TrailEntry
+from orchestrator.model import Attempt, AttemptState, Credit, FirstRecharge, Notice, Recharge, RechargeStatus, \
+    Settlement, Step, TrailEntry
 
 AT = 1796157391.9159791  # floats must survive exactly: the audit chain hashes them
 
@@ -36,7 +36,8 @@ def _roundtrip_request(op: str, args: tuple[object, ...]) -> tuple[object, ...]:
     return _wire.decode_args(op, sent)
 
 
-@pytest.mark.parametrize("rec", [_recharge(), _recharge(metadata=None, attempts=[], channel=None, reason=None)])
+@pytest.mark.parametrize("rec", [_recharge(), _recharge(metadata=None, attempts=[], channel=None, reason=None),
+                                 _recharge(instant=True, settlement=Settlement.FAILED)])
 def test_create_round_trips(rec):
     entry = TrailEntry(rec.id, AT, "created", "processing", detail={"rate": "0.1404", "promotions": []})
     started = (_attempt(state=AttemptState.STARTED), TrailEntry(rec.id, AT, "attempt_started", "processing",
@@ -62,6 +63,8 @@ def test_create_round_trips(rec):
     Step("rc_1", AT, attempt=_attempt(state=AttemptState.REFUNDED), follow_up=None),
     Step("rc_1", AT, status=RechargeStatus.FAILED, notices=(
         Notice("evt_2", "front", "rc_1", "recharge.failed", AT, '{"data": {"status": "failed"}}'),)),
+    Step("rc_1", AT, attempt=_attempt(state=AttemptState.DECLINED), settlement=Settlement.FAILED,
+         clawback=Credit("rc_1", "u1", 960, AT, "cn")),
 ])
 def test_apply_round_trips(step):
     assert _roundtrip_request("apply", (step,)) == (step,)
@@ -70,7 +73,7 @@ def test_apply_round_trips(step):
 def test_plain_ops_and_answers_round_trip():
     held = {"rc_1": 1, "rc_2": 3}
     assert _roundtrip_request("renew", ("owner", held, 10.0, AT)) == ("owner", held, 10.0, AT)
-    recs = [_recharge(), _recharge(id="rc_2", attempts=[])]
+    recs = [_recharge(), _recharge(id="rc_2", attempts=[], instant=True, settlement=Settlement.PENDING)]
     claimed = [(recs[0], 1), (recs[1], 4)]
     sent = orjson.loads(orjson.dumps(_wire.encode_value("claim", claimed)))
     assert _wire.decode_value("claim", sent) == claimed

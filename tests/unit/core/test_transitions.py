@@ -10,7 +10,7 @@ import pytest
 from channels import AttemptOutcome as O
 from channels import ChannelResult
 from orchestrator import transitions as tr
-from orchestrator.model import KEEP, Attempt, AttemptState as S, Recharge, RechargeStatus as R
+from orchestrator.model import KEEP, Attempt, AttemptState as S, Recharge, RechargeStatus as R, Settlement
 from orchestrator.transitions import Move, RunSettings, Source
 
 NOW = 1_800_000_100.0
@@ -237,3 +237,60 @@ def test_updated_at_moves_with_the_recharge_or_an_attempt_not_with_a_note():
     assert r.updated_at == NOW - 10
     tr.reduce(r, tr.on_answer(r, r.attempts[0], answer(O.UNKNOWN), NOW, RULES, Source.ATTEMPT))
     assert r.updated_at == NOW
+
+
+# -- instant credit (SPEC 20) ---------------------------------------------------------------
+
+
+def instant(*attempts: Attempt) -> Recharge:
+    r = rec(*attempts)
+    r.instant = True
+    return r
+
+
+def test_a_pending_payment_credits_at_once_only_when_the_recharge_allows_it():
+    assert tr.on_answer(rec(att()), att(), answer(O.PENDING), NOW, RULES, Source.ATTEMPT).credit is None
+    r = instant(att())
+    step = tr.on_answer(r, r.attempts[0], answer(O.PENDING, provider_ref="p"), NOW, RULES, Source.ATTEMPT)
+    assert (step.status, step.settlement, step.attempt.state, step.credit.coins) == (
+        R.SUCCEEDED, Settlement.PENDING, S.PENDING, 960)
+    assert not step.keeps_money, "a pending payment is no capture: only the lease holder credits it"
+    late = instant(att())
+    assert tr.on_answer(late, late.attempts[0], answer(O.PENDING), late.deadline_at, RULES,
+                        Source.ATTEMPT).credit is None, "past its deadline it waits for the money as before"
+    assert tr.on_answer(instant(att()), att(), answer(O.PENDING, amount_minor=1), NOW, RULES,
+                        Source.ATTEMPT).credit is None, "a payment of another amount is not credited"
+
+
+def test_an_instantly_credited_payment_is_inquired_every_reconcile_interval_and_never_voided():
+    r = instant(att())
+    r = applied(r, tr.on_answer(r, r.attempts[0], answer(O.PENDING), NOW, RULES, Source.ATTEMPT))
+    assert r.terminal and tr.next_move(r, NOW + 1, RULES).move is Move.STOP
+    later = NOW + RULES.reconcile_interval_s + 3600
+    assert tr.next_move(r, later, RULES).move is Move.INQUIRE
+    for outcome in (O.UNKNOWN, O.PENDING, O.NOT_PROCESSED):
+        assert tr.after_inquiry(r, r.attempts[0], answer(outcome), later, RULES, exhausted=True) is None
+
+
+def test_its_capture_settles_it_without_a_second_credit():
+    r = instant(att())
+    r = applied(r, tr.on_answer(r, r.attempts[0], answer(O.PENDING), NOW, RULES, Source.ATTEMPT))
+    step = tr.on_answer(r, r.attempts[0], answer(O.CAPTURED, amount_minor=8500), NOW + 60, RULES, Source.WEBHOOK)
+    assert step.credit is None and step.clawback is None and step.status is None
+    r = applied(r, step)
+    assert (r.settlement, r.attempts[0].state) == (Settlement.SETTLED, S.CAPTURED)
+    assert tr.next_move(r, NOW + 3600, RULES).move is Move.STOP
+
+
+@pytest.mark.parametrize(("news", "state"), [(answer(O.DECLINED, decline_code="insufficient_funds"), S.DECLINED),
+                                             (answer(O.VOIDED), S.VOIDED),
+                                             (answer(O.CAPTURED, amount_minor=9999), S.REFUND_REQUESTED)])
+def test_its_failure_claws_the_coins_back_and_a_wrong_capture_is_refunded(news, state):
+    r = instant(att())
+    r = applied(r, tr.on_answer(r, r.attempts[0], answer(O.PENDING), NOW, RULES, Source.ATTEMPT))
+    step = tr.on_answer(r, r.attempts[0], news, NOW + 60, RULES, Source.WEBHOOK)
+    assert step.clawback is not None and step.clawback.coins == 960 and step.settlement is Settlement.FAILED
+    r = applied(r, step)
+    assert (r.status, r.settlement, r.attempts[0].state) == (R.SUCCEEDED, Settlement.FAILED, state)
+    assert "clawed_back" in [e.event for e in step.trail]
+    assert tr.on_answer(r, r.attempts[0], news, NOW + 61, RULES, Source.WEBHOOK) is None, "once"
