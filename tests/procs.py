@@ -117,11 +117,13 @@ async def ledger(sim: Proc) -> list[Any]:
 
 async def settle(store: Any, timeout_s: float = 60.0) -> None:
     """Wait until no recharge in ``store`` (anything with ``query``: a SqliteReader, a
-    journal) is processing or pending: every deadline passed and the reconciler done.
-    Returns when the time is up too; the invariant check after it says what is left."""
+    journal) is processing or pending, nor waits for an instantly credited payment to
+    settle: every deadline passed and the reconciler done. Returns when the time is up
+    too; the invariant check after it says what is left."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        rows = await store.query("SELECT count(*) FROM recharges WHERE status IN ('processing', 'pending')")
+        rows = await store.query("SELECT count(*) FROM recharges WHERE status IN ('processing', 'pending') "
+                                 "OR settlement = 'pending'")
         if rows[0][0] == 0:
             return
         await asyncio.sleep(0.5)

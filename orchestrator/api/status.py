@@ -70,7 +70,8 @@ STATUS_HTML = """<!doctype html>
 <tbody></tbody></table>
 <h2>Coin pools</h2>
 <table id="pools"><thead><tr><th>pool</th><th>countries</th><th>coins</th><th>target</th><th>low water</th>
-<th>demand (last interval)</th><th></th></tr></thead><tbody></tbody></table>
+<th>demand (last interval)</th><th>short for</th><th>lost (failed instant credits)</th><th></th></tr></thead>
+<tbody></tbody></table>
 <h2>Recent failovers</h2>
 <table id="failovers"><thead><tr><th>when</th><th>recharge</th><th>from</th><th>to</th><th>why</th></tr></thead>
 <tbody></tbody></table>
@@ -104,8 +105,9 @@ async function refresh() {
     document.querySelector("#pools tbody").innerHTML = (d.pools || []).map(p => `<tr data-pool="${esc(p.name)}">
       <td>${esc(p.name)}</td><td>${esc((p.countries || []).join(" "))}</td><td class="num">${esc(p.balance)}</td>
       <td class="num">${esc(p.target_coins ?? "-")}</td><td class="num">${esc(p.low_water_coins ?? "-")}</td>
-      <td class="num">${esc(p.demand)}</td><td>${p.low ? pill("low") : ""}</td></tr>`).join("")
-      || '<tr><td colspan="7">no pools configured</td></tr>';
+      <td class="num">${esc(p.demand)}</td><td class="num">${esc(p.shortfalls ?? 0)}</td>
+      <td class="num">${esc(p.lost_coins ?? 0)}</td><td>${p.low ? pill("low") : ""}</td></tr>`).join("")
+      || '<tr><td colspan="9">no pools configured</td></tr>';
     document.querySelector("#failovers tbody").innerHTML = (d.failovers.length ? d.failovers : []).map(f => `<tr>
       <td>${num(f.age_s)} s ago</td>
       <td><code>${esc(f.recharge_id)}</code></td><td>${esc(f.from)}</td><td>${esc(f.to)}</td><td>${esc(f.reason)}</td></tr>`).join("")

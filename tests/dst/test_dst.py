@@ -31,7 +31,8 @@ def test_every_seed_keeps_the_money_right_and_ends():
                                  for o in failed[:10])
     # The runs went through what they are for (else they prove little).
     for what in ("late_capture_refunded", "late charges refused by a tombstone", "amount_mismatch", "crashes",
-                 "drivers that found their lease lost", "void_voided", "webhook_ignored", "reloads"):
+                 "drivers that found their lease lost", "void_voided", "webhook_ignored", "reloads", "settled",
+                 "clawed_back"):
         assert totals.get(what, 0) > 0, f"no seed saw {what}: {totals}"
 
 

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 FAULTS = {"latency_ms": 4, "latency_jitter_ms": 1, "ping_latency_ms": 0, "hang_ms": 900,
           "decline_rate": 0.02, "timeout_after_capture_rate": 0.03, "reset_rate": 0.02,
-          "not_processed_rate": 0.03, "pending_rate": 0.1, "webhook_delay_ms": 300, "duplicate_webhook_rate": 0.2}
+          "not_processed_rate": 0.03, "pending_rate": 0.1, "pending_decline_rate": 0.2, "webhook_delay_ms": 300,
+          "duplicate_webhook_rate": 0.2}
 CHANNELS = [
     {"name": "pa", "kind": "direct_api", "webhook_secret": "whsec_pa_e2e", "behaviour": FAULTS},
     {"name": "pb", "kind": "direct_api", "webhook_secret": "whsec_pb_e2e", "behaviour": {**FAULTS, "latency_ms": 8}},
@@ -38,6 +39,8 @@ async def test_two_instances_one_database_same_keys_and_a_kill(tmp_path, pg_serv
         doc = orchestrator_doc(sim.url, tmp_path / "unused.db", CHANNELS)
         doc["storage"] = {"url": url, "lease_s": 3}
         doc["pools"] = [{"name": "cn", "countries": ["CN"], "target_coins": DEPOSIT, "low_water_coins": 0}]
+        # Instant credit on: some credits of pending payments are clawed back when they then fail.
+        doc["pool_instant_credit"] = {"max_amount_minor_base": 10_000, "min_succeeded_recharges": 1}
         a = orchestrator(tmp_path, dict(doc, server=dict(doc["server"])), name="a").start()
         await a.wait_ready()
         b = orchestrator(tmp_path, dict(doc, server=dict(doc["server"])), name="b").start()
@@ -106,13 +109,18 @@ async def test_two_instances_one_database_same_keys_and_a_kill(tmp_path, pg_serv
             assert "processing" not in report.by_status and "pending" not in report.by_status, report.by_status
             (credited,) = (await journal.query("SELECT COALESCE(SUM(coins), 0) FROM transfers WHERE kind = 'credit' "
                                                "AND debit = 'pool:cn'"))[0]
-            pools = {a.account: a.balance for a in await journal.accounts("pool:")}
-            assert pools == {"pool:cn": DEPOSIT - credited}, pools
+            (clawed,) = (await journal.query("SELECT COALESCE(SUM(coins), 0) FROM transfers WHERE kind = 'clawback' "
+                                             "AND credit = 'pool:cn'"))[0]
+            pools = {a.account: (a.balance, a.lost) for a in await journal.accounts("pool:")}
+            assert pools == {"pool:cn": (DEPOSIT - credited + clawed, clawed)}, pools
+            settlements = dict(await journal.query("SELECT settlement, count(*) FROM recharges WHERE settlement IS "
+                                                   "NOT NULL GROUP BY settlement"))
+            assert settlements.get("settled", 0) > 0 and settlements.get("failed", 0) > 0, settlements
             assert credited == sum(r[0] for r in await journal.query(
                 "SELECT coins + bonus_coins FROM recharges WHERE status = 'succeeded'"))
             owners = await journal.query("SELECT DISTINCT owner FROM leases")
             assert len(owners) >= 2, "both instances drove recharges"
-            print(f"\ntwo instances on PostgreSQL, one killed: {report}")
+            print(f"\ntwo instances on PostgreSQL, one killed: {report}; instant credits {settlements}")
         finally:
             await journal.close()
     finally:
