@@ -10,7 +10,9 @@ from channels._protocol import (
     RefundOutcome,
     RefundRequest,
     RefundResult,
+    SettlementItem,
+    SettlementReportError,
 )
 
 __all__ = ["KIND_DEFAULTS", "AttemptOutcome", "Channel", "ChannelResult", "KindDefaults", "PaymentRequest",
-           "RefundOutcome", "RefundRequest", "RefundResult"]
+           "RefundOutcome", "RefundRequest", "RefundResult", "SettlementItem", "SettlementReportError"]

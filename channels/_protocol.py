@@ -20,11 +20,17 @@ idempotency key for it), so asking again is always safe:
      ├── PENDING         accepted, settles later (webhook, or ask again)
      ├── FAILED          refused or failed: nothing was refunded under this refund_reference
      └── UNKNOWN         no answer we can trust: ask again with the same refund_reference
+
+A settlement report (SPEC 6, 21) is read whole or not at all: ``settlements(date)`` yields
+``SettlementItem`` batches as they arrive, and raises ``SettlementReportError`` at any
+point (a body cut short is found only at its end), so its caller discards every batch
+of a run that raised.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,6 +42,8 @@ __all__ = [
     "RefundOutcome",
     "RefundRequest",
     "RefundResult",
+    "SettlementItem",
+    "SettlementReportError",
 ]
 
 
@@ -119,6 +127,24 @@ class RefundResult:
     latency_ms: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class SettlementItem:
+    """One payment a provider says it settled on a day (SPEC 6, 21), as it reports it."""
+
+    reference: str
+    provider_ref: str | None
+    status: str  # as reported: captured, refunded, ...
+    amount_minor: int
+    currency: str
+    fee_minor: int
+    settled_at: str  # as reported (ISO 8601)
+
+
+class SettlementReportError(Exception):
+    """The day's report could not be read whole: unreachable, not a 200, malformed, truncated,
+    or for another date. ``str(exc)`` says why, for a person."""
+
+
 @runtime_checkable
 class Channel(Protocol):
     """One configured route to a provider. Implementations never raise for provider
@@ -140,6 +166,13 @@ class Channel(Protocol):
 
     async def issue_refund(self, request: RefundRequest) -> RefundResult:
         """Give back part of a kept payment, idempotent by ``refund_reference``."""
+        ...
+
+    def settlements(self, date: str) -> AsyncIterator[list[SettlementItem]]:
+        """What the provider settled on ``date`` (YYYY-MM-DD, UTC), in batches of at most
+        a few thousand items, so a day of millions is never held whole. An async generator:
+        it raises ``SettlementReportError`` at any point, after some batches too, and then
+        the whole run failed."""
         ...
 
     async def ping(self) -> ChannelResult: ...

@@ -49,25 +49,49 @@ the refund_reference is the Idempotency-Key, so every UNKNOWN is safe to ask aga
                                                        refund_reference (a 404 may be a replica behind,
                                                        a connect failure is not a refusal)
 
+A settlement report (``settlements``, SPEC 6 and 21) is read as it arrives, never whole
+(``_ReportReader``), and either read whole or refused with ``SettlementReportError``:
+
+    settlements   200 {"date", "items": [...]}, every item valid, date the one asked
+                                                    -> batches of SettlementItem
+                  another status                    -> "the provider answered <status>"
+                  no answer (refused, timeout)      -> "unreachable: ..."
+                  not JSON, cut short, no date, another date, an item invalid
+                                                    -> "malformed or truncated report: ...",
+                                                       "the report is for ...", "item <i>: ..."
+
 Kinds differ only in defaults (``KIND_DEFAULTS``), never in code paths.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import enum
+import re
 import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import ijson
 import orjson
 from yarl import URL
 
 from channels._kinds import KIND_DEFAULTS, KindDefaults
-from channels._protocol import AttemptOutcome, ChannelResult, PaymentRequest, RefundOutcome, RefundRequest, RefundResult
+from channels._protocol import (
+    AttemptOutcome,
+    ChannelResult,
+    PaymentRequest,
+    RefundOutcome,
+    RefundRequest,
+    RefundResult,
+    SettlementItem,
+    SettlementReportError,
+)
 
 __all__ = [
     "KIND_DEFAULTS",
@@ -279,6 +303,148 @@ def refund_outcome_of(ans: WireAnswer, latency_ms: float = 0.0) -> RefundResult:
     return RefundResult(RefundOutcome.UNKNOWN, error=what, latency_ms=latency_ms)
 
 
+# -- settlement reports -------------------------------------------------------------------
+
+SETTLEMENT_BATCH = 2000
+"""Items per batch ``settlements`` yields: a day of millions is never held whole."""
+
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_MAX_REFERENCE = 255
+_NESTED = object()  # an item's field whose value is an object or array: never a valid one
+
+
+def _is_day(value: str) -> bool:
+    """A real date written YYYY-MM-DD (``date.fromisoformat`` alone also takes 2025-W11-5)."""
+    if not _DAY.fullmatch(value):
+        return False
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_minor(value: Any) -> bool:
+    """An amount in minor units: an integer >= 0 (ijson reads 12.5 or 1e3 as a Decimal)."""
+    return type(value) is int and value >= 0
+
+
+def _settlement_item(index: int, doc: dict[str, Any]) -> SettlementItem:
+    """Item ``index`` of a report, or SettlementReportError naming its first bad field."""
+
+    def bad(field_name: str, what: str) -> SettlementReportError:
+        if field_name not in doc:
+            return SettlementReportError(f"item {index}: {field_name} is missing")
+        return SettlementReportError(f"item {index}: {field_name} must be {what}")
+
+    reference = doc.get("reference")
+    if not isinstance(reference, str) or not 0 < len(reference) <= _MAX_REFERENCE:
+        raise bad("reference", f"a string of 1 to {_MAX_REFERENCE} characters")
+    provider_ref = doc.get("provider_ref")
+    if provider_ref is not None and not isinstance(provider_ref, str):
+        raise SettlementReportError(f"item {index}: provider_ref must be a string or null")
+    status = doc.get("status")
+    if not isinstance(status, str):
+        raise bad("status", "a string")
+    amount, fee = doc.get("amount_minor"), doc.get("fee_minor")
+    if not _is_minor(amount):
+        raise bad("amount_minor", "an integer >= 0")
+    currency = doc.get("currency")
+    if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
+        raise bad("currency", "3 uppercase letters")
+    if not _is_minor(fee):
+        raise bad("fee_minor", "an integer >= 0")
+    settled_at = doc.get("settled_at")
+    if not isinstance(settled_at, str):
+        raise bad("settled_at", "a string")
+    return SettlementItem(reference, provider_ref, status, amount, currency, fee, settled_at)
+
+
+class _ReportReader:
+    """A settlement report's JSON events (``ijson.basic_parse``), read as they arrive: each
+    item checked as it closes, the top-level ``date`` wherever it comes (before the items
+    or after them). Pure: no I/O, so a test feeds it events.
+
+    ``depth`` counts the containers open: the document is 1, ``items`` 2, an item 3. Only
+    depths 1 to 3 matter; what nests deeper, or sits under another top-level key, is
+    skipped unread (by depth, never by a dotted path, which a key with a dot could fake)."""
+
+    def __init__(self, date: str) -> None:
+        self.date = date
+        self.items = 0  # items read so far
+        self.dated = False
+        self._listed = False  # an ``items`` array was seen
+        self._in_items = False
+        self._depth = 0
+        self._key: str | None = None  # the top-level key whose value comes next
+        self._item: dict[str, Any] | None = None
+        self._field: str | None = None  # the item's key whose value comes next
+
+    def feed(self, event: str, value: Any) -> SettlementItem | None:
+        """Read one event; the item it completes, if it completes one."""
+        depth = self._depth
+        if event in ("end_map", "end_array"):
+            self._depth = depth - 1
+            return self._close(depth)
+        if event in ("start_map", "start_array"):
+            self._depth = depth + 1
+        if depth == 0 and event != "start_map":
+            raise SettlementReportError("malformed or truncated report: it is not a JSON object")
+        if depth == 1:
+            self._top(event, value)
+        elif depth == 2 and self._in_items:
+            if event != "start_map":
+                raise SettlementReportError(f"item {self.items}: must be a JSON object")
+            self._item = {}
+        elif depth == 3 and self._in_items:
+            assert self._item is not None
+            if event == "map_key":
+                self._field = value
+            else:
+                self._item[self._field or ""] = _NESTED if event in ("start_map", "start_array") else value
+        return None
+
+    def _top(self, event: str, value: Any) -> None:
+        if event == "map_key":
+            self._key = value
+        elif self._key == "date":
+            if event != "string" or not _is_day(value):
+                raise SettlementReportError("the report's date must be a YYYY-MM-DD string")
+            if value != self.date:
+                raise SettlementReportError(f"the report is for {value}, not {self.date}")
+            self.dated = True
+        elif self._key == "items":
+            if event != "start_array":
+                raise SettlementReportError("the report's items must be an array")
+            if self._listed:
+                raise SettlementReportError("the report has two items arrays")
+            self._listed = self._in_items = True
+
+    def _close(self, depth: int) -> SettlementItem | None:
+        if depth == 2 and self._in_items:
+            self._in_items = False
+        elif depth == 3 and self._in_items and self._item is not None:
+            item, self._item = _settlement_item(self.items, self._item), None
+            self.items += 1
+            return item
+        return None
+
+    def finish(self) -> None:
+        """At the end of a well-formed document: the parts that must have come."""
+        if not self.dated:
+            raise SettlementReportError(f"the report names no date (asked for {self.date})")
+        if not self._listed:
+            raise SettlementReportError("the report has no items array")
+
+
+def _json_reason(exc: ijson.JSONError) -> str:
+    """The first line of an ijson (yajl) error: the rest is a drawing of where it failed."""
+    arg = exc.args[0] if exc.args else ""
+    text = (arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 # Errors that prove the request never left: the connection was not made, or the URL
 # could not be used. A connect timeout includes the wait for a pooled connection.
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.InvalidURL)
@@ -351,6 +517,10 @@ class HttpChannel:
         # The connect phase must end before the whole deadline, or a slow connect would
         # surface as a bare deadline instead of the connect timeout that proves "not sent".
         self._timeout = aiohttp.ClientTimeout(total=total_ms / 1000, connect=min(connect_ms, total_ms * 0.9) / 1000)
+        # A big day's report takes a minute to arrive: a deadline of its own, and a read
+        # timeout that only a provider gone silent reaches.
+        self._report_timeout = aiohttp.ClientTimeout(total=max(300.0, 10 * total_ms / 1000),
+                                                     connect=self._timeout.connect, sock_read=10 * total_ms / 1000)
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._limit = max_in_flight or 0
         self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
@@ -431,6 +601,39 @@ class HttpChannel:
                                   request.refund_reference, request.reference, request.refund_reference)
         return refund_outcome_of(answer, (time.perf_counter() - started) * 1000)
 
+    async def settlements(self, date: str) -> AsyncIterator[list[SettlementItem]]:
+        """``GET /settlements?date=``, parsed as it streams in: batches of at most
+        ``SETTLEMENT_BATCH`` items, the last one only once the whole document was read and
+        found valid. Any failure, after some batches too, is SettlementReportError (module
+        doc): the caller discards the whole run."""
+        if not _is_day(date):
+            raise SettlementReportError(f"not a date (YYYY-MM-DD): {date[:40]!r}")
+        reader = _ReportReader(date)
+        url = URL(self.base_url + "/settlements").with_query(date=date)
+        answered = False
+        batch: list[SettlementItem] = []
+        try:
+            async with self._client().get(url, headers=self._auth, timeout=self._report_timeout) as resp:
+                answered = True
+                if resp.status != 200:
+                    code, _ = _error_code(await _read_capped(resp))
+                    raise SettlementReportError(f"the provider answered {resp.status}" + (f" ({code})" if code else ""))
+                async for event, value in ijson.basic_parse_async(resp.content, buf_size=64 * 1024):
+                    if (item := reader.feed(event, value)) is None:
+                        continue
+                    batch.append(item)
+                    if len(batch) >= SETTLEMENT_BATCH:
+                        yield batch
+                        batch = []
+                reader.finish()
+        except ijson.JSONError as exc:
+            raise SettlementReportError(f"malformed or truncated report: {_json_reason(exc)} "
+                                        f"(after {reader.items} items)") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _report_failure(exc, answered, reader.items) from exc
+        if batch:
+            yield batch
+
     async def ping(self) -> ChannelResult:
         """CAPTURED means the provider answered ``200 {"status": "ok"}``; ``latency_ms``
         is the probe's round trip. Anything else is NOT_PROCESSED or UNKNOWN (module doc)."""
@@ -442,6 +645,18 @@ class HttpChannel:
             await self._session.close()
             # Let the connector's transports finish closing (aiohttp's advice).
             await asyncio.sleep(0)
+
+
+def _report_failure(exc: BaseException, answered: bool, items: int) -> SettlementReportError:
+    """A network failure while fetching a report: before the answer the provider was not
+    reached; after it, the body was cut short (a deadline is "unreachable" either way)."""
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return SettlementReportError("unreachable: timeout" + (f" after {items} items" if answered else ""))
+    if not answered:
+        return SettlementReportError(f"unreachable: {what[:200]}")
+    return SettlementReportError(f"malformed or truncated report: the body was cut short after {items} items "
+                                 f"({what[:200]})")
 
 
 def _segment(reference: str) -> str:

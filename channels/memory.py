@@ -16,16 +16,32 @@ refund_reference, refunded plus pending never above the captured amount, a refus
 with its code and nothing changed. Its actions: OK refunds, PEND holds it pending until
 ``settle_refund``, DECLINE_* fails it (status failed), LOST_AFTER applies it and loses the
 answer, FAIL and LOST_BEFORE lose the call before it lands.
+
+Its settlement report (``settlements(date)``) lists every payment now captured or refunded
+whose capture (``captured_at``, read from ``clock`` when it became captured) fell on that
+UTC date, as captured, with no fee, in order of capture.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import enum
-from collections.abc import Callable
+import re
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from channels._protocol import AttemptOutcome, ChannelResult, PaymentRequest, RefundOutcome, RefundRequest, RefundResult
+from channels._protocol import (
+    AttemptOutcome,
+    ChannelResult,
+    PaymentRequest,
+    RefundOutcome,
+    RefundRequest,
+    RefundResult,
+    SettlementItem,
+    SettlementReportError,
+)
 
 __all__ = ["Action", "MemoryChannel", "Payment", "Refund", "Script"]
 
@@ -47,6 +63,7 @@ Script = Callable[[str, str, int], Action]
 
 HARD_CODE = "insufficient_funds"
 SOFT_CODE = "issuer_unavailable"
+SETTLEMENT_BATCH = 2000
 
 
 @dataclass
@@ -61,6 +78,7 @@ class Payment:
     refunded_minor: int = 0
     refunds: list[str] = field(default_factory=list)  # refund_references, in order
     disputed: bool = False
+    captured_at: float | None = None  # unix seconds (the channel's clock) when it became captured
 
 
 @dataclass
@@ -79,11 +97,13 @@ def _healthy(op: str, reference: str, n: int) -> Action:
 
 
 class MemoryChannel:
-    def __init__(self, name: str, script: Script = _healthy, *, kind: str = "direct_api", latency_s: float = 0.0) -> None:
+    def __init__(self, name: str, script: Script = _healthy, *, kind: str = "direct_api", latency_s: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.name = name
         self.kind = kind
         self.script = script
         self.latency_s = latency_s
+        self.clock = clock  # wall-clock unix seconds: when a payment was captured, for its settlement day
         self.ledger: dict[str, Payment] = {}
         self.refunds: dict[str, Refund] = {}  # by refund_reference, across the channel like a provider
         self.calls: list[tuple[str, str]] = []
@@ -103,6 +123,8 @@ class MemoryChannel:
     def _set(self, p: Payment, status: str) -> None:
         p.status = status
         p.history.append(status)
+        if status == "captured" and p.captured_at is None:
+            p.captured_at = self.clock()
 
     async def authorize(self, request: PaymentRequest) -> ChannelResult:
         if self.latency_s:
@@ -124,7 +146,7 @@ class MemoryChannel:
             Action.DECLINE_SOFT: ("declined", SOFT_CODE),
         }[action]
         p = Payment(request.reference, request.amount_minor, request.currency, status, f"pr_{request.reference}", code)
-        p.history.append(status)
+        self._set(p, status)
         self.ledger[request.reference] = p
         if action in (Action.LOST_AFTER, Action.LOST_AFTER_PEND):
             return ChannelResult(AttemptOutcome.UNKNOWN, error="connection reset after send")
@@ -192,6 +214,16 @@ class MemoryChannel:
     def _held(self, p: Payment) -> int:
         return sum(self.refunds[r].amount_minor for r in p.refunds if self.refunds[r].status == "pending")
 
+    async def settlements(self, date: str) -> AsyncIterator[list[SettlementItem]]:
+        """The payments captured on ``date`` (UTC) and still captured or refunded, in
+        order of capture, fee 0, in batches of ``SETTLEMENT_BATCH``."""
+        start = _day_start(date)
+        settled = sorted((p for p in self.ledger.values() if p.status in ("captured", "refunded")
+                          and p.captured_at is not None and start <= p.captured_at < start + 86_400),
+                         key=lambda p: (p.captured_at, p.reference))
+        for i in range(0, len(settled), SETTLEMENT_BATCH):
+            yield [_settlement_item(p) for p in settled[i:i + SETTLEMENT_BATCH]]
+
     async def ping(self) -> ChannelResult:
         return ChannelResult(AttemptOutcome.CAPTURED)
 
@@ -226,6 +258,23 @@ class MemoryChannel:
     def captured(self) -> list[Payment]:
         """Payments holding money now: captured and not refunded."""
         return [p for p in self.ledger.values() if p.status == "captured"]
+
+
+def _day_start(date: str) -> float:
+    """Unix seconds at 00:00 UTC of ``date`` (YYYY-MM-DD), or SettlementReportError."""
+    try:
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", date):
+            raise ValueError(date)
+        day = dt.date.fromisoformat(date)
+    except ValueError:
+        raise SettlementReportError(f"not a date (YYYY-MM-DD): {date[:40]!r}") from None
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
+
+
+def _settlement_item(p: Payment) -> SettlementItem:
+    at = dt.datetime.fromtimestamp(p.captured_at or 0.0, dt.UTC)
+    return SettlementItem(p.reference, p.provider_ref, p.status, p.amount_minor, p.currency, 0,
+                          at.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
 
 
 def _refused(code: str, message: str) -> RefundResult:

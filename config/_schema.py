@@ -490,6 +490,17 @@ class PoolConfig(_Model):
     low_water_coins: int = Field(0, ge=0, le=10**15)
 
 
+class ReconciliationConfig(_Model):
+    """Settlement reconciliation (SPEC 21): every channel's report of yesterday, daily at
+    ``schedule_utc``; a fee more than ``fee_tolerance_minor`` off the configured one is a
+    discrepancy; the store is read in pages of ``page_size``."""
+
+    enabled: bool = True
+    schedule_utc: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "02:00"
+    fee_tolerance_minor: int = Field(0, ge=0, le=10**9)
+    page_size: int = Field(5000, ge=100, le=100_000)
+
+
 class InstantCreditConfig(_Model):
     """Instant credit on ``pending`` channels (SPEC 20): for a user with at least
     ``min_succeeded_recharges`` succeeded recharges, up to ``max_amount_minor_base``."""
@@ -515,6 +526,7 @@ class Config(_Model):
     pool_rebalance_interval_s: float = Field(1800.0, gt=0, le=7 * 86_400)
     # SPEC 20's ``pools.instant_credit``: ``pools`` is the list of pools, so it sits beside it.
     pool_instant_credit: InstantCreditConfig | None = None
+    reconciliation: ReconciliationConfig = ReconciliationConfig()
 
     def pool_of(self, country: str) -> str | None:
         return next((p.name for p in self.pools if country in p.countries), None)

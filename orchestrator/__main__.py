@@ -6,6 +6,7 @@
     orchestrator demo [--duration S] [--rate N] [--plain]
     orchestrator audit verify [--db URL | --config FILE]
     orchestrator ledger verify [--db URL | --config FILE]
+    orchestrator reconcile --channel NAME --date YYYY-MM-DD [--config FILE] [--db URL]
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     lverify = ledger_sub.add_parser("verify", help="replay every transfer: balances, sums, zero total, audit chain")
     lverify.add_argument("--db", help="storage URL (default: the config's storage.url)")
     lverify.add_argument("--config", default="config/orchestrator.example.yaml", help="config whose storage to use")
+
+    recon = sub.add_parser("reconcile", help="match a channel's settlement report of one day against the journal "
+                           "(SPEC 21)")
+    recon.add_argument("--channel", required=True, help="the channel's name in the config")
+    recon.add_argument("--date", required=True, help="the day, YYYY-MM-DD (UTC)")
+    recon.add_argument("--config", default="config/orchestrator.example.yaml", help="config with the channel")
+    recon.add_argument("--db", help="storage URL (default: the config's storage.url)")
 
     sim = sub.add_parser("simulate", help="run the provider simulator")
     sim.add_argument("--config", required=True, help="simulator YAML config")
@@ -201,6 +209,59 @@ def _ledger_verify(args: argparse.Namespace) -> int:
     return asyncio.run(_with_journal(url, check))
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    from config import ConfigError, load_file
+
+    try:
+        cfg = load_file(args.config).config
+    except ConfigError as exc:
+        print("\n".join(exc.lines()), file=sys.stderr)
+        return 1
+    url = args.db or cfg.storage.url
+
+    async def run(journal: Any) -> int:
+        from orchestrator import settlements
+        from orchestrator.clock import SystemClock
+        from orchestrator.errors import Refusal
+        from orchestrator.metrics import Metrics
+        from orchestrator.wiring import http_channel
+
+        channel_cfg = cfg.channel(args.channel)
+        channel = None if channel_cfg is None else http_channel(channel_cfg)
+
+        async def channel_of(name: str) -> Any:
+            return channel if name == args.channel else None
+
+        async def config_of(name: str) -> Any:
+            return channel_cfg if name == args.channel else None
+
+        deps = settlements.ReconDeps(journal, SystemClock(), Metrics(), channel_of, config_of,
+                                     lambda: cfg.reconciliation)
+        try:
+            done = await settlements.reconcile(args.channel, args.date, deps)
+        except Refusal as exc:
+            print(f"cannot reconcile: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if channel is not None:
+                await channel.close()
+        assert done is not None
+        summary = done.summary or {}
+        print(f"reconciliation {done.id} of {done.channel} on {done.date}: {done.status}"
+              + (f" ({done.reason})" if done.reason else "")
+              + f"; {done.report_items} items in the report, {summary.get('discrepancies', 0)} discrepancies")
+        for kind, c in (summary.get("classes") or {}).items():
+            if c["count"]:
+                print(f"  {kind}: {c['count']} ({', '.join(f'{v} {k}' for k, v in c['amount_minor'].items())})")
+        for cur, c in (summary.get("currencies") or {}).items():
+            rate = c["deviation_rate"]
+            print(f"  {cur}: settled {c['settled_minor']}, discrepant {c['discrepant_minor']}, deviation "
+                  + ("-" if rate is None else f"{rate:.4%}"))
+        return 0 if done.status == "completed" else 1
+
+    return asyncio.run(_with_journal(url, run))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:  # the demo has its own options
@@ -220,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _audit_verify(args)
     if args.command == "ledger":
         return _ledger_verify(args)
+    if args.command == "reconcile":
+        return _reconcile(args)
     if args.command == "simulate":
         from channels.simulator import main as simulate
 

@@ -105,6 +105,12 @@ class Metrics:
 
         # Coin pools (SPEC 20), read from the ledger every few seconds.
         self.pool_coins = Gauge("orchestrator_pool_coins", "Coins a pool holds", ["pool"], registry=r)
+        # Settlement reconciliation (SPEC 21).
+        self.reconciliations = Counter("orchestrator_reconciliations", "Reconciliation runs ended, by channel and "
+                                       "status (completed, failed)", ["channel", "status"], registry=r)
+        self.open_discrepancies = Gauge("orchestrator_reconciliation_open_discrepancies", "Discrepancies found by "
+                                        "settlement reconciliation and not resolved", ["channel"], registry=r)
+        self.discrepancy_channels: set[str] = set()
         self.pool_shortfalls = Gauge("orchestrator_pool_shortfall_credits", "Credits of a pool's users that another "
                                      "pool paid because it was short (since the store began)", ["pool"], registry=r)
         self.pool_lost = Gauge("orchestrator_pool_lost_coins", "Coins the pool fronted on instant credits whose "

@@ -40,6 +40,9 @@ __all__ = [
     "pool_account",
     "wallet_account",
     "Settlement",
+    "Discrepancy",
+    "DiscrepancyKind",
+    "ReconRun",
 ]
 
 
@@ -386,3 +389,58 @@ class Transfer:
     ref: str | None = None
     note: str | None = None
     seq: int = 0
+
+
+# -- settlement reconciliation (SPEC 21) -------------------------------------------------------
+
+
+class DiscrepancyKind(enum.StrEnum):
+    MISSING_IN_REPORT = "missing_in_report"  # we credited it, the provider did not settle it
+    MISSING_IN_JOURNAL = "missing_in_journal"  # settled, a reference no attempt of this channel made
+    ORPHAN_CAPTURE = "orphan_capture"  # settled, our attempt is not the recharge's kept capture
+    AMOUNT_MISMATCH = "amount_mismatch"
+    STATUS_MISMATCH = "status_mismatch"  # settled, while our attempt still waits to hear
+    FEE_MISMATCH = "fee_mismatch"  # against the channel's configured fee
+
+
+@dataclass(frozen=True, slots=True)
+class ReconRun:
+    """One reconciliation of a channel's settlement report for one day. ``trigger``:
+    manual or schedule (one scheduled run per channel and day, whichever instance makes
+    it); ``status``: running, completed or failed (with ``reason``); ``summary``: counts
+    and amounts by class and currency, and the deviation rate."""
+
+    id: str
+    channel: str
+    date: str
+    trigger: str
+    status: str
+    started_at: float
+    finished_at: float | None = None
+    reason: str | None = None
+    report_items: int = 0
+    summary: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """What a run found about one reference of a day, with the evidence (``expected``: the
+    journal's side, ``reported``: the provider's). Kept once per channel, day, reference
+    and kind, however often the day is reconciled; ``status``: open (for a person),
+    resolving (an automatic fix under way) or resolved."""
+
+    reference: str
+    kind: DiscrepancyKind
+    recharge_id: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+    expected: dict[str, Any] | None = None
+    reported: dict[str, Any] | None = None
+    status: str = "open"
+    resolution: str | None = None
+    channel: str = ""
+    date: str = ""
+    run_id: str = ""
+    seq: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0

@@ -34,6 +34,7 @@ from orchestrator.activity import Activity
 from orchestrator.disputes import DisputeDeps
 from orchestrator.notifications import Dispatcher, Notifier
 from orchestrator.pools import PoolDeps, PoolWatch, Rebalancer
+from orchestrator.settlements import ReconDeps, Reconciler
 from orchestrator.refunds import RefundDeps, RefundWorker
 from orchestrator.channel_set import ChannelFactory, ChannelSet
 from orchestrator.cluster import Refused, WorkerLink
@@ -241,6 +242,10 @@ class Service:
         self.pools = PoolDeps(self.journal, self.clock, self.metrics, lambda: self.config.pools,
                               lambda: self.config.pool_rebalance_interval_s)
         self.pool_watch = PoolWatch(self.pools)
+        self.settlements = ReconDeps(self.journal, self.clock, self.metrics,
+                                     lambda name: self.channel_set.find(name, self.clock.now()), self.channel_config,
+                                     lambda: self.config.reconciliation)
+        self.reconciler = Reconciler(self.settlements, lambda: [c.name for c in self.config.channels])
         self.recharges = RechargeDeps(self.journal, self.driver, self.pricing, self.risk, self.clock, self.metrics,
                                       self.vault, self.running, self._sync_wait_s)
 
@@ -343,6 +348,7 @@ class Service:
             self._tasks.append(loop.create_task(self.dispatcher.run_forever()))
             self._tasks.append(loop.create_task(Rebalancer(self.pools).run_forever()))
             self._tasks.append(loop.create_task(self.pool_watch.run_forever()))
+            self._tasks.append(loop.create_task(self.reconciler.run_forever()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -352,6 +358,7 @@ class Service:
         if self._prober is not None:
             await self._prober.stop()
         await self.dispatcher.stop()
+        await self.reconciler.stop()
         await self._notify_sender.close()
         await self.driver.stop()
         await self.channel_set.close()

@@ -62,6 +62,7 @@ __all__ = [
     "on_answer",
     "on_event",
     "park",
+    "recheck",
     "reduce",
     "request_void",
 ]
@@ -261,6 +262,21 @@ def request_void(rec: Recharge, att: Attempt, now: float, result: ChannelResult 
     """Journal that ``att`` is to be cancelled by reference, before the void is sent:
     only the provider's confirmation lets the recharge move on."""
     return _attempt_step(rec, att, AttemptState.VOID_REQUESTED, "void_requested", now, result)
+
+
+def recheck(rec: Recharge, att: Attempt, now: float) -> Step | None:
+    """A provider's settlement report says it took money for ``att`` while we hold that it
+    took none, or have not heard (SPEC 21): inquire it again now, so what it says is
+    credited or refunded by the rules above. A closed attempt gets its late check now; an
+    open one is inquired by its next move anyway: the trail says why (None: nothing to ask)."""
+    entry = TrailEntry(rec.id, now, "reconciliation_recheck", rec.status.value, att.reference, att.channel,
+                       {"attempt_state": att.state.value})
+    if att.state in _CLOSED and att.state is not AttemptState.REFUNDED:
+        return replace(_attempt_step(rec, att, att.state, "reconciliation_recheck", now, None, late_check_at=now),
+                       trail=(entry,))
+    if att.state in OPEN_ATTEMPT_STATES:
+        return Step(rec.id, now, trail=(entry,))
+    return None
 
 
 def after_inquiry(rec: Recharge, att: Attempt, result: ChannelResult, now: float, s: RunSettings,

@@ -29,18 +29,21 @@ from channels.simulator._behaviour import (
     KIND_DEFAULTS,
     LATENCY_DISTRIBUTIONS,
     OUTAGE_MODES,
+    REPORT_FAULTS,
     Behaviour,
     BehaviourError,
     Fate,
 )
 from channels.simulator._config import ChannelSpec, SimConfig, SimConfigError, load_config, parse_config
-from channels.simulator._ledger import COUNTERS, Dispute, Payment, Refund, SimChannel
+from channels.simulator._ledger import COUNTERS, DISCREPANCIES, Dispute, Payment, Refund, SimChannel
 
 __all__ = [
     "COUNTERS",
+    "DISCREPANCIES",
     "KIND_DEFAULTS",
     "LATENCY_DISTRIBUTIONS",
     "OUTAGE_MODES",
+    "REPORT_FAULTS",
     "SIMULATOR",
     "Behaviour",
     "BehaviourError",

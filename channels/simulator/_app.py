@@ -12,6 +12,10 @@ behaviour, idempotent by reference like a real provider, and a control API under
                                              refund_reference; refusals below. No body (or {}):
                                              the whole rest at once, 200 + the payment refunded,
                                              else 409 + state
+    GET  /{ch}/settlements?date=YYYY-MM-DD   200 {"date", "items": [...]}: the payments settled that UTC
+                                             day, streamed in order of capture (_ledger.py), with the
+                                             day's injected discrepancies and the behaviour's
+                                             settlement_report_fault; 400 invalid_field (date)
     GET  /{ch}/ping                          200 {"status": "ok"}
 
     GET|PUT /_sim/{ch}/behaviour             read / change behaviour (partial, validated: 422)
@@ -23,6 +27,11 @@ behaviour, idempotent by reference like a real provider, and a control API under
                                              dispute on a captured payment (``disputed`` webhook),
                                              decided after the webhook delay when an outcome is
                                              given; 200 + the ledger entry
+    POST /_sim/{ch}/settlement_discrepancies {"date", "drop", "amount", "fee", "unknown",
+                                             "settle_voided"} (counts optional, >= 0): alters that
+                                             day's report until reset (_ledger.py); 200 + the
+                                             references picked by kind, 409 not_enough_payments
+                                             (nothing changed) when a kind lacks payments
 
 Every error is JSON ``{"error": {"code", "message", "field"?}}``. A refund or a dispute
 the payment's state refuses (``_ledger.py`` says why) answers:
@@ -40,11 +49,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hmac
+import itertools
+import re
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeGuard
 
 import orjson
 import structlog
@@ -52,7 +64,7 @@ from aiohttp import web
 
 from channels.simulator._behaviour import BehaviourError, Fate
 from channels.simulator._config import SimConfig, parse_config
-from channels.simulator._ledger import Payment, Refusal, SimChannel
+from channels.simulator._ledger import DISCREPANCIES, Payment, Refusal, SimChannel
 from channels.simulator._notifier import Notifier
 
 __all__ = ["SIMULATOR", "Simulator", "build_app"]
@@ -63,8 +75,12 @@ MAX_BODY_BYTES = 64 * 1024
 _STALL_POLL_S = 0.02
 _LIMITS = {"reference": 255, "currency": 3, "method": 64}
 _REFUSAL_STATUS = {"refund_reference_reused": 409, "not_captured": 409, "already_refunded": 409, "disputed": 409,
-                   "already_disputed": 409, "refund_exceeds_amount": 422}
+                   "already_disputed": 409, "refund_exceeds_amount": 422, "not_enough_payments": 409}
 _OUTCOMES = ("won", "lost", None)
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_MAX_DISCREPANCIES = 1_000_000
+REPORT_CHUNK = 2000
+"""Report items per write: a big day is streamed, never built whole."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 V1Handler = Callable[[web.Request, SimChannel], Awaitable[web.StreamResponse]]
@@ -110,6 +126,33 @@ async def _stall_then_drop(request: web.Request, seconds: float) -> web.StreamRe
     while _connected(request) and (left := deadline - loop.time()) > 0:
         await asyncio.sleep(min(_STALL_POLL_S, left))
     return _drop(request)
+
+
+async def _write_report(request: web.Request, resp: web.StreamResponse, day: str,
+                        items: Iterator[dict[str, Any]], fault: str | None) -> None:
+    """A report's body, ``REPORT_CHUNK`` items per write, or broken by its ``fault``
+    within its first chunk (``_cut``)."""
+    await resp.write(b'{"date":' + orjson.dumps(day) + b',"items":[')
+    if fault is not None:
+        return await _cut(request, resp, list(itertools.islice(items, REPORT_CHUNK)), fault)
+    separator = b""
+    while chunk := list(itertools.islice(items, REPORT_CHUNK)):
+        await resp.write(separator + b",".join(orjson.dumps(item) for item in chunk))
+        separator = b","
+    await resp.write(b"]}")
+
+
+async def _cut(request: web.Request, resp: web.StreamResponse, chunk: list[dict[str, Any]], fault: str) -> None:
+    """End a report badly after half of ``chunk``: ``malformed``, garbage follows, the
+    response otherwise complete; ``truncated``, half an item follows and the connection is
+    closed (flushed first: the client gets a valid start, then no end)."""
+    shown = b",".join(orjson.dumps(item) for item in chunk[:max(1, len(chunk) // 2)])
+    if fault == "malformed":
+        await resp.write(shown + b"]}<html>502 Bad Gateway</html>\x00")
+        return
+    await resp.write(shown + (b"," if shown else b"") + b'{"reference":"')
+    if request.transport is not None:
+        request.transport.close()
 
 
 def _retry_later(status: int, message: str) -> web.Response:
@@ -197,6 +240,34 @@ def _dispute_problem(body: Any) -> tuple[str, str] | None:
             return str(key), "unknown field"
     if body.get("outcome") not in _OUTCOMES:
         return "outcome", "must be \"won\", \"lost\" or null"
+    return None
+
+
+def _is_day(value: str | None) -> TypeGuard[str]:
+    """A real date written YYYY-MM-DD (``date.fromisoformat`` alone also takes 2025-W11-5)."""
+    if value is None or not _DAY.fullmatch(value):
+        return False
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _discrepancy_problem(body: Any) -> tuple[str, str] | None:
+    """The (field, message) of the first problem in a discrepancy request, or None. Unknown
+    keys are refused: a misspelt kind must not be read as zero."""
+    if not isinstance(body, dict):
+        return "body", "must be a JSON object"
+    for key in body:
+        if key != "date" and key not in DISCREPANCIES:
+            return str(key), "unknown field"
+    if not isinstance(body.get("date"), str) or not _is_day(body["date"]):
+        return "date", "a date YYYY-MM-DD is required"
+    for kind in DISCREPANCIES:
+        count = body.get(kind, 0)
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= _MAX_DISCREPANCIES:
+            return kind, f"must be an integer from 0 to {_MAX_DISCREPANCIES}"
     return None
 
 
@@ -391,6 +462,26 @@ class Simulator:
             ch.refund(payment, ch.new_id("rf"), payment.refundable_minor, "refunded")
         return _json(payment.wire(), 200 if payment.status == "refunded" else 409)
 
+    async def settlement_report(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
+        """The day's report, streamed ``REPORT_CHUNK`` items per write, or its fault."""
+        ch.counters["settlement_reports"] += 1
+        day = request.query.get("date")
+        if not _is_day(day):
+            ch.counters["rejected"] += 1
+            return _error(400, "invalid_field", "a date YYYY-MM-DD is required", "date")
+        fault = ch.behaviour.settlement_report_fault
+        if fault == "unavailable":
+            return _retry_later(503, "the settlement report is not available")
+        items = ch.report(day)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        try:
+            await resp.prepare(request)
+            if request.method != "HEAD":  # a body after a HEAD answer would corrupt the connection
+                await _write_report(request, resp, day, items, fault)
+        except ConnectionError:  # the client hung up: nothing to finish
+            pass
+        return resp
+
     async def ping(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
         ch.counters["pings"] += 1
         await asyncio.sleep(ch.behaviour.ping_latency_s())
@@ -452,6 +543,20 @@ class Simulator:
         log.info("dispute_opened", channel=ch.name, reference=payment.reference, outcome=body.get("outcome"))
         return _json(payment.ledger())
 
+    async def settlement_discrepancies(self, request: web.Request) -> web.Response:
+        ch = self._named(request.match_info["channel"])
+        body, refused = await _read_json(request, empty={})
+        if refused is not None:
+            return refused
+        if problem := _discrepancy_problem(body):
+            return _error(422, "invalid_field", problem[1], problem[0])
+        picked = ch.inject_discrepancies(body["date"], body)
+        if isinstance(picked, Refusal):
+            return _refused(picked)
+        log.info("settlement_discrepancies", channel=ch.name, date=body["date"],
+                 **{kind: len(refs) for kind, refs in picked.items()})
+        return _json(picked)
+
     async def reset(self, request: web.Request) -> web.Response:
         chosen = self._selected(request)
         for ch in chosen:
@@ -483,10 +588,12 @@ def build_app(config: SimConfig | Mapping[str, Any]) -> web.Application:
     _serve(r, "/_sim/reset", POST=sim.reset)
     _serve(r, "/_sim/{channel}/behaviour", GET=sim.get_behaviour, PUT=sim.put_behaviour)
     _serve(r, "/_sim/{channel}/payments/{reference}/dispute", POST=sim.dispute)
+    _serve(r, "/_sim/{channel}/settlement_discrepancies", POST=sim.settlement_discrepancies)
     _serve(r, "/{channel}/payments", POST=sim.v1(sim.authorize))
     _serve(r, "/{channel}/payments/{reference}", GET=sim.v1(sim.inquire))
     _serve(r, "/{channel}/payments/{reference}/void", POST=sim.v1(sim.void))
     _serve(r, "/{channel}/payments/{reference}/refund", POST=sim.v1(sim.refund))
+    _serve(r, "/{channel}/settlements", GET=sim.v1(sim.settlement_report))
     _serve(r, "/{channel}/ping", GET=sim.v1(sim.ping))
     r.add_route("*", "/{path:.*}", _not_found)  # last: whatever no resource above matched
     return app

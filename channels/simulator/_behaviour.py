@@ -34,6 +34,14 @@ A new refund (one with a body, ``_app.py``) draws twice, both draws always made:
 
 A refund without a body (the whole remaining payment, as before refunds were partial)
 draws nothing and is refunded at once.
+
+The settlement report (``GET /{ch}/settlements?date=``) draws nothing either:
+
+    settlement_fee_fixed_minor   each item's fee: this many minor units (an integer >= 0) ...
+    settlement_fee_percent       ... plus this percent of its amount (0 to 100), rounded half up
+    settlement_report_fault      null: the report as it is; "malformed": the body is not JSON
+                                 (it ends in garbage); "truncated": the connection is closed
+                                 mid-array; "unavailable": 503 and no report
 """
 
 from __future__ import annotations
@@ -44,16 +52,22 @@ import itertools
 import math
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
+from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
-__all__ = ["KIND_DEFAULTS", "LATENCY_DISTRIBUTIONS", "OUTAGE_MODES", "Behaviour", "BehaviourError", "Fate"]
+__all__ = ["KIND_DEFAULTS", "LATENCY_DISTRIBUTIONS", "OUTAGE_MODES", "REPORT_FAULTS", "Behaviour", "BehaviourError",
+           "Fate"]
 
 OUTAGE_MODES = ("refuse", "hang", "reset")
 """How a channel in outage answers every request, ping included: ``refuse`` answers 503
 at once (what a provider's edge says when the service behind it is down: nothing was
 processed; one port serves every channel, so a real TCP refusal cannot be per channel);
 ``hang`` never answers (the client times out); ``reset`` drops the connection at once."""
+
+REPORT_FAULTS = ("malformed", "truncated", "unavailable")
+"""How the settlement report fails when ``settlement_report_fault`` names one (null: it
+does not)."""
 
 LATENCY_DISTRIBUTIONS = ("lognormal", "normal", "fixed")
 """``latency_ms`` is the mean and ``latency_jitter_ms`` the standard deviation of either
@@ -81,6 +95,7 @@ _OTHER_RATES = ("pending_decline_rate", "duplicate_webhook_rate", "out_of_order_
 _DURATIONS_MS = ("latency_ms", "latency_jitter_ms", "ping_latency_ms", "webhook_delay_ms", "webhook_retry_ms",
                  "hang_ms", "late_processing_ms")
 _MAX_MS = 600_000
+_MAX_FIXED_FEE_MINOR = 10**12
 
 
 class BehaviourError(ValueError):
@@ -126,6 +141,9 @@ class Behaviour:
     hang_ms: float = 30_000.0  # a "timeout" stalls this long, or until the client hangs up
     outage: bool = False
     outage_mode: str = "refuse"
+    settlement_fee_fixed_minor: int = 0  # the report's fee per item: fixed part ...
+    settlement_fee_percent: float = 0.0  # ... plus this percent of the amount, rounded half up
+    settlement_report_fault: str | None = None  # None or one of REPORT_FAULTS
 
     # -- validation ---------------------------------------------------------------------
 
@@ -149,6 +167,7 @@ class Behaviour:
         if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= 20:
             raise BehaviourError("webhook_max_attempts", "must be an integer from 1 to 20")
         self._validate_codes()
+        self._validate_settlement()
         if (total := sum(getattr(self, name) for name in _FATE_RATES)) > 1 + 1e-9:
             raise BehaviourError("rates", f"{' + '.join(_FATE_RATES)} must add up to at most 1, not {total:g}")
         return self
@@ -159,6 +178,15 @@ class Behaviour:
             isinstance(code, str) and code and _is_number(weight) and weight > 0 for code, weight in codes.items()
         ):
             raise BehaviourError("decline_codes", "must map decline codes to positive weights")
+
+    def _validate_settlement(self) -> None:
+        fixed = self.settlement_fee_fixed_minor
+        if not isinstance(fixed, int) or isinstance(fixed, bool) or not 0 <= fixed <= _MAX_FIXED_FEE_MINOR:
+            raise BehaviourError("settlement_fee_fixed_minor", f"must be an integer from 0 to {_MAX_FIXED_FEE_MINOR}")
+        if not _is_number(self.settlement_fee_percent) or not 0 <= self.settlement_fee_percent <= 100:
+            raise BehaviourError("settlement_fee_percent", "must be a number from 0 to 100")
+        if self.settlement_report_fault is not None and self.settlement_report_fault not in REPORT_FAULTS:
+            raise BehaviourError("settlement_report_fault", f"must be null or one of {list(REPORT_FAULTS)}")
 
     def updated(self, changes: Any) -> Behaviour:
         """A new behaviour with ``changes`` (a JSON object) applied, validated whole."""
@@ -218,6 +246,19 @@ class Behaviour:
     def webhook_delay_s(self, rng: random.Random) -> float:
         # A tenth of the delay as jitter, so many pending payments do not settle in lockstep.
         return max(0.0, rng.gauss(self.webhook_delay_ms, self.webhook_delay_ms / 10)) / 1000
+
+    def settlement_fee(self, amount_minor: int) -> int:
+        """The fee the report states for an item of ``amount_minor``: the fixed part plus
+        the percent, rounded half up, in integers (a float would round 0.5 either way)."""
+        num, den = self._fee_ratio
+        return self.settlement_fee_fixed_minor + (2 * amount_minor * num + den) // (2 * den)
+
+    @cached_property
+    def _fee_ratio(self) -> tuple[int, int]:
+        """``settlement_fee_percent / 100`` as an exact fraction of the number as written
+        (1.1 is 11/1000, not the binary float's)."""
+        num, den = Decimal(str(self.settlement_fee_percent)).as_integer_ratio()
+        return num, den * 100
 
     def chance(self, rate_name: str, rng: random.Random) -> bool:
         """One Bernoulli draw for a webhook or settlement rate (drawn even at 0, so the

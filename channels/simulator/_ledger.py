@@ -18,21 +18,38 @@ The refund rules a careful provider keeps (SPEC 6):
     a dispute              open or lost: no refund (the payer has the money back, or may);
                            won: refunds as before. The payment stays captured either way: a lost
                            dispute shows in its ``dispute``, not in ``refunded_minor``
+
+The settlement report of a day (``report``, SPEC 6 and 21) lists each payment whose capture
+(its first ``captured`` in its history, wall-clock unix seconds) fell on that UTC day and
+that is captured or refunded now, in order of capture, with its captured amount and the
+behaviour's fee. Discrepancies injected for a day (``inject_discrepancies``) stay until
+``reset``; each one picks payments of the day no other one picked:
+
+    drop           left out of the report
+    amount         reported with 1 to 100 minor units more than was captured (the fee stays
+                   that of the captured amount)
+    fee            reported with a fee 1 to 100 minor units above the configured one
+    unknown        an item no payment has (``unknown-<hex>``), captured, in the first currency
+    settle_voided  a voided or declined payment of the day (created that day) that was really
+                   charged: now captured (the provider took the money after all), reported on
+                   that day with its creation as ``settled_at``
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from channels.simulator._behaviour import Behaviour
 from channels.simulator._config import ChannelSpec
 
-__all__ = ["COUNTERS", "Dispute", "Payment", "Refund", "Refusal", "SimChannel"]
+__all__ = ["COUNTERS", "DISCREPANCIES", "Dispute", "Payment", "Refund", "Refusal", "ReportChanges", "SimChannel"]
 
 COUNTERS = (
     "requests", "pings", "authorizations", "replays", "captures", "declines", "pendings", "voids", "refunds",
@@ -40,9 +57,15 @@ COUNTERS = (
     "webhooks_sent", "webhooks_delivered", "webhook_failures", "webhooks_given_up", "webhooks_duplicated",
     "webhooks_out_of_order", "webhooks_dropped", "late_processing", "tombstones", "refused_by_tombstone",
     "refund_requests", "refund_replays", "refunds_refused", "refunds_pending", "refunds_failed", "disputes",
-    "disputes_won", "disputes_lost",
+    "disputes_won", "disputes_lost", "settlement_reports",
 )
 """Every counter ``GET /_sim/stats`` shows, zero included, so a reader can rely on the keys."""
+
+DISCREPANCIES = ("drop", "amount", "fee", "unknown", "settle_voided")
+"""The kinds of discrepancy a day's report can be given, in the order they are picked."""
+
+_SETTLED = ("captured", "refunded")
+_DAY_S = 86_400
 
 _COUNTER_OF_STATUS = {"captured": "captures", "declined": "declines", "pending": "pendings", "voided": "voids",
                       "refunded": "refunds"}
@@ -134,6 +157,14 @@ class Payment:
                            f"{self.amount_minor - left} is refunded or pending, {left} is left")
         return None
 
+    @property
+    def captured_at(self) -> float | None:
+        """When it was first captured (unix seconds, from its history), or None."""
+        for at, status in self.history:
+            if status == "captured":
+                return at
+        return None
+
     def dispute_refusal(self) -> Refusal | None:
         if self.status != "captured":
             return Refusal("not_captured", f"only a captured payment can be disputed; this one is {self.status}")
@@ -142,9 +173,43 @@ class Payment:
         return None
 
 
+@dataclass(slots=True)
+class MadeUp:
+    """A report item no payment has (an ``unknown`` discrepancy)."""
+
+    reference: str
+    provider_ref: str
+    amount_minor: int
+    currency: str
+    settled_at: float
+
+
+@dataclass(slots=True)
+class ReportChanges:
+    """The discrepancies injected into one day's report (module doc)."""
+
+    dropped: set[str] = field(default_factory=set)
+    amount_minor: dict[str, int] = field(default_factory=dict)  # by reference: what is added
+    fee_minor: dict[str, int] = field(default_factory=dict)  # by reference: what is added
+    made_up: list[MadeUp] = field(default_factory=list)
+    picked: set[str] = field(default_factory=set)  # every reference a discrepancy took
+
+
+def day_start(day: str) -> float:
+    """Unix seconds at 00:00 UTC of ``day`` (YYYY-MM-DD, already checked)."""
+    d = dt.date.fromisoformat(day)
+    return dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC).timestamp()
+
+
+def iso_utc(at: float) -> str:
+    """Unix seconds as ISO 8601 UTC with a ``Z``, to the millisecond."""
+    return dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class SimChannel:
     """One simulated provider's live state. ``rng`` draws behaviour (latency, fate,
-    codes); ``ids`` draws identifiers, so naming a payment never shifts the fate sequence."""
+    codes); ``ids`` draws identifiers, so naming a payment never shifts the fate sequence;
+    ``picks`` draws the settlement report's discrepancies, which shift neither."""
 
     def __init__(self, spec: ChannelSpec) -> None:
         self.spec = spec
@@ -156,6 +221,11 @@ class SimChannel:
         self.counters: Counter[str] = Counter()
         # Timers by what they settle: ("payment" | "refund" | "dispute", its reference).
         self.settlements: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self.picks = random.Random(f"{spec.seed}:settlements")
+        self.report_changes: dict[str, ReportChanges] = {}  # by day
+        # Payments settle_voided captured late, by reference: the day they are reported on
+        # and their settled_at (their first capture is later, and must not count).
+        self.late_settled: dict[str, tuple[str, float]] = {}
 
     @property
     def name(self) -> str:
@@ -244,7 +314,101 @@ class SimChannel:
         self.behaviour = self.spec.behaviour
         self.rng = random.Random(self.spec.seed)
         self.ids = random.Random(f"{self.spec.seed}:ids")
+        self.picks = random.Random(f"{self.spec.seed}:settlements")
+        self.report_changes.clear()
+        self.late_settled.clear()
+
+    # -- settlement reports ----------------------------------------------------------------
+
+    def settled_on(self, day: str) -> list[tuple[float, Payment]]:
+        """The payments settled on ``day`` with their settlement time, in that order: captured
+        or refunded now and first captured that day, or captured late onto it (settle_voided)."""
+        start = day_start(day)
+        end = start + _DAY_S
+        late = self.late_settled
+        rows: list[tuple[float, Payment]] = []
+        for p in self.payments.values():
+            if p.status not in _SETTLED:
+                continue
+            if (moved := late.get(p.reference)) is not None:
+                if moved[0] == day:
+                    rows.append((moved[1], p))
+            elif (at := p.captured_at) is not None and start <= at < end:
+                rows.append((at, p))
+        rows.sort(key=lambda row: (row[0], row[1].reference))
+        return rows
+
+    def report(self, day: str) -> Iterator[dict[str, Any]]:
+        """``day``'s report items (wire objects), made one by one as they are read; which
+        payments, and the fees, are fixed when this is called."""
+        changes = self.report_changes.get(day) or ReportChanges()
+        rows: list[tuple[float, str, Payment | MadeUp]] = [
+            (at, p.reference, p) for at, p in self.settled_on(day) if p.reference not in changes.dropped]
+        if changes.made_up:
+            rows += [(m.settled_at, m.reference, m) for m in changes.made_up]
+            rows.sort(key=lambda row: (row[0], row[1]))
+        return _report_items(rows, changes, self.behaviour.settlement_fee)
+
+    def inject_discrepancies(self, day: str, counts: Mapping[str, int]) -> dict[str, list[str]] | Refusal:
+        """Give ``day``'s report ``counts`` more discrepancies of each kind (``DISCREPANCIES``,
+        module doc), each from payments no discrepancy picked yet; the references picked, by
+        kind. Refused (``not_enough_payments``), changing nothing, when a kind lacks them."""
+        changes = self.report_changes.get(day) or ReportChanges()
+        n = {kind: counts.get(kind, 0) for kind in DISCREPANCIES}
+        settled = [p for _, p in self.settled_on(day) if p.reference not in changes.picked]
+        start = day_start(day)
+        charged = sorted((p for p in self.payments.values() if p.status in ("voided", "declined")
+                          and p.amount_minor > 0 and start <= p.created_at < start + _DAY_S
+                          and p.reference not in changes.picked), key=lambda p: (p.created_at, p.reference))
+        wanted = n["drop"] + n["amount"] + n["fee"]
+        if wanted > len(settled):
+            return Refusal("not_enough_payments", f"drop, amount and fee need {wanted} payments settled on {day} "
+                           f"that no discrepancy took; there are {len(settled)}")
+        if n["settle_voided"] > len(charged):
+            return Refusal("not_enough_payments", f"settle_voided needs {n['settle_voided']} charged payments of "
+                           f"{day} now voided or declined that no discrepancy took; there are {len(charged)}")
+        chosen = self.picks.sample(settled, wanted)
+        dropped, amount = chosen[:n["drop"]], chosen[n["drop"]:n["drop"] + n["amount"]]
+        fee = chosen[n["drop"] + n["amount"]:]
+        voided = self.picks.sample(charged, n["settle_voided"])
+        changes.dropped.update(p.reference for p in dropped)
+        changes.amount_minor.update((p.reference, self.picks.randint(1, 100)) for p in amount)
+        changes.fee_minor.update((p.reference, self.picks.randint(1, 100)) for p in fee)
+        made_up = [self._made_up(start) for _ in range(n["unknown"])]
+        changes.made_up += made_up
+        for p in voided:  # the provider took the money after all
+            p.decline_code = None
+            self.move(p, "captured")
+            self.late_settled[p.reference] = (day, p.created_at)
+        picked = {"drop": dropped, "amount": amount, "fee": fee, "settle_voided": voided}
+        answer = {kind: [p.reference for p in ps] for kind, ps in picked.items()}
+        changes.picked.update(ref for refs in answer.values() for ref in refs)
+        self.report_changes[day] = changes
+        return {**answer, "unknown": [m.reference for m in made_up]}
+
+    def _made_up(self, start: float) -> MadeUp:
+        """A captured item no payment has, at some time of the day starting at ``start``, in
+        the channel's first currency (alphabetically; USD when it takes any)."""
+        picks = self.picks
+        currency = min(self.spec.currencies) if self.spec.currencies else "USD"
+        return MadeUp(f"unknown-{picks.getrandbits(64):016x}", f"pr_{picks.getrandbits(64):016x}",
+                      picks.randint(100, 100_000), currency, start + picks.randrange(_DAY_S * 1000) / 1000)
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.spec.kind, "payments": len(self.payments),
                 **{name: self.counters[name] for name in COUNTERS}}
+
+
+def _report_items(rows: list[tuple[float, str, Payment | MadeUp]], changes: ReportChanges,
+                  fee_of: Callable[[int], int]) -> Iterator[dict[str, Any]]:
+    """The wire items of a report's rows (``SimChannel.report``): a payment with its captured
+    amount, status now and fee, as the day's discrepancies change them."""
+    for at, reference, row in rows:
+        if isinstance(row, MadeUp):
+            yield {"reference": reference, "provider_ref": row.provider_ref, "status": "captured",
+                   "amount_minor": row.amount_minor, "currency": row.currency,
+                   "fee_minor": fee_of(row.amount_minor), "settled_at": iso_utc(at)}
+            continue
+        yield {"reference": reference, "provider_ref": row.provider_ref, "status": row.status,
+               "amount_minor": row.amount_minor + changes.amount_minor.get(reference, 0), "currency": row.currency,
+               "fee_minor": fee_of(row.amount_minor) + changes.fee_minor.get(reference, 0), "settled_at": iso_utc(at)}

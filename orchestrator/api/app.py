@@ -14,7 +14,7 @@ from aiohttp import web
 import routing
 from channels import AttemptOutcome, webhooks
 from orchestrator import disputes, recharges, refunds
-from orchestrator.api import admin, aftersale, ledger_api, pricing_api
+from orchestrator.api import admin, aftersale, ledger_api, pricing_api, reconciliation_api
 from orchestrator.api.auth import Authenticator
 from orchestrator.api.body import check_limit, idempotency_key, read_body, read_json
 from orchestrator.api.errors import ApiError, api_error_of, error_response
@@ -334,6 +334,7 @@ def build_app(service: Service, *, manage_service: bool = True) -> web.Applicati
     admin.register(app)
     aftersale.register(app)
     ledger_api.register(app)
+    reconciliation_api.register(app)
     pricing_api.register(app, service.pricing)
     app.router.add_get("/v1/health/channels", channel_health)
     app.router.add_get("/status", status_page)

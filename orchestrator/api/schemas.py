@@ -129,6 +129,13 @@ class DepositIn(_Strict):
     reference: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_Printable)]
 
 
+class ReconciliationIn(_Strict):
+    """Reconcile a channel's settlement report of one day (SPEC 21)."""
+
+    channel: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    date: Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+
+
 def validate(model: type[_Strict], data: Any) -> Any:
     """Validate a parsed JSON body; raise ApiError(422) naming the first bad field."""
     if not isinstance(data, dict):

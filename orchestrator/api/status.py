@@ -41,6 +41,8 @@ def status_view(svc: Any) -> dict[str, Any]:
         "channels": channels,
         "notifications": svc.dispatcher.figures(),
         "pools": svc.pool_watch.last,
+        "reconciliations": [{**run, "open": svc.reconciler.open.get(channel, 0)}
+                            for channel, run in sorted(svc.reconciler.last.items())],
     }
 
 
@@ -72,6 +74,9 @@ STATUS_HTML = """<!doctype html>
 <table id="pools"><thead><tr><th>pool</th><th>countries</th><th>coins</th><th>target</th><th>low water</th>
 <th>demand (last interval)</th><th>short for</th><th>lost (failed instant credits)</th><th></th></tr></thead>
 <tbody></tbody></table>
+<h2>Settlement reconciliation (last run per channel)</h2>
+<table id="reconciliations"><thead><tr><th>channel</th><th>day</th><th>status</th><th>report items</th>
+<th>discrepancies</th><th>open now</th><th>finished</th></tr></thead><tbody></tbody></table>
 <h2>Recent failovers</h2>
 <table id="failovers"><thead><tr><th>when</th><th>recharge</th><th>from</th><th>to</th><th>why</th></tr></thead>
 <tbody></tbody></table>
@@ -108,6 +113,11 @@ async function refresh() {
       <td class="num">${esc(p.demand)}</td><td class="num">${esc(p.shortfalls ?? 0)}</td>
       <td class="num">${esc(p.lost_coins ?? 0)}</td><td>${p.low ? pill("low") : ""}</td></tr>`).join("")
       || '<tr><td colspan="9">no pools configured</td></tr>';
+    document.querySelector("#reconciliations tbody").innerHTML = (d.reconciliations || []).map(r => `<tr
+      data-channel="${esc(r.channel)}"><td>${esc(r.channel)}</td><td>${esc(r.date)}</td><td>${pill(r.status)}
+      ${r.reason ? esc(r.reason) : ""}</td><td class="num">${esc(r.report_items)}</td>
+      <td class="num">${esc((r.summary || {}).discrepancies ?? "-")}</td><td class="num">${esc(r.open)}</td>
+      <td>${esc(r.finished_at ?? "-")}</td></tr>`).join("") || '<tr><td colspan="7">no run yet</td></tr>';
     document.querySelector("#failovers tbody").innerHTML = (d.failovers.length ? d.failovers : []).map(f => `<tr>
       <td>${num(f.age_s)} s ago</td>
       <td><code>${esc(f.recharge_id)}</code></td><td>${esc(f.from)}</td><td>${esc(f.to)}</td><td>${esc(f.reason)}</td></tr>`).join("")

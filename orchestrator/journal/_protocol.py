@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from orchestrator.errors import JournalError
 from orchestrator.model import (
     Attempt,
+    Discrepancy,
     Dispute,
     DisputeStatus,
     Fence,
     FirstRecharge,
     Notice,
     Recharge,
+    ReconRun,
     Refund,
     RefundStatus,
     Step,
@@ -28,8 +30,8 @@ from orchestrator.model import (
     Transfer,
 )
 
-__all__ = ["PURGE_LIMIT", "Account", "Journal", "JournalError", "KeptChannel", "NoticeRow", "OutboxStats",
-           "QuoteRecord", "RefundGuard", "UserTotals", "WalletEntry", "WalletView"]
+__all__ = ["PURGE_LIMIT", "Account", "Journal", "JournalError", "KeptChannel", "MatchRow", "NoticeRow", "OutboxStats",
+           "QuoteRecord", "RefundGuard", "ReportRow", "UserTotals", "WalletEntry", "WalletView"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,39 @@ class RefundGuard:
     refunded_coins: int
     dispute: DisputeStatus | None
     allow_negative: bool
+
+
+class ReportRow(NamedTuple):
+    """One item of a provider's settlement report, as a run stages it (SPEC 6, 21)."""
+
+    reference: str
+    provider_ref: str | None
+    status: str
+    amount_minor: int
+    currency: str
+    fee_minor: int
+    settled_at: str | None
+
+
+class MatchRow(NamedTuple):
+    """A staged report item and what the journal holds under its reference (the attempt's
+    fields None when no attempt has it)."""
+
+    reference: str
+    provider_ref: str | None
+    status: str
+    amount_minor: int
+    currency: str
+    fee_minor: int
+    settled_at: str | None
+    attempt_channel: str | None
+    attempt_state: str | None
+    recharge_id: str | None
+    recharge_status: str | None
+    recharge_channel: str | None
+    recharge_amount_minor: int | None
+    recharge_currency: str | None
+    settlement: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,3 +445,60 @@ class Journal(Protocol):
         ...
 
     async def outbox_stats(self) -> OutboxStats: ...
+
+    # Settlement reconciliation (SPEC 21). A run stages the provider's report and what it
+    # finds, then ``recon_finish`` keeps the findings (or, failed, drops them) at once.
+
+    async def recon_start(self, run: ReconRun) -> bool:
+        """Record a running reconciliation; False when ``run`` is scheduled and a scheduled
+        run of that channel and day exists (another instance took the day)."""
+        ...
+
+    async def recon_stage(self, run_id: str, items: Sequence[ReportRow]) -> int:
+        """Stage report items of a running run; answers how many were new (a reference
+        the report repeats is staged once)."""
+        ...
+
+    async def recon_matches(self, run_id: str, after: str, limit: int) -> list[MatchRow]:
+        """Staged items after reference ``after``, in reference order, each with what the
+        journal holds under that reference (its attempt and recharge, when any)."""
+        ...
+
+    async def recon_unreported(self, run_id: str, channel: str, start: float, end: float, after: str,
+                               limit: int) -> list[tuple[str, str, int, str]]:
+        """Captures kept on ``channel`` (the succeeded recharge's own) journaled in
+        [start, end) and not in the run's staged report: (reference, recharge id,
+        amount_minor, currency), in reference order after ``after``."""
+        ...
+
+    async def recon_found(self, run_id: str, found: Sequence[Discrepancy]) -> None:
+        """Stage what the run found (kept by ``recon_finish`` when the run completes)."""
+        ...
+
+    async def recon_finish(self, run_id: str, status: str, reason: str | None, at: float, report_items: int,
+                           summary: dict[str, Any] | None) -> ReconRun | None:
+        """End a running run, in one transaction: completed, its findings join the day's
+        discrepancies (one per reference and kind: a repeat is updated, not added; one
+        resolved before and found again is open again) and the day's discrepancies it did
+        not find again are resolved; failed, its findings are dropped. Its staged rows go
+        either way. None when no such running run."""
+        ...
+
+    async def recon_runs(self, channel: str | None = None, limit: int = 50) -> list[ReconRun]:
+        """Runs, newest first (by start, then id)."""
+        ...
+
+    async def recon_run(self, run_id: str) -> ReconRun | None: ...
+
+    async def discrepancies(self, channel: str, date: str, status: str | None = None, after: int = 0,
+                            limit: int = 100) -> list[Discrepancy]:
+        """The day's discrepancies of a channel, oldest first, after ``seq`` ``after``."""
+        ...
+
+    async def open_discrepancies(self) -> dict[str, int]:
+        """Per channel, how many discrepancies are not resolved."""
+        ...
+
+    async def resolve_discrepancy(self, seq: int, status: str, resolution: str, at: float) -> bool:
+        """Set a discrepancy's status (open, resolving, resolved) and why; False if none."""
+        ...

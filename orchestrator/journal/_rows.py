@@ -17,11 +17,14 @@ from orchestrator.audit import entry_hash
 from orchestrator.model import (
     Attempt,
     AttemptState,
+    Discrepancy,
+    DiscrepancyKind,
     Dispute,
     DisputeStatus,
     Notice,
     Recharge,
     RechargeStatus,
+    ReconRun,
     Refund,
     RefundStatus,
     Settlement,
@@ -41,7 +44,12 @@ __all__ = [
     "refund_row",
     "TRANSFER_COLUMNS",
     "transfer_of",
+    "DISCREPANCY_COLUMNS",
     "RECHARGE_COLUMNS",
+    "RECON_COLUMNS",
+    "discrepancy_of",
+    "found_row",
+    "recon_run_of",
     "TRAIL_COLUMNS",
     "attempt_of",
     "attempt_row",
@@ -162,3 +170,29 @@ TRANSFER_COLUMNS = "seq, debit, credit, coins, kind, at, recharge_id, ref, note"
 def transfer_of(row: Sequence[Any]) -> Transfer:
     """A ledger transfer; its id is its place in the ledger (``tr_<seq>``)."""
     return Transfer(f"tr_{row[0]}", row[1], row[2], int(row[3]), row[4], row[5], row[6], row[7], row[8], int(row[0]))
+
+
+# -- settlement reconciliation (SPEC 21) -------------------------------------------------------
+
+RECON_COLUMNS = "id, channel, date, trigger, status, started_at, finished_at, reason, report_items, summary"
+DISCREPANCY_COLUMNS = ("reference, kind, recharge_id, amount_minor, currency, expected, reported, status, resolution, "
+                       "channel, date, run_id, seq, created_at, updated_at")
+
+
+def recon_run_of(row: Sequence[Any]) -> ReconRun:
+    return ReconRun(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8],
+                    None if row[9] is None else orjson.loads(row[9]))
+
+
+def discrepancy_of(row: Sequence[Any]) -> Discrepancy:
+    return Discrepancy(row[0], DiscrepancyKind(row[1]), row[2], row[3], row[4],
+                       None if row[5] is None else orjson.loads(row[5]),
+                       None if row[6] is None else orjson.loads(row[6]), row[7], row[8], row[9], row[10], row[11],
+                       row[12], row[13], row[14])
+
+
+def found_row(run_id: str, d: Discrepancy) -> tuple[Any, ...]:
+    """A finding as ``recon_found`` stages it."""
+    return (run_id, d.reference, d.kind.value, d.recharge_id, d.amount_minor, d.currency,
+            None if d.expected is None else orjson.dumps(d.expected).decode(),
+            None if d.reported is None else orjson.dumps(d.reported).decode(), d.status, d.resolution)

@@ -330,4 +330,66 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE accounts ADD COLUMN lost INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE accounts ADD COLUMN shortfalls INTEGER NOT NULL DEFAULT 0",
     ),
+    # 13: settlement reconciliation (SPEC 21): the runs, each report staged while it is read
+    # (recon_report, recon_found: emptied when the run ends), and the discrepancies kept, one
+    # per channel, day, reference and kind however often the day is reconciled.
+    (
+        """CREATE TABLE reconciliations (
+            id TEXT PRIMARY KEY,
+            channel TEXT NOT NULL,
+            date TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            status TEXT NOT NULL,
+            reason TEXT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            report_items INTEGER NOT NULL DEFAULT 0,
+            summary TEXT
+        )""",
+        "CREATE UNIQUE INDEX reconciliations_scheduled ON reconciliations(channel, date) WHERE trigger = 'schedule'",
+        "CREATE INDEX reconciliations_started ON reconciliations(started_at)",
+        """CREATE TABLE recon_report (
+            run_id TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            provider_ref TEXT,
+            status TEXT NOT NULL,
+            amount_minor INTEGER NOT NULL,
+            currency TEXT NOT NULL,
+            fee_minor INTEGER NOT NULL,
+            settled_at TEXT,
+            PRIMARY KEY (run_id, reference)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE recon_found (
+            run_id TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            recharge_id TEXT,
+            amount_minor INTEGER,
+            currency TEXT,
+            expected TEXT,
+            reported TEXT,
+            status TEXT NOT NULL,
+            resolution TEXT,
+            PRIMARY KEY (run_id, reference, kind)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE discrepancies (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            channel TEXT NOT NULL,
+            date TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            recharge_id TEXT,
+            amount_minor INTEGER,
+            currency TEXT,
+            expected TEXT,
+            reported TEXT,
+            resolution TEXT,
+            run_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            UNIQUE (channel, date, reference, kind)
+        )""",
+        "CREATE INDEX discrepancies_open ON discrepancies(channel) WHERE status != 'resolved'",
+    ),
 )

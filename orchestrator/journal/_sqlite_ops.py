@@ -24,6 +24,7 @@ from orchestrator.journal._rows import ATTEMPT_COLUMNS, RECHARGE_COLUMNS, attemp
     recharge_row
 from orchestrator.journal import _sqlite_ledger as ledger
 from orchestrator.journal._sqlite_aftersale import AFTERSALE_OPS, add_notices
+from orchestrator.journal._sqlite_recon import RECON_OPS
 from orchestrator.journal._sqlite_trail import Rejected
 from orchestrator.journal._sqlite_trail import chain as _chain
 from orchestrator.journal._sqlite_trail import insert_trail as _insert_trail
@@ -463,6 +464,7 @@ WRITE_OPS: dict[str, Callable[..., Any]] = {
     "put_quote": op_put_quote,
     **AFTERSALE_OPS,
     **ledger.LEDGER_OPS,
+    **RECON_OPS,
 }
 
 

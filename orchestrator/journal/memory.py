@@ -17,15 +17,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
+
 from orchestrator.audit import GENESIS
 from orchestrator.journal._protocol import (
     PURGE_LIMIT,
     Account,
     KeptChannel,
+    MatchRow,
     NoticeRow,
     OutboxStats,
     QuoteRecord,
     RefundGuard,
+    ReportRow,
     UserTotals,
     WalletEntry,
     WalletView,
@@ -38,6 +42,8 @@ from orchestrator.model import (
     TERMINAL,
     Attempt,
     Credit,
+    Discrepancy,
+    DiscrepancyKind,
     Dispute,
     DisputeStatus,
     Fence,
@@ -45,6 +51,7 @@ from orchestrator.model import (
     Notice,
     Recharge,
     RechargeStatus,
+    ReconRun,
     Refund,
     RefundStatus,
     Step,
@@ -59,6 +66,11 @@ from orchestrator.transitions import admits, reduce
 __all__ = ["MemoryJournal"]
 
 _RUNNING_OR_DONE = frozenset({RechargeStatus.PROCESSING, RechargeStatus.PENDING, RechargeStatus.SUCCEEDED})
+
+
+def _json(value: Any) -> Any:
+    """``value`` as the SQL stores read it back from its JSON text (a copy of its own)."""
+    return None if value is None else orjson.loads(orjson.dumps(value))
 
 
 def _clone(rec: Recharge) -> Recharge:
@@ -196,6 +208,12 @@ class MemoryJournal:
         self._disputes: dict[str, Dispute] = {}
         self._outbox: dict[str, _Outboxed] = {}
         self._outbox_seq = 0
+        self._runs: dict[str, ReconRun] = {}
+        self._staged: dict[str, dict[str, ReportRow]] = {}  # run -> reference -> item
+        self._found: dict[str, dict[tuple[str, str], Discrepancy]] = {}  # run -> (reference, kind) -> finding
+        self._discrepancies: dict[int, Discrepancy] = {}  # seq -> discrepancy
+        self._discrepancy_keys: dict[tuple[str, str, str, str], int] = {}  # (channel, date, reference, kind) -> seq
+        self._discrepancy_seq = 0
         self.opened = False
 
     async def open(self) -> None:
@@ -621,6 +639,128 @@ class MemoryJournal:
         pending = [o.notice.created_at for o in self._outbox.values() if o.state == "pending"]
         return OutboxStats(len(pending), sum(o.state == "dead" for o in self._outbox.values()),
                            min(pending) if pending else None)
+
+    # -- settlement reconciliation (SPEC 21) ---------------------------------------------
+
+    async def recon_start(self, run: ReconRun) -> bool:
+        if run.id in self._runs or (run.trigger == "schedule" and any(
+                (r.channel, r.date, r.trigger) == (run.channel, run.date, "schedule") for r in self._runs.values())):
+            return False
+        self._runs[run.id] = ReconRun(run.id, run.channel, run.date, run.trigger, "running", run.started_at)
+        return True
+
+    async def recon_stage(self, run_id: str, items: Sequence[ReportRow]) -> int:
+        staged = self._staged.setdefault(run_id, {})
+        new = 0
+        for i in items:
+            if i.reference not in staged:
+                staged[i.reference] = ReportRow(*i)
+                new += 1
+        return new
+
+    async def recon_matches(self, run_id: str, after: str, limit: int) -> list[MatchRow]:
+        staged = self._staged.get(run_id, {})
+        out = []
+        for ref in sorted(r for r in staged if r > after)[:limit]:
+            i = staged[ref]
+            rid = self._references.get(ref)
+            rec = None if rid is None else self._recharges[rid]
+            a = None if rec is None else rec.attempt(ref)
+            if rec is None or a is None:
+                out.append(MatchRow(*i, None, None, None, None, None, None, None, None))
+                continue
+            out.append(MatchRow(*i, a.channel, a.state.value, rid, rec.status.value, rec.channel, rec.amount_minor,
+                                rec.currency, None if rec.settlement is None else rec.settlement.value))
+        return out
+
+    async def recon_unreported(self, run_id: str, channel: str, start: float, end: float, after: str,
+                               limit: int) -> list[tuple[str, str, int, str]]:
+        staged = self._staged.get(run_id, {})
+        out = []
+        for ref, rid in self._references.items():
+            if ref <= after or ref in staged:
+                continue
+            rec = self._recharges[rid]
+            a = rec.attempt(ref)
+            if (a is not None and a.channel == channel and a.state.value == "captured" and start <= a.updated_at < end
+                    and rec.status is RechargeStatus.SUCCEEDED and rec.channel == a.channel):
+                out.append((ref, rid, rec.amount_minor, rec.currency))
+        return sorted(out)[:limit]
+
+    async def recon_found(self, run_id: str, found: Sequence[Discrepancy]) -> None:
+        staged = self._found.setdefault(run_id, {})
+        for d in found:
+            kind = DiscrepancyKind(d.kind)
+            staged[(d.reference, kind.value)] = Discrepancy(
+                d.reference, kind, d.recharge_id, d.amount_minor, d.currency, _json(d.expected), _json(d.reported),
+                d.status, d.resolution)
+
+    async def recon_finish(self, run_id: str, status: str, reason: str | None, at: float, report_items: int,
+                           summary: dict[str, Any] | None) -> ReconRun | None:
+        run = self._runs.get(run_id)
+        if run is None or run.status != "running":
+            return None
+        found = self._found.pop(run_id, {})
+        self._staged.pop(run_id, None)
+        if status == "completed":
+            self._promote(run, [found[k] for k in sorted(found)], at)
+        done = replace(run, status=status, reason=reason, finished_at=at, report_items=report_items,
+                       summary=_json(summary))
+        self._runs[run_id] = done
+        return replace(done, summary=_json(summary))
+
+    def _promote(self, run: ReconRun, found: list[Discrepancy], at: float) -> None:
+        """The run's findings join the day's discrepancies (in the order of their references);
+        the day's others it did not find again are resolved."""
+        for f in found:
+            key = (run.channel, run.date, f.reference, f.kind.value)
+            seq = self._discrepancy_keys.get(key)
+            if seq is None:
+                self._discrepancy_seq += 1
+                seq = self._discrepancy_seq
+                self._discrepancy_keys[key] = seq
+                self._discrepancies[seq] = replace(f, channel=run.channel, date=run.date, run_id=run.id, seq=seq,
+                                                   created_at=at, updated_at=at)
+                continue
+            held = self._discrepancies[seq]
+            again = held.status == "resolved"  # found again after it was resolved: as the run says
+            self._discrepancies[seq] = replace(
+                held, run_id=run.id, updated_at=at, expected=f.expected, reported=f.reported,
+                amount_minor=f.amount_minor, currency=f.currency,
+                resolution=f.resolution if again else held.resolution, status=f.status if again else held.status)
+        for seq, d in self._discrepancies.items():
+            if (d.channel, d.date) == (run.channel, run.date) and d.run_id != run.id and d.status != "resolved":
+                self._discrepancies[seq] = replace(d, status="resolved", resolution=f"not found again by {run.id}",
+                                                   updated_at=at)
+
+    async def recon_runs(self, channel: str | None = None, limit: int = 50) -> list[ReconRun]:
+        runs = sorted((r for r in self._runs.values() if channel is None or r.channel == channel),
+                      key=lambda r: (r.started_at, r.id), reverse=True)
+        return [replace(r, summary=_json(r.summary)) for r in runs[:limit]]
+
+    async def recon_run(self, run_id: str) -> ReconRun | None:
+        run = self._runs.get(run_id)
+        return None if run is None else replace(run, summary=_json(run.summary))
+
+    async def discrepancies(self, channel: str, date: str, status: str | None = None, after: int = 0,
+                            limit: int = 100) -> list[Discrepancy]:
+        return [replace(d, expected=_json(d.expected), reported=_json(d.reported))
+                for seq, d in sorted(self._discrepancies.items()) if seq > after and d.channel == channel
+                and d.date == date and (status is None or d.status == status)][:limit]
+
+    async def open_discrepancies(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in self._discrepancies.values():
+            if d.status != "resolved":
+                out[d.channel] = out.get(d.channel, 0) + 1
+        return out
+
+    async def resolve_discrepancy(self, seq: int, status: str, resolution: str, at: float) -> bool:
+        d = self._discrepancies.get(seq)
+        if d is None:
+            return False
+        self._discrepancies[seq] = replace(d, status=status, resolution=resolution, updated_at=at)
+        return True
 
     # -- for the invariant checks ---------------------------------------------------------
 

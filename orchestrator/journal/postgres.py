@@ -34,10 +34,12 @@ from orchestrator.journal._protocol import (
     Account,
     JournalError,
     KeptChannel,
+    MatchRow,
     NoticeRow,
     OutboxStats,
     QuoteRecord,
     RefundGuard,
+    ReportRow,
     UserTotals,
     WalletEntry,
     WalletView,
@@ -62,6 +64,11 @@ from orchestrator.journal._rows import (
     refund_row,
     trail_entry_of,
     trail_rows,
+    DISCREPANCY_COLUMNS,
+    RECON_COLUMNS,
+    discrepancy_of,
+    found_row,
+    recon_run_of,
 )
 from orchestrator.journal._schema_pg import MIGRATIONS
 from orchestrator.clock import month_of
@@ -72,6 +79,7 @@ from orchestrator.model import (
     KEEP,
     Attempt,
     Credit,
+    Discrepancy,
     Dispute,
     DisputeStatus,
     Fence,
@@ -79,6 +87,7 @@ from orchestrator.model import (
     Notice,
     Recharge,
     RechargeStatus,
+    ReconRun,
     Refund,
     RefundStatus,
     Step,
@@ -746,6 +755,72 @@ class PostgresJournal:
         row = await self._read(lambda conn: conn.fetchrow(_OUTBOX_STATS))
         return OutboxStats(int(row[0]), int(row[1]), row[2])
 
+    # -- settlement reconciliation (SPEC 21; the ops are below, after the SQL) ----------
+
+    async def recon_start(self, run: ReconRun) -> bool:
+        # ON CONFLICT waits for another instance taking the day's scheduled run, then skips.
+        done = await self._write(lambda conn: conn.execute(
+            _RECON_START, run.id, run.channel, run.date, run.trigger, float(run.started_at)))
+        return bool(done == "INSERT 0 1")
+
+    async def recon_stage(self, run_id: str, items: Sequence[ReportRow]) -> int:
+        if not items:
+            return 0
+        columns = (
+            [i.reference for i in items], [i.provider_ref for i in items], [i.status for i in items],
+            [int(i.amount_minor) for i in items], [i.currency for i in items], [int(i.fee_minor) for i in items],
+            [i.settled_at for i in items],
+        )
+        done: str = await self._write(lambda conn: conn.execute(_RECON_STAGE, run_id, *columns))
+        return int(done.rsplit(" ", 1)[-1])  # "INSERT 0 n"
+
+    async def recon_matches(self, run_id: str, after: str, limit: int) -> list[MatchRow]:
+        rows = await self._read(lambda conn: conn.fetch(_RECON_MATCHES, run_id, after, limit))
+        return [MatchRow(*r) for r in rows]
+
+    async def recon_unreported(self, run_id: str, channel: str, start: float, end: float, after: str,
+                               limit: int) -> list[tuple[str, str, int, str]]:
+        rows = await self._read(lambda conn: conn.fetch(
+            _RECON_UNREPORTED, after, channel, float(start), float(end), run_id, limit))
+        return [(r[0], r[1], int(r[2]), r[3]) for r in rows]
+
+    async def recon_found(self, run_id: str, found: Sequence[Discrepancy]) -> None:
+        # One row per reference and kind, the last one found (as SQLite's INSERT OR REPLACE):
+        # one statement may not update a row twice.
+        rows = list({(d.reference, d.kind): found_row(run_id, d) for d in found}.values())
+        if rows:
+            columns = [list(c) for c in zip(*rows)][1:]
+            await self._write(lambda conn: conn.execute(_RECON_FOUND, run_id, *columns))
+
+    async def recon_finish(self, run_id: str, status: str, reason: str | None, at: float, report_items: int,
+                           summary: dict[str, Any] | None) -> ReconRun | None:
+        doc = None if summary is None else orjson.dumps(summary).decode()
+        row = await self._write(lambda conn: _recon_finish(conn, run_id, status, reason, float(at), report_items,
+                                                           doc))
+        return None if row is None else recon_run_of(row)
+
+    async def recon_runs(self, channel: str | None = None, limit: int = 50) -> list[ReconRun]:
+        rows = await self._read(lambda conn: conn.fetch(_RECON_RUNS, channel, limit))
+        return [recon_run_of(r) for r in rows]
+
+    async def recon_run(self, run_id: str) -> ReconRun | None:
+        row = await self._read(lambda conn: conn.fetchrow(
+            f"SELECT {RECON_COLUMNS} FROM reconciliations WHERE id = $1", run_id))
+        return None if row is None else recon_run_of(row)
+
+    async def discrepancies(self, channel: str, date: str, status: str | None = None, after: int = 0,
+                            limit: int = 100) -> list[Discrepancy]:
+        rows = await self._read(lambda conn: conn.fetch(_DISCREPANCIES, channel, date, after, status, limit))
+        return [discrepancy_of(r) for r in rows]
+
+    async def open_discrepancies(self) -> dict[str, int]:
+        rows = await self._read(lambda conn: conn.fetch(_OPEN_DISCREPANCIES))
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def resolve_discrepancy(self, seq: int, status: str, resolution: str, at: float) -> bool:
+        done = await self._write(lambda conn: conn.execute(_RESOLVE_DISCREPANCY, status, resolution, float(at), seq))
+        return bool(done == "UPDATE 1")
+
 
 # -- migrations -------------------------------------------------------------------------
 
@@ -1313,3 +1388,85 @@ async def _apply_dispute(conn: asyncpg.Connection, d: Dispute, expect: DisputeSt
     await _insert_trail(conn, trail)
     await _add_notices(conn, notices)
     return True
+
+
+# -- settlement reconciliation (SPEC 21) ------------------------------------------------
+#
+# References are compared and ordered as Python and SQLite compare them (byte order, COLLATE
+# "C"), so the keyset pages and the discrepancies' order agree across the stores.
+
+_RECON_START = ("INSERT INTO reconciliations(id, channel, date, trigger, status, started_at) "
+                "VALUES ($1, $2, $3, $4, 'running', $5) ON CONFLICT DO NOTHING")
+# A reference the report repeats is staged once (the first time).
+_RECON_STAGE = (
+    "INSERT INTO recon_report(run_id, reference, provider_ref, status, amount_minor, currency, fee_minor, "
+    "settled_at) SELECT $1::text, i.* FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], "
+    "$7::bigint[], $8::text[]) AS i ON CONFLICT (run_id, reference) DO NOTHING"
+)
+_RECON_FOUND = (
+    "INSERT INTO recon_found(run_id, reference, kind, recharge_id, amount_minor, currency, expected, reported, "
+    "status, resolution) SELECT $1::text, f.* FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], "
+    "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) AS f "
+    "ON CONFLICT (run_id, reference, kind) DO UPDATE SET recharge_id = excluded.recharge_id, "
+    "amount_minor = excluded.amount_minor, currency = excluded.currency, expected = excluded.expected, "
+    "reported = excluded.reported, status = excluded.status, resolution = excluded.resolution"
+)
+# A staged item and what the journal holds under its reference (MatchRow's fields).
+_RECON_MATCHES = (
+    "SELECT s.reference, s.provider_ref, s.status, s.amount_minor, s.currency, s.fee_minor, s.settled_at, a.channel, "
+    "a.state, a.recharge_id, r.status, r.channel, r.amount_minor, r.currency, r.settlement FROM recon_report s "
+    "LEFT JOIN attempts a ON a.reference = s.reference LEFT JOIN recharges r ON r.id = a.recharge_id "
+    'WHERE s.run_id = $1 AND s.reference COLLATE "C" > $2 ORDER BY s.reference COLLATE "C" LIMIT $3'
+)
+# Kept captures of a channel journaled in a window and absent from the staged report.
+_RECON_UNREPORTED = (
+    "SELECT a.reference, a.recharge_id, r.amount_minor, r.currency FROM attempts a JOIN recharges r "
+    'ON r.id = a.recharge_id WHERE a.reference COLLATE "C" > $1 '
+    "AND a.channel = $2 AND a.state = 'captured' AND a.updated_at >= $3 AND a.updated_at < $4 "
+    "AND r.status = 'succeeded' AND r.channel = a.channel "
+    "AND NOT EXISTS (SELECT 1 FROM recon_report s WHERE s.run_id = $5 AND s.reference = a.reference) "
+    'ORDER BY a.reference COLLATE "C" LIMIT $6'
+)
+# A finding joins the day's discrepancies once per reference and kind, in the order of their
+# references: a repeat refreshes its evidence and run; one resolved before is open again (or
+# resolving, as the run decided).
+_PROMOTE = (
+    "INSERT INTO discrepancies AS d (channel, date, reference, kind, status, recharge_id, amount_minor, currency, "
+    "expected, reported, resolution, run_id, created_at, updated_at) SELECT $1::text, $2::text, reference, kind, "
+    "status, recharge_id, amount_minor, currency, expected, reported, resolution, run_id, $3::float8, $3::float8 "
+    'FROM recon_found WHERE run_id = $4 ORDER BY reference COLLATE "C", kind COLLATE "C" '
+    "ON CONFLICT (channel, date, reference, kind) DO UPDATE SET run_id = excluded.run_id, "
+    "updated_at = excluded.updated_at, expected = excluded.expected, reported = excluded.reported, "
+    "amount_minor = excluded.amount_minor, currency = excluded.currency, "
+    "resolution = CASE WHEN d.status = 'resolved' THEN excluded.resolution ELSE d.resolution END, "
+    "status = CASE WHEN d.status = 'resolved' THEN excluded.status ELSE d.status END"
+)
+_NOT_FOUND_AGAIN = (
+    "UPDATE discrepancies SET status = 'resolved', resolution = 'not found again by ' || $1::text, updated_at = $2 "
+    "WHERE channel = $3 AND date = $4 AND run_id != $1 AND status != 'resolved'"
+)
+_RECON_RUNS = (f"SELECT {RECON_COLUMNS} FROM reconciliations WHERE ($1::text IS NULL OR channel = $1) "
+               'ORDER BY started_at DESC, id COLLATE "C" DESC LIMIT $2')
+_DISCREPANCIES = (f"SELECT {DISCREPANCY_COLUMNS} FROM discrepancies WHERE channel = $1 AND date = $2 AND seq > $3 "
+                  "AND ($4::text IS NULL OR status = $4) ORDER BY seq LIMIT $5")
+_OPEN_DISCREPANCIES = "SELECT channel, COUNT(*) FROM discrepancies WHERE status != 'resolved' GROUP BY channel"
+_RESOLVE_DISCREPANCY = "UPDATE discrepancies SET status = $1, resolution = $2, updated_at = $3 WHERE seq = $4"
+
+
+async def _recon_finish(conn: asyncpg.Connection, run_id: str, status: str, reason: str | None, at: float,
+                        report_items: int, summary: str | None) -> asyncpg.Record | None:
+    """End a running run (locked: of two instances ending it, one does); completed, its
+    findings join the day's discrepancies. Its staged rows go either way."""
+    row = await conn.fetchrow("SELECT channel, date FROM reconciliations WHERE id = $1 AND status = 'running' "
+                              "FOR UPDATE", run_id)
+    if row is None:
+        return None
+    channel, date = row[0], row[1]
+    if status == "completed":
+        await conn.execute(_PROMOTE, channel, date, at, run_id)
+        await conn.execute(_NOT_FOUND_AGAIN, run_id, at, channel, date)
+    await conn.execute("DELETE FROM recon_report WHERE run_id = $1", run_id)
+    await conn.execute("DELETE FROM recon_found WHERE run_id = $1", run_id)
+    return await conn.fetchrow(
+        "UPDATE reconciliations SET status = $1, reason = $2, finished_at = $3, report_items = $4, summary = $5 "
+        f"WHERE id = $6 RETURNING {RECON_COLUMNS}", status, reason, at, report_items, summary, run_id)

@@ -29,19 +29,26 @@ from orchestrator.journal._protocol import (
     Account,
     JournalError,
     KeptChannel,
+    MatchRow,
     NoticeRow,
     OutboxStats,
     QuoteRecord,
     RefundGuard,
+    ReportRow,
     UserTotals,
     WalletEntry,
     WalletView,
 )
 from orchestrator.journal._rows import (
     ATTEMPT_COLUMNS,
+    DISCREPANCY_COLUMNS,
     DISPUTE_COLUMNS,
     NOTICE_COLUMNS,
+    RECON_COLUMNS,
     REFUND_COLUMNS,
+    discrepancy_of,
+    found_row,
+    recon_run_of,
     attempt_of,
     dispute_of,
     dispute_row,
@@ -53,16 +60,19 @@ from orchestrator.journal._rows import (
     transfer_of,
 )
 from orchestrator.journal._sqlite_ops import OPEN, QUOTE_COLUMNS, connect, load, quote_of
+from orchestrator.journal._sqlite_recon import MATCHES, UNREPORTED
 from orchestrator.journal._sqlite_writer import ProcessWriter
 from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, totals_since
 from orchestrator.model import (
     Attempt,
+    Discrepancy,
     Dispute,
     DisputeStatus,
     Fence,
     FirstRecharge,
     Notice,
     Recharge,
+    ReconRun,
     Refund,
     RefundStatus,
     Step,
@@ -509,6 +519,61 @@ class SqliteJournal:
                                 "(SELECT MIN(created_at) FROM outbox WHERE state='pending')")
         pending, dead, oldest = rows[0]
         return OutboxStats(int(pending), int(dead), oldest)
+
+    # -- settlement reconciliation (SPEC 21) -------------------------------------------
+
+    async def recon_start(self, run: ReconRun) -> bool:
+        return bool(await self._write("recon_start", run.id, run.channel, run.date, run.trigger, run.started_at))
+
+    async def recon_stage(self, run_id: str, items: Sequence[ReportRow]) -> int:
+        return int(await self._write("recon_stage", run_id, [list(i) for i in items]))
+
+    async def recon_matches(self, run_id: str, after: str, limit: int) -> list[MatchRow]:
+        return [MatchRow(*r) for r in await self.query(MATCHES, (run_id, after, limit))]
+
+    async def recon_unreported(self, run_id: str, channel: str, start: float, end: float, after: str,
+                               limit: int) -> list[tuple[str, str, int, str]]:
+        return [tuple(r) for r in await self.query(UNREPORTED, (after, channel, start, end, run_id, limit))]  # type: ignore[misc]
+
+    async def recon_found(self, run_id: str, found: Sequence[Discrepancy]) -> None:
+        if found:
+            await self._write("recon_found", [list(found_row(run_id, d)) for d in found])
+
+    async def recon_finish(self, run_id: str, status: str, reason: str | None, at: float, report_items: int,
+                           summary: dict[str, Any] | None) -> ReconRun | None:
+        row = await self._write("recon_finish", run_id, status, reason, at, report_items, summary)
+        return None if row is None else recon_run_of(row)
+
+    async def recon_runs(self, channel: str | None = None, limit: int = 50) -> list[ReconRun]:
+        if channel is None:
+            rows = await self.query(f"SELECT {RECON_COLUMNS} FROM reconciliations ORDER BY started_at DESC, id DESC "
+                                    "LIMIT ?", (limit,))
+        else:
+            rows = await self.query(f"SELECT {RECON_COLUMNS} FROM reconciliations WHERE channel = ? "
+                                    "ORDER BY started_at DESC, id DESC LIMIT ?", (channel, limit))
+        return [recon_run_of(r) for r in rows]
+
+    async def recon_run(self, run_id: str) -> ReconRun | None:
+        rows = await self.query(f"SELECT {RECON_COLUMNS} FROM reconciliations WHERE id = ?", (run_id,))
+        return recon_run_of(rows[0]) if rows else None
+
+    async def discrepancies(self, channel: str, date: str, status: str | None = None, after: int = 0,
+                            limit: int = 100) -> list[Discrepancy]:
+        sql = f"SELECT {DISCREPANCY_COLUMNS} FROM discrepancies WHERE channel = ? AND date = ? AND seq > ?"
+        params: list[Any] = [channel, date, after]
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        rows = await self.query(sql + " ORDER BY seq LIMIT ?", (*params, limit))
+        return [discrepancy_of(r) for r in rows]
+
+    async def open_discrepancies(self) -> dict[str, int]:
+        rows = await self.query("SELECT channel, COUNT(*) FROM discrepancies WHERE status != 'resolved' "
+                                "GROUP BY channel")
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def resolve_discrepancy(self, seq: int, status: str, resolution: str, at: float) -> bool:
+        return bool(await self._write("resolve_discrepancy", seq, status, resolution, at))
 
     # -- quotes -------------------------------------------------------------------------
 

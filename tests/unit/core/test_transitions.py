@@ -294,3 +294,25 @@ def test_its_failure_claws_the_coins_back_and_a_wrong_capture_is_refunded(news, 
     assert (r.status, r.settlement, r.attempts[0].state) == (R.SUCCEEDED, Settlement.FAILED, state)
     assert "clawed_back" in [e.event for e in step.trail]
     assert tr.on_answer(r, r.attempts[0], news, NOW + 61, RULES, Source.WEBHOOK) is None, "once"
+
+
+# -- settlement reconciliation (SPEC 21) ----------------------------------------------------
+
+
+def test_a_settled_payment_we_hold_closed_is_inquired_again_and_its_capture_refunded():
+    r = rec(att(state=S.VOIDED), status=R.FAILED)
+    step = tr.recheck(r, r.attempts[0], NOW)
+    assert step.attempt.late_check_at == NOW and step.follow_up == NOW and step.expect_attempt == {S.VOIDED}
+    assert [e.event for e in step.trail] == ["reconciliation_recheck"]
+    r = applied(r, step)
+    assert tr.next_move(r, NOW, RULES).move is Move.LATE_CHECK
+    after = tr.on_answer(r, r.attempts[0], answer(O.CAPTURED), NOW, RULES, Source.LATE_CHECK)
+    assert after.attempt.state is S.REFUND_REQUESTED and after.credit is None
+
+
+def test_a_recheck_of_an_open_attempt_only_says_why_and_of_a_refunded_one_nothing():
+    r = rec(att(state=S.UNKNOWN))
+    step = tr.recheck(r, r.attempts[0], NOW)
+    assert step.attempt is None and step.follow_up is KEEP and step.trail[0].event == "reconciliation_recheck"
+    assert tr.recheck(rec(att(state=S.REFUNDED), status=R.FAILED), att(state=S.REFUNDED), NOW) is None
+    assert tr.recheck(rec(att(state=S.CAPTURED), status=R.SUCCEEDED), att(state=S.CAPTURED), NOW) is None
