@@ -325,9 +325,12 @@ def _is_day(value: str) -> bool:
     return True
 
 
+_MAX_MINOR = 10**15  # as the API's amounts: what every store's 64-bit integer holds with room
+
+
 def _is_minor(value: Any) -> bool:
-    """An amount in minor units: an integer >= 0 (ijson reads 12.5 or 1e3 as a Decimal)."""
-    return type(value) is int and value >= 0
+    """An amount in minor units: an integer from 0 to 10^15 (ijson reads 12.5 or 1e3 as a Decimal)."""
+    return type(value) is int and 0 <= value <= _MAX_MINOR
 
 
 def _settlement_item(index: int, doc: dict[str, Any]) -> SettlementItem:
@@ -349,12 +352,12 @@ def _settlement_item(index: int, doc: dict[str, Any]) -> SettlementItem:
         raise bad("status", "a string")
     amount, fee = doc.get("amount_minor"), doc.get("fee_minor")
     if not _is_minor(amount):
-        raise bad("amount_minor", "an integer >= 0")
+        raise bad("amount_minor", "an integer from 0 to 10^15")
     currency = doc.get("currency")
     if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
         raise bad("currency", "3 uppercase letters")
     if not _is_minor(fee):
-        raise bad("fee_minor", "an integer >= 0")
+        raise bad("fee_minor", "an integer from 0 to 10^15")
     settled_at = doc.get("settled_at")
     if not isinstance(settled_at, str):
         raise bad("settled_at", "a string")

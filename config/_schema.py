@@ -499,6 +499,14 @@ class ReconciliationConfig(_Model):
     schedule_utc: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "02:00"
     fee_tolerance_minor: int = Field(0, ge=0, le=10**9)
     page_size: int = Field(5000, ge=100, le=100_000)
+    # Days the schedule looks back for a day not reconciled (missed, or its run failed).
+    catch_up_days: int = Field(3, ge=1, le=31)
+    retry_failed_after_s: float = Field(3600.0, gt=0, le=7 * 86_400)
+    # A run still running after this long was interrupted (its instance died): failed, cleaned up.
+    stale_run_s: float = Field(21_600.0, gt=0, le=7 * 86_400)
+    # Our capture time lags the provider's: captures journaled this long after midnight are
+    # looked for in the report of the day before.
+    day_edge_grace_s: float = Field(300.0, ge=0, le=3600)
 
 
 class InstantCreditConfig(_Model):

@@ -153,8 +153,11 @@ async def create(cmd: NewRecharge, deps: RechargeDeps) -> Created:
     risk_input = RiskInput(cmd.user_id, p.base_amount, cmd.country, instrument_id=next(iter(stored.values())),
                            account_number=cmd.instrument.account_number, history=history)
     decision = deps.risk.assess(risk_input)
-    now = deps.clock.now()
     settings = deps.settings()
+    # Instant credit (SPEC 20): not for a user with one still settling or one clawed back.
+    instant = (not decision.blocked and settings.instant_allows(p.base_amount, history.count)
+               and not await deps.journal.has_unsettled_credit(cmd.user_id))
+    now = deps.clock.now()
     rec = Recharge(
         id=new_recharge_id(), client=cmd.client, idempotency_key=cmd.idempotency_key, fingerprint=fingerprint,
         user_id=cmd.user_id, amount_minor=cmd.amount_minor, currency=cmd.currency, country=cmd.country,
@@ -162,7 +165,7 @@ async def create(cmd: NewRecharge, deps: RechargeDeps) -> Created:
         status=RechargeStatus.BLOCKED if decision.blocked else RechargeStatus.PROCESSING,
         reason="risk: " + ",".join(decision.reasons) if decision.blocked else None,
         created_at=now, updated_at=now, deadline_at=now + settings.deadline_s, config_version=settings.version,
-        instant=not decision.blocked and settings.instant_allows(p.base_amount, history.count),
+        instant=instant,
     )
     detail: dict[str, Any] = {"config_version": settings.version, "coins": p.coins, "bonus_coins": p.bonus_coins,
                               "rate": str(p.rate), "promotions": [pr.to_api() for pr in p.promotions],

@@ -14,6 +14,7 @@ rules (``transitions.recheck``); the rest stays open for a person.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import secrets
 from collections import Counter, defaultdict
@@ -38,9 +39,11 @@ __all__ = ["ReconDeps", "Reconciler", "begin", "classify", "expected_fee", "fini
 log = structlog.get_logger("settlements")
 
 PAGE = 5000
+PASS_S = 300.0  # how often each instance's reconciler looks for work between scheduled runs
 _OPEN = frozenset({"started", "pending", "unknown", "void_requested"})
 _NOTHING_TAKEN = frozenset({"declined", "voided", "not_processed"})
 _BEING_REFUNDED = frozenset({"refund_requested", "refunded"})
+SETTLED_STATUSES = frozenset({"captured", "refunded"})  # what a report item may say of a payment
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,10 @@ def classify(m: MatchRow, cfg: ChannelConfig, fee_tolerance_minor: int = 0) -> D
         return _found(m, K.ORPHAN_CAPTURE, *found)  # captured, parked for a person (its amount was wrong)
     if m.amount_minor != m.recharge_amount_minor or m.currency != m.recharge_currency:
         return _found(m, K.AMOUNT_MISMATCH, *found)
+    if m.status not in SETTLED_STATUSES or (m.status == "refunded" and (m.refunded_minor or 0) < m.amount_minor):
+        # Refunded at the provider beyond our refunds (from its dashboard, say), or a status we
+        # do not know: the user keeps coins for money given back.
+        return _found(m, K.STATUS_MISMATCH, found[0], {**found[1], "refunded_minor": m.refunded_minor})
     fee = expected_fee(m.amount_minor, cfg)
     if abs(m.fee_minor - fee) > fee_tolerance_minor:
         return Discrepancy(m.reference, K.FEE_MISMATCH, m.recharge_id, abs(m.fee_minor - fee), m.currency,
@@ -123,6 +130,7 @@ class _Tally:
         self.amount: dict[str, Counter[str]] = defaultdict(Counter)
         self.settled: Counter[str] = Counter()
         self.discrepant: Counter[str] = Counter()
+        self.duplicates = 0  # items naming a reference the report named before (staged once)
 
     def add(self, d: Discrepancy) -> None:
         self.count[d.kind.value] += 1
@@ -138,7 +146,8 @@ class _Tally:
                                "deviation_rate": None if settled == 0 else off / settled}
         return {"classes": {k.value: {"count": self.count[k.value], "amount_minor": dict(self.amount[k.value])}
                             for k in K},
-                "discrepancies": sum(self.count.values()), "currencies": currencies}
+                "discrepancies": sum(self.count.values()), "currencies": currencies,
+                "repeated_items": self.duplicates}
 
 
 async def begin(channel: str, date: str, deps: ReconDeps, trigger: str = "manual") -> ReconRun | None:
@@ -190,10 +199,17 @@ async def _run(run: ReconRun, deps: ReconDeps) -> ReconRun:
     tally = _Tally()
     items = 0
     batch: list[SettlementItem]
-    async for batch in channel.settlements(run.date):
-        rows = [ReportRow(i.reference, i.provider_ref, i.status, i.amount_minor, i.currency, i.fee_minor,
-                          i.settled_at) for i in batch]
-        items += await deps.journal.recon_stage(run.id, rows)
+    async with contextlib.aclosing(channel.settlements(run.date)) as report:
+        async for batch in report:
+            rows = [ReportRow(i.reference, i.provider_ref, i.status, i.amount_minor, i.currency, i.fee_minor,
+                              i.settled_at) for i in batch]
+            new = await deps.journal.recon_stage(run.id, rows)
+            items += new
+            tally.duplicates += len(rows) - new
+    if tally.duplicates:
+        log.warning("settlement_report_repeats_references", run=run.id, channel=run.channel, repeated=tally.duplicates)
+    # Captures of the neighbouring days found missing from their reports: settled on this day?
+    elsewhere = await _missing_near(run, deps)
     after = ""
     while page := await deps.journal.recon_matches(run.id, after, settings.page_size):
         found = []
@@ -203,11 +219,16 @@ async def _run(run: ReconRun, deps: ReconDeps) -> ReconRun:
             if d is not None:
                 found.append(d)
                 tally.add(d)
+            if m.reference in elsewhere:
+                await deps.journal.resolve_discrepancy(elsewhere[m.reference].seq, "resolved",
+                                                       f"settled in the report of {run.date}", deps.clock.now())
         await deps.journal.recon_found(run.id, found)
         after = page[-1].reference
     start, end = _day(run.date)
+    grace = settings.day_edge_grace_s
     after = ""
-    while page2 := await deps.journal.recon_unreported(run.id, run.channel, start, end, after, settings.page_size):
+    while page2 := await deps.journal.recon_unreported(run.id, run.channel, start + grace, end + grace, after,
+                                                       settings.page_size):
         found = [Discrepancy(ref, K.MISSING_IN_REPORT, rid, amount, cur, {"recharge": rid, "amount_minor": amount,
                                                                          "currency": cur}, None)
                  for ref, rid, amount, cur in page2]
@@ -221,34 +242,59 @@ async def _run(run: ReconRun, deps: ReconDeps) -> ReconRun:
     return done
 
 
+async def _missing_near(run: ReconRun, deps: ReconDeps) -> dict[str, Discrepancy]:
+    """The open ``missing_in_report`` discrepancies of the day before and after: a capture
+    near midnight may be settled on either side of it."""
+    day = dt.date.fromisoformat(run.date)
+    out: dict[str, Discrepancy] = {}
+    for other in (day - dt.timedelta(days=1), day + dt.timedelta(days=1)):
+        after = 0
+        while page := await deps.journal.discrepancies(run.channel, other.isoformat(), "open", after, PAGE):
+            out.update((d.reference, d) for d in page if d.kind is K.MISSING_IN_REPORT)
+            after = page[-1].seq
+    return out
+
+
 async def _fix(run: ReconRun, deps: ReconDeps) -> None:
-    """Inquire again each attempt the day's resolving discrepancies name (the state machine
-    credits or refunds what the provider says it took); settle those already handled."""
+    """Inquire again each attempt this run found settled while we hold it took nothing (or
+    have not heard): the state machine credits or refunds what the provider says it took."""
     after = 0
     while page := await deps.journal.discrepancies(run.channel, run.date, "resolving", after, PAGE):
         for d in page:
-            await _recheck(d, deps)
+            if d.run_id == run.id and not await _settle(d, deps):
+                await _recheck(d, deps)
         after = page[-1].seq
 
 
-async def _recheck(d: Discrepancy, deps: ReconDeps) -> None:
+async def _settle(d: Discrepancy, deps: ReconDeps) -> bool:
+    """Resolve (or hand to a person) a resolving discrepancy by its attempt's state now;
+    False while the inquiry it asked for has not answered yet."""
     now = deps.clock.now()
     rec = await deps.journal.get(d.recharge_id) if d.recharge_id else None
     att = rec.attempt(d.reference) if rec is not None else None
     if rec is None or att is None:
-        await deps.journal.resolve_discrepancy(d.seq, "open", "the attempt is gone from the journal", now)
-        return
+        return await deps.journal.resolve_discrepancy(d.seq, "open", "the attempt is gone from the journal", now)
     if att.state in (AttemptState.REFUND_REQUESTED, AttemptState.REFUNDED):
-        await deps.journal.resolve_discrepancy(d.seq, "resolved", "refunded (a capture nobody keeps)", now)
-        return
+        return await deps.journal.resolve_discrepancy(d.seq, "resolved", "refunded (a capture nobody keeps)", now)
     if att.state is AttemptState.CAPTURED:
         kept = rec.status.value == "succeeded" and rec.channel == att.channel
-        await deps.journal.resolve_discrepancy(d.seq, "resolved" if kept else "open",
-                                               "credited" if kept else "captured, not kept: for a person", now)
+        return await deps.journal.resolve_discrepancy(d.seq, "resolved" if kept else "open",
+                                                      "credited" if kept else "captured, not kept: for a person", now)
+    if att.state.value in _NOTHING_TAKEN and att.late_check_at is None and d.run_id and att.updated_at > d.created_at:
+        # Inquired again since it was found, and the provider still says it took nothing.
+        return await deps.journal.resolve_discrepancy(
+            d.seq, "open", f"inquired again: the provider answers {att.state.value}, its report says captured", now)
+    return False
+
+
+async def _recheck(d: Discrepancy, deps: ReconDeps) -> None:
+    rec = await deps.journal.get(d.recharge_id) if d.recharge_id else None
+    att = rec.attempt(d.reference) if rec is not None else None
+    if rec is None or att is None:
         return
-    step = tr.recheck(rec, att, now)
+    step = tr.recheck(rec, att, deps.clock.now())
     if step is not None and not await deps.journal.apply(step):
-        log.info("reconciliation_recheck_raced", reference=d.reference)  # it moved: the next run looks again
+        log.info("reconciliation_recheck_raced", reference=d.reference)  # it moved: the next pass looks again
 
 
 async def _publish_open(deps: ReconDeps) -> dict[str, int]:
@@ -315,31 +361,61 @@ class Reconciler:
         return last
 
     async def run_forever(self) -> None:
-        deps = self._deps
         while True:
             try:
-                await self.refresh()
+                await self.pass_once()
             except Exception as exc:
-                log.warning("reconciliation_refresh_failed", error=str(exc))
-            s = deps.settings()
-            now = deps.clock.now()
-            due = _next_at(now, s.schedule_utc)
-            await deps.clock.sleep(min(max(0.0, due - now), 300.0))
-            if not s.enabled or deps.clock.now() < due:
-                continue
-            day = dt.datetime.fromtimestamp(due - 86_400, dt.UTC).date().isoformat()
-            for channel in self._channels():
-                try:
-                    run = await begin(channel, day, deps, trigger="schedule")
-                    if run is not None:
-                        await self._finish(run)
-                except Exception as exc:
-                    log.warning("scheduled_reconciliation_failed", channel=channel, date=day, error=str(exc))
+                log.warning("reconciliation_pass_failed", error=str(exc))
+            s = self._deps.settings()
+            now = self._deps.clock.now()
+            await self._deps.clock.sleep(min(max(1.0, _next_at(now, s.schedule_utc) - now), PASS_S))
+
+    async def pass_once(self) -> None:
+        """Expire runs an instance's death left running; settle what earlier fixes did; then
+        every channel's days due and not reconciled yet (missed, or failed a while ago)."""
+        deps, s = self._deps, self._deps.settings()
+        now = deps.clock.now()
+        runs = await deps.journal.recon_runs(limit=500)
+        for run in runs:
+            if run.status == "running" and now - run.started_at > s.stale_run_s:
+                await deps.journal.recon_finish(run.id, "failed", "interrupted: the run stopped making progress "
+                                                "(its instance stopped?)", now, 0, None)
+        for channel in self._channels():
+            for day in _due_days(now, s.schedule_utc, s.catch_up_days):
+                await self._settle_day(channel, day)
+        await self.refresh()
+        if not s.enabled:
+            return
+        for channel in self._channels():
+            for day in _due_days(now, s.schedule_utc, s.catch_up_days):
+                mine = [r for r in await deps.journal.recon_runs(channel, limit=100) if r.date == day]
+                if any(r.status != "failed" for r in mine):
+                    continue
+                if mine and now - max(r.finished_at or r.started_at for r in mine) < s.retry_failed_after_s:
+                    continue
+                run = await begin(channel, day, deps, trigger="schedule")
+                if run is not None:
+                    await self._finish(run)
+
+    async def _settle_day(self, channel: str, day: str) -> None:
+        after = 0
+        while page := await self._deps.journal.discrepancies(channel, day, "resolving", after, PAGE):
+            for d in page:
+                await _settle(d, self._deps)
+            after = page[-1].seq
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _due_days(now: float, hhmm: str, back: int) -> list[str]:
+    """The days whose report is due by ``now`` (the day after each, at ``hhmm`` UTC), the
+    ``back`` most recent of them, oldest first."""
+    last_due = _next_at(now, hhmm) - 86_400  # the latest run time at or before now
+    newest = dt.datetime.fromtimestamp(last_due, dt.UTC).date() - dt.timedelta(days=1)
+    return [(newest - dt.timedelta(days=k)).isoformat() for k in range(back - 1, -1, -1)]
 
 
 def _next_at(now: float, hhmm: str) -> float:

@@ -117,6 +117,7 @@ class MatchRow(NamedTuple):
     recharge_amount_minor: int | None
     recharge_currency: str | None
     settlement: str | None
+    refunded_minor: int | None  # the recharge's refunds not failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,12 +447,17 @@ class Journal(Protocol):
 
     async def outbox_stats(self) -> OutboxStats: ...
 
+    async def has_unsettled_credit(self, user_id: str) -> bool:
+        """Whether one of the user's instant credits waits for its payment or was clawed
+        back (SPEC 20): such a user gets no more instant credit."""
+        ...
+
     # Settlement reconciliation (SPEC 21). A run stages the provider's report and what it
     # finds, then ``recon_finish`` keeps the findings (or, failed, drops them) at once.
 
     async def recon_start(self, run: ReconRun) -> bool:
         """Record a running reconciliation; False when ``run`` is scheduled and a scheduled
-        run of that channel and day exists (another instance took the day)."""
+        run of that channel and day exists that did not fail (another instance took the day)."""
         ...
 
     async def recon_stage(self, run_id: str, items: Sequence[ReportRow]) -> int:

@@ -346,7 +346,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             report_items INTEGER NOT NULL DEFAULT 0,
             summary TEXT
         )""",
-        "CREATE UNIQUE INDEX reconciliations_scheduled ON reconciliations(channel, date) WHERE trigger = 'schedule'",
+        "CREATE UNIQUE INDEX reconciliations_scheduled ON reconciliations(channel, date) "
+        "WHERE trigger = 'schedule' AND status != 'failed'",
         "CREATE INDEX reconciliations_started ON reconciliations(started_at)",
         """CREATE TABLE recon_report (
             run_id TEXT NOT NULL,

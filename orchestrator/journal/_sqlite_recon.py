@@ -17,7 +17,8 @@ __all__ = ["MATCHES", "RECON_OPS", "UNREPORTED"]
 # A staged item and what the journal holds under its reference (MatchRow's fields).
 MATCHES = (
     "SELECT s.reference, s.provider_ref, s.status, s.amount_minor, s.currency, s.fee_minor, s.settled_at, a.channel, "
-    "a.state, a.recharge_id, r.status, r.channel, r.amount_minor, r.currency, r.settlement FROM recon_report s "
+    "a.state, a.recharge_id, r.status, r.channel, r.amount_minor, r.currency, r.settlement, "
+    "(SELECT COALESCE(SUM(f.amount_minor), 0) FROM refunds f WHERE f.recharge_id = r.id AND f.status != 'failed') FROM recon_report s "
     "LEFT JOIN attempts a ON a.reference = s.reference LEFT JOIN recharges r ON r.id = a.recharge_id "
     "WHERE s.run_id = ? AND s.reference > ? ORDER BY s.reference LIMIT ?"
 )

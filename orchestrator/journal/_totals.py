@@ -27,7 +27,7 @@ from typing import Any
 from orchestrator.clock import month_of
 from orchestrator.journal._protocol import UserTotals
 
-__all__ = ["COUNT_SINCE", "TOTALS_COLUMNS", "backfill", "counted", "month_of", "totals_since"]
+__all__ = ["COUNT_SINCE", "SUB_FROM_TOTALS", "TOTALS_COLUMNS", "backfill", "counted", "month_of", "totals_since"]
 
 TOTALS_COLUMNS = "currency, recharges, amount_minor, month_start, month_recharges"
 
@@ -35,7 +35,16 @@ TOTALS_COLUMNS = "currency, recharges, amount_minor, month_start, month_recharge
 # (docs/history.md#user-totals). Parameters: since, user_id.
 COUNT_SINCE = (
     "SELECT currency, COUNT(*), SUM(amount_minor), SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END) "
-    "FROM recharges WHERE user_id = ? AND status = 'succeeded' GROUP BY currency"
+    "FROM recharges WHERE user_id = ? AND status = 'succeeded' AND (settlement IS NULL OR settlement != 'failed') "
+    "GROUP BY currency"
+)
+# An instant credit whose payment failed (SPEC 20) leaves the totals it joined: it was never
+# paid. Its month's tally drops only if that is still the newest month (else it was not in it).
+# Parameters: amount_minor, its creation month, user_id, currency.
+SUB_FROM_TOTALS = (
+    "UPDATE user_recharge_totals SET recharges = recharges - 1, amount_minor = amount_minor - ?, "
+    "month_recharges = month_recharges - CASE WHEN month_start = ? THEN 1 ELSE 0 END "
+    "WHERE user_id = ? AND currency = ?"
 )
 
 

@@ -54,6 +54,7 @@ from orchestrator.model import (
     ReconRun,
     Refund,
     RefundStatus,
+    Settlement,
     Step,
     TrailEntry,
     Transfer,
@@ -330,12 +331,16 @@ class MemoryJournal:
         out: dict[str, list[int]] = {}
         for rid in self._by_user.get(user_id, ()):
             r = self._recharges[rid]
-            if r.status is RechargeStatus.SUCCEEDED:
+            if r.status is RechargeStatus.SUCCEEDED and r.settlement is not Settlement.FAILED:
                 t = out.setdefault(r.currency, [0, 0, 0])
                 t[0] += 1
                 t[1] += r.amount_minor
                 t[2] += r.created_at >= since
         return [UserTotals(cur, n, amount, month) for cur, (n, amount, month) in sorted(out.items())]
+
+    async def has_unsettled_credit(self, user_id: str) -> bool:
+        return any(self._recharges[rid].settlement in (Settlement.PENDING, Settlement.FAILED)
+                   for rid in self._by_user.get(user_id, ()))
 
     async def nonterminal(self) -> list[Recharge]:
         open_ = [r for r in self._recharges.values() if r.status not in TERMINAL]
@@ -644,7 +649,8 @@ class MemoryJournal:
 
     async def recon_start(self, run: ReconRun) -> bool:
         if run.id in self._runs or (run.trigger == "schedule" and any(
-                (r.channel, r.date, r.trigger) == (run.channel, run.date, "schedule") for r in self._runs.values())):
+                (r.channel, r.date, r.trigger) == (run.channel, run.date, "schedule") and r.status != "failed"
+                for r in self._runs.values())):
             return False
         self._runs[run.id] = ReconRun(run.id, run.channel, run.date, run.trigger, "running", run.started_at)
         return True
@@ -667,10 +673,11 @@ class MemoryJournal:
             rec = None if rid is None else self._recharges[rid]
             a = None if rec is None else rec.attempt(ref)
             if rec is None or a is None:
-                out.append(MatchRow(*i, None, None, None, None, None, None, None, None))
+                out.append(MatchRow(*i, None, None, None, None, None, None, None, None, None))
                 continue
             out.append(MatchRow(*i, a.channel, a.state.value, rid, rec.status.value, rec.channel, rec.amount_minor,
-                                rec.currency, None if rec.settlement is None else rec.settlement.value))
+                                rec.currency, None if rec.settlement is None else rec.settlement.value,
+                                self._refunded(rid)[0]))
         return out
 
     async def recon_unreported(self, run_id: str, channel: str, start: float, end: float, after: str,

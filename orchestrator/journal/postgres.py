@@ -72,7 +72,7 @@ from orchestrator.journal._rows import (
 )
 from orchestrator.journal._schema_pg import MIGRATIONS
 from orchestrator.clock import month_of
-from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, totals_since
+from orchestrator.journal._totals import COUNT_SINCE, SUB_FROM_TOTALS, TOTALS_COLUMNS, counted, totals_since
 from orchestrator.model import (
     DEFAULT_POOL,
     ISSUANCE,
@@ -577,6 +577,10 @@ class PostgresJournal:
 
         return await self._read(fn, snapshot=True)
 
+    async def has_unsettled_credit(self, user_id: str) -> bool:
+        # Only for a recharge instant credit would take: along the user's recharges (recharges_user).
+        return bool(await self._read(lambda conn: conn.fetchval(_UNSETTLED, user_id)))
+
     async def user_totals(self, user_id: str, since: float) -> list[UserTotals]:
         async def fn(conn: asyncpg.Connection) -> list[UserTotals]:
             totals = totals_since(await conn.fetch(_USER_TOTALS, user_id), since)
@@ -1013,6 +1017,9 @@ async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
             await conn.execute(_ADD_TO_TOTALS, succeeded[0], succeeded[1], succeeded[2], month_of(succeeded[3]))
     if step.clawback is not None:
         await _claw_back(conn, step.clawback)
+        paid = await conn.fetchrow("SELECT currency, amount_minor, created_at FROM recharges WHERE id=$1",
+                                   step.recharge_id)
+        await conn.execute(_SUB_FROM_TOTALS, paid[1], month_of(paid[2]), step.clawback.user_id, paid[0])
     if step.follow_up is not KEEP:
         if step.follow_up is None:
             await conn.execute("DELETE FROM follow_ups WHERE recharge_id=$1", step.recharge_id)
@@ -1063,6 +1070,8 @@ def _numbered(sql: str) -> str:
 
 
 _COUNT_SINCE = _numbered(COUNT_SINCE)
+_UNSETTLED = "SELECT 1 FROM recharges WHERE user_id = $1 AND settlement IN ('pending', 'failed') LIMIT 1"
+_SUB_FROM_TOTALS = _numbered(SUB_FROM_TOTALS)
 
 
 _QUOTE_COLUMNS = "quote_id, user_id, amount_minor, currency, price, issued_at, expires_at"
@@ -1411,21 +1420,23 @@ _RECON_FOUND = (
     "amount_minor = excluded.amount_minor, currency = excluded.currency, expected = excluded.expected, "
     "reported = excluded.reported, status = excluded.status, resolution = excluded.resolution"
 )
-# A staged item and what the journal holds under its reference (MatchRow's fields).
+# A staged item and what the journal holds under its reference (MatchRow's fields). Pages walk
+# the database's own order of references (its indexes'), whatever its collation.
 _RECON_MATCHES = (
     "SELECT s.reference, s.provider_ref, s.status, s.amount_minor, s.currency, s.fee_minor, s.settled_at, a.channel, "
-    "a.state, a.recharge_id, r.status, r.channel, r.amount_minor, r.currency, r.settlement FROM recon_report s "
+    "a.state, a.recharge_id, r.status, r.channel, r.amount_minor, r.currency, r.settlement, "
+    "(SELECT COALESCE(SUM(f.amount_minor), 0) FROM refunds f WHERE f.recharge_id = r.id AND f.status != 'failed') FROM recon_report s "
     "LEFT JOIN attempts a ON a.reference = s.reference LEFT JOIN recharges r ON r.id = a.recharge_id "
-    'WHERE s.run_id = $1 AND s.reference COLLATE "C" > $2 ORDER BY s.reference COLLATE "C" LIMIT $3'
+    "WHERE s.run_id = $1 AND s.reference > $2 ORDER BY s.reference LIMIT $3"
 )
 # Kept captures of a channel journaled in a window and absent from the staged report.
 _RECON_UNREPORTED = (
     "SELECT a.reference, a.recharge_id, r.amount_minor, r.currency FROM attempts a JOIN recharges r "
-    'ON r.id = a.recharge_id WHERE a.reference COLLATE "C" > $1 '
+    "ON r.id = a.recharge_id WHERE a.reference > $1 "
     "AND a.channel = $2 AND a.state = 'captured' AND a.updated_at >= $3 AND a.updated_at < $4 "
     "AND r.status = 'succeeded' AND r.channel = a.channel "
     "AND NOT EXISTS (SELECT 1 FROM recon_report s WHERE s.run_id = $5 AND s.reference = a.reference) "
-    'ORDER BY a.reference COLLATE "C" LIMIT $6'
+    "ORDER BY a.reference LIMIT $6"
 )
 # A finding joins the day's discrepancies once per reference and kind, in the order of their
 # references: a repeat refreshes its evidence and run; one resolved before is open again (or

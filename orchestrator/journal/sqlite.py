@@ -83,6 +83,8 @@ from orchestrator.model import (
 
 __all__ = ["SqliteJournal", "path_from_url"]
 
+_UNSETTLED = "SELECT 1 FROM recharges WHERE user_id = ? AND settlement IN ('pending', 'failed') LIMIT 1"
+
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
@@ -354,6 +356,10 @@ class SqliteJournal:
         if totals is None:  # rare: see _totals
             totals = counted(await self.query_small(COUNT_SINCE, (since, user_id)))
         return totals
+
+    async def has_unsettled_credit(self, user_id: str) -> bool:
+        # Only for a recharge instant credit would take: along the user's recharges (recharges_user).
+        return bool(await self.query_small(_UNSETTLED, (user_id,)))
 
     async def nonterminal(self) -> list[Recharge]:
         def fn(conn: sqlite3.Connection) -> list[Recharge]:

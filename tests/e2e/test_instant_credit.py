@@ -135,6 +135,8 @@ async def _scenario(sim: Any, orch: Any, db: Path) -> None:
         assert pools["cn"]["lost_coins"] == c3, pools
         c_new = newcomer["coins"] + newcomer["bonus_coins"]
         assert pools["cn"]["balance"] == POOL_COINS - (c1 + c2 + c_big + c_new), "c3 went back to the pool"
+        status, after_failure, _ = await front.recharge("k6", "u1", 8500)
+        assert status == 202 and "settlement" not in after_failure, "no more instant credit after a clawback"
         trail = [e["event"] for e in (await front.get(f"/v1/recharges/{third['id']}/trail"))["entries"]]
         assert "clawed_back" in trail and trail.index("credited") < trail.index("clawed_back")
         await settle(SqliteReader(db), timeout_s=30)

@@ -159,6 +159,7 @@ async def test_an_instant_credit_settles_once_or_is_clawed_back_into_its_pool_as
     stored = await journal.get(bad.id)
     assert (stored.status, stored.settlement, stored.instant) == (RechargeStatus.SUCCEEDED, Settlement.PENDING, True)
     assert (await journal.wallet("u1")).coins == 2 * coins
+    assert await journal.has_unsettled_credit("u1") and not await journal.has_unsettled_credit("u2")
 
     settled = tr.on_answer(good, good.attempts[0], ChannelResult(AttemptOutcome.CAPTURED, "pr_1"), clock.now(),
                            settings, tr.Source.WEBHOOK, ("a", "evt_1"))
@@ -179,6 +180,9 @@ async def test_an_instant_credit_settles_once_or_is_clawed_back_into_its_pool_as
     pools = {a.account: a for a in await journal.accounts("pool:")}
     assert (pools["pool:cn"].balance, pools["pool:cn"].lost, pools["pool:ph"].lost) == (10_000 - coins, coins, 0)
     assert (await journal.wallet("u1")).coins == coins
+    assert await journal.has_unsettled_credit("u1"), "a clawed-back user gets no more instant credit"
+    assert [(t.currency, t.recharges) for t in await journal.user_totals("u1", 0)] == [("CNY", 1)], \
+        "the failed one left the user's totals"
     await _consistent(journal)
 
 

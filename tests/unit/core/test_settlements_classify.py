@@ -18,11 +18,12 @@ CFG = ChannelConfig(name="a", kind="direct_api", base_url="http://127.0.0.1:1/a"
 
 def row(state: str | None = "captured", rec_status: str | None = "succeeded", *, amount: int = 8500,
         reported: int = 8500, fee: int = 61, status: str = "captured", channel: str = "a", currency: str = "CNY",
-        settlement: str | None = None) -> MatchRow:
+        settlement: str | None = None, refunded: int = 0) -> MatchRow:
     known = state is not None
     return MatchRow("rc_1.1", "pr_1", status, reported, currency, fee, "2026-12-03T10:00:00Z",
                     channel if known else None, state, "rc_1" if known else None, rec_status if known else None,
-                    channel if known else None, amount if known else None, "CNY" if known else None, settlement)
+                    channel if known else None, amount if known else None, "CNY" if known else None, settlement,
+                    refunded if known else None)
 
 
 def test_the_fee_is_fixed_plus_percent_rounded_half_up():
@@ -46,11 +47,18 @@ def test_a_kept_capture_settled_as_journaled_agrees():
     (row(currency="PHP"), K.AMOUNT_MISMATCH, "open"),
     (row(fee=99), K.FEE_MISMATCH, "open"),
     (row("refunded", "failed", status="captured"), K.STATUS_MISMATCH, "open"),
+    (row(status="refunded"), K.STATUS_MISMATCH, "open"),
+    (row(status="refunded", refunded=4000), K.STATUS_MISMATCH, "open"),
+    (row(status="chargeback"), K.STATUS_MISMATCH, "open"),
 ])
 def test_each_difference_has_its_class_and_evidence(match, kind, status):
     d = settlements.classify(match, CFG)
     assert (d.kind, d.status) == (kind, status)
     assert d.reported["amount_minor"] == match.amount_minor and d.reference == "rc_1.1"
+
+
+def test_a_kept_capture_reported_refunded_agrees_when_our_refunds_cover_it():
+    assert settlements.classify(row(status="refunded", refunded=8500), CFG) is None
 
 
 def test_a_capture_being_refunded_or_refunded_as_reported_agrees():
