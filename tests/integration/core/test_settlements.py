@@ -114,3 +114,76 @@ async def test_a_payment_settled_after_we_closed_it_is_found_and_refunded_once_o
         await core.settle_all(rounds=3)
         assert late.history.count("refunded") == 1, "refunded once"
         assert (await core.check()).ok
+
+
+async def test_a_capture_near_midnight_is_looked_for_on_both_sides_of_it(store):
+    """The provider captured at 23:59:58; we journaled it 30 s into the next day. With the
+    grace, the day before's run expects it; without, the next day's run finds it missing and
+    the day before's run, finding it in its report, resolves that."""
+    from harness import Core
+
+    midnight = dt.datetime(2027, 1, 16, tzinfo=dt.UTC).timestamp()
+    clock = VirtualClock(midnight + 30)
+    a = MemoryChannel("a", clock=clock.now)
+    async with Core(store, [a], clock=clock) as core:
+        rec = await core.run("k1")
+        a.ledger[rec.attempts[0].reference].captured_at = midnight - 2  # the provider's clock
+        before, after = "2027-01-15", "2027-01-16"
+
+        graced = _deps(core.journal, clock, {"a": a}, {"a": _cfg("a")})
+        assert (await settlements.reconcile("a", before, graced)).summary["discrepancies"] == 0
+        assert (await settlements.reconcile("a", after, graced)).summary["discrepancies"] == 0
+
+        strict = _deps(core.journal, clock, {"a": a}, {"a": _cfg("a")}, ReconciliationConfig(day_edge_grace_s=0))
+        late = await settlements.reconcile("a", after, strict)
+        assert late.summary["classes"]["missing_in_report"]["count"] == 1
+        await settlements.reconcile("a", before, strict)
+        [d] = await core.journal.discrepancies("a", after)
+        assert (d.status, d.resolution) == ("resolved", f"settled in the report of {before}")
+
+
+class _FlakyReport:
+    """A provider whose report fails the first ``failures`` times it is asked."""
+
+    def __init__(self, inner: MemoryChannel, failures: int) -> None:
+        self.inner, self.failures = inner, failures
+
+    async def settlements(self, date: str):
+        from channels import SettlementReportError
+
+        if self.failures > 0:
+            self.failures -= 1
+            raise SettlementReportError("the provider answered 503 (unavailable)")
+        async for batch in self.inner.settlements(date):
+            yield batch
+
+
+async def test_the_schedule_retries_a_failed_day_later_and_expires_a_run_left_running():
+    start = dt.datetime(2026, 12, 3, 2, 0, 30, tzinfo=dt.UTC).timestamp()
+    clock = VirtualClock(start)
+    journal = MemoryJournal(clock=clock.now)
+    await journal.open()
+    settings = ReconciliationConfig(catch_up_days=1, retry_failed_after_s=3600, stale_run_s=600)
+    flaky = _FlakyReport(MemoryChannel("a", clock=clock.now), failures=1)
+    reconciler = settlements.Reconciler(_deps(journal, clock, {"a": flaky}, {"a": _cfg("a")}, settings), lambda: ["a"])
+    dead = settlements.ReconRun("rn_dead", "a", "2026-11-01", "manual", "running", start - 700)
+    assert await journal.recon_start(dead)
+    try:
+        await reconciler.pass_once()
+        runs = {r.id: r for r in await journal.recon_runs()}
+        assert runs["rn_dead"].status == "failed" and runs["rn_dead"].reason.startswith("interrupted")
+        [first] = [r for r in runs.values() if r.date == "2026-12-02"]
+        assert first.status == "failed" and "503" in first.reason
+        clock.advance(600)
+        await reconciler.pass_once()
+        assert [r.status for r in await journal.recon_runs("a") if r.date == "2026-12-02"] == ["failed"], \
+            "not retried before retry_failed_after_s"
+        clock.advance(3600)
+        await reconciler.pass_once()
+        assert sorted(r.status for r in await journal.recon_runs("a") if r.date == "2026-12-02") == [
+            "completed", "failed"]
+        clock.advance(600)
+        await reconciler.pass_once()
+        assert len([r for r in await journal.recon_runs("a") if r.date == "2026-12-02"]) == 2, "done: not again"
+    finally:
+        await journal.close()
