@@ -94,8 +94,14 @@ class Demo:
         sim_port, orch_port = free_port(), free_port()
         sim_doc = yaml.safe_load((ROOT / "config" / "simulator.example.yaml").read_text())
         orch_doc = yaml.safe_load((ROOT / "config" / "orchestrator.example.yaml").read_text())
+        fees = {}
         for ch in orch_doc["channels"]:
             ch["base_url"] = f"http://127.0.0.1:{sim_port}/{ch['name']}"
+            fees[ch["name"]] = ch.get("fee") or {}
+        for ch in sim_doc["channels"]:  # the providers charge the fees our config expects
+            fee = fees.get(ch["name"], {})
+            ch.setdefault("behaviour", {}).update(settlement_fee_percent=fee.get("percent", 0),
+                                                  settlement_fee_fixed_minor=fee.get("fixed_minor", 0))
         orch_doc["server"]["port"] = orch_port
         orch_doc["storage"]["url"] = f"sqlite:///{self.dir / 'orchestrator.db'}"
         # Rebalanced a few times in the run, to watch the pools follow demand.
@@ -149,7 +155,9 @@ class Demo:
                 report = await self._verify(session)
                 notified = await self._notified(session)
                 pools = await self._pools(session)
-            return self._summary(report, notified, pools, time_to_credit(self.dir / "orchestrator.db"))
+                self.phase = "reconciling today's settlement reports"
+                reconciled = await self._reconcile(session)
+            return self._summary(report, notified, pools, time_to_credit(self.dir / "orchestrator.db") + reconciled)
         finally:
             for child in (self.orch, self.receiver, self.sim):
                 child.stop()
@@ -213,6 +221,34 @@ class Demo:
                                         headers={"Authorization": f"Bearer {SRE_KEY}"}) as r:
                     r.raise_for_status()
 
+    async def _reconcile(self, session: aiohttp.ClientSession) -> list[str]:
+        """Every channel's settlement report of today, matched against the journal (SPEC 21)."""
+        assert self.orch is not None
+        headers = {"Authorization": f"Bearer {SRE_KEY}"}
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        async with session.get(self.orch.url + "/v1/health/channels") as r:
+            channels = [c["channel"] for c in (await r.json())["channels"]]
+        runs = []
+        for channel in channels:
+            async with session.post(self.orch.url + "/v1/admin/reconciliations", json={"channel": channel, "date": day},
+                                    headers=headers) as r:
+                run = await r.json()
+            for _ in range(300):
+                if run.get("status") != "running":
+                    break
+                await asyncio.sleep(0.2)
+                async with session.get(f"{self.orch.url}/v1/admin/reconciliations/{run['id']}", headers=headers) as r:
+                    run = await r.json()
+            runs.append(run)
+        kinds: Counter[str] = Counter()
+        for run in runs:
+            for kind, c in ((run.get("summary") or {}).get("classes") or {}).items():
+                kinds[kind] += c["count"]
+        completed = sum(r.get("status") == "completed" for r in runs)
+        return [f"settlement reconciliation of today's reports: {completed} of {len(runs)} channels completed, "
+                f"{sum(r.get('report_items', 0) for r in runs):,} items settled, discrepancies: "
+                + (", ".join(f"{k} {n}" for k, n in sorted(kinds.items()) if n) or "none")]
+
     async def _pools(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
         assert self.orch is not None
         async with session.get(f"{self.orch.url}/v1/admin/pools", headers={"Authorization": f"Bearer {SRE_KEY}"}) as r:
@@ -236,7 +272,9 @@ class Demo:
         assert self.sim is not None
         for n in range(DISPUTES):
             await asyncio.sleep(self.duration * 0.8 / DISPUTES)
-            candidates = [r for r in self.tally.sold[-200:] if r.get("disputed") is None]
+            # A payment the provider captured (not an instant credit still settling when answered).
+            candidates = [r for r in self.tally.sold[-200:] if r.get("disputed") is None and any(
+                a["outcome"] == "captured" and a["channel"] == r["channel"] for a in r["attempts"])]
             if not candidates:
                 continue
             rec = candidates[n * 7 % len(candidates)]
@@ -287,13 +325,13 @@ class Demo:
         while time.monotonic() < deadline:
             conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
             try:
-                (open_,) = conn.execute("SELECT count(*) FROM recharges WHERE status IN ('processing','pending')"
-                                        ).fetchone()
+                (open_,) = conn.execute("SELECT count(*) FROM recharges WHERE status IN ('processing','pending') "
+                                        "OR settlement = 'pending'").fetchone()
             finally:
                 conn.close()
             if open_ == 0:
                 return
-            self.phase = f"settling: {open_} recharges still pending at their providers"
+            self.phase = f"settling: {open_} recharges (or instant credits) still pending at their providers"
             await asyncio.sleep(1)
 
     async def _settle_after_sale(self, limit_s: float = 60) -> None:
@@ -396,7 +434,9 @@ class Demo:
                  pools: list[dict[str, Any]], credit: list[str]) -> int:
         t = self.tally
         written, received, deliveries, missing = notified
-        ok = report.ok and t.answered == t.sent and not missing
+        log = self.dir / "orchestrator.log"
+        errors = sum('"level":"error"' in line for line in log.read_text().splitlines()) if log.exists() else 0
+        ok = report.ok and t.answered == t.sent and not missing and errors == 0
         lines = [
             "",
             "== summary ==",
@@ -420,6 +460,8 @@ class Demo:
         ]
         lines += credit
         lines += [f"  violation: {v}" for v in report.violations[:20]]
+        lines.append("errors logged by the orchestrator: " + ("none" if errors == 0 else
+                                                               f"FAILED: {errors} (see {log})"))
         lines.append(f"notifications: {written} written to the outbox, {received} received and verified by the front "
                      f"service's receiver ({deliveries} deliveries, repeats included): "
                      + ("every notification delivered at least once" if not missing

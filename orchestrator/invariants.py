@@ -264,8 +264,7 @@ def ledger_violations(accounts: Iterable[tuple[Any, ...]]) -> list[str]:
 async def _totals_violations(journal: _Queryable) -> list[str]:
     """Each user's totals (kept with every credit) say what its succeeded recharges say
     (a clawed-back instant credit was never paid: not counted): count, sum, the newest month
-    one was created in, and how many were created in it. A newest month whose tally fell to 0
-    (its one recharge clawed back) reads as any older month: compared by count and sum."""
+    one was created in, and how many were created in it."""
     want: dict[tuple[str, str], list[int]] = {}
     for user, currency, amount, created_at in await journal.query(
         "SELECT user_id, currency, amount_minor, created_at FROM recharges WHERE status = 'succeeded' "
@@ -281,11 +280,6 @@ async def _totals_violations(journal: _Queryable) -> list[str]:
             w[3] += 1
     have = {(r[0], r[1]): [int(x) for x in r[2:]] for r in await journal.query(
         "SELECT user_id, currency, recharges, amount_minor, month_start, month_recharges FROM user_recharge_totals")}
-    for key, row in list(have.items()):
-        if row[0] == 0 and key not in want:
-            del have[key]  # every recharge of it clawed back
-        elif row[3] == 0 and key in want:
-            have[key] = [row[0], row[1], *want[key][2:]]
     v = []
     for key in sorted(set(want) | set(have)):
         if have.get(key) != want.get(key):

@@ -25,7 +25,7 @@ from orchestrator.journal._rows import ATTEMPT_COLUMNS, RECHARGE_COLUMNS, attemp
 from orchestrator.journal import _sqlite_ledger as ledger
 from orchestrator.journal._sqlite_aftersale import AFTERSALE_OPS, add_notices
 from orchestrator.journal._sqlite_recon import RECON_OPS
-from orchestrator.journal._totals import SUB_FROM_TOTALS
+from orchestrator.journal._totals import KEPT_OF, recount
 from orchestrator.journal._sqlite_trail import Rejected
 from orchestrator.journal._sqlite_trail import chain as _chain
 from orchestrator.journal._sqlite_trail import insert_trail as _insert_trail
@@ -331,9 +331,13 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
             conn.execute(_ADD_TO_TOTALS, (user_id, currency, amount_minor, month_of(created_at)))
     if step.clawback is not None:
         ledger.claw_back(conn, step.clawback)
-        currency, amount_minor, created_at = conn.execute(
-            "SELECT currency, amount_minor, created_at FROM recharges WHERE id=?", (step.recharge_id,)).fetchone()
-        conn.execute(SUB_FROM_TOTALS, (amount_minor, month_of(created_at), step.clawback.user_id, currency))
+        user_id = step.clawback.user_id
+        (currency,) = conn.execute("SELECT currency FROM recharges WHERE id=?", (step.recharge_id,)).fetchone()
+        conn.execute("DELETE FROM user_recharge_totals WHERE user_id=? AND currency=?", (user_id, currency))
+        row = recount(conn.execute(KEPT_OF, (user_id, currency)).fetchall())
+        if row is not None:
+            conn.execute("INSERT INTO user_recharge_totals(user_id, currency, recharges, amount_minor, month_start, "
+                         "month_recharges) VALUES (?,?,?,?,?,?)", (user_id, currency, *row))
     if step.follow_up is not KEEP:
         if step.follow_up is None:
             conn.execute("DELETE FROM follow_ups WHERE recharge_id=?", (step.recharge_id,))

@@ -27,7 +27,7 @@ from typing import Any
 from orchestrator.clock import month_of
 from orchestrator.journal._protocol import UserTotals
 
-__all__ = ["COUNT_SINCE", "SUB_FROM_TOTALS", "TOTALS_COLUMNS", "backfill", "counted", "month_of", "totals_since"]
+__all__ = ["COUNT_SINCE", "KEPT_OF", "TOTALS_COLUMNS", "backfill", "counted", "month_of", "recount", "totals_since"]
 
 TOTALS_COLUMNS = "currency, recharges, amount_minor, month_start, month_recharges"
 
@@ -39,13 +39,22 @@ COUNT_SINCE = (
     "GROUP BY currency"
 )
 # An instant credit whose payment failed (SPEC 20) leaves the totals it joined: it was never
-# paid. Its month's tally drops only if that is still the newest month (else it was not in it).
-# Parameters: amount_minor, its creation month, user_id, currency.
-SUB_FROM_TOTALS = (
-    "UPDATE user_recharge_totals SET recharges = recharges - 1, amount_minor = amount_minor - ?, "
-    "month_recharges = month_recharges - CASE WHEN month_start = ? THEN 1 ELSE 0 END "
-    "WHERE user_id = ? AND currency = ?"
+# paid. Rare, so the user's row in that currency is counted again from its recharges (a row
+# cannot hold a count or a month's tally of 0). Parameters: user_id, currency.
+KEPT_OF = (
+    "SELECT amount_minor, created_at FROM recharges WHERE user_id = ? AND currency = ? AND status = 'succeeded' "
+    "AND (settlement IS NULL OR settlement != 'failed')"
 )
+
+
+def recount(rows: Iterable[Sequence[Any]]) -> tuple[int, int, int, int] | None:
+    """A totals row (recharges, amount_minor, month_start, month_recharges) of the
+    recharges ``rows`` (amount_minor, created_at); None when there are none."""
+    months = [(month_of(created_at), int(amount)) for amount, created_at in rows]
+    if not months:
+        return None
+    newest = max(m for m, _ in months)
+    return len(months), sum(a for _, a in months), newest, sum(1 for m, _ in months if m == newest)
 
 
 def backfill(integer: str) -> str:

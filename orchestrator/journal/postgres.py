@@ -72,7 +72,7 @@ from orchestrator.journal._rows import (
 )
 from orchestrator.journal._schema_pg import MIGRATIONS
 from orchestrator.clock import month_of
-from orchestrator.journal._totals import COUNT_SINCE, SUB_FROM_TOTALS, TOTALS_COLUMNS, counted, totals_since
+from orchestrator.journal._totals import COUNT_SINCE, KEPT_OF, TOTALS_COLUMNS, counted, recount, totals_since
 from orchestrator.model import (
     DEFAULT_POOL,
     ISSUANCE,
@@ -1017,9 +1017,13 @@ async def _apply(conn: asyncpg.Connection, step: Step) -> bool:
             await conn.execute(_ADD_TO_TOTALS, succeeded[0], succeeded[1], succeeded[2], month_of(succeeded[3]))
     if step.clawback is not None:
         await _claw_back(conn, step.clawback)
-        paid = await conn.fetchrow("SELECT currency, amount_minor, created_at FROM recharges WHERE id=$1",
-                                   step.recharge_id)
-        await conn.execute(_SUB_FROM_TOTALS, paid[1], month_of(paid[2]), step.clawback.user_id, paid[0])
+        user_id = step.clawback.user_id
+        currency = await conn.fetchval("SELECT currency FROM recharges WHERE id=$1", step.recharge_id)
+        await conn.execute("DELETE FROM user_recharge_totals WHERE user_id=$1 AND currency=$2", user_id, currency)
+        row = recount(await conn.fetch(_KEPT_OF, user_id, currency))
+        if row is not None:
+            await conn.execute("INSERT INTO user_recharge_totals(user_id, currency, recharges, amount_minor, "
+                               "month_start, month_recharges) VALUES ($1,$2,$3,$4,$5,$6)", user_id, currency, *row)
     if step.follow_up is not KEEP:
         if step.follow_up is None:
             await conn.execute("DELETE FROM follow_ups WHERE recharge_id=$1", step.recharge_id)
@@ -1071,7 +1075,7 @@ def _numbered(sql: str) -> str:
 
 _COUNT_SINCE = _numbered(COUNT_SINCE)
 _UNSETTLED = "SELECT 1 FROM recharges WHERE user_id = $1 AND settlement IN ('pending', 'failed') LIMIT 1"
-_SUB_FROM_TOTALS = _numbered(SUB_FROM_TOTALS)
+_KEPT_OF = _numbered(KEPT_OF)
 
 
 _QUOTE_COLUMNS = "quote_id, user_id, amount_minor, currency, price, issued_at, expires_at"

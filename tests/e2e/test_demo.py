@@ -25,6 +25,8 @@ def test_the_demo_runs_unattended_and_its_exactly_once_check_passes(tmp_path):
     assert "OUTAGE of" in out
     assert "refunds and disputes included): PASSED" in out
     assert "coin pools (coins now" in out
+    assert "errors logged by the orchestrator: none" in out
+    assert "settlement reconciliation of today's reports: 8 of 8 channels completed" in out
     summary = out[out.index("== summary =="):].strip().splitlines()
     assert summary[-1].endswith("every notification delivered at least once"), summary[-1]
     assert "refunds: {" in out, "refunds were made"

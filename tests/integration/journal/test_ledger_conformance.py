@@ -134,9 +134,9 @@ async def test_two_instances_crediting_from_one_pool_lose_and_duplicate_nothing(
     await _consistent(b)
 
 
-async def _instant(journal, clock, key: str, settings):
+async def _instant(journal, clock, key: str, settings, user: str = "u1"):
     """A recharge allowed instant credit, its first attempt journaled and answered pending."""
-    rec, trail = make_recharge(clock, key)
+    rec, trail = make_recharge(clock, key, user=user)
     rec.instant = True
     assert await journal.create(rec, trail) is None
     step = tr.begin_attempt(rec, "a", clock.now())
@@ -183,6 +183,14 @@ async def test_an_instant_credit_settles_once_or_is_clawed_back_into_its_pool_as
     assert await journal.has_unsettled_credit("u1"), "a clawed-back user gets no more instant credit"
     assert [(t.currency, t.recharges) for t in await journal.user_totals("u1", 0)] == [("CNY", 1)], \
         "the failed one left the user's totals"
+    # A user whose only success was an instant credit that failed: no totals left at all.
+    only = await _instant(journal, clock, "k3", settings, user="u9")
+    assert [t.recharges for t in await journal.user_totals("u9", 0)] == [1]
+    assert await journal.apply(tr.on_answer(only, only.attempts[0], ChannelResult(AttemptOutcome.VOIDED, "pr_1"),
+                                            clock.now(), settings, tr.Source.WEBHOOK, ("a", "evt_9")))
+    assert await journal.user_totals("u9", 0) == [] and (await journal.wallet("u9")).coins == 0
+    if hasattr(journal, "query"):
+        assert await journal.query("SELECT * FROM user_recharge_totals WHERE user_id = 'u9'") == []
     await _consistent(journal)
 
 
