@@ -53,7 +53,7 @@ def fill(path: str, n: int) -> None:
     for base in range(0, n, step):
         recs, atts = [], []
         for i in range(base, min(n, base + step)):
-            at = DAY_START + 60 + i * (86_000 / n)
+            at = DAY_START + 600 + i * (85_000 / n)  # inside the day, past the edge grace
             rid = f"rc_{i:012d}"
             recs.append((rid, "front", f"k{i}", "fp", f"u{i % 5000}", 1000 + i % 100, "CNY", "CN", "ewallet",
                          '{"token":"t"}', None, 140, 0, "succeeded", "big", None, None, "v", at, at, at + 15, 0, None))

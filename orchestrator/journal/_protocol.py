@@ -486,8 +486,14 @@ class Journal(Protocol):
         """End a running run, in one transaction: completed, its findings join the day's
         discrepancies (one per reference and kind: a repeat is updated, not added; one
         resolved before and found again is open again) and the day's discrepancies it did
-        not find again are resolved; failed, its findings are dropped. Its staged rows go
-        either way. None when no such running run."""
+        not find again are resolved; failed, its findings are dropped. Its staged findings go
+        either way; its staged report is ``recon_purge``'s. None when no such running run."""
+        ...
+
+    async def recon_purge(self, run_id: str, limit: int) -> int:
+        """Delete up to ``limit`` staged report items of a run that is not running (a few
+        thousand per write: a big day never holds the store's writer for long); answers how
+        many went (0: none left, or the run still runs)."""
         ...
 
     async def recon_runs(self, channel: str | None = None, limit: int = 50) -> list[ReconRun]:

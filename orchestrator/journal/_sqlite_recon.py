@@ -81,12 +81,18 @@ def op_recon_finish(conn: sqlite3.Connection, run_id: str, status: str, reason: 
     if status == "completed":
         conn.execute(_PROMOTE, (channel, date, at, at, run_id))
         conn.execute(_NOT_FOUND_AGAIN, (run_id, at, channel, date, run_id))
-    conn.execute("DELETE FROM recon_report WHERE run_id = ?", (run_id,))
     conn.execute("DELETE FROM recon_found WHERE run_id = ?", (run_id,))
     conn.execute("UPDATE reconciliations SET status = ?, reason = ?, finished_at = ?, report_items = ?, summary = ? "
                  "WHERE id = ?", (status, reason, at, report_items,
                                   None if summary is None else orjson.dumps(summary).decode(), run_id))
     return list(conn.execute(f"SELECT {RECON_COLUMNS} FROM reconciliations WHERE id = ?", (run_id,)).fetchone())
+
+
+def op_recon_purge(conn: sqlite3.Connection, run_id: str, limit: int) -> int:
+    if conn.execute("SELECT 1 FROM reconciliations WHERE id = ? AND status = 'running'", (run_id,)).fetchone():
+        return 0
+    return int(conn.execute("DELETE FROM recon_report WHERE run_id = ? AND reference IN (SELECT reference FROM "
+                            "recon_report WHERE run_id = ? LIMIT ?)", (run_id, run_id, limit)).rowcount)
 
 
 def op_resolve_discrepancy(conn: sqlite3.Connection, seq: int, status: str, resolution: str, at: float) -> bool:
@@ -99,5 +105,6 @@ RECON_OPS: dict[str, Callable[..., Any]] = {
     "recon_stage": op_recon_stage,
     "recon_found": op_recon_found,
     "recon_finish": op_recon_finish,
+    "recon_purge": op_recon_purge,
     "resolve_discrepancy": op_resolve_discrepancy,
 }

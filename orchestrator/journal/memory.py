@@ -708,7 +708,6 @@ class MemoryJournal:
         if run is None or run.status != "running":
             return None
         found = self._found.pop(run_id, {})
-        self._staged.pop(run_id, None)
         if status == "completed":
             self._promote(run, [found[k] for k in sorted(found)], at)
         done = replace(run, status=status, reason=reason, finished_at=at, report_items=report_items,
@@ -739,6 +738,18 @@ class MemoryJournal:
             if (d.channel, d.date) == (run.channel, run.date) and d.run_id != run.id and d.status != "resolved":
                 self._discrepancies[seq] = replace(d, status="resolved", resolution=f"not found again by {run.id}",
                                                    updated_at=at)
+
+    async def recon_purge(self, run_id: str, limit: int) -> int:
+        run = self._runs.get(run_id)
+        staged = self._staged.get(run_id)
+        if run is None or run.status == "running" or not staged:
+            return 0
+        gone = sorted(staged)[:limit]
+        for ref in gone:
+            del staged[ref]
+        if not staged:
+            del self._staged[run_id]
+        return len(gone)
 
     async def recon_runs(self, channel: str | None = None, limit: int = 50) -> list[ReconRun]:
         runs = sorted((r for r in self._runs.values() if channel is None or r.channel == channel),

@@ -803,6 +803,10 @@ class PostgresJournal:
                                                            doc))
         return None if row is None else recon_run_of(row)
 
+    async def recon_purge(self, run_id: str, limit: int) -> int:
+        status = await self._write(lambda conn: conn.execute(_RECON_PURGE, run_id, limit))
+        return int(status.split()[-1])  # "DELETE n"
+
     async def recon_runs(self, channel: str | None = None, limit: int = 50) -> list[ReconRun]:
         rows = await self._read(lambda conn: conn.fetch(_RECON_RUNS, channel, limit))
         return [recon_run_of(r) for r in rows]
@@ -1466,6 +1470,10 @@ _DISCREPANCIES = (f"SELECT {DISCREPANCY_COLUMNS} FROM discrepancies WHERE channe
                   "AND ($4::text IS NULL OR status = $4) ORDER BY seq LIMIT $5")
 _OPEN_DISCREPANCIES = "SELECT channel, COUNT(*) FROM discrepancies WHERE status != 'resolved' GROUP BY channel"
 _RESOLVE_DISCREPANCY = "UPDATE discrepancies SET status = $1, resolution = $2, updated_at = $3 WHERE seq = $4"
+_RECON_PURGE = (
+    "DELETE FROM recon_report WHERE run_id = $1 AND reference IN (SELECT reference FROM recon_report "
+    "WHERE run_id = $1 LIMIT $2) AND NOT EXISTS (SELECT 1 FROM reconciliations WHERE id = $1 AND status = 'running')"
+)
 
 
 async def _recon_finish(conn: asyncpg.Connection, run_id: str, status: str, reason: str | None, at: float,
@@ -1480,7 +1488,6 @@ async def _recon_finish(conn: asyncpg.Connection, run_id: str, status: str, reas
     if status == "completed":
         await conn.execute(_PROMOTE, channel, date, at, run_id)
         await conn.execute(_NOT_FOUND_AGAIN, run_id, at, channel, date)
-    await conn.execute("DELETE FROM recon_report WHERE run_id = $1", run_id)
     await conn.execute("DELETE FROM recon_found WHERE run_id = $1", run_id)
     return await conn.fetchrow(
         "UPDATE reconciliations SET status = $1, reason = $2, finished_at = $3, report_items = $4, summary = $5 "

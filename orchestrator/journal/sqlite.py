@@ -550,6 +550,9 @@ class SqliteJournal:
         row = await self._write("recon_finish", run_id, status, reason, at, report_items, summary)
         return None if row is None else recon_run_of(row)
 
+    async def recon_purge(self, run_id: str, limit: int) -> int:
+        return int(await self._write("recon_purge", run_id, limit))
+
     async def recon_runs(self, channel: str | None = None, limit: int = 50) -> list[ReconRun]:
         if channel is None:
             rows = await self.query(f"SELECT {RECON_COLUMNS} FROM reconciliations ORDER BY started_at DESC, id DESC "

@@ -90,6 +90,7 @@ def test_a_day_of_recharges_reconciles_to_exactly_the_injected_discrepancies(tmp
         doc = orchestrator_doc(sim.url, db, CHANNELS, limits={"per_client": {"rate_per_s": 100_000,
                                                                                "burst": 100_000}})
         doc["channels"][0]["fee"] = {"fixed_minor": 0, "percent": FEE_PERCENT}
+        doc["reconciliation"] = {"day_edge_grace_s": 0}  # today's captures in today's report, even just past midnight
         orch = orchestrator(tmp_path, doc).start()
         asyncio.run(orch.wait_ready())
         day = dt.datetime.now(dt.UTC).date().isoformat()

@@ -82,7 +82,9 @@ async def test_a_run_matches_its_staged_report_against_the_journal_and_keeps_wha
     assert by_ref["zz-unknown"].reported == {"amount_minor": 8500}
     assert by_ref[declined.attempts[0].reference].resolution == "recheck scheduled"
     assert await journal.open_discrepancies() == {"a": 3}
-    assert await journal.recon_matches("rn_1", "", 10) == [], "the staged report is gone"
+    assert len(await journal.recon_matches("rn_1", "", 10)) == 3, "the staged report goes by recon_purge"
+    assert await journal.recon_purge("rn_1", 2) == 2 and await journal.recon_purge("rn_1", 2) == 1
+    assert await journal.recon_purge("rn_1", 2) == 0 and await journal.recon_matches("rn_1", "", 10) == []
 
     # The same day again: two found again (no duplicates, the resolving one stays so), one not.
     clock.advance(60)
@@ -115,7 +117,10 @@ async def test_a_failed_run_keeps_nothing_it_staged(journal, clock):
     assert await journal.recon_start(_run(clock, "rn_1"))
     await journal.recon_stage("rn_1", [_item("r1"), _item("r2")])
     await journal.recon_found("rn_1", [Discrepancy("r1", K.MISSING_IN_JOURNAL, None, 1, "CNY", None, None)])
+    assert await journal.recon_purge("rn_1", 10) == 0, "not while it runs"
     failed = await journal.recon_finish("rn_1", "failed", "malformed or truncated report: x", clock.now(), 0, None)
+    while await journal.recon_purge("rn_1", 1):
+        pass
     assert (failed.status, failed.reason) == ("failed", "malformed or truncated report: x")
     assert await journal.discrepancies("a", DAY) == [] and await journal.open_discrepancies() == {}
     assert await journal.recon_matches("rn_1", "", 10) == []
