@@ -3,6 +3,8 @@ provider simulator."""
 
 from channels._kinds import KIND_DEFAULTS, KindDefaults
 from channels._protocol import (
+    ACTION_ABANDONED,
+    ACTION_EXPIRED,
     AttemptOutcome,
     Channel,
     ChannelResult,
@@ -12,7 +14,8 @@ from channels._protocol import (
     RefundResult,
     SettlementItem,
     SettlementReportError,
+    payment_outcome,
 )
 
-__all__ = ["KIND_DEFAULTS", "AttemptOutcome", "Channel", "ChannelResult", "KindDefaults", "PaymentRequest",
-           "RefundOutcome", "RefundRequest", "RefundResult", "SettlementItem", "SettlementReportError"]
+__all__ = ["ACTION_ABANDONED", "ACTION_EXPIRED", "KIND_DEFAULTS", "AttemptOutcome", "Channel", "ChannelResult", "KindDefaults", "PaymentRequest",
+           "RefundOutcome", "RefundRequest", "RefundResult", "SettlementItem", "SettlementReportError", "payment_outcome"]

@@ -6,6 +6,8 @@ Everything the core knows about a provider is an ``AttemptOutcome``; nothing out
     AttemptOutcome
      ├── CAPTURED        money moved (kept, or refunded later)
      ├── PENDING         accepted, the final state comes later (webhook or inquiry)
+     ├── REQUIRES_ACTION the payer must pass a step-up (3-D Secure) at ``action_url`` first;
+     │                   nothing is charged until then (a challenge that expires is VOIDED)
      ├── DECLINED        refused, with a decline code (hard or soft: the core decides)
      ├── NOT_PROCESSED   nothing was charged: safe to go elsewhere
      ├── UNKNOWN         the request may have been processed
@@ -35,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "ACTION_ABANDONED",
+    "ACTION_EXPIRED",
     "AttemptOutcome",
     "Channel",
     "ChannelResult",
@@ -44,12 +48,14 @@ __all__ = [
     "RefundResult",
     "SettlementItem",
     "SettlementReportError",
+    "payment_outcome",
 ]
 
 
 class AttemptOutcome(enum.StrEnum):
     CAPTURED = "captured"
     PENDING = "pending"
+    REQUIRES_ACTION = "requires_action"
     DECLINED = "declined"
     NOT_PROCESSED = "not_processed"
     UNKNOWN = "unknown"
@@ -73,6 +79,8 @@ class PaymentRequest:
     method: str
     instrument: dict[str, Any]
     callback_url: str | None = None
+    # "required" for a recharge risk challenged (SPEC 22); None: the provider decides.
+    three_ds: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,20 @@ class ChannelResult:
     latency_ms: float = 0.0
     amount_minor: int | None = None
     currency: str | None = None
+    action_url: str | None = None  # REQUIRES_ACTION: where the payer completes the step-up
+
+
+# A challenge the payer let lapse: the provider's ``expired`` payment, a void by another name.
+ACTION_EXPIRED = "action_expired"
+ACTION_ABANDONED = "action_abandoned"  # the decline code of a challenge the payer abandoned
+
+
+def payment_outcome(status: str) -> tuple[AttemptOutcome, str | None]:
+    """A protocol-v1 payment status as an outcome and the decline code it implies
+    (``expired`` is a void: the step-up lapsed and nothing was charged). ValueError if unknown."""
+    if status == "expired":
+        return AttemptOutcome.VOIDED, ACTION_EXPIRED
+    return AttemptOutcome(status), None
 
 
 class RefundOutcome(enum.StrEnum):

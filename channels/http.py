@@ -5,6 +5,7 @@ happened on the wire into the spec's attempt outcomes (``refund_outcome_of``, be
 the same for partial refunds); nothing outside this module knows an HTTP status code:
 
     authorize  200|409 captured|pending|declined    -> that outcome (409: the state it already has)
+               200 requires_action + action_url     -> REQUIRES_ACTION: the payer's step-up comes first
                429, 503                             -> NOT_PROCESSED: the provider says nothing was charged
                no answer, nothing sent (connect refused, DNS failure, connect timeout, pool wait)
                                                     -> NOT_PROCESSED
@@ -12,8 +13,9 @@ the same for partial refunds); nothing outside this module knows an HTTP status 
                                                        bad key, unknown channel path) charges nothing
                other 5xx, read timeout, reset or disconnect after sending, unreadable 200/409
                                                     -> UNKNOWN: the request may have been processed
-    inquire    200 <status>                         -> that status (captured, pending, declined,
-                                                       voided, refunded)
+    inquire    200 <status>                         -> that status (captured, pending, requires_action,
+                                                       declined, voided, refunded); ``expired`` (a
+                                                       step-up that lapsed) -> VOIDED, action_expired
                404                                  -> UNKNOWN: no such payment *yet* proves nothing (the
                                                        charge may still be in flight at the provider)
                anything else, 429/503 and no answer at all included
@@ -83,6 +85,7 @@ from yarl import URL
 
 from channels._kinds import KIND_DEFAULTS, KindDefaults
 from channels._protocol import (
+    ACTION_EXPIRED,
     AttemptOutcome,
     ChannelResult,
     PaymentRequest,
@@ -121,6 +124,8 @@ class Op(enum.StrEnum):
 _PAYMENT_STATUS = {
     "captured": AttemptOutcome.CAPTURED,
     "pending": AttemptOutcome.PENDING,
+    "requires_action": AttemptOutcome.REQUIRES_ACTION,
+    "expired": AttemptOutcome.VOIDED,
     "declined": AttemptOutcome.DECLINED,
     "voided": AttemptOutcome.VOIDED,
     "refunded": AttemptOutcome.REFUNDED,
@@ -142,6 +147,7 @@ class WirePayment:
     decline_code: str | None
     amount_minor: int | None = None
     currency: str | None = None
+    action_url: str | None = None
 
     @classmethod
     def parse(cls, raw: bytes) -> WirePayment | None:
@@ -151,9 +157,10 @@ class WirePayment:
         if doc is None or status is None or status not in _PAYMENT_STATUS:
             return None
         amount = doc.get("amount_minor")
-        return cls(_opt_str(doc, "reference"), _opt_str(doc, "provider_ref"), status, _opt_str(doc, "decline_code"),
+        decline_code = _opt_str(doc, "decline_code") or (ACTION_EXPIRED if status == "expired" else None)
+        return cls(_opt_str(doc, "reference"), _opt_str(doc, "provider_ref"), status, decline_code,
                    amount if isinstance(amount, int) and not isinstance(amount, bool) else None,
-                   _opt_str(doc, "currency"))
+                   _opt_str(doc, "currency"), _opt_str(doc, "action_url"))
 
 
 _REFUND_STATUS = {
@@ -274,9 +281,13 @@ def _payment_result(ans: WireAnswer, latency_ms: float) -> ChannelResult:
         return ChannelResult(AttemptOutcome.UNKNOWN, latency_ms=latency_ms,
                              error=f"{ans.op}: the answer is about payment {payment.reference[:64]!r}, not the one asked")
     error = None if ans.http_status == 200 else f"{ans.op} refused (409): the payment is {payment.status}"
-    return ChannelResult(_PAYMENT_STATUS[payment.status], provider_ref=payment.provider_ref,
+    outcome = _PAYMENT_STATUS[payment.status]
+    if outcome is AttemptOutcome.REQUIRES_ACTION and payment.action_url is None and ans.op is Op.AUTHORIZE:
+        return ChannelResult(AttemptOutcome.UNKNOWN, latency_ms=latency_ms,
+                             error=f"{ans.op}: requires_action without an action_url")
+    return ChannelResult(outcome, provider_ref=payment.provider_ref,
                          decline_code=payment.decline_code, error=error, latency_ms=latency_ms,
-                         amount_minor=payment.amount_minor, currency=payment.currency)
+                         amount_minor=payment.amount_minor, currency=payment.currency, action_url=payment.action_url)
 
 
 def refund_outcome_of(ans: WireAnswer, latency_ms: float = 0.0) -> RefundResult:
@@ -581,6 +592,8 @@ class HttpChannel:
             "instrument": request.instrument,
             "callback_url": request.callback_url,
         }
+        if request.three_ds is not None:
+            body["three_ds"] = request.three_ds
         return await self._call(Op.AUTHORIZE, "POST", self._payments, body=body, idempotency_key=request.reference,
                                 reference=request.reference)
 

@@ -45,9 +45,9 @@ __all__ = [
 SIGNATURE_HEADER = "X-Provider-Signature"
 NOTIFY_SIGNATURE_HEADER = "X-Orchestrator-Signature"
 TOLERANCE_S = 300
-EVENT_STATUSES = frozenset({"captured", "pending", "declined", "voided", "refunded", "failed", "disputed",
-                            "dispute_won", "dispute_lost"})
-"""A payment's statuses, a refund's (``refunded``, ``failed``: the event carries its
+EVENT_STATUSES = frozenset({"captured", "pending", "requires_action", "expired", "declined", "voided", "refunded",
+                            "failed", "disputed", "dispute_won", "dispute_lost"})
+"""A payment's statuses (``expired``: a step-up the payer let lapse), a refund's (``refunded``, ``failed``: the event carries its
 ``refund_reference``) and a dispute's (SPEC 6)."""
 _MAX_FIELD = 255
 _MAX_T_DIGITS = 12  # unix seconds stay under 12 digits for 30,000 years; longer is an attack

@@ -26,6 +26,8 @@ from config._schema import (
     RuleMatch,
     ServerConfig,
     StorageConfig,
+    SuggestionsConfig,
+    TemplatesConfig,
     VelocityRule,
 )
 
@@ -55,6 +57,8 @@ __all__ = [
     "RuleMatch",
     "ServerConfig",
     "StorageConfig",
+    "SuggestionsConfig",
+    "TemplatesConfig",
     "VelocityRule",
     "diff",
     "exponent",

@@ -47,6 +47,8 @@ __all__ = [
     "RuleMatch",
     "ServerConfig",
     "StorageConfig",
+    "SuggestionsConfig",
+    "TemplatesConfig",
     "TierConfig",
     "VelocityRule",
 ]
@@ -164,6 +166,12 @@ class RefundsConfig(_Model):
     retry_interval_s: float = Field(30.0, gt=0, le=86_400)
 
 
+class TemplatesConfig(_Model):
+    """Recharge templates (SPEC 22): how many one user may keep with one client."""
+
+    max_per_user: int = Field(10, ge=1, le=1000)
+
+
 class NotificationsConfig(_Model):
     """The dispatcher of every instance: how hard it pushes each client's endpoint."""
 
@@ -195,6 +203,8 @@ class ChannelConfig(_Model):
     fee: FeeConfig = FeeConfig()
     weight: float = Field(1.0, gt=0, le=1000)
     max_in_flight: int | None = Field(None, gt=0, le=100_000)
+    # The provider can run a 3-D Secure step-up: only such channels take challenged recharges.
+    step_up: bool = False
     # Outbound TLS is verified against the system CAs; this pins a CA bundle instead.
     ca_file: str | None = None
 
@@ -252,6 +262,8 @@ class RoutingConfig(_Model):
     strategy: Strategy = "smart"
     max_attempts: int = Field(3, ge=1, le=10)
     deadline_s: float = Field(15.0, gt=0, le=3600)
+    # How long a payer has to finish a step-up (SPEC 22); then it is voided (action_expired).
+    action_ttl_s: float = Field(600.0, gt=0, le=86_400)
     soft_decline_codes: list[DeclineCode] = Field(
         default_factory=lambda: ["issuer_unavailable", "do_not_honor"]
     )
@@ -399,7 +411,8 @@ class PricingConfig(_Model):
         return self.rates.get(currency)
 
 
-Action = Literal["block", "review"]
+Action = Literal["block", "challenge", "review"]
+RiskScore = Annotated[float, Field(gt=0, le=1)]
 
 
 class VelocityRule(_Model):
@@ -412,6 +425,8 @@ class VelocityRule(_Model):
     max_count: int | None = Field(None, ge=1, le=100_000)
     max_amount_base: ExactDecimal | None = Field(None, gt=0)
     action: Action = "block"
+    # What it adds to the recharge's risk score when it fires (None: by its action).
+    score: RiskScore | None = None
 
     @model_validator(mode="after")
     def _one_limit(self) -> VelocityRule:
@@ -435,12 +450,19 @@ class HistoryRuleConfig(_Model):
     multiple: ExactDecimal = Field(Decimal(10), gt=1)
     min_prior: int = Field(3, ge=1, le=100_000)
     action: Action = "review"
+    score: RiskScore | None = None
 
 
 class RiskConfig(_Model):
     enabled: bool = True
     # Per recharge, in base-currency units; above it the recharge is blocked.
     max_amount_base: ExactDecimal | None = Field(None, gt=0)
+    # Per recharge, in base-currency units; above it the payer must pass a step-up.
+    challenge_amount_base: ExactDecimal | None = Field(None, gt=0)
+    # The risk score (0..1, from the rules that fired) at which a recharge is challenged
+    # (3-D Secure, SPEC 22) or blocked; None: only rules whose action says so.
+    challenge_score: RiskScore | None = None
+    block_score: RiskScore | None = None
     velocity: list[VelocityRule] = Field(default_factory=list, max_length=50)
     blocklist: BlocklistConfig = BlocklistConfig()
     luhn: bool = True
@@ -459,6 +481,9 @@ class RiskConfig(_Model):
         counts = [rule.max_count for rule in self.velocity if rule.max_count is not None]
         if counts and self.max_events_per_key < max(counts):
             raise ValueError(f"max_events_per_key must be >= the largest max_count ({max(counts)})")
+        if (self.challenge_score is not None and self.block_score is not None
+                and self.block_score <= self.challenge_score):
+            raise ValueError("block_score must be above challenge_score")
         return self
 
 
@@ -517,6 +542,37 @@ class InstantCreditConfig(_Model):
     min_succeeded_recharges: int = Field(1, ge=1, le=10**6)
 
 
+class SuggestionsConfig(_Model):
+    """Amount suggestions (SPEC 22, ``GET /v1/users/{user_id}/suggestions``): what each
+    process keeps to answer them (orchestrator/suggestions.py), and what it falls back to."""
+
+    # Users whose summary is kept (the least recently asked for dropped first), and amounts
+    # per user: a few hundred bytes each (bench/results/suggestions.md).
+    max_users: int = Field(100_000, ge=1, le=10_000_000)
+    max_amounts_per_user: int = Field(8, ge=1, le=64)
+    # Recharges read from the journal for a user this process does not know yet.
+    history_limit: int = Field(200, ge=1, le=10_000)
+    # A user's summary older than this is read again on their next request, so a worker
+    # catches up with the recharges other workers saw succeed.
+    refresh_s: float = Field(300.0, gt=0, le=7 * 86_400)
+    # How fast a user's amounts lose weight with time (each later recharge also takes some).
+    half_life_days: float = Field(90.0, gt=0, le=3650)
+    # A country's amounts: their half-life, and the (decayed) recharges needed to use them.
+    cohort_half_life_days: float = Field(30.0, gt=0, le=3650)
+    cohort_min_recharges: float = Field(20.0, ge=1, le=1_000_000)
+    # Per currency, the amounts (minor units) offered when nothing is known of the user or
+    # their country; a currency without any gets round amounts from its denomination minimum.
+    defaults: dict[CurrencyCode, Annotated[list[Annotated[int, Field(gt=0, le=10**12)]],
+                                           Field(min_length=1, max_length=10)]] = Field(default_factory=dict)
+
+    @field_validator("defaults")
+    @classmethod
+    def _known_currencies(cls, defaults: dict[str, list[int]]) -> dict[str, list[int]]:
+        for code in defaults:
+            _check_currency(code)
+        return defaults
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -535,6 +591,8 @@ class Config(_Model):
     # SPEC 20's ``pools.instant_credit``: ``pools`` is the list of pools, so it sits beside it.
     pool_instant_credit: InstantCreditConfig | None = None
     reconciliation: ReconciliationConfig = ReconciliationConfig()
+    templates: TemplatesConfig = TemplatesConfig()
+    suggestions: SuggestionsConfig = SuggestionsConfig()
 
     def pool_of(self, country: str) -> str | None:
         return next((p.name for p in self.pools if country in p.countries), None)

@@ -160,6 +160,7 @@ class Driver:
         activity: Activity | None = None,
         settle_channels: ChannelFinder | None = None,
         on_terminal: Callable[[Recharge], None] | None = None,
+        on_succeeded: Callable[[Recharge], None] = lambda rec: None,
         owner: str | None = None,
         lease_s: float = 30.0,
         renew_s: float | None = None,
@@ -174,6 +175,7 @@ class Driver:
         # channel that a reload retired; starting new attempts may not.
         self._settle_channels = settle_channels or _finder(channels)
         self._on_terminal = on_terminal
+        self._on_succeeded = on_succeeded  # amount suggestions learn each success (SPEC 22)
         # With an owner, every recharge this instance drives is leased in the store.
         self._owner = owner
         self._lease_s = lease_s
@@ -521,10 +523,11 @@ class Driver:
                     prev = rec.attempts[att.seq - 2]
                     self._activity.failover(rec.id, prev.channel, name, prev.state.value)
             request = PaymentRequest(att.reference, rec.amount_minor, rec.currency, rec.method,
-                                     dict(pick.instrument), self._callback_url(name))
+                                     dict(pick.instrument), self._callback_url(name),
+                                     "required" if rec.step_up else None)
             # No contextvars binding here (it costs on every recharge): the few lines
             # logged on this path name the attempt themselves.
-            result = await self._call(pick.channel, "authorize", request, rec.deadline_at - self._clock.now())
+            result = await self._call(pick.channel, "authorize", request, rec.deadline() - self._clock.now())
             self._release(pick, result)
             log.debug("attempt_answered", attempt=att.reference, channel=name, outcome=result.outcome.value,
                       latency_ms=result.latency_ms)
@@ -545,7 +548,7 @@ class Driver:
             if result.outcome is AttemptOutcome.PENDING:
                 if a.state is not AttemptState.PENDING:
                     return result, False  # record it as pending first; polling follows
-                remaining = rec.deadline_at - self._clock.now()
+                remaining = rec.deadline() - self._clock.now()
                 if remaining <= 0 or rec.terminal:
                     return result, False
                 await self._pause(rec.id, min(delay, remaining))
@@ -578,6 +581,7 @@ class Driver:
     def _after(self, rec: Recharge, step: Step) -> None:
         """Logs and activity that follow a durable step."""
         if step.credit is not None:
+            self._on_succeeded(rec)
             if self._rng.random() < self._settings().log_success_sample:
                 log.info("recharge_succeeded", channel=step.channel, coins=step.credit.coins, sampled=True)
         elif step.attempt is not None and step.attempt.state is AttemptState.REFUND_REQUESTED:

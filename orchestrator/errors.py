@@ -12,6 +12,8 @@
     |   +-- RefundRefused        this refund cannot be made (not_refundable, refund_exceeds_amount,
     |   |                        insufficient_coins, recharge_disputed)
     |   +-- EventTooEarly        a provider event about a payment not settled here yet: send it again
+    |   +-- TemplateRefused      a recharge template cannot be made or used (template_not_found,
+    |   |                        template_limit_reached, template_mismatch, instrument_required)
     |   +-- ReloadError          a config that cannot be applied; the running one stays
     |       +-- NothingToRollBack
     +-- Unavailable              a dependency failed; nothing half-done, a retry is safe
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ClusterError", "EventTooEarly", "HeldElsewhere", "IdempotencyConflict", "JournalError", "NotFound",
            "NothingToRollBack", "OrchestratorError", "Overloaded", "PgServerError", "PricingError",
-           "QuoteError", "RateSourceError", "RefundRefused", "Refusal", "Refused", "ReloadError", "StartError", "Unavailable"]
+           "QuoteError", "RateSourceError", "RefundRefused", "Refusal", "Refused", "ReloadError", "StartError",
+           "TemplateRefused", "Unavailable"]
 
 
 class OrchestratorError(Exception):
@@ -95,6 +98,13 @@ class NotFound(Refusal):
 
 class RefundRefused(Refusal):
     """A refund the rules turn down; nothing was stored."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message, code=code, field=field)
+
+
+class TemplateRefused(Refusal):
+    """A template request the rules turn down (SPEC 22); nothing was stored."""
 
     def __init__(self, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message, code=code, field=field)

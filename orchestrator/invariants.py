@@ -172,8 +172,8 @@ def check_facts(facts: Facts, ledger: Iterable[LedgerPayment], *, settled: bool 
             if len(caps) > 1 or (caps and status != "pending"):
                 v.append(f"{rid} is {status} but provider {caps[0].channel} kept {len(caps)} capture(s), "
                          f"the first {caps[0].reference}")
-        if settled and status == "processing":
-            v.append(f"{rid} still processing after its deadline")
+        if settled and status in ("processing", "requires_action"):
+            v.append(f"{rid} still {status} after its deadline")
         if settled and status == "pending" and not reason:
             v.append(f"{rid} pending with no reason")
 

@@ -43,11 +43,13 @@ __all__ = [
     "Discrepancy",
     "DiscrepancyKind",
     "ReconRun",
+    "Template",
 ]
 
 
 class RechargeStatus(enum.StrEnum):
     PROCESSING = "processing"
+    REQUIRES_ACTION = "requires_action"  # the payer must pass a step-up at the provider
     PENDING = "pending"
     SUCCEEDED = "succeeded"
     DECLINED = "declined"
@@ -67,6 +69,7 @@ class AttemptState(enum.StrEnum):
     STARTED = "started"
     CAPTURED = "captured"
     PENDING = "pending"
+    REQUIRES_ACTION = "requires_action"  # the provider waits for the payer's step-up
     DECLINED = "declined"
     NOT_PROCESSED = "not_processed"
     UNKNOWN = "unknown"
@@ -88,7 +91,8 @@ class Settlement(enum.StrEnum):
 # Money may be held at the provider for an attempt in one of these states: nothing else
 # may be tried until it is resolved.
 OPEN_ATTEMPT_STATES = frozenset(
-    {AttemptState.STARTED, AttemptState.PENDING, AttemptState.UNKNOWN, AttemptState.VOID_REQUESTED}
+    {AttemptState.STARTED, AttemptState.PENDING, AttemptState.REQUIRES_ACTION, AttemptState.UNKNOWN,
+     AttemptState.VOID_REQUESTED}
 )
 
 Fence = tuple[str, int]
@@ -124,6 +128,10 @@ class Attempt:
     # When this attempt, closed without a capture after an unknown outcome, is to be
     # inquired once more for a capture the provider made late (SPEC 7); None: never.
     late_check_at: float | None = None
+    # A step-up (SPEC 22): where the payer completes it, and when we void it unfinished.
+    # Kept after the attempt moves on: a void of such an attempt is the step-up expiring.
+    action_url: str | None = None
+    action_expires_at: float | None = None
 
     @property
     def outcome(self) -> str:
@@ -175,6 +183,8 @@ class Recharge:
     # creation from the user's history and the amount), and then how its payment settles.
     instant: bool = False
     settlement: Settlement | None = None
+    # Risk challenged it (SPEC 22): only step-up channels, asked for ``three_ds: required``.
+    step_up: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -190,6 +200,23 @@ class Recharge:
         for a in self.attempts:
             if a.reference == reference:
                 return a
+        return None
+
+    def deadline(self) -> float:
+        """``deadline_at``, or later once a step-up began: the payer's window counts too."""
+        d = self.deadline_at
+        for a in self.attempts:
+            if a.action_expires_at is not None and a.action_expires_at > d:
+                d = a.action_expires_at
+        return d
+
+    def next_action(self) -> dict[str, str] | None:
+        """What the payer must do while the recharge ``requires_action`` (SPEC 5, 22)."""
+        if self.status is not RechargeStatus.REQUIRES_ACTION:
+            return None
+        for a in self.attempts:
+            if a.state is AttemptState.REQUIRES_ACTION and a.action_url:
+                return {"type": "redirect", "url": a.action_url}
         return None
 
 
@@ -444,3 +471,24 @@ class Discrepancy:
     seq: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+
+
+# -- recharge templates (SPEC 22) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A user's saved recharge ("lightning recharge"), kept per (client, user): what a
+    recharge naming it is filled with. ``instrument`` is as a recharge stores it (the
+    token, or the masked number: a recharge from a masked one brings the number again)."""
+
+    id: str
+    client: str
+    user_id: str
+    name: str
+    amount_minor: int
+    currency: str
+    country: str
+    method: str
+    instrument: dict[str, str]
+    created_at: float

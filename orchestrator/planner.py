@@ -23,7 +23,7 @@ def transaction_of(rec: Recharge) -> routing.Transaction:
     segment = (rec.metadata or {}).get("segment")
     return routing.Transaction(
         currency=rec.currency, country=rec.country, method=rec.method, amount_minor=rec.amount_minor,
-        segment=segment if isinstance(segment, str) else None, user_id=rec.user_id,
+        segment=segment if isinstance(segment, str) else None, user_id=rec.user_id, step_up=rec.step_up,
     )
 
 

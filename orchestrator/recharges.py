@@ -26,7 +26,7 @@ from orchestrator.transitions import RunSettings
 from orchestrator.views import recharge_view
 
 __all__ = ["Created", "Instrument", "InstrumentVault", "NewRecharge", "RechargeDeps", "Viewer", "create", "get",
-           "mask", "trail"]
+           "mask", "replay", "trail"]
 
 
 def mask(number: str) -> str:
@@ -65,6 +65,7 @@ class NewRecharge:
     document: Mapping[str, Any]
     metadata: dict[str, Any] | None = None
     quote_id: str | None = None
+    template_id: str | None = None  # the template it was filled from (SPEC 22)
 
     def fingerprint(self) -> str:
         # Never a hash of a whole card number (guessable): the instrument as stored.
@@ -165,13 +166,16 @@ async def create(cmd: NewRecharge, deps: RechargeDeps) -> Created:
         status=RechargeStatus.BLOCKED if decision.blocked else RechargeStatus.PROCESSING,
         reason="risk: " + ",".join(decision.reasons) if decision.blocked else None,
         created_at=now, updated_at=now, deadline_at=now + settings.deadline_s, config_version=settings.version,
-        instant=instant,
+        instant=instant, step_up=decision.challenged,
     )
     detail: dict[str, Any] = {"config_version": settings.version, "coins": p.coins, "bonus_coins": p.bonus_coins,
                               "rate": str(p.rate), "promotions": [pr.to_api() for pr in p.promotions],
-                              "risk": decision.action, "risk_reasons": list(decision.reasons)}
+                              "risk": decision.action, "risk_reasons": list(decision.reasons),
+                              "risk_score": decision.score}
     if cmd.quote_id:
         detail["quote_id"] = cmd.quote_id
+    if cmd.template_id:
+        detail["template_id"] = cmd.template_id
     if decision.action != "allow":
         deps.metrics.risk_decisions.labels(decision.action).inc()
     if cmd.instrument.account_number is not None:
@@ -185,7 +189,20 @@ async def create(cmd: NewRecharge, deps: RechargeDeps) -> Created:
     if not decision.blocked:
         deps.risk.record(risk_input)
     return await _settled(deps, rec, replayed=False, promotions=p.promotions_given(rec.bonus_coins),
-                          risk={"action": decision.action, "reasons": list(decision.reasons)})
+                          risk={"action": decision.action, "reasons": list(decision.reasons),
+                                "score": decision.score})
+
+
+async def replay(cmd: NewRecharge, deps: RechargeDeps) -> Created | None:
+    """The recharge already made under ``cmd``'s key answered again, without pricing or
+    creating anything (None: the key holds none); IdempotencyConflict when it was made of
+    another request. For a request that can no longer be built whole (its template is gone)."""
+    existing = await deps.journal.find(cmd.client, cmd.idempotency_key)
+    if existing is None:
+        return None
+    if existing.fingerprint != cmd.fingerprint():
+        raise IdempotencyConflict()
+    return await _settled(deps, _current(deps, existing), replayed=True)
 
 
 async def get(recharge_id: str, viewer: Viewer, deps: RechargeDeps) -> Created:
@@ -215,7 +232,8 @@ async def _priced_with(deps: RechargeDeps, rec: Recharge) -> tuple[list[Any], di
     entries = await deps.journal.trail(rec.id)
     detail = (entries[0].detail if entries and entries[0].event == "created" else None) or {}
     return list(detail.get("promotions", [])), {"action": detail.get("risk", "allow"),
-                                                "reasons": list(detail.get("risk_reasons", []))}
+                                                "reasons": list(detail.get("risk_reasons", [])),
+                                                "score": detail.get("risk_score", 0.0)}
 
 
 async def _settled(deps: RechargeDeps, rec: Recharge, *, replayed: bool, promotions: list[Any] | None = None,

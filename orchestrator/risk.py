@@ -1,12 +1,17 @@
 """Risk: the in-process check every recharge passes before any channel is called.
 
 ``RiskEngine.assess`` runs the ``risk:`` rules of the config over one recharge and
-the velocity state, and answers ``allow``, ``review`` or ``block`` with the reasons
-(every rule that fired, in a fixed order; the action is the most severe of them):
+the velocity state, and answers ``allow``, ``review``, ``challenge`` (a 3-D Secure
+step-up, SPEC 22) or ``block`` with the reasons (every rule that fired, in a fixed
+order) and a score in [0, 1]: the action is the most severe of the rules' own, raised to
+``challenge`` or ``block`` when the score reaches ``challenge_score`` or ``block_score``.
+The score combines what each fired rule adds (its ``score``, else 0.4 for review, 0.7
+for challenge, 1 for block) as independent odds: 1 - prod(1 - s).
 
 - ``user_blocked`` / ``instrument_blocked`` / ``country_blocked``: blocklists -> block;
 - ``luhn_failed``: an account number (12..19 digits) that fails the Luhn check -> block;
 - ``amount_over_limit``: above ``max_amount_base`` (base-currency units) -> block;
+- ``amount_over_challenge_limit``: above ``challenge_amount_base`` -> challenge;
 - ``velocity:<rule name>``: a ``velocity`` rule's count or amount would pass its limit
   within its sliding window, counting this recharge -> the rule's action;
 - ``amount_above_history``: above ``multiple`` x the user's own average, with at least
@@ -40,8 +45,9 @@ from orchestrator.pricing import UserHistory
 
 __all__ = ["RiskDecision", "RiskEngine", "RiskInput", "luhn_ok"]
 
-Action = Literal["allow", "review", "block"]
-_SEVERITY = {"allow": 0, "review": 1, "block": 2}
+Action = Literal["allow", "review", "challenge", "block"]
+_SEVERITY = {"allow": 0, "review": 1, "challenge": 2, "block": 3}
+_DEFAULT_SCORE = {"review": 0.4, "challenge": 0.7, "block": 1.0}
 _ZERO = Decimal(0)
 
 
@@ -61,10 +67,15 @@ class RiskInput:
 class RiskDecision:
     action: Action
     reasons: tuple[str, ...] = ()
+    score: float = 0.0
 
     @property
     def blocked(self) -> bool:
         return self.action == "block"
+
+    @property
+    def challenged(self) -> bool:
+        return self.action == "challenge"
 
 
 ALLOW = RiskDecision("allow")
@@ -175,17 +186,19 @@ class RiskEngine:
         cfg = rules.cfg
         if not cfg.enabled:
             return ALLOW
-        fired: list[tuple[str, str]] = []  # (reason, action)
+        fired: list[tuple[str, str, float | None]] = []  # (reason, action, score or None: by action)
         if inp.user_id in rules.users:
-            fired.append(("user_blocked", "block"))
+            fired.append(("user_blocked", "block", None))
         if inp.instrument_id is not None and inp.instrument_id in rules.instruments:
-            fired.append(("instrument_blocked", "block"))
+            fired.append(("instrument_blocked", "block", None))
         if inp.country in rules.countries:
-            fired.append(("country_blocked", "block"))
+            fired.append(("country_blocked", "block", None))
         if cfg.luhn and inp.account_number is not None and not luhn_ok(inp.account_number):
-            fired.append(("luhn_failed", "block"))
+            fired.append(("luhn_failed", "block", None))
         if cfg.max_amount_base is not None and inp.amount_base > cfg.max_amount_base:
-            fired.append(("amount_over_limit", "block"))
+            fired.append(("amount_over_limit", "block", None))
+        elif cfg.challenge_amount_base is not None and inp.amount_base > cfg.challenge_amount_base:
+            fired.append(("amount_over_challenge_limit", "challenge", None))
         now = self._clock.monotonic()
         if rules.user_rules:
             self._velocity(self._users, inp.user_id, rules.user_rules, inp.amount_base, now, fired)
@@ -196,15 +209,23 @@ class RiskEngine:
         h, hist = cfg.history, inp.history
         if (h.enabled and hist is not None and hist.average_amount_base is not None and hist.count >= h.min_prior
                 and inp.amount_base > hist.average_amount_base * h.multiple):
-            fired.append(("amount_above_history", h.action))
+            fired.append(("amount_above_history", h.action, h.score))
         if not fired:
             return ALLOW
-        action = max((a for _, a in fired), key=_SEVERITY.__getitem__)
-        return RiskDecision(action, tuple(r for r, _ in fired))  # type: ignore[arg-type]
+        action = max((a for _, a, _ in fired), key=_SEVERITY.__getitem__)
+        clear = 1.0
+        for _, a, sc in fired:
+            clear *= 1.0 - (sc if sc is not None else _DEFAULT_SCORE[a])
+        score = round(1.0 - clear, 4)
+        if cfg.block_score is not None and score >= cfg.block_score:
+            action = "block"
+        elif cfg.challenge_score is not None and score >= cfg.challenge_score and _SEVERITY[action] < 2:
+            action = "challenge"
+        return RiskDecision(action, tuple(r for r, _, _ in fired), score)  # type: ignore[arg-type]
 
     @staticmethod
     def _velocity(state: _Keyed, key: str, rules: tuple[VelocityRule, ...], amount: Decimal, now: float,
-                  fired: list[tuple[str, str]]) -> None:
+                  fired: list[tuple[str, str, float | None]]) -> None:
         q = state.events.get(key)
         for rule in rules:
             since = now - rule.window_s
@@ -220,7 +241,7 @@ class RiskEngine:
             else:
                 over = total > rule.max_amount_base  # type: ignore[operator]
             if over:
-                fired.append(("velocity:" + rule.name, rule.action))
+                fired.append(("velocity:" + rule.name, rule.action, rule.score))
 
     def record(self, inp: RiskInput) -> None:
         """Count an accepted recharge in the velocity windows."""

@@ -48,6 +48,8 @@ from orchestrator.planner import RoutePlanner
 from orchestrator.quotes import PricingService
 from orchestrator.recharges import InstrumentVault, RechargeDeps
 from orchestrator.risk import RiskEngine
+from orchestrator.suggestion_service import SuggestionService
+from orchestrator.templates import TemplateDeps
 from orchestrator.ratelimit import Limiter
 from orchestrator.model import Recharge, TrailEntry
 
@@ -69,7 +71,7 @@ def _spec(ch: ChannelConfig) -> routing.ChannelSpec:
         name=ch.name, kind=ch.kind, currencies=ch.currencies, countries=ch.countries, methods=ch.methods,
         min_amount_minor=ch.min_amount_minor, max_amount_minor=ch.max_amount_minor,
         fee_fixed_minor=ch.fee.fixed_minor, fee_percent=ch.fee.percent, weight=ch.weight,
-        max_in_flight=ch.max_in_flight, timeout_ms=ch.timeout_ms,
+        max_in_flight=ch.max_in_flight, timeout_ms=ch.timeout_ms, step_up=ch.step_up,
     )
 
 
@@ -200,6 +202,7 @@ class Service:
         # Quotes live in the journal: any instance on the store redeems any one's.
         self.pricing = PricingService(lambda: self.config.pricing, self.clock, self.journal, totals=self.journal)
         self.risk = RiskEngine(loaded.config.risk, self.clock)
+        self.suggestions = SuggestionService(lambda: self.config, self.journal, self.clock, self.pricing.rates)
         storage = loaded.config.storage
         # On SQLite the names are fixed (one instance per file, one name per worker), so
         # a restart resumes its own recharges at once; on PostgreSQL one per process.
@@ -228,6 +231,7 @@ class Service:
             renew_s=storage.lease_renew_s,
             rng=self.rng,
             notifier=self.notifier,
+            on_succeeded=self.suggestions.succeeded,
         )
         self.refunds = RefundDeps(self.journal, self.channel_set.find, self.clock, self.metrics, self.notifier,
                                   lambda: self.config.refunds)
@@ -248,6 +252,7 @@ class Service:
         self.reconciler = Reconciler(self.settlements, lambda: [c.name for c in self.config.channels])
         self.recharges = RechargeDeps(self.journal, self.driver, self.pricing, self.risk, self.clock, self.metrics,
                                       self.vault, self.running, self._sync_wait_s)
+        self.templates = TemplateDeps(self.journal, self.pricing, self.clock, lambda: self.config.templates)
 
     def _rate_source_url(self) -> str | None:
         source = self.config.pricing.rate_source

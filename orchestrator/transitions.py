@@ -19,7 +19,11 @@ stores do the same in SQL (the journal conformance suite holds them to it).
   ``late_capture_check_s`` later, and a capture found then is handled as above;
 - instant credit (SPEC 20): a ``pending`` answer for a recharge allowed it credits at
   once (``settlement`` pending); that payment is then never voided, only inquired every
-  reconcile interval, and its capture settles it while its failure claws the coins back.
+  reconcile interval, and its capture settles it while its failure claws the coins back;
+- step-up (SPEC 22): a ``requires_action`` answer makes the recharge wait for its payer
+  (inquired every reconcile interval, webhooks count) until ``action_ttl_s``, then the
+  attempt is voided and the recharge fails ``action_expired``; a payer who abandons
+  fails it ``action_abandoned``. Neither fails over: the payer is gone.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from channels import AttemptOutcome, ChannelResult
+from channels import ACTION_ABANDONED, ACTION_EXPIRED, AttemptOutcome, ChannelResult
 from config import exponent
 from orchestrator.model import (
     KEEP,
@@ -73,6 +77,7 @@ AMOUNT_MISMATCH = "amount_mismatch"
 _STATE_OF = {
     AttemptOutcome.CAPTURED: AttemptState.CAPTURED,
     AttemptOutcome.PENDING: AttemptState.PENDING,
+    AttemptOutcome.REQUIRES_ACTION: AttemptState.REQUIRES_ACTION,
     AttemptOutcome.DECLINED: AttemptState.DECLINED,
     AttemptOutcome.NOT_PROCESSED: AttemptState.NOT_PROCESSED,
     AttemptOutcome.UNKNOWN: AttemptState.UNKNOWN,
@@ -112,6 +117,7 @@ class RunSettings:
     # succeeded recharges make a user established; None: off.
     instant_max_base: Decimal | None = None
     instant_min_recharges: int = 1
+    action_ttl_s: float = 600.0  # how long a payer has to finish a step-up
 
     def instant_allows(self, base_amount: Decimal, succeeded_before: int) -> bool:
         """Whether a recharge of ``base_amount`` by a user with ``succeeded_before``
@@ -145,6 +151,7 @@ class RunSettings:
             instant_max_base=None if instant is None else Decimal(instant.max_amount_minor_base).scaleb(
                 -exponent(cfg.pricing.base_currency)),
             instant_min_recharges=1 if instant is None else instant.min_succeeded_recharges,
+            action_ttl_s=r.action_ttl_s,
         )
 
 
@@ -203,11 +210,18 @@ def next_move(rec: Recharge, now: float, s: RunSettings) -> Next:
     if open_ is not None:
         if open_.state is AttemptState.VOID_REQUESTED:
             return Next(Move.VOID, open_)
+        if open_.state is AttemptState.REQUIRES_ACTION:
+            # The payer's turn: asked after once per reconcile interval, voided once it lapses.
+            expires = open_.action_expires_at
+            if rec.terminal or (expires is not None and now >= expires):
+                return Next(Move.WRITE, open_, request_void(rec, open_, now, None, "action_expiring"))
+            due = now >= open_.updated_at + s.reconcile_interval_s
+            return Next(Move.INQUIRE, open_) if due else _STOP
         if _settling(rec, open_):
             # Credited already: wait for the channel, asking once per reconcile interval.
             due = now >= open_.updated_at + s.reconcile_interval_s
             return Next(Move.INQUIRE, open_) if due else _STOP
-        if open_.state is AttemptState.PENDING and (rec.terminal or now >= rec.deadline_at):
+        if open_.state is AttemptState.PENDING and (rec.terminal or now >= rec.deadline()):
             return Next(Move.WRITE, open_, request_void(rec, open_, now, None))
         return Next(Move.INQUIRE, open_)
     if rec.terminal or captured is not None:
@@ -221,7 +235,7 @@ def next_move(rec: Recharge, now: float, s: RunSettings) -> Next:
         return _STOP if step is None else Next(Move.WRITE, captured, step)
     if len(rec.attempts) >= s.max_attempts:
         return Next(Move.WRITE, None, give_up(rec, "max_attempts_reached", now))
-    if now >= rec.deadline_at:
+    if now >= rec.deadline():
         return Next(Move.WRITE, None, give_up(rec, "deadline_exceeded", now))
     return _ATTEMPT
 
@@ -253,15 +267,18 @@ def park(rec: Recharge, att: Attempt | None, reason: str, now: float) -> Step | 
     reconciler resolves it; None when it already waits for that."""
     if rec.terminal or (rec.status is RechargeStatus.PENDING and rec.reason == reason):
         return None
+    if rec.status is RechargeStatus.REQUIRES_ACTION and reason == "awaiting_provider":
+        return None  # its status says what it waits for: the payer
     return Step(rec.id, now, status=RechargeStatus.PENDING, expect_status=NONTERMINAL, reason=reason,
                 trail=(TrailEntry(rec.id, now, "pending", RechargeStatus.PENDING.value,
                                   att.reference if att else None, att.channel if att else None, {"reason": reason}),))
 
 
-def request_void(rec: Recharge, att: Attempt, now: float, result: ChannelResult | None) -> Step:
+def request_void(rec: Recharge, att: Attempt, now: float, result: ChannelResult | None,
+                 event_name: str = "void_requested") -> Step:
     """Journal that ``att`` is to be cancelled by reference, before the void is sent:
     only the provider's confirmation lets the recharge move on."""
-    return _attempt_step(rec, att, AttemptState.VOID_REQUESTED, "void_requested", now, result)
+    return _attempt_step(rec, att, AttemptState.VOID_REQUESTED, event_name, now, result)
 
 
 def recheck(rec: Recharge, att: Attempt, now: float) -> Step | None:
@@ -284,13 +301,16 @@ def after_inquiry(rec: Recharge, att: Attempt, result: ChannelResult, now: float
     """What an inquiry about an open attempt means. Still unknown once the tries are
     spent (a 404 included), or still pending past the deadline: void it."""
     outcome = result.outcome
+    if att.state is AttemptState.REQUIRES_ACTION and outcome in (AttemptOutcome.UNKNOWN,
+                                                                  AttemptOutcome.NOT_PROCESSED):
+        return None  # the payer may be finishing it now: only its lapse voids it
     if _settling(rec, att):  # never voided: the coins are out, only the channel ends it
         return None if outcome in (AttemptOutcome.UNKNOWN, AttemptOutcome.NOT_PROCESSED) else on_answer(
             rec, att, result, now, s, Source.INQUIRY)
     if outcome in (AttemptOutcome.UNKNOWN, AttemptOutcome.NOT_PROCESSED):
         return request_void(rec, att, now, result) if exhausted else None
     if outcome is AttemptOutcome.PENDING and att.state is AttemptState.PENDING and (
-            rec.terminal or now >= rec.deadline_at):
+            rec.terminal or now >= rec.deadline()):
         return request_void(rec, att, now, result)
     return on_answer(rec, att, result, now, s, Source.INQUIRY)
 
@@ -319,10 +339,18 @@ def on_answer(rec: Recharge, att: Attempt, result: ChannelResult, now: float, s:
         if st is not AttemptState.STARTED:
             return None
         return _attempt_step(rec, att, AttemptState.UNKNOWN, f"{source}_unknown", now, result, event=event)
+    if outcome is AttemptOutcome.REQUIRES_ACTION:
+        if st not in (AttemptState.STARTED, AttemptState.UNKNOWN):
+            return None  # old news, or a stale event after the payment moved on
+        status = None if rec.terminal or rec.status is RechargeStatus.REQUIRES_ACTION else \
+            RechargeStatus.REQUIRES_ACTION
+        return _attempt_step(rec, att, AttemptState.REQUIRES_ACTION, f"{source}_requires_action", now, result,
+                             status=status, event=event, action_url=result.action_url or att.action_url,
+                             action_expires_at=att.action_expires_at or now + s.action_ttl_s)
     if outcome is AttemptOutcome.PENDING:
-        if st in (AttemptState.PENDING, AttemptState.VOID_REQUESTED):
-            return None
-        if rec.instant and not rec.terminal and now < rec.deadline_at and _mismatch(rec, result) is None:
+        if st in (AttemptState.PENDING, AttemptState.VOID_REQUESTED, AttemptState.REQUIRES_ACTION):
+            return None  # a step-up ends captured, declined or expired (SPEC 6): never pending
+        if rec.instant and not rec.terminal and now < rec.deadline() and _mismatch(rec, result) is None:
             return _credit(rec, att, result, now, s, source, event, AttemptState.PENDING, Settlement.PENDING)
         status = None if rec.terminal or rec.status is RechargeStatus.PENDING else RechargeStatus.PENDING
         return _attempt_step(rec, att, AttemptState.PENDING, f"{source}_pending", now, result, status=status,
@@ -332,6 +360,13 @@ def on_answer(rec: Recharge, att: Attempt, result: ChannelResult, now: float, s:
     if _settling(rec, att):
         return _settlement_failed(rec, att, state, now, result, source, event)
     late_check = now + s.late_capture_check_s + s.clock_skew_s if st in _DOUBTFUL else None
+    if att.action_url is not None and not rec.terminal:
+        # A step-up that ended without a payment: abandoned, lapsed, or declined after it.
+        lapsed = outcome is AttemptOutcome.VOIDED
+        if lapsed or result.decline_code == ACTION_ABANDONED:
+            reason = ACTION_EXPIRED if lapsed else ACTION_ABANDONED
+            return _attempt_step(rec, att, state, f"{source}_{outcome.value}", now, result,
+                                 status=RechargeStatus.FAILED, reason=reason, event=event, late_check_at=late_check)
     if (outcome is AttemptOutcome.DECLINED and not rec.terminal
             and (result.decline_code or "") not in s.soft_decline_codes):
         return _attempt_step(rec, att, state, f"{source}_declined", now, result, status=RechargeStatus.DECLINED,
@@ -436,7 +471,8 @@ def _attempt_step(rec: Recharge, att: Attempt, state: AttemptState, event_name: 
                   result: ChannelResult | None, *, status: RechargeStatus | None = None, reason: str | None = None,
                   decline_code: str | None = None, channel: str | None = None,
                   event: tuple[str, str] | None = None, late_check_at: Any = KEEP,
-                  detail: dict[str, Any] | None = None, error: str | None = None) -> Step:
+                  detail: dict[str, Any] | None = None, error: str | None = None,
+                  action_url: str | None = None, action_expires_at: float | None = None) -> Step:
     updated = replace(
         att, state=state, updated_at=now,
         provider_ref=(result.provider_ref if result else None) or att.provider_ref,
@@ -444,6 +480,8 @@ def _attempt_step(rec: Recharge, att: Attempt, state: AttemptState, event_name: 
         error=error if error is not None else (result.error if result else None),
         latency_ms=att.latency_ms if att.latency_ms is not None or result is None else result.latency_ms or None,
         late_check_at=att.late_check_at if late_check_at is KEEP else late_check_at,
+        action_url=action_url or att.action_url,
+        action_expires_at=action_expires_at or att.action_expires_at,
     )
     entry_detail = _detail(result)
     if detail:
@@ -475,6 +513,8 @@ def _detail(result: ChannelResult | None) -> dict[str, Any] | None:
         detail["error"] = result.error
     if result.provider_ref:
         detail["provider_ref"] = result.provider_ref
+    if result.action_url:
+        detail["action_url"] = result.action_url
     return detail
 
 

@@ -41,6 +41,11 @@ def recharge_view(rec: Recharge, promotions: list[Any] | None = None, risk: dict
         "created_at": iso(rec.created_at),
         "updated_at": iso(rec.updated_at),
     })
+    next_action = rec.next_action()
+    if next_action is not None:  # the payer's step-up (SPEC 22)
+        doc["next_action"] = next_action
+    if rec.step_up:
+        doc["step_up"] = True
     if rec.settlement is not None:  # credited instantly: how its payment settles (SPEC 20)
         doc["settlement"] = rec.settlement.value
     if rec.status is RechargeStatus.SUCCEEDED:

@@ -61,7 +61,7 @@ def _filter(snapshot: Snapshot, rule_pos: int, txn: Transaction, in_flight: Mapp
             *, ignore_breakers: bool = False) -> tuple[list[_Prepared], dict[str, str]]:
     """Eligible channels in config order, and every other channel with its reason.
 
-    Reasons are checked in a fixed order (rule, currency, country, method, amount,
+    Reasons are checked in a fixed order (rule, currency, country, method, step-up, amount,
     drain, breaker, cap) so each filtered channel reports the first one that applies.
     """
     static, static_reasons = snapshot._index.static(rule_pos, txn.currency, txn.country, txn.method)
@@ -70,7 +70,9 @@ def _filter(snapshot: Snapshot, rule_pos: int, txn: Transaction, in_flight: Mapp
     amount = txn.amount_minor
     for p in static:
         spec = p.spec
-        if amount < spec.min_amount_minor:
+        if txn.step_up and not spec.step_up:
+            filtered[p.name] = "no 3-D Secure step-up for a challenged recharge"
+        elif amount < spec.min_amount_minor:
             filtered[p.name] = f"amount {amount} below min {spec.min_amount_minor}"
         elif spec.max_amount_minor is not None and amount > spec.max_amount_minor:
             filtered[p.name] = f"amount {amount} above max {spec.max_amount_minor}"

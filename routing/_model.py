@@ -60,6 +60,7 @@ class ChannelSpec:
     weight: float = 1.0
     max_in_flight: int | None = None
     timeout_ms: int = 2000
+    step_up: bool = False  # can run a 3-D Secure step-up (SPEC 22)
 
     def __post_init__(self) -> None:
         # Accept lists/tuples from callers but store frozensets so the spec stays hashable.
@@ -240,6 +241,7 @@ class Transaction:
     amount_minor: int
     segment: str | None = None
     user_id: str | None = None
+    step_up: bool = False  # risk challenged it: only channels that can step up
 
     def __post_init__(self) -> None:
         if self.amount_minor <= 0:

@@ -82,6 +82,7 @@ def orchestrator_doc(sim_url: str, db: Path, channels: list[dict[str, Any]], **s
             "name": ch["name"], "kind": ch["kind"], "base_url": f"{sim_url}/{ch['name']}",
             "webhook_secret": ch["webhook_secret"], "currencies": ["CNY", "PHP"], "countries": ["CN", "PH"],
             "methods": ["ewallet"], "timeout_ms": ch.get("timeout_ms", 500), **({"api_key": ch["api_key"]} if ch.get("api_key") else {}),
+            **({"step_up": True} if ch.get("step_up") else {}),
         })
     doc: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "sync_wait_s": 3},

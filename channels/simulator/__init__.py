@@ -35,7 +35,7 @@ from channels.simulator._behaviour import (
     Fate,
 )
 from channels.simulator._config import ChannelSpec, SimConfig, SimConfigError, load_config, parse_config
-from channels.simulator._ledger import COUNTERS, DISCREPANCIES, Dispute, Payment, Refund, SimChannel
+from channels.simulator._ledger import COUNTERS, DISCREPANCIES, Challenge, Dispute, Payment, Refund, SimChannel
 
 __all__ = [
     "COUNTERS",
@@ -47,6 +47,7 @@ __all__ = [
     "SIMULATOR",
     "Behaviour",
     "BehaviourError",
+    "Challenge",
     "ChannelSpec",
     "Dispute",
     "Fate",

@@ -3,10 +3,13 @@ port, each at ``/{channel}/...`` speaking protocol v1 with its own live-changeab
 behaviour, idempotent by reference like a real provider, and a control API under
 ``/_sim`` for tests and the demo.
 
-    POST /{ch}/payments                      charge (Idempotency-Key must equal the reference)
+    POST /{ch}/payments                      charge (Idempotency-Key must equal the reference);
+                                             "three_ds": "required" | "if_available" may answer
+                                             requires_action with an action_url (step-up, below)
     GET  /{ch}/payments/{reference}          the payment, or 404
-    POST /{ch}/payments/{reference}/void     200 voided when not yet settled (a reference never seen
-                                             is voided ahead: a tombstone), else 409 + state
+    POST /{ch}/payments/{reference}/void     200 voided when not yet settled (pending or requires_action;
+                                             a reference never seen is voided ahead: a tombstone),
+                                             else 409 + state
     POST /{ch}/payments/{reference}/refund   {"refund_reference", "amount_minor"}: 200 with the refund
                                              (refunded, pending or failed), idempotent by
                                              refund_reference; refusals below. No body (or {}):
@@ -17,6 +20,8 @@ behaviour, idempotent by reference like a real provider, and a control API under
                                              day's injected discrepancies and the behaviour's
                                              settlement_report_fault; 400 invalid_field (date)
     GET  /{ch}/ping                          200 {"status": "ok"}
+    GET  /{ch}/challenge/{reference}         the payer's step-up page (HTML: the amount, complete or
+                                             abandon); outside protocol v1: no API key, no outage
 
     GET|PUT /_sim/{ch}/behaviour             read / change behaviour (partial, validated: 422)
     GET  /_sim/ledger[?channel=]             every payment held, with its status history, its
@@ -27,11 +32,23 @@ behaviour, idempotent by reference like a real provider, and a control API under
                                              dispute on a captured payment (``disputed`` webhook),
                                              decided after the webhook delay when an outcome is
                                              given; 200 + the ledger entry
+    POST /_sim/{ch}/payments/{reference}/complete   the payer completes the step-up: captured, and a
+                                             captured webhook; 200 + the payment
+    POST /_sim/{ch}/payments/{reference}/fail       the payer abandons it: declined action_abandoned,
+                                             and a declined webhook; 200 + the payment. Either
+                                             one on a payment not in requires_action: 409 + the
+                                             payment as it is
     POST /_sim/{ch}/settlement_discrepancies {"date", "drop", "amount", "fee", "unknown",
                                              "settle_voided"} (counts optional, >= 0): alters that
                                              day's report until reset (_ledger.py); 200 + the
                                              references picked by kind, 409 not_enough_payments
                                              (nothing changed) when a kind lacks payments
+
+A step-up (``_behaviour.py`` says when one happens) records the payment ``requires_action``:
+nothing is charged until the payer completes it; not completed within ``action_ttl_s`` of
+its creation it is ``expired`` (by a timer per challenge, and on any read after the
+deadline, so a read never shows a challenge past it). Asked ``"required"`` by a channel
+without ``three_ds``: 200 ``declined`` ``three_ds_not_supported``.
 
 Every error is JSON ``{"error": {"code", "message", "field"?}}``. A refund or a dispute
 the payment's state refuses (``_ledger.py`` says why) answers:
@@ -51,12 +68,14 @@ import asyncio
 import contextlib
 import datetime as dt
 import hmac
+import html
 import itertools
 import re
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeGuard
+from urllib.parse import quote
 
 import orjson
 import structlog
@@ -64,7 +83,7 @@ from aiohttp import web
 
 from channels.simulator._behaviour import BehaviourError, Fate
 from channels.simulator._config import SimConfig, parse_config
-from channels.simulator._ledger import DISCREPANCIES, Payment, Refusal, SimChannel
+from channels.simulator._ledger import DISCREPANCIES, UNSUPPORTED, Payment, Refusal, SimChannel
 from channels.simulator._notifier import Notifier
 
 __all__ = ["SIMULATOR", "Simulator", "build_app"]
@@ -77,6 +96,7 @@ _LIMITS = {"reference": 255, "currency": 3, "method": 64}
 _REFUSAL_STATUS = {"refund_reference_reused": 409, "not_captured": 409, "already_refunded": 409, "disputed": 409,
                    "already_disputed": 409, "refund_exceeds_amount": 422, "not_enough_payments": 409}
 _OUTCOMES = ("won", "lost", None)
+_THREE_DS = ("required", "if_available", None)
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _MAX_DISCREPANCIES = 1_000_000
 REPORT_CHUNK = 2000
@@ -209,6 +229,8 @@ def _payment_problem(body: Any, idempotency_key: str | None) -> tuple[str, str] 
     callback = body.get("callback_url")
     if callback is not None and (not isinstance(callback, str) or not callback.startswith(("http://", "https://"))):
         return "callback_url", "must be an http(s) URL"
+    if body.get("three_ds") not in _THREE_DS:
+        return "three_ds", "must be \"required\", \"if_available\" or null"
     if idempotency_key != body["reference"]:
         return "Idempotency-Key", "the Idempotency-Key header must equal the reference"
     return None
@@ -353,15 +375,20 @@ class Simulator:
         existing = ch.payments.get(body["reference"])
         if existing is not None:  # idempotent by reference: its current state, never a second charge
             ch.counters["replays"] += 1
+            self.notifier.expire_if_due(ch, existing)
             if existing.history and existing.history[0][1] == "voided":
                 ch.counters["refused_by_tombstone"] += 1
             return _json(existing.wire())
         return await self._charge(request, ch, body)
 
     async def _charge(self, request: web.Request, ch: SimChannel, body: dict[str, Any]) -> web.StreamResponse:
-        """A new payment meets its fate (see _behaviour.py for the list)."""
+        """A new payment meets its fate (see _behaviour.py for the list), or a step-up in
+        place of its capture."""
         b = ch.behaviour
+        if body.get("three_ds") == "required" and not b.three_ds:
+            return self._unsupported(ch, body)
         fate = b.fate(ch.rng)
+        step_up = b.steps_up(fate, body.get("three_ds"), ch.rng)  # drawn now: the sleep below lets others draw
         if fate is Fate.NOT_PROCESSED:
             ch.counters["not_processed"] += 1
             return _retry_later(ch.rng.choice((429, 503)), "not processed: try again or elsewhere")
@@ -382,7 +409,10 @@ class Simulator:
                 return _json(existing.wire())
             fate = Fate.CAPTURE
         payment = ch.record(body["reference"], body["amount_minor"], body["currency"], body.get("callback_url"))
-        self._settle_at_once(ch, payment, fate)
+        if step_up:
+            self.notifier.challenge(ch, payment, _action_url(request, ch, payment.reference))
+        else:
+            self._settle_at_once(ch, payment, fate)
         if fate is Fate.TIMEOUT_AFTER_CAPTURE:
             ch.counters["answers_lost"] += 1
             return await _stall_then_drop(request, b.hang_ms / 1000)
@@ -392,6 +422,15 @@ class Simulator:
         if fate is Fate.ERROR_500_AFTER_CAPTURE:
             ch.counters["errors_500"] += 1
             return _error(500, "internal_error", "provider error")
+        return _json(payment.wire())
+
+    @staticmethod
+    def _unsupported(ch: SimChannel, body: dict[str, Any]) -> web.Response:
+        """Step-up asked of a channel without it: declined at once, before any draw (a
+        provider refuses what it cannot do before it processes anything)."""
+        payment = ch.record(body["reference"], body["amount_minor"], body["currency"], body.get("callback_url"))
+        ch.move(payment, "declined", UNSUPPORTED)
+        ch.counters["step_ups_unsupported"] += 1
         return _json(payment.wire())
 
     def _settle_at_once(self, ch: SimChannel, payment: Payment, fate: Fate) -> None:
@@ -406,7 +445,10 @@ class Simulator:
     async def _lookup(self, request: web.Request, ch: SimChannel) -> Payment | None:
         """A reference's payment, after the channel's light-request latency."""
         await asyncio.sleep(ch.behaviour.ping_latency_s())
-        return ch.payments.get(request.match_info["reference"])
+        payment = ch.payments.get(request.match_info["reference"])
+        if payment is not None:
+            self.notifier.expire_if_due(ch, payment)
+        return payment
 
     async def inquire(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
         if (payment := await self._lookup(request, ch)) is None:
@@ -422,6 +464,8 @@ class Simulator:
         if payment.status == "pending":
             ch.cancel_settlement(payment.reference)
             ch.move(payment, "voided")
+        elif payment.status == "requires_action":  # the challenge is cancelled: a later complete is 409
+            ch.end_challenge(payment, "voided")
         return _json(payment.wire(), 200 if payment.status == "voided" else 409)
 
     async def refund(self, request: web.Request, ch: SimChannel) -> web.StreamResponse:
@@ -522,7 +566,10 @@ class Simulator:
         return list(self.channels.values()) if only is None else [self._named(only)]
 
     async def ledger(self, request: web.Request) -> web.Response:
-        payments = [p.ledger() for ch in self._selected(request) for p in ch.payments.values()]
+        chosen = self._selected(request)
+        for ch in chosen:
+            self.notifier.expire_if_due(ch)
+        payments = [p.ledger() for ch in chosen for p in ch.payments.values()]
         return _json({"payments": payments, "count": len(payments)})
 
     async def stats(self, request: web.Request) -> web.Response:
@@ -532,6 +579,7 @@ class Simulator:
         ch = self._named(request.match_info["channel"])
         if (payment := ch.payments.get(request.match_info["reference"])) is None:
             return _error(404, "not_found", "no such payment")
+        self.notifier.expire_if_due(ch, payment)
         body, refused = await _read_json(request, empty={})
         if refused is not None:
             return refused
@@ -542,6 +590,33 @@ class Simulator:
         self.notifier.dispute(ch, payment, body.get("outcome"))
         log.info("dispute_opened", channel=ch.name, reference=payment.reference, outcome=body.get("outcome"))
         return _json(payment.ledger())
+
+    async def complete(self, request: web.Request) -> web.Response:
+        return self._payer_acts(request, "complete")
+
+    async def fail(self, request: web.Request) -> web.Response:
+        return self._payer_acts(request, "fail")
+
+    def _payer_acts(self, request: web.Request, action: str) -> web.Response:
+        """The payer completes or abandons a step-up: 200 + the payment, or 409 + the
+        payment when it does not require action (any more)."""
+        ch = self._named(request.match_info["channel"])
+        if (payment := ch.payments.get(request.match_info["reference"])) is None:
+            return _error(404, "not_found", "no such payment")
+        self.notifier.expire_if_due(ch, payment)
+        if not self.notifier.end_challenge(ch, payment, action):
+            return _json(payment.wire(), 409)
+        log.info("challenge_ended", channel=ch.name, reference=payment.reference, status=payment.status)
+        return _json(payment.wire())
+
+    async def challenge_page(self, request: web.Request) -> web.Response:
+        """The payer's page for a step-up (``_challenge_html``); JSON 404 when unknown."""
+        ch = self._named(request.match_info["channel"])
+        if (payment := ch.payments.get(request.match_info["reference"])) is None or payment.challenge is None:
+            return _error(404, "not_found", "no such challenge")
+        self.notifier.expire_if_due(ch, payment)
+        return web.Response(text=_challenge_html(ch.name, payment), content_type="text/html",
+                            headers=_PAGE_HEADERS)
 
     async def settlement_discrepancies(self, request: web.Request) -> web.Response:
         ch = self._named(request.match_info["channel"])
@@ -563,6 +638,50 @@ class Simulator:
             ch.reset()
         log.info("reset", channels=[ch.name for ch in chosen])
         return _json({"reset": [ch.name for ch in chosen]})
+
+
+def _action_url(request: web.Request, ch: SimChannel, reference: str) -> str:
+    """Where the payer completes a step-up: this simulator's page, as the client reached it."""
+    return f"{request.url.origin()}/{ch.name}/challenge/{quote(reference, safe='')}"
+
+
+# Self-contained: nothing loads from anywhere, and the only script is the page's own.
+_PAGE_HEADERS = {"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'none'; "
+                 "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; form-action 'self'"}
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>Confirm your payment</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:26rem;margin:3rem auto;padding:0 1rem}}
+.amount{{font-size:2rem;margin:.5rem 0}} form{{display:inline}}
+button{{font-size:1rem;padding:.5rem 1rem;margin:.5rem .5rem 0 0}}
+</style></head><body>
+<h1>Confirm your payment</h1>
+<p>{channel} asks you to confirm this payment.</p>
+<p class="amount">{amount} <small>{currency} (minor units)</small></p>
+<p>Reference <code>{reference}</code>: <strong id="status">{status}</strong></p>
+{actions}
+</body></html>
+"""
+_ACTIONS = """<form method="post" action="{base}/complete"><button>Confirm</button></form>
+<form method="post" action="{base}/fail"><button>Cancel</button></form>
+<script>
+for (const form of document.forms) form.addEventListener("submit", async (event) => {{
+  event.preventDefault();
+  const answer = await fetch(form.action, {{method: "POST"}});
+  document.getElementById("status").textContent = (await answer.json()).status.replace("_", " ");
+  for (const f of [...document.forms]) f.remove();
+}});
+</script>"""
+
+
+def _challenge_html(channel: str, payment: Payment) -> str:
+    """The page a payer sees: the amount, and while the step-up is open, two buttons that
+    post to the control API's complete and fail (by script, so the page shows the result)."""
+    base = f"/_sim/{channel}/payments/{quote(payment.reference, safe='')}"
+    actions = _ACTIONS.format(base=html.escape(base)) if payment.status == "requires_action" else ""
+    return _PAGE.format(channel=html.escape(channel), amount=payment.amount_minor,
+                        currency=html.escape(payment.currency), reference=html.escape(payment.reference),
+                        status=html.escape(payment.status.replace("_", " ")), actions=actions)
 
 
 class _NoSuchChannel(web.HTTPNotFound):
@@ -588,6 +707,8 @@ def build_app(config: SimConfig | Mapping[str, Any]) -> web.Application:
     _serve(r, "/_sim/reset", POST=sim.reset)
     _serve(r, "/_sim/{channel}/behaviour", GET=sim.get_behaviour, PUT=sim.put_behaviour)
     _serve(r, "/_sim/{channel}/payments/{reference}/dispute", POST=sim.dispute)
+    _serve(r, "/_sim/{channel}/payments/{reference}/complete", POST=sim.complete)
+    _serve(r, "/_sim/{channel}/payments/{reference}/fail", POST=sim.fail)
     _serve(r, "/_sim/{channel}/settlement_discrepancies", POST=sim.settlement_discrepancies)
     _serve(r, "/{channel}/payments", POST=sim.v1(sim.authorize))
     _serve(r, "/{channel}/payments/{reference}", GET=sim.v1(sim.inquire))
@@ -595,5 +716,6 @@ def build_app(config: SimConfig | Mapping[str, Any]) -> web.Application:
     _serve(r, "/{channel}/payments/{reference}/refund", POST=sim.v1(sim.refund))
     _serve(r, "/{channel}/settlements", GET=sim.v1(sim.settlement_report))
     _serve(r, "/{channel}/ping", GET=sim.v1(sim.ping))
+    _serve(r, "/{channel}/challenge/{reference}", GET=sim.challenge_page)
     r.add_route("*", "/{path:.*}", _not_found)  # last: whatever no resource above matched
     return app

@@ -25,6 +25,33 @@ the rest is a plain capture):
 A void of a reference the provider has not seen answers ``voided`` and keeps a tombstone,
 so a charge with that reference arriving later is refused as voided (SPEC 6).
 
+Step-up (3-D Secure, SPEC 6 and 22). A charge may carry ``"three_ds": "required"`` or
+``"if_available"`` (absent or null: no preference):
+
+    three_ds                 whether this provider supports step-up (default false). Without
+                             it, a charge asking "required" is declined ``three_ds_not_supported``
+                             at once, before the fate draw, drawing nothing
+    requires_action_rate     of new payments not asking "required", the share the provider
+                             challenges on its own (default 0; only with ``three_ds``)
+    action_ttl_s             a challenge not completed within this many seconds of the
+                             payment's creation is ``expired``, never charged (default 600)
+    payer_complete_rate      the automatic payer (load tests, the demo): the share of challenges
+    payer_abandon_rate       it completes (captured) and abandons (declined ``action_abandoned``);
+                             their sum is at most 1, the rest never acts and expires (default 0)
+    payer_delay_ms           its mean delay before it acts, +-25% (default 3000)
+
+Step-up composes with the fate: the fate is drawn first, exactly as above, and a step-up
+replaces the capture of a payment the fate would record captured or pending (capture,
+pending, late_processing once it lands, and the *_after_capture fates and reset, which
+still lose their answer the same way: an inquiry then finds ``requires_action``). The
+other fates (not processed, lost before capture, decline) happen as drawn, without a
+challenge. A payment in ``requires_action`` has charged nothing; the payer completes it
+(``captured``), abandons it, or lets it expire, and a signed webhook tells the outcome.
+``requires_action_rate`` is drawn, right after the fate, only when ``three_ds`` is on,
+the rate is above 0 and the payment would be challenged by it: a channel that does not
+use it draws exactly what it drew before step-up existed. Each challenge then draws the
+automatic payer's choice (always, even at rates 0) and, when it acts, its delay.
+
 A new refund (one with a body, ``_app.py``) draws twice, both draws always made:
 
     refund_pending_rate      answer ``pending``; after ``webhook_delay_ms`` it settles and a
@@ -91,9 +118,14 @@ _FATE_ORDER = tuple(f for f in Fate if f is not Fate.CAPTURE)
 _FATE_RATES = tuple(f"{f.value}_rate" for f in _FATE_ORDER)
 _FATES = (*_FATE_ORDER, Fate.CAPTURE)  # indexed by where the draw falls among the edges
 _OTHER_RATES = ("pending_decline_rate", "duplicate_webhook_rate", "out_of_order_webhook_rate", "webhook_drop_rate",
-                "refund_pending_rate", "refund_failure_rate")
+                "refund_pending_rate", "refund_failure_rate", "requires_action_rate", "payer_complete_rate",
+                "payer_abandon_rate")
 _DURATIONS_MS = ("latency_ms", "latency_jitter_ms", "ping_latency_ms", "webhook_delay_ms", "webhook_retry_ms",
-                 "hang_ms", "late_processing_ms")
+                 "hang_ms", "late_processing_ms", "payer_delay_ms")
+# The fates that record a payment captured or pending: a step-up takes the capture's place.
+_STEP_UP_FATES = frozenset({Fate.CAPTURE, Fate.PENDING, Fate.LATE_PROCESSING, Fate.TIMEOUT_AFTER_CAPTURE, Fate.RESET,
+                            Fate.ERROR_500_AFTER_CAPTURE})
+_MAX_ACTION_TTL_S = 86_400.0
 _MAX_MS = 600_000
 _MAX_FIXED_FEE_MINOR = 10**12
 
@@ -144,6 +176,12 @@ class Behaviour:
     settlement_fee_fixed_minor: int = 0  # the report's fee per item: fixed part ...
     settlement_fee_percent: float = 0.0  # ... plus this percent of the amount, rounded half up
     settlement_report_fault: str | None = None  # None or one of REPORT_FAULTS
+    three_ds: bool = False  # supports step-up (module doc)
+    requires_action_rate: float = 0.0  # of payments not asking "required", the share challenged anyway
+    action_ttl_s: float = 600.0  # a challenge not completed within this (from creation) expires
+    payer_complete_rate: float = 0.0  # the automatic payer completes this share of challenges ...
+    payer_abandon_rate: float = 0.0  # ... abandons this share, and lets the rest expire
+    payer_delay_ms: float = 3000.0  # the automatic payer's mean delay before it acts (+-25%)
 
     # -- validation ---------------------------------------------------------------------
 
@@ -168,6 +206,7 @@ class Behaviour:
             raise BehaviourError("webhook_max_attempts", "must be an integer from 1 to 20")
         self._validate_codes()
         self._validate_settlement()
+        self._validate_step_up()
         if (total := sum(getattr(self, name) for name in _FATE_RATES)) > 1 + 1e-9:
             raise BehaviourError("rates", f"{' + '.join(_FATE_RATES)} must add up to at most 1, not {total:g}")
         return self
@@ -187,6 +226,15 @@ class Behaviour:
             raise BehaviourError("settlement_fee_percent", "must be a number from 0 to 100")
         if self.settlement_report_fault is not None and self.settlement_report_fault not in REPORT_FAULTS:
             raise BehaviourError("settlement_report_fault", f"must be null or one of {list(REPORT_FAULTS)}")
+
+    def _validate_step_up(self) -> None:
+        if not isinstance(self.three_ds, bool):
+            raise BehaviourError("three_ds", "must be true or false")
+        if not _is_number(self.action_ttl_s) or not 0 < self.action_ttl_s <= _MAX_ACTION_TTL_S:
+            raise BehaviourError("action_ttl_s", f"must be a number of seconds > 0 and <= {_MAX_ACTION_TTL_S:g}")
+        if (total := self.payer_complete_rate + self.payer_abandon_rate) > 1 + 1e-9:
+            raise BehaviourError("payer_rates", f"payer_complete_rate + payer_abandon_rate must add up to at most 1, "
+                                 f"not {total:g}")
 
     def updated(self, changes: Any) -> Behaviour:
         """A new behaviour with ``changes`` (a JSON object) applied, validated whole."""
@@ -233,6 +281,28 @@ class Behaviour:
     def _fate_edges(self) -> tuple[float, ...]:
         """Where each fate's share of [0, 1) ends, in ``_FATE_ORDER`` (summed from 0.0 in that order)."""
         return tuple(itertools.accumulate((getattr(self, name) for name in _FATE_RATES), initial=0.0))[1:]
+
+    def steps_up(self, fate: Fate, three_ds: str | None, rng: random.Random) -> bool:
+        """Whether a new payment of ``fate``, asking ``three_ds`` ("required", "if_available"
+        or None), is answered ``requires_action`` (module doc). Draws only when
+        ``requires_action_rate`` decides it."""
+        if not self.three_ds or fate not in _STEP_UP_FATES:
+            return False
+        if three_ds == "required":
+            return True
+        return self.requires_action_rate > 0 and rng.random() < self.requires_action_rate
+
+    def payer(self, rng: random.Random) -> tuple[str | None, float]:
+        """What the automatic payer does with a new challenge: ``"complete"``, ``"fail"``
+        or None (never acts), and after how many seconds (``payer_delay_ms`` +-25%)."""
+        draw = rng.random()
+        if draw < self.payer_complete_rate:
+            action = "complete"
+        elif draw < self.payer_complete_rate + self.payer_abandon_rate:
+            action = "fail"
+        else:
+            return None, 0.0
+        return action, self.payer_delay_ms * (0.75 + rng.random() / 2) / 1000
 
     def decline_code(self, rng: random.Random) -> str:
         codes, cum_weights = self._decline_table

@@ -19,6 +19,11 @@ The refund rules a careful provider keeps (SPEC 6):
                            won: refunds as before. The payment stays captured either way: a lost
                            dispute shows in its ``dispute``, not in ``refunded_minor``
 
+A step-up (SPEC 6 and 22, ``_behaviour.py``) records the payment ``requires_action`` with its
+``Challenge`` (the payer's ``action_url`` and when it expires) and charges nothing until it
+ends: ``captured`` (completed), ``declined`` ``action_abandoned``, ``expired`` or ``voided``
+(``end_challenge``). Only a captured or refunded payment was charged, as before.
+
 The settlement report of a day (``report``, SPEC 6 and 21) lists each payment whose capture
 (its first ``captured`` in its history, wall-clock unix seconds) fell on that UTC day and
 that is captured or refunded now, in order of capture, with its captured amount and the
@@ -49,7 +54,8 @@ from typing import Any, NamedTuple
 from channels.simulator._behaviour import Behaviour
 from channels.simulator._config import ChannelSpec
 
-__all__ = ["COUNTERS", "DISCREPANCIES", "Dispute", "Payment", "Refund", "Refusal", "ReportChanges", "SimChannel"]
+__all__ = ["ABANDONED", "COUNTERS", "DISCREPANCIES", "UNSUPPORTED", "Challenge", "Dispute", "Payment", "Refund",
+           "Refusal", "ReportChanges", "SimChannel"]
 
 COUNTERS = (
     "requests", "pings", "authorizations", "replays", "captures", "declines", "pendings", "voids", "refunds",
@@ -57,7 +63,8 @@ COUNTERS = (
     "webhooks_sent", "webhooks_delivered", "webhook_failures", "webhooks_given_up", "webhooks_duplicated",
     "webhooks_out_of_order", "webhooks_dropped", "late_processing", "tombstones", "refused_by_tombstone",
     "refund_requests", "refund_replays", "refunds_refused", "refunds_pending", "refunds_failed", "disputes",
-    "disputes_won", "disputes_lost", "settlement_reports",
+    "disputes_won", "disputes_lost", "settlement_reports", "step_ups", "step_ups_completed", "step_ups_abandoned",
+    "step_ups_expired", "step_ups_voided", "step_ups_unsupported",
 )
 """Every counter ``GET /_sim/stats`` shows, zero included, so a reader can rely on the keys."""
 
@@ -68,7 +75,11 @@ _SETTLED = ("captured", "refunded")
 _DAY_S = 86_400
 
 _COUNTER_OF_STATUS = {"captured": "captures", "declined": "declines", "pending": "pendings", "voided": "voids",
-                      "refunded": "refunds"}
+                      "refunded": "refunds", "requires_action": "step_ups", "expired": "step_ups_expired"}
+_COUNTER_OF_CHALLENGE_END = {"captured": "step_ups_completed", "declined": "step_ups_abandoned",
+                             "voided": "step_ups_voided"}  # expired: counted by its status
+ABANDONED = "action_abandoned"
+UNSUPPORTED = "three_ds_not_supported"
 
 
 class Refusal(NamedTuple):
@@ -106,6 +117,19 @@ class Dispute:
         return {"status": self.status, "opened_at": self.opened_at, "decided_at": self.decided_at}
 
 
+@dataclass(slots=True)
+class Challenge:
+    """A step-up: where the payer completes it, when it expires (unix seconds), and the
+    drop, duplicate and out-of-order draws of the webhook that will tell how it ended."""
+
+    action_url: str
+    expires_at: float
+    webhook_draws: tuple[bool, bool, bool] = (False, False, False)
+
+    def ledger(self) -> dict[str, Any]:
+        return {"action_url": self.action_url, "expires_at": self.expires_at}
+
+
 @dataclass(slots=True)  # a long run holds hundreds of thousands of them
 class Payment:
     channel: str
@@ -121,21 +145,28 @@ class Payment:
     refunded_minor: int = 0
     refunds: tuple[Refund, ...] = ()  # a tuple: the empty one is shared, and refunds are few
     dispute: Dispute | None = None
+    challenge: Challenge | None = None  # a step-up's, kept once it ended
 
     def wire(self) -> dict[str, Any]:
-        """The protocol-v1 payment object."""
-        return {"reference": self.reference, "provider_ref": self.provider_ref, "status": self.status,
-                "decline_code": self.decline_code, "amount_minor": self.amount_minor or None,
-                "currency": self.currency or None,  # a tombstone charged nothing
-                "refunded_minor": self.refunded_minor}
+        """The protocol-v1 payment object; ``action_url`` only while it requires action."""
+        doc = {"reference": self.reference, "provider_ref": self.provider_ref, "status": self.status,
+               "decline_code": self.decline_code, "amount_minor": self.amount_minor or None,
+               "currency": self.currency or None,  # a tombstone charged nothing
+               "refunded_minor": self.refunded_minor}
+        if self.status == "requires_action" and self.challenge is not None:
+            doc["action_url"] = self.challenge.action_url
+        return doc
 
     def ledger(self) -> dict[str, Any]:
         """The control API's view: the wire object plus where and when, its refunds and
-        its dispute."""
-        return {**self.wire(), "channel": self.channel, "created_at": self.created_at,
-                "history": [{"at": at, "status": status} for at, status in self.history],
-                "refunds": [r.ledger() for r in self.refunds],
-                "dispute": self.dispute.ledger() if self.dispute is not None else None}
+        its dispute; and its ``challenge`` if it had one."""
+        doc = {**self.wire(), "channel": self.channel, "created_at": self.created_at,
+               "history": [{"at": at, "status": status} for at, status in self.history],
+               "refunds": [r.ledger() for r in self.refunds],
+               "dispute": self.dispute.ledger() if self.dispute is not None else None}
+        if self.challenge is not None:
+            doc["challenge"] = self.challenge.ledger()
+        return doc
 
     @property
     def refundable_minor(self) -> int:
@@ -219,8 +250,10 @@ class SimChannel:
         self.payments: dict[str, Payment] = {}
         self.refunds: dict[str, Refund] = {}  # by refund_reference: idempotent across the channel
         self.counters: Counter[str] = Counter()
-        # Timers by what they settle: ("payment" | "refund" | "dispute", its reference).
+        # Timers by what they settle: ("payment" | "refund" | "dispute", its reference), and a
+        # step-up's: ("challenge", reference) expires it, ("payer", reference) is the automatic payer.
         self.settlements: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self.challenges: dict[str, Payment] = {}  # the payments in requires_action, by reference
         self.picks = random.Random(f"{spec.seed}:settlements")
         self.report_changes: dict[str, ReportChanges] = {}  # by day
         # Payments settle_voided captured late, by reference: the day they are reported on
@@ -293,9 +326,34 @@ class SimChannel:
         payment.dispute.decided_at = time.time()
         self.counters[f"disputes_{outcome}"] += 1
 
+    def require_action(self, payment: Payment, challenge: Challenge) -> None:
+        """Put a new payment in ``requires_action`` until ``end_challenge``: nothing charged."""
+        payment.challenge = challenge
+        self.challenges[payment.reference] = payment
+        self.move(payment, "requires_action")
+
+    def end_challenge(self, payment: Payment, status: str, decline_code: str | None = None) -> None:
+        """End ``payment``'s challenge (it requires action, checked): ``captured``, ``declined``
+        (``ABANDONED``), ``expired`` or ``voided``; its timers are cancelled."""
+        if payment.status != "requires_action":
+            raise ValueError(f"payment {payment.reference} is {payment.status}, not requires_action")
+        del self.challenges[payment.reference]
+        self._cancel(("challenge", payment.reference))
+        self._cancel(("payer", payment.reference))
+        self.move(payment, status, decline_code)
+        if (counter := _COUNTER_OF_CHALLENGE_END.get(status)) is not None:
+            self.counters[counter] += 1
+
+    def due_challenges(self, now: float) -> list[Payment]:
+        """The payments whose challenge expired by ``now`` but still require action."""
+        return [p for p in self.challenges.values() if p.challenge is not None and p.challenge.expires_at <= now]
+
     def cancel_settlement(self, reference: str) -> None:
         """Stop a pending payment's settlement (a void)."""
-        handle = self.settlements.pop(("payment", reference), None)
+        self._cancel(("payment", reference))
+
+    def _cancel(self, key: tuple[str, str]) -> None:
+        handle = self.settlements.pop(key, None)
         if handle is not None:
             handle.cancel()
 
@@ -309,6 +367,7 @@ class SimChannel:
         behaviour and freshly seeded RNGs."""
         self.cancel_settlements()
         self.payments.clear()
+        self.challenges.clear()
         self.refunds.clear()
         self.counters.clear()
         self.behaviour = self.spec.behaviour

@@ -16,6 +16,14 @@ duplicate and out-of-order chances:
     a dispute            ``disputed`` at once; with an outcome, ``dispute_won`` or ``dispute_lost``
                          after ``webhook_delay_ms``, and out of order means the ``disputed`` event
                          (the same event_id) arrives again after it, first if it was dropped
+    a challenge          (step-up) ends when the payer completes it (``captured``) or abandons it
+                         (``declined``, ``action_abandoned``), through the control API or the
+                         automatic payer's timer, or when its ``action_ttl_s`` runs out
+                         (``expired``: by its timer, or on the first read after the deadline if
+                         that comes first); out of order, a stale ``requires_action`` follows. Its
+                         drop, duplicate and out-of-order draws are made when the challenge begins,
+                         so when the payer acts does not shift the RNG. A void ends it too, with no
+                         webhook, as a void of a pending payment
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from channels.simulator._ledger import Payment, Refund, SimChannel
+from channels.simulator._ledger import ABANDONED, Challenge, Payment, Refund, SimChannel
 from channels.webhooks import SIGNATURE_HEADER, WebhookEvent, event_body, sign
 
 __all__ = ["Notifier"]
@@ -38,6 +46,10 @@ __all__ = ["Notifier"]
 log = structlog.get_logger("simulator")
 
 _DELIVERY_TIMEOUT = aiohttp.ClientTimeout(total=5)
+
+
+_CHALLENGE_ENDS = {"complete": ("captured", None), "fail": ("declined", ABANDONED), "expire": ("expired", None)}
+"""How the payer's action (or the clock) ends a challenge: the status and decline code."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +123,53 @@ class Notifier:
 
         _later(channel, ("dispute", payment.reference), channel.behaviour.webhook_delay_s(channel.rng), decide)
 
+    def challenge(self, channel: SimChannel, payment: Payment, action_url: str) -> None:
+        """Challenge new ``payment`` (step-up): ``requires_action`` until the payer acts or
+        ``action_ttl_s`` from its creation runs out, with the automatic payer drawn now."""
+        b = channel.behaviour
+        expires_at = payment.created_at + b.action_ttl_s
+        action, delay = b.payer(channel.rng)
+        channel.require_action(payment, Challenge(action_url, expires_at, _draw_plan(channel)))
+        _later(channel, ("challenge", payment.reference), max(0.0, expires_at - time.time()),
+               lambda: self.end_challenge(channel, payment, "expire"))
+        if action is not None:
+            _later(channel, ("payer", payment.reference), delay, lambda: self.end_challenge(channel, payment, action))
+
+    def end_challenge(self, channel: SimChannel, payment: Payment, action: str) -> bool:
+        """End ``payment``'s challenge by ``action`` (``"complete"``, ``"fail"`` or
+        ``"expire"``) and tell; False, changing nothing, when it does not require action."""
+        if payment.status != "requires_action":
+            return False
+        status, code = _CHALLENGE_ENDS[action]
+        draws = payment.challenge.webhook_draws if payment.challenge is not None else None
+        channel.end_challenge(payment, status, code)
+        self._notify(channel, payment.callback_url, lambda: _event(channel, payment, status, code),
+                     lambda final: replace(final, event_id=channel.new_id("evt"), status="requires_action",
+                                           decline_code=None), None if draws is None else _Plan(*draws))
+        return True
+
+    def expire_if_due(self, channel: SimChannel, payment: Payment | None = None) -> None:
+        """Expire ``payment``'s challenge (None: every one of the channel's) if its deadline
+        passed, so that no read after it shows ``requires_action`` while its timer is late."""
+        if not channel.challenges:
+            return
+        now = time.time()
+        if payment is None:
+            due = channel.due_challenges(now)
+        elif payment.challenge is not None and payment.challenge.expires_at <= now:
+            due = [payment]
+        else:
+            return
+        for p in due:
+            self.end_challenge(channel, p, "expire")  # a no-op on one whose challenge ended
+
     def _notify(self, channel: SimChannel, url: str | None, event: Callable[[], WebhookEvent],
-                earlier: Callable[[WebhookEvent], WebhookEvent] | None = None) -> None:
-        """Send ``event()`` to ``url`` as this event's draws say; out of order, ``earlier``
-        (given the event) follows it. Events are made only when sent, so a dropped one
-        draws no id."""
-        b, rng = channel.behaviour, channel.rng
-        plan = _Plan(b.chance("webhook_drop_rate", rng), b.chance("duplicate_webhook_rate", rng),
-                     b.chance("out_of_order_webhook_rate", rng))
+                earlier: Callable[[WebhookEvent], WebhookEvent] | None = None, plan: _Plan | None = None) -> None:
+        """Send ``event()`` to ``url`` as this event's draws say (drawn now, unless ``plan``
+        was drawn before); out of order, ``earlier`` (given the event) follows it. Events are
+        made only when sent, so a dropped one draws no id."""
+        if plan is None:
+            plan = _Plan(*_draw_plan(channel))
         if url is None or plan.drop:
             channel.counters["webhooks_dropped"] += 1
             return
@@ -171,6 +222,13 @@ class Notifier:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _draw_plan(channel: SimChannel) -> tuple[bool, bool, bool]:
+    """One webhook's drop, duplicate and out-of-order draws (``_Plan``'s fields)."""
+    b, rng = channel.behaviour, channel.rng
+    return (b.chance("webhook_drop_rate", rng), b.chance("duplicate_webhook_rate", rng),
+            b.chance("out_of_order_webhook_rate", rng))
 
 
 def _event(channel: SimChannel, payment: Payment, status: str, decline_code: str | None = None, *,

@@ -12,9 +12,10 @@ import structlog
 from aiohttp import web
 
 import routing
-from channels import AttemptOutcome, webhooks
-from orchestrator import disputes, recharges, refunds
-from orchestrator.api import admin, aftersale, ledger_api, pricing_api, reconciliation_api
+from channels import payment_outcome, webhooks
+from orchestrator import disputes, recharges, refunds, templates
+from orchestrator.api import (admin, aftersale, ledger_api, pricing_api, reconciliation_api, suggest_api,
+                              templates_api)
 from orchestrator.api.auth import Authenticator
 from orchestrator.api.body import check_limit, idempotency_key, read_body, read_json
 from orchestrator.api.errors import ApiError, api_error_of, error_response
@@ -120,7 +121,11 @@ async def create_recharge(request: web.Request) -> web.Response:
         client = request.app[AUTH].require(request, "recharge")
         check_limit(svc.client_limits, client.name, "client")
         idempotency_key(request)
-        cmd = _new_recharge(request, client.name, await read_json(request, svc.config.server.max_body_bytes))
+        body = await read_json(request, svc.config.server.max_body_bytes)
+        if isinstance(body, dict) and "template_id" in body:  # the template fills the payment fields (SPEC 22)
+            req = templates_api.from_template(request, client.name, body)
+            return _created_json(await templates.recharge(req, svc.templates, svc.recharges))
+        cmd = _new_recharge(request, client.name, body)
         return _created_json(await recharges.create(cmd, svc.recharges))
     finally:
         svc.requests_in_flight -= 1
@@ -196,12 +201,12 @@ async def provider_webhook(request: web.Request) -> web.Response:
         if effect is not None:
             return _json({"received": True, "effect": effect})
     try:
-        status = AttemptOutcome(event.status)
+        status, implied_code = payment_outcome(event.status)
     except ValueError:
         raise ApiError("invalid_field", f"status {event.status!r} needs the refund_reference of one of our refunds",
                        field="refund_reference") from None
-    effect = await svc.driver.on_event(name, event.event_id, event.reference, status,
-                                       event.provider_ref, event.decline_code, event.amount_minor, event.currency)
+    effect = await svc.driver.on_event(name, event.event_id, event.reference, status, event.provider_ref,
+                                       event.decline_code or implied_code, event.amount_minor, event.currency)
     return _json({"received": True, "effect": effect})
 
 
@@ -253,7 +258,7 @@ async def channel_health(request: web.Request) -> web.Response:
 async def explain_route(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     request.app[AUTH].require(request, "admin")
-    only_query(request, "currency", "country", "method", "amount_minor", "segment")
+    only_query(request, "currency", "country", "method", "amount_minor", "segment", "step_up")
     q = request.query
     missing = [k for k in ("currency", "country", "method", "amount_minor") if not q.get(k)]
     if missing:
@@ -264,8 +269,10 @@ async def explain_route(request: web.Request) -> web.Response:
         if not re.fullmatch(pattern, q[key]):
             raise ApiError("invalid_field", f"{key} has an invalid format", field=key)
     segment = q.get("segment") or None
+    if q.get("step_up", "false") not in ("true", "false"):
+        raise ApiError("invalid_field", "step_up must be true or false", field="step_up")
     txn = routing.Transaction(currency=q["currency"], country=q["country"], method=q["method"],
-                              amount_minor=int(q["amount_minor"]), segment=segment)
+                              amount_minor=int(q["amount_minor"]), segment=segment, step_up=q.get("step_up") == "true")
     return _json(svc.planner.explain(txn))
 
 
@@ -335,6 +342,8 @@ def build_app(service: Service, *, manage_service: bool = True) -> web.Applicati
     aftersale.register(app)
     ledger_api.register(app)
     reconciliation_api.register(app)
+    templates_api.register(app)
+    suggest_api.register(app)
     pricing_api.register(app, service.pricing)
     app.router.add_get("/v1/health/channels", channel_health)
     app.router.add_get("/status", status_page)

@@ -58,6 +58,72 @@ SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object", "maxProperties": 20},
         },
     },
+    "TemplateRechargeRequest": {
+        "type": "object", "additionalProperties": False, "required": ["user_id", "template_id"],
+        "description": "A recharge from a template (SPEC 22): the template fills amount_minor, currency, country, "
+                       "method and instrument; any of them given must be the template's (else 422 "
+                       "template_mismatch). A template keeping a masked account number needs the whole number in "
+                       "instrument.account_number (else 422 instrument_required). Null is the same as left out.",
+        "properties": {
+            "user_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"},
+            "template_id": {"type": "string", "pattern": "^tpl_[0-9a-f]{1,64}$"},
+            "amount_minor": {"type": ["integer", "null"], "minimum": 1, "maximum": 10**12},
+            "currency": {"type": ["string", "null"], "pattern": "^[A-Z]{3}$"},
+            "country": {"type": ["string", "null"], "pattern": "^[A-Z]{2}$"},
+            "method": {"type": ["string", "null"], "pattern": "^[a-z][a-z0-9_]{0,31}$"},
+            "instrument": {"anyOf": [_ref("Instrument"), {"type": "null"}]},
+            "quote_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 64},
+            "metadata": {"type": ["object", "null"], "maxProperties": 20},
+        },
+    },
+    "TemplateRequest": {
+        "type": "object", "additionalProperties": False,
+        "required": ["name", "amount_minor", "currency", "country", "method", "instrument"],
+        "description": "Checked as a recharge is (a priced currency, an amount in the denomination range); an "
+                       "account number is kept masked.",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\x00-\\x1f\\x7f]+$"},
+            "amount_minor": {"type": "integer", "minimum": 1, "maximum": 10**12},
+            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "country": {"type": "string", "pattern": "^[A-Z]{2}$"},
+            "method": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
+            "instrument": _ref("Instrument"),
+        },
+    },
+    "Suggestions": {
+        "type": "object", "required": ["amounts", "basis"], "additionalProperties": False,
+        "description": "The amounts the user is most likely to recharge next (SPEC 22), best first, each with the "
+                       "model's probability that it is the one; the scores sum to at most 1. basis: history (the "
+                       "user's own recharges in the currency), cohort (their country's, or the currency's), or "
+                       "default (suggestions.defaults).",
+        "properties": {
+            "amounts": {"type": "array", "maxItems": 3, "items": {
+                "type": "object", "required": ["amount_minor", "score"], "additionalProperties": False,
+                "properties": {"amount_minor": {"type": "integer", "minimum": 1},
+                               "score": {"type": "number", "minimum": 0, "maximum": 1}}}},
+            "basis": {"enum": ["history", "cohort", "default"]},
+        },
+    },
+    "Template": {
+        "type": "object",
+        "required": ["id", "user_id", "name", "amount_minor", "currency", "country", "method", "instrument",
+                     "created_at"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^tpl_[0-9a-f]+$"},
+            "user_id": {"type": "string"},
+            "name": {"type": "string", "minLength": 1},
+            "amount_minor": {"type": "integer", "minimum": 1},
+            "currency": {"type": "string"},
+            "country": {"type": "string"},
+            "method": {"type": "string"},
+            "instrument": {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+                           "description": "as stored: the token, or the account number masked (first 6 / last 4)",
+                           "properties": {"token": {"type": "string"},
+                                          "account_number_masked": {"type": "string",
+                                                                    "pattern": "^[0-9]{0,6}[*]+[0-9]{4}$"}}},
+            "created_at": _TIME,
+        },
+    },
     "QuoteRequest": {
         "type": "object", "additionalProperties": False, "required": ["user_id", "amount_minor", "currency"],
         "properties": {
@@ -87,7 +153,8 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "channel": {"type": "string"},
             "reference": {"type": "string"},
-            "outcome": {"enum": ["captured", "pending", "declined", "not_processed", "unknown", "voided", "refunded"]},
+            "outcome": {"enum": ["captured", "pending", "requires_action", "declined", "not_processed", "unknown",
+                                 "voided", "refunded"]},
             "latency_ms": {"type": ["number", "null"]},
             "decline_code": _NULLABLE_STR,
             "error": _NULLABLE_STR,
@@ -99,7 +166,8 @@ SCHEMAS: dict[str, Any] = {
                      "attempts", "decline_code", "created_at", "updated_at"],
         "properties": {
             "id": {"type": "string", "pattern": "^rc_[0-9a-f]+$"},
-            "status": {"enum": ["processing", "pending", "succeeded", "declined", "failed", "blocked"]},
+            "status": {"enum": ["processing", "requires_action", "pending", "succeeded", "declined", "failed",
+                                "blocked"]},
             "user_id": {"type": "string"},
             "amount_minor": {"type": "integer"},
             "currency": {"type": "string"},
@@ -109,8 +177,13 @@ SCHEMAS: dict[str, Any] = {
             "bonus_coins": {"type": "integer", "minimum": 0},
             "promotions": {"type": "array", "items": {"type": "object"}},
             "risk": {"type": "object", "required": ["action", "reasons"],
-                     "properties": {"action": {"enum": ["allow", "review", "block"]},
-                                    "reasons": {"type": "array", "items": {"type": "string"}}}},
+                     "properties": {"action": {"enum": ["allow", "review", "challenge", "block"]},
+                                    "reasons": {"type": "array", "items": {"type": "string"}},
+                                    "score": {"type": "number", "minimum": 0, "maximum": 1}}},
+            "next_action": {"type": "object", "required": ["type", "url"],
+                            "properties": {"type": {"enum": ["redirect"]}, "url": {"type": "string"}},
+                            "description": "while requires_action: where the payer completes the step-up (SPEC 22)"},
+            "step_up": {"type": "boolean", "description": "risk challenged it: 3-D Secure step-up required"},
             "channel": _NULLABLE_STR,
             "attempts": {"type": "array", "items": _ref("Attempt")},
             "decline_code": _NULLABLE_STR,
@@ -263,8 +336,8 @@ SCHEMAS: dict[str, Any] = {
                        "amount_minor": {"type": ["integer", "null"], "minimum": 0},
                        "currency": {"type": ["string", "null"], "pattern": "^[A-Z]{3}$"},
                        "refund_reference": {"type": "string"},
-                       "status": {"enum": ["captured", "pending", "declined", "voided", "refunded", "failed",
-                                           "disputed", "dispute_won", "dispute_lost"]}},
+                       "status": {"enum": ["captured", "pending", "requires_action", "expired", "declined", "voided",
+                                           "refunded", "failed", "disputed", "dispute_won", "dispute_lost"]}},
     },
     "ChannelHealth": {
         "type": "object", "required": ["config_version", "channels"],
@@ -283,15 +356,57 @@ _bearer = [{"bearer": []}]
 _key_header = {"name": "Idempotency-Key", "in": "header", "required": True,
                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"}}
 _rid = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_user = {"name": "user_id", "in": "path", "required": True,
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"}}
 
 PATHS: dict[str, Any] = {
     "/v1/recharges": {"post": {
         "summary": "Create a recharge (idempotent per client and Idempotency-Key)",
         "security": _bearer, "parameters": [_key_header],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RechargeRequest")}}},
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "oneOf": [_ref("RechargeRequest"), _ref("TemplateRechargeRequest")]}}}},
         "responses": {"201": _json(_ref("Recharge"), "terminal within sync_wait_s"),
                       "202": _json(_ref("Recharge"), "still pending"),
-                      **_errors(400, 401, 403, 409, 413, 415, 422, 429, 503)},
+                      **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
+    }},
+    "/v1/users/{user_id}/templates": {
+        "post": {
+            "summary": "Save a recharge template for a user (at most templates.max_per_user per user and client)",
+            "security": _bearer, "parameters": [_user],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TemplateRequest")}}},
+            "responses": {"201": _json(_ref("Template"), "the template"),
+                          **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
+        },
+        "get": {
+            "summary": "The user's templates (this client's), oldest first", "security": _bearer,
+            "parameters": [_user],
+            "responses": {"200": _json({"type": "object", "required": ["templates"],
+                                        "properties": {"templates": {"type": "array", "items": _ref("Template")}}},
+                                       "the templates"), **_errors(401, 403, 404, 422)},
+        },
+    },
+    "/v1/users/{user_id}/templates/{id}": {
+        "get": {
+            "summary": "A template (another user's or client's is 404 template_not_found)", "security": _bearer,
+            "parameters": [_user, _rid],
+            "responses": {"200": _json(_ref("Template"), "the template"), **_errors(401, 403, 404, 422)},
+        },
+        "delete": {
+            "summary": "Delete a template (recharges made from it keep replaying)", "security": _bearer,
+            "parameters": [_user, _rid],
+            "responses": {"204": {"description": "deleted"}, **_errors(401, 403, 404, 422)},
+        },
+    },
+    "/v1/users/{user_id}/suggestions": {"get": {
+        "summary": "Amounts the user is likely to recharge next, in a currency (only amounts they can buy)",
+        "security": _bearer,
+        "parameters": [_user,
+                       {"name": "currency", "in": "query", "required": True,
+                        "schema": {"type": "string", "pattern": "^[A-Z]{3}$"}},
+                       {"name": "country", "in": "query", "required": False,
+                        "description": "the user's country, for a user with no history (else their own is used)",
+                        "schema": {"type": "string", "pattern": "^[A-Z]{2}$"}}],
+        "responses": {"200": _json(_ref("Suggestions"), "the suggestions"), **_errors(401, 403, 422, 429, 503)},
     }},
     "/v1/quotes": {"post": {
         "summary": "Fix the rate, coins and bonus of a recharge for quote_ttl_s (pass quote_id to the recharge)",
@@ -418,8 +533,9 @@ PATHS: dict[str, Any] = {
     "/v1/admin/routing/explain": {"get": {
         "summary": "The routing decision for a transaction, each factor's contribution, filtered channels",
         "security": _bearer,
-        "parameters": [{"name": n, "in": "query", "required": n != "segment", "schema": {"type": "string"}}
-                       for n in ("currency", "country", "method", "amount_minor", "segment")],
+        "parameters": [*({"name": n, "in": "query", "required": n != "segment", "schema": {"type": "string"}}
+                         for n in ("currency", "country", "method", "amount_minor", "segment")),
+                       {"name": "step_up", "in": "query", "schema": {"enum": ["true", "false"]}}],
         "responses": {"200": _json({"type": "object"}, "explanation"), **_errors(401, 403, 422)},
     }},
     "/v1/admin/config": {

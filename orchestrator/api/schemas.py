@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from config import exponent, is_known
 from orchestrator.api.errors import ApiError
 
-__all__ = ["DepositIn", "InstrumentIn", "RechargeIn", "RefundIn", "validate"]
+__all__ = ["DepositIn", "InstrumentIn", "RechargeIn", "RefundIn", "TemplateIn", "TemplateRechargeIn", "validate"]
 
 _Printable = r"^[\x21-\x7e]+$"
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
@@ -65,6 +65,64 @@ class RechargeIn(_Strict):
         if not is_known(code):
             raise ValueError(f"unknown currency {code}")
         return code
+
+
+# A recharge template's fields (SPEC 22), each as a recharge's.
+_Amount = Annotated[int, Field(gt=0, le=10**12)]
+_Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+_Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+_Method = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+TemplateId = Annotated[str, StringConstraints(pattern=r"^tpl_[0-9a-f]{1,64}$")]
+
+
+class TemplateIn(_Strict):
+    """A recharge template: what ``POST /v1/recharges`` takes, under a name of 1 to 64
+    characters (no control characters: it is echoed back)."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    amount_minor: _Amount
+    currency: _Currency
+    country: _Country
+    method: _Method
+    instrument: InstrumentIn
+
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("name must not be blank")
+        return name
+
+    @field_validator("currency")
+    @classmethod
+    def _known(cls, code: str) -> str:
+        return RechargeIn._known(code)  # type: ignore[no-any-return]
+
+
+class TemplateRechargeIn(_Strict):
+    """``POST /v1/recharges`` naming a template: the payment fields may be left out (the
+    template's are used) or given (then they must be the template's)."""
+
+    user_id: UserId
+    template_id: TemplateId
+    amount_minor: _Amount | None = None
+    currency: _Currency | None = None
+    country: _Country | None = None
+    method: _Method | None = None
+    instrument: InstrumentIn | None = None
+    quote_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_Printable)] | None = None
+    metadata: Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=40)], Any],
+                        Field(max_length=20)] | None = None
+
+    @field_validator("currency")
+    @classmethod
+    def _known(cls, code: str | None) -> str | None:
+        return None if code is None else RechargeIn._known(code)  # type: ignore[no-any-return]
+
+    @field_validator("metadata")
+    @classmethod
+    def _flat_metadata(cls, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+        return RechargeIn._flat_metadata(meta)  # type: ignore[no-any-return]
 
 
 def _path(loc: tuple[Any, ...]) -> str:

@@ -26,12 +26,13 @@ from orchestrator.model import (
     Refund,
     RefundStatus,
     Step,
+    Template,
     TrailEntry,
     Transfer,
 )
 
 __all__ = ["PURGE_LIMIT", "Account", "Journal", "JournalError", "KeptChannel", "MatchRow", "NoticeRow", "OutboxStats",
-           "QuoteRecord", "RefundGuard", "ReportRow", "UserTotals", "WalletEntry", "WalletView"]
+           "PastRecharge", "QuoteRecord", "RefundGuard", "ReportRow", "UserTotals", "WalletEntry", "WalletView"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +168,17 @@ class UserTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class PastRecharge:
+    """One succeeded (and paid) recharge of a user, as amount suggestions read them
+    (``Journal.succeeded_recharges``)."""
+
+    amount_minor: int
+    currency: str
+    country: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class KeptChannel:
     """A channel the journal knows: its config (as JSON), and when it left the config
     (None while it is in it). A channel removed while its attempts may still hold money,
@@ -230,6 +242,12 @@ class Journal(Protocol):
         one primary-key range read of the totals kept with every credit, whatever the
         user's history; otherwise (or with a clock behind a recharge's) counted from
         the recharges themselves, with the same answer."""
+        ...
+
+    async def succeeded_recharges(self, user_id: str, limit: int) -> list[PastRecharge]:
+        """The user's ``limit`` most recent succeeded recharges, newest first (by
+        creation), leaving out instant credits whose payment failed (as ``user_totals``
+        does): a walk of the user's index (``recharges_user``) that stops at ``limit``."""
         ...
 
     async def nonterminal(self) -> list[Recharge]:
@@ -513,4 +531,25 @@ class Journal(Protocol):
 
     async def resolve_discrepancy(self, seq: int, status: str, resolution: str, at: float) -> bool:
         """Set a discrepancy's status (open, resolving, resolved) and why; False if none."""
+        ...
+
+    # Recharge templates (SPEC 22), each of one (client, user): no other sees or removes it.
+
+    async def create_template(self, template: Template, max_per_user: int) -> bool:
+        """Keep ``template``, unless its user already has ``max_per_user`` templates of its
+        client: then False, nothing written. The count and the insert are one transaction,
+        so creates racing (on one instance or several) never pass the cap."""
+        ...
+
+    async def templates_of(self, client: str, user_id: str) -> list[Template]:
+        """The user's templates of ``client``, oldest first."""
+        ...
+
+    async def get_template(self, template_id: str) -> Template | None:
+        """The template (one primary-key read), whoever's it is: the caller checks its
+        client and user."""
+        ...
+
+    async def delete_template(self, client: str, user_id: str, template_id: str) -> bool:
+        """Remove the template if it is this client's and user's; False when no such one."""
         ...

@@ -28,6 +28,7 @@ from orchestrator.model import (
     Refund,
     RefundStatus,
     Settlement,
+    Template,
     TrailEntry,
     Transfer,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "DISPUTE_COLUMNS",
     "NOTICE_COLUMNS",
     "REFUND_COLUMNS",
+    "TEMPLATE_COLUMNS",
     "dispute_of",
     "dispute_row",
     "notice_row_of",
@@ -50,6 +52,8 @@ __all__ = [
     "discrepancy_of",
     "found_row",
     "recon_run_of",
+    "template_of",
+    "template_row",
     "TRAIL_COLUMNS",
     "attempt_of",
     "attempt_row",
@@ -62,11 +66,11 @@ __all__ = [
 RECHARGE_COLUMNS = (
     "id, client, idempotency_key, fingerprint, user_id, amount_minor, currency, country, method, "
     "instrument, metadata, coins, bonus_coins, status, channel, decline_code, reason, config_version, "
-    "created_at, updated_at, deadline_at, instant, settlement"
+    "created_at, updated_at, deadline_at, instant, settlement, step_up"
 )
 ATTEMPT_COLUMNS = (
     "reference, recharge_id, seq, channel, state, provider_ref, decline_code, error, latency_ms, created_at, "
-    "updated_at, late_check_at"
+    "updated_at, late_check_at, action_url, action_expires_at"
 )
 TRAIL_COLUMNS = "recharge_id, at, event, status, reference, channel, detail, prev_hash, hash"
 
@@ -82,7 +86,7 @@ def recharge_row(r: Recharge) -> tuple[Any, ...]:
         None if r.metadata is None else orjson.dumps(r.metadata).decode(),
         r.coins, r.bonus_coins, r.status.value, r.channel, r.decline_code, r.reason, r.config_version,
         float(r.created_at), float(r.updated_at), float(r.deadline_at), int(r.instant),
-        None if r.settlement is None else r.settlement.value,
+        None if r.settlement is None else r.settlement.value, int(r.step_up),
     )
 
 
@@ -94,20 +98,21 @@ def recharge_of(row: Sequence[Any], attempts: list[Attempt]) -> Recharge:
         coins=row[11], bonus_coins=row[12], status=RechargeStatus(row[13]), channel=row[14],
         decline_code=row[15], reason=row[16], config_version=row[17], created_at=row[18],
         updated_at=row[19], deadline_at=row[20], attempts=attempts, instant=bool(row[21]),
-        settlement=None if row[22] is None else Settlement(row[22]),
+        settlement=None if row[22] is None else Settlement(row[22]), step_up=bool(row[23]),
     )
 
 
 def attempt_row(a: Attempt) -> tuple[Any, ...]:
     return (a.reference, a.recharge_id, a.seq, a.channel, a.state.value, a.provider_ref, a.decline_code, a.error,
-            _float(a.latency_ms), float(a.created_at), float(a.updated_at), _float(a.late_check_at))
+            _float(a.latency_ms), float(a.created_at), float(a.updated_at), _float(a.late_check_at), a.action_url,
+            _float(a.action_expires_at))
 
 
 def attempt_of(a: Sequence[Any]) -> Attempt:
     return Attempt(
         reference=a[0], recharge_id=a[1], seq=a[2], channel=a[3], state=AttemptState(a[4]),
         provider_ref=a[5], decline_code=a[6], error=a[7], latency_ms=a[8], created_at=a[9], updated_at=a[10],
-        late_check_at=a[11],
+        late_check_at=a[11], action_url=a[12], action_expires_at=a[13],
     )
 
 
@@ -196,3 +201,16 @@ def found_row(run_id: str, d: Discrepancy) -> tuple[Any, ...]:
     return (run_id, d.reference, d.kind.value, d.recharge_id, d.amount_minor, d.currency,
             None if d.expected is None else orjson.dumps(d.expected).decode(),
             None if d.reported is None else orjson.dumps(d.reported).decode(), d.status, d.resolution)
+
+
+TEMPLATE_COLUMNS = "id, client, user_id, name, amount_minor, currency, country, method, instrument, created_at"
+
+
+def template_row(t: Template) -> tuple[Any, ...]:
+    return (t.id, t.client, t.user_id, t.name, t.amount_minor, t.currency, t.country, t.method,
+            orjson.dumps(t.instrument).decode(), float(t.created_at))
+
+
+def template_of(row: Sequence[Any]) -> Template:
+    return Template(row[0], row[1], row[2], row[3], int(row[4]), row[5], row[6], row[7], orjson.loads(row[8]),
+                    float(row[9]))

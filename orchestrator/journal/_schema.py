@@ -393,4 +393,31 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX discrepancies_open ON discrepancies(channel) WHERE status != 'resolved'",
     ),
+    # 14: recharge templates (SPEC 22), kept per (client, user): the index answers a user's
+    # list oldest first and the count its cap is checked on. The instrument is as a recharge
+    # stores it (a token, or the masked number), never a whole number.
+    (
+        """CREATE TABLE templates (
+            id TEXT PRIMARY KEY,
+            client TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            amount_minor INTEGER NOT NULL CHECK (amount_minor > 0),
+            currency TEXT NOT NULL,
+            country TEXT NOT NULL,
+            method TEXT NOT NULL,
+            instrument TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX templates_owner ON templates(client, user_id, created_at)",
+    ),
+    # 15: step-up (SPEC 22): a recharge risk challenged, an attempt's challenge (where the
+    # payer completes it, when it lapses); a recharge waiting for its payer is still open.
+    (
+        "ALTER TABLE recharges ADD COLUMN step_up INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE attempts ADD COLUMN action_url TEXT",
+        "ALTER TABLE attempts ADD COLUMN action_expires_at REAL",
+        "DROP INDEX recharges_open",
+        "CREATE INDEX recharges_open ON recharges(status) WHERE status IN ('processing', 'requires_action', 'pending')",
+    ),
 )

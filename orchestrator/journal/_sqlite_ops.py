@@ -25,6 +25,7 @@ from orchestrator.journal._rows import ATTEMPT_COLUMNS, RECHARGE_COLUMNS, attemp
 from orchestrator.journal import _sqlite_ledger as ledger
 from orchestrator.journal._sqlite_aftersale import AFTERSALE_OPS, add_notices
 from orchestrator.journal._sqlite_recon import RECON_OPS
+from orchestrator.journal._sqlite_templates import TEMPLATE_OPS
 from orchestrator.journal._totals import KEPT_OF, recount
 from orchestrator.journal._sqlite_trail import Rejected
 from orchestrator.journal._sqlite_trail import chain as _chain
@@ -38,7 +39,7 @@ __all__ = ["ATTEMPT_COLUMNS", "WRITE_OPS", "Checkpointer", "attempt_of", "catch_
 NONTERMINAL = tuple(s.value for s in RechargeStatus if s not in TERMINAL)
 # The non-terminal recharges in recharges_open's own WHERE term: SQLite uses a partial index
 # only for a query repeating it (a bound parameter proves nothing), else scans every recharge.
-OPEN = "status IN ('processing', 'pending')"
+OPEN = "status IN ('processing', 'requires_action', 'pending')"
 
 # The writer leaves checkpoints to the checkpointer; it checkpoints itself (stalling its
 # commits) only if the WAL reaches this many pages (4 KiB each) anyway.
@@ -195,12 +196,12 @@ def _run_ops(conn: sqlite3.Connection, batch: Sequence[tuple[str, tuple[Any, ...
 # Another recharge of the user that is running or succeeded: the first-recharge bonus is
 # that one's (checked inside the creating transaction, so two "firsts" get it once).
 _HAS_OPEN_OR_DONE = (
-    "SELECT 1 FROM recharges WHERE user_id=? AND status IN ('processing', 'pending', 'succeeded') LIMIT 1"
+    "SELECT 1 FROM recharges WHERE user_id=? AND status IN ('processing', 'requires_action', 'pending', 'succeeded') LIMIT 1"
 )
 
 # A key already held leaves the row alone (rowcount 0): the holder answers instead.
 _INSERT_RECHARGE = (
-    f"INSERT INTO recharges({RECHARGE_COLUMNS}) VALUES ({','.join('?' * 23)}) "
+    f"INSERT INTO recharges({RECHARGE_COLUMNS}) VALUES ({','.join('?' * 24)}) "
     "ON CONFLICT (client, idempotency_key) DO NOTHING"
 )
 
@@ -246,7 +247,8 @@ _ADD_TO_TOTALS = (
 
 
 _UPDATE_ATTEMPT = ("UPDATE attempts SET state=?, provider_ref=COALESCE(?, provider_ref), decline_code=?, error=?, "
-                   "latency_ms=COALESCE(?, latency_ms), updated_at=?, late_check_at=? WHERE reference=?")
+                   "latency_ms=COALESCE(?, latency_ms), updated_at=?, late_check_at=?, action_url=?, "
+                   "action_expires_at=? WHERE reference=?")
 _SET_FOLLOW_UP = ("INSERT INTO follow_ups(recharge_id, due_at) VALUES (?,?) "
                   "ON CONFLICT(recharge_id) DO UPDATE SET due_at=excluded.due_at")
 
@@ -315,7 +317,7 @@ def op_apply(conn: sqlite3.Connection, step: Step) -> bool:
                 raise Rejected from None
         else:
             params = [a.state.value, a.provider_ref, a.decline_code, a.error, a.latency_ms, a.updated_at,
-                      a.late_check_at, a.reference]
+                      a.late_check_at, a.action_url, a.action_expires_at, a.reference]
             sql = _UPDATE_ATTEMPT
             if step.expect_attempt is not None:
                 sql += f" AND state IN ({','.join('?' * len(step.expect_attempt))})"
@@ -473,6 +475,7 @@ WRITE_OPS: dict[str, Callable[..., Any]] = {
     **AFTERSALE_OPS,
     **ledger.LEDGER_OPS,
     **RECON_OPS,
+    **TEMPLATE_OPS,
 }
 
 
@@ -489,4 +492,4 @@ def load(conn: sqlite3.Connection, recharge_id: str) -> Recharge | None:
 
 
 def _insert_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
-    conn.execute(f"INSERT INTO attempts({ATTEMPT_COLUMNS}) VALUES ({','.join('?' * 12)})", attempt_row(a))
+    conn.execute(f"INSERT INTO attempts({ATTEMPT_COLUMNS}) VALUES ({','.join('?' * 14)})", attempt_row(a))

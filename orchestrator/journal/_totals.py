@@ -27,7 +27,7 @@ from typing import Any
 from orchestrator.clock import month_of
 from orchestrator.journal._protocol import UserTotals
 
-__all__ = ["COUNT_SINCE", "KEPT_OF", "TOTALS_COLUMNS", "backfill", "counted", "month_of", "recount", "totals_since"]
+__all__ = ["COUNT_SINCE", "KEPT_OF", "SUCCEEDED_OF", "TOTALS_COLUMNS", "backfill", "counted", "month_of", "recount", "totals_since"]
 
 TOTALS_COLUMNS = "currency, recharges, amount_minor, month_start, month_recharges"
 
@@ -44,6 +44,14 @@ COUNT_SINCE = (
 KEPT_OF = (
     "SELECT amount_minor, created_at FROM recharges WHERE user_id = ? AND currency = ? AND status = 'succeeded' "
     "AND (settlement IS NULL OR settlement != 'failed')"
+)
+
+# A user's newest succeeded recharges (``Journal.succeeded_recharges``), the same ones the
+# totals count: backwards along recharges_user (user_id, created_at), stopping at the
+# limit, so the read costs what it returns. Parameters: user_id, limit.
+SUCCEEDED_OF = (
+    "SELECT amount_minor, currency, country, created_at FROM recharges WHERE user_id = ? AND status = 'succeeded' "
+    "AND (settlement IS NULL OR settlement != 'failed') ORDER BY created_at DESC LIMIT ?"
 )
 
 

@@ -55,11 +55,12 @@ def frames(buf: bytearray) -> Iterator[bytes]:
 
 def enc_attempt(a: Attempt) -> list[Any]:
     return [a.reference, a.recharge_id, a.seq, a.channel, a.state, a.created_at, a.updated_at, a.provider_ref,
-            a.decline_code, a.error, a.latency_ms, a.late_check_at]
+            a.decline_code, a.error, a.latency_ms, a.late_check_at, a.action_url, a.action_expires_at]
 
 
 def attempt(v: list[Any]) -> Attempt:
-    return Attempt(v[0], v[1], v[2], v[3], AttemptState(v[4]), v[5], v[6], v[7], v[8], v[9], v[10], v[11])
+    return Attempt(v[0], v[1], v[2], v[3], AttemptState(v[4]), v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12],
+                   v[13])
 
 
 def enc_trail(t: TrailEntry) -> list[Any]:
@@ -74,7 +75,7 @@ def enc_recharge(r: Recharge) -> list[Any]:
     return [r.id, r.client, r.idempotency_key, r.fingerprint, r.user_id, r.amount_minor, r.currency, r.country,
             r.method, r.instrument, r.metadata, r.coins, r.bonus_coins, r.status, r.created_at, r.updated_at,
             r.deadline_at, r.config_version, r.channel, r.decline_code, r.reason,
-            [enc_attempt(a) for a in r.attempts], r.instant, r.settlement]
+            [enc_attempt(a) for a in r.attempts], r.instant, r.settlement, r.step_up]
 
 
 def recharge(v: list[Any]) -> Recharge:
@@ -83,7 +84,7 @@ def recharge(v: list[Any]) -> Recharge:
         currency=v[6], country=v[7], method=v[8], instrument=v[9], metadata=v[10], coins=v[11], bonus_coins=v[12],
         status=RechargeStatus(v[13]), created_at=v[14], updated_at=v[15], deadline_at=v[16], config_version=v[17],
         channel=v[18], decline_code=v[19], reason=v[20], attempts=[attempt(a) for a in v[21]],
-        instant=v[22], settlement=None if v[23] is None else Settlement(v[23]),
+        instant=v[22], settlement=None if v[23] is None else Settlement(v[23]), step_up=v[24],
     )
 
 

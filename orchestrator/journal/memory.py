@@ -27,6 +27,7 @@ from orchestrator.journal._protocol import (
     MatchRow,
     NoticeRow,
     OutboxStats,
+    PastRecharge,
     QuoteRecord,
     RefundGuard,
     ReportRow,
@@ -56,6 +57,7 @@ from orchestrator.model import (
     RefundStatus,
     Settlement,
     Step,
+    Template,
     TrailEntry,
     Transfer,
     pool_account,
@@ -66,7 +68,8 @@ from orchestrator.transitions import admits, reduce
 
 __all__ = ["MemoryJournal"]
 
-_RUNNING_OR_DONE = frozenset({RechargeStatus.PROCESSING, RechargeStatus.PENDING, RechargeStatus.SUCCEEDED})
+_RUNNING_OR_DONE = frozenset({RechargeStatus.PROCESSING, RechargeStatus.REQUIRES_ACTION, RechargeStatus.PENDING,
+                              RechargeStatus.SUCCEEDED})
 
 
 def _json(value: Any) -> Any:
@@ -215,6 +218,7 @@ class MemoryJournal:
         self._discrepancies: dict[int, Discrepancy] = {}  # seq -> discrepancy
         self._discrepancy_keys: dict[tuple[str, str, str, str], int] = {}  # (channel, date, reference, kind) -> seq
         self._discrepancy_seq = 0
+        self._templates: dict[str, Template] = {}  # in creation order
         self.opened = False
 
     async def open(self) -> None:
@@ -337,6 +341,13 @@ class MemoryJournal:
                 t[1] += r.amount_minor
                 t[2] += r.created_at >= since
         return [UserTotals(cur, n, amount, month) for cur, (n, amount, month) in sorted(out.items())]
+
+    async def succeeded_recharges(self, user_id: str, limit: int) -> list[PastRecharge]:
+        # Newest first; ties newest inserted first, as SQLite's walk back along its index.
+        paid = [r for r in map(self._recharges.__getitem__, reversed(self._by_user.get(user_id, ())))
+                if r.status is RechargeStatus.SUCCEEDED and r.settlement is not Settlement.FAILED]
+        paid.sort(key=lambda r: r.created_at, reverse=True)
+        return [PastRecharge(r.amount_minor, r.currency, r.country, r.created_at) for r in paid[:max(limit, 0)]]
 
     async def has_unsettled_credit(self, user_id: str) -> bool:
         return any(self._recharges[rid].settlement in (Settlement.PENDING, Settlement.FAILED)
@@ -778,6 +789,33 @@ class MemoryJournal:
         if d is None:
             return False
         self._discrepancies[seq] = replace(d, status=status, resolution=resolution, updated_at=at)
+        return True
+
+    # -- recharge templates (SPEC 22) ------------------------------------------------------
+
+    async def create_template(self, template: Template, max_per_user: int) -> bool:
+        if template.id in self._templates:
+            raise ValueError(f"template id {template.id} is taken")
+        if len(self._own_templates(template.client, template.user_id)) >= max_per_user:
+            return False
+        self._templates[template.id] = replace(template, instrument=_json(template.instrument))
+        return True
+
+    def _own_templates(self, client: str, user_id: str) -> list[Template]:
+        own = [t for t in self._templates.values() if (t.client, t.user_id) == (client, user_id)]
+        return sorted(own, key=lambda t: (t.created_at, t.id))
+
+    async def templates_of(self, client: str, user_id: str) -> list[Template]:
+        return self._own_templates(client, user_id)
+
+    async def get_template(self, template_id: str) -> Template | None:
+        return self._templates.get(template_id)
+
+    async def delete_template(self, client: str, user_id: str, template_id: str) -> bool:
+        t = self._templates.get(template_id)
+        if t is None or (t.client, t.user_id) != (client, user_id):
+            return False
+        del self._templates[template_id]
         return True
 
     # -- for the invariant checks ---------------------------------------------------------

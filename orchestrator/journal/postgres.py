@@ -37,6 +37,7 @@ from orchestrator.journal._protocol import (
     MatchRow,
     NoticeRow,
     OutboxStats,
+    PastRecharge,
     QuoteRecord,
     RefundGuard,
     ReportRow,
@@ -69,10 +70,14 @@ from orchestrator.journal._rows import (
     discrepancy_of,
     found_row,
     recon_run_of,
+    TEMPLATE_COLUMNS,
+    template_of,
+    template_row,
 )
 from orchestrator.journal._schema_pg import MIGRATIONS
 from orchestrator.clock import month_of
-from orchestrator.journal._totals import COUNT_SINCE, KEPT_OF, TOTALS_COLUMNS, counted, recount, totals_since
+from orchestrator.journal._totals import (COUNT_SINCE, KEPT_OF, SUCCEEDED_OF, TOTALS_COLUMNS, counted, recount,
+                                          totals_since)
 from orchestrator.model import (
     DEFAULT_POOL,
     ISSUANCE,
@@ -91,6 +96,7 @@ from orchestrator.model import (
     Refund,
     RefundStatus,
     Step,
+    Template,
     TrailEntry,
     Transfer,
     pool_account,
@@ -104,7 +110,7 @@ T = TypeVar("T")
 
 # The non-terminal recharges as a literal the planner matches to the recharges_open partial
 # index: a generic plan over ``status = ANY($1)`` cannot use it, and scans every recharge.
-_OPEN = "status IN ('processing', 'pending')"
+_OPEN = "status IN ('processing', 'requires_action', 'pending')"
 # Any key will do, as long as nothing else on the database takes it.
 _MIGRATION_LOCK = 0x6A6F75726E616C  # "journal"
 # A step that hits one of these lost a lock race with another transaction, not a rule:
@@ -415,7 +421,7 @@ class PostgresJournal:
         async def op(conn: asyncpg.Connection) -> str | None:
             entry = trail
             if first is not None and await conn.fetchval(
-                "SELECT 1 FROM recharges WHERE user_id=$1 AND status IN ('processing', 'pending', 'succeeded') "
+                "SELECT 1 FROM recharges WHERE user_id=$1 AND status IN ('processing', 'requires_action', 'pending', 'succeeded') "
                 "LIMIT 1", recharge.user_id,
             ):
                 # Within one instance the writer serialises this; across instances two
@@ -576,6 +582,10 @@ class PostgresJournal:
                               row[1] if row else 0)
 
         return await self._read(fn, snapshot=True)
+
+    async def succeeded_recharges(self, user_id: str, limit: int) -> list[PastRecharge]:
+        rows = await self._read(lambda conn: conn.fetch(_SUCCEEDED_OF, user_id, limit))
+        return [PastRecharge(int(r[0]), r[1], r[2], float(r[3])) for r in rows]
 
     async def has_unsettled_credit(self, user_id: str) -> bool:
         # Only for a recharge instant credit would take: along the user's recharges (recharges_user).
@@ -830,6 +840,35 @@ class PostgresJournal:
         return bool(done == "UPDATE 1")
 
 
+    # -- recharge templates (SPEC 22) ----------------------------------------------------
+
+    async def create_template(self, template: Template, max_per_user: int) -> bool:
+        row = template_row(template)
+
+        async def op(conn: asyncpg.Connection) -> bool:
+            # One user's creates take turns (on every instance), so the count each one
+            # reads includes the others' inserts: the cap holds in the store.
+            await conn.execute(_LOCK_TEMPLATES, f"{template.client}/{template.user_id}")
+            if await conn.fetchval(_COUNT_TEMPLATES, template.client, template.user_id) >= max_per_user:
+                return False
+            await conn.execute(_INSERT_TEMPLATE, *row)
+            return True
+
+        return bool(await self._write(op))
+
+    async def templates_of(self, client: str, user_id: str) -> list[Template]:
+        rows = await self._read(lambda conn: conn.fetch(_OWN_TEMPLATES, client, user_id))
+        return [template_of(r) for r in rows]
+
+    async def get_template(self, template_id: str) -> Template | None:
+        row = await self._read(lambda conn: conn.fetchrow(_TEMPLATE, template_id))
+        return None if row is None else template_of(row)
+
+    async def delete_template(self, client: str, user_id: str, template_id: str) -> bool:
+        done = await self._write(lambda conn: conn.execute(_DELETE_TEMPLATE, template_id, client, user_id))
+        return bool(done == "DELETE 1")
+
+
 # -- migrations -------------------------------------------------------------------------
 
 
@@ -860,15 +899,15 @@ def _now(n: int) -> str:
     return f"COALESCE(${n}::float8, EXTRACT(EPOCH FROM clock_timestamp()))"
 
 
-# $1..$23 the recharge row, $24..$32 the trail entry.
+# $1..$24 the recharge row, $25..$33 the trail entry.
 _CREATE = (
     f"WITH rec AS (INSERT INTO recharges({RECHARGE_COLUMNS}) "
-    f"VALUES ({','.join(f'${i}' for i in range(1, 24))}) "
+    f"VALUES ({','.join(f'${i}' for i in range(1, 25))}) "
     "ON CONFLICT (client, idempotency_key) DO NOTHING RETURNING id) "
     f"INSERT INTO trail({TRAIL_COLUMNS}) "
-    "SELECT $24, $25, $26, $27, $28, $29, $30, $31, $32 FROM rec RETURNING 1"
+    "SELECT $25, $26, $27, $28, $29, $30, $31, $32, $33 FROM rec RETURNING 1"
 )
-_INSERT_ATTEMPT = f"INSERT INTO attempts({ATTEMPT_COLUMNS}) VALUES ({','.join(f'${i}' for i in range(1, 13))})"
+_INSERT_ATTEMPT = f"INSERT INTO attempts({ATTEMPT_COLUMNS}) VALUES ({','.join(f'${i}' for i in range(1, 15))})"
 _INSERT_TRAIL = f"INSERT INTO trail({TRAIL_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
 # channel and decline_code change only when the step names them, as in SQLite.
 _UPDATE_STATUS = (
@@ -932,7 +971,7 @@ _SET_FOLLOW_UP = ("INSERT INTO follow_ups(recharge_id, due_at) VALUES ($1, $2) "
 _USER_TOTALS = f"SELECT {TOTALS_COLUMNS} FROM user_recharge_totals WHERE user_id = $1"
 _UPDATE_ATTEMPT = (
     "UPDATE attempts SET state=$1, provider_ref=COALESCE($2, provider_ref), decline_code=$3, error=$4, "
-    "latency_ms=COALESCE($5, latency_ms), updated_at=$6, late_check_at=$9 "
+    "latency_ms=COALESCE($5, latency_ms), updated_at=$6, late_check_at=$9, action_url=$10, action_expires_at=$11 "
     "WHERE reference=$7 AND ($8::text[] IS NULL OR state = ANY($8::text[]))"
 )
 async def _load_many(conn: asyncpg.Connection, ids: list[str]) -> list[Recharge]:
@@ -1052,6 +1091,7 @@ async def _write_attempt(conn: asyncpg.Connection, step: Step) -> None:
         _UPDATE_ATTEMPT, a.state.value, a.provider_ref, a.decline_code, a.error,
         None if a.latency_ms is None else float(a.latency_ms), float(a.updated_at), a.reference,
         _values(step.expect_attempt), None if a.late_check_at is None else float(a.late_check_at),
+        a.action_url, None if a.action_expires_at is None else float(a.action_expires_at),
     )
     # An attempt that is not there (or not in the state expected) is a rejection, as in SQLite.
     if done != "UPDATE 1":
@@ -1078,6 +1118,7 @@ def _numbered(sql: str) -> str:
 
 
 _COUNT_SINCE = _numbered(COUNT_SINCE)
+_SUCCEEDED_OF = _numbered(SUCCEEDED_OF)
 _UNSETTLED = "SELECT 1 FROM recharges WHERE user_id = $1 AND settlement IN ('pending', 'failed') LIMIT 1"
 _KEPT_OF = _numbered(KEPT_OF)
 
@@ -1090,6 +1131,20 @@ _PURGE_QUOTES = (
     "DELETE FROM quotes WHERE quote_id IN "
     "(SELECT quote_id FROM quotes WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
 )
+
+
+# -- recharge templates (SPEC 22) -------------------------------------------------------
+
+# A transaction-scoped lock per (client, user), in a two-key space of its own (the first
+# key names it), apart from the migrations' one-key lock.
+_TEMPLATES_LOCK_SPACE = 0x74706C  # "tpl"
+_LOCK_TEMPLATES = f"SELECT pg_advisory_xact_lock({_TEMPLATES_LOCK_SPACE}, hashtext($1))"
+_COUNT_TEMPLATES = "SELECT COUNT(*) FROM templates WHERE client = $1 AND user_id = $2"
+_INSERT_TEMPLATE = f"INSERT INTO templates({TEMPLATE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
+_OWN_TEMPLATES = (f"SELECT {TEMPLATE_COLUMNS} FROM templates WHERE client = $1 AND user_id = $2 "
+                  "ORDER BY created_at, id")
+_TEMPLATE = f"SELECT {TEMPLATE_COLUMNS} FROM templates WHERE id = $1"
+_DELETE_TEMPLATE = "DELETE FROM templates WHERE id = $1 AND client = $2 AND user_id = $3"
 
 
 # -- the double-entry ledger (SPEC 20) ------------------------------------------------

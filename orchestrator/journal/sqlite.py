@@ -32,6 +32,7 @@ from orchestrator.journal._protocol import (
     MatchRow,
     NoticeRow,
     OutboxStats,
+    PastRecharge,
     QuoteRecord,
     RefundGuard,
     ReportRow,
@@ -58,11 +59,15 @@ from orchestrator.journal._rows import (
     trail_entry_of,
     TRANSFER_COLUMNS,
     transfer_of,
+    TEMPLATE_COLUMNS,
+    template_of,
+    template_row,
 )
 from orchestrator.journal._sqlite_ops import OPEN, QUOTE_COLUMNS, connect, load, quote_of
 from orchestrator.journal._sqlite_recon import MATCHES, UNREPORTED
+from orchestrator.journal._sqlite_templates import OWN_TEMPLATES
 from orchestrator.journal._sqlite_writer import ProcessWriter
-from orchestrator.journal._totals import COUNT_SINCE, TOTALS_COLUMNS, counted, totals_since
+from orchestrator.journal._totals import COUNT_SINCE, SUCCEEDED_OF, TOTALS_COLUMNS, counted, totals_since
 from orchestrator.model import (
     Attempt,
     Discrepancy,
@@ -76,6 +81,7 @@ from orchestrator.model import (
     Refund,
     RefundStatus,
     Step,
+    Template,
     TrailEntry,
     Transfer,
     wallet_account,
@@ -357,6 +363,10 @@ class SqliteJournal:
             totals = counted(await self.query_small(COUNT_SINCE, (since, user_id)))
         return totals
 
+    async def succeeded_recharges(self, user_id: str, limit: int) -> list[PastRecharge]:
+        rows = await self.query(SUCCEEDED_OF, (user_id, limit))
+        return [PastRecharge(int(r[0]), r[1], r[2], float(r[3])) for r in rows]
+
     async def has_unsettled_credit(self, user_id: str) -> bool:
         # Only for a recharge instant credit would take: along the user's recharges (recharges_user).
         return bool(await self.query_small(_UNSETTLED, (user_id,)))
@@ -583,6 +593,22 @@ class SqliteJournal:
 
     async def resolve_discrepancy(self, seq: int, status: str, resolution: str, at: float) -> bool:
         return bool(await self._write("resolve_discrepancy", seq, status, resolution, at))
+
+    # -- recharge templates (ops in ``_sqlite_templates``) -------------------------------
+
+    async def create_template(self, template: Template, max_per_user: int) -> bool:
+        return bool(await self._write("create_template", list(template_row(template)), max_per_user))
+
+    async def templates_of(self, client: str, user_id: str) -> list[Template]:
+        return [template_of(r) for r in await self.query(OWN_TEMPLATES, (client, user_id))]
+
+    async def get_template(self, template_id: str) -> Template | None:
+        # On a recharge's path (one from a template): a primary-key read, inline like a quote's.
+        rows = await self.query_small(f"SELECT {TEMPLATE_COLUMNS} FROM templates WHERE id=?", (template_id,))
+        return template_of(rows[0]) if rows else None
+
+    async def delete_template(self, client: str, user_id: str, template_id: str) -> bool:
+        return bool(await self._write("delete_template", client, user_id, template_id))
 
     # -- quotes -------------------------------------------------------------------------
 

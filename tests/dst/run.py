@@ -217,6 +217,44 @@ def _instant_credit_voided() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _step_up_never_expires() -> Iterator[None]:
+    """A step-up the payer never finishes is waited for forever: no void at action_ttl_s."""
+    from orchestrator import transitions as tr
+    from orchestrator.model import AttemptState
+
+    old = tr.next_move
+
+    def next_move(rec: Any, now: float, s: Any) -> Any:
+        nxt = old(rec, now, s)
+        if nxt.step is not None and nxt.attempt is not None and nxt.attempt.state is AttemptState.REQUIRES_ACTION:
+            return tr.Next(tr.Move.STOP)
+        return nxt
+
+    with _patched(tr, "next_move", next_move):
+        yield
+
+
+@contextmanager
+def _step_up_expired_unvoided() -> Iterator[None]:
+    """A lapsed step-up is failed on our clock alone, never voided: a payer who completes it
+    late (the provider's window is longer) pays for a recharge that failed."""
+    from orchestrator import transitions as tr
+    from orchestrator.model import AttemptState, RechargeStatus
+
+    old = tr.request_void
+
+    def request_void(rec: Any, att: Any, now: float, result: Any, event_name: str = "void_requested") -> Any:
+        step = old(rec, att, now, result, event_name)
+        if event_name != "action_expiring":
+            return step
+        return replace(step, attempt=replace(step.attempt, state=AttemptState.VOIDED), status=RechargeStatus.FAILED,
+                       expect_status=tr.NONTERMINAL, reason="action_expired")
+
+    with _patched(tr, "request_void", request_void):
+        yield
+
+
 # Rare: seeds that fail with the fix taken back (test_dst runs them, not 3,000). 41019 is one
 # the 100,000-seed run first failed on; 3797 replaces 56244, a world that now also refunds
 # (a search of seeds 0 to 4,000 with the mutation found it).
@@ -235,6 +273,8 @@ MUTATIONS: dict[str, Callable[[], Any]] = {
     "refund_guard_ignored": _refund_guard_ignored,
     "instant_failure_kept": _instant_failure_kept,
     "instant_credit_voided": _instant_credit_voided,
+    "step_up_never_expires": _step_up_never_expires,
+    "step_up_expired_unvoided": _step_up_expired_unvoided,
 }
 
 

@@ -32,7 +32,8 @@ def test_every_seed_keeps_the_money_right_and_ends():
     # The runs went through what they are for (else they prove little).
     for what in ("late_capture_refunded", "late charges refused by a tombstone", "amount_mismatch", "crashes",
                  "drivers that found their lease lost", "void_voided", "webhook_ignored", "reloads", "settled",
-                 "clawed_back"):
+                 "clawed_back", "attempt_requires_action", "action_expiring", "step-ups captured",
+                 "step-ups declined"):
         assert totals.get(what, 0) > 0, f"no seed saw {what}: {totals}"
 
 

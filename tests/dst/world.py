@@ -23,12 +23,13 @@ import hashlib
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import orjson
 
-from channels import AttemptOutcome, ChannelResult, PaymentRequest, RefundRequest, RefundResult
+from channels import ACTION_ABANDONED, AttemptOutcome, ChannelResult, PaymentRequest, RefundRequest, RefundResult, \
+    payment_outcome
 from channels.http import Op, WireAnswer, outcome_of, refund_outcome_of
 from config import ChannelConfig, RefundsConfig
 from orchestrator.channel_set import ChannelSet
@@ -56,7 +57,7 @@ MAX_SKEW_S = 20.0
 _SEEN = ("late_capture_refund_requested", "late_capture_refunded", "amount_mismatch", "void_voided",
          "void_requested", "late_capture_check_clear", "webhook_captured", "webhook_ignored", "inquiry_captured",
          "void_captured", "late_check_captured", "refund_requested", "refund_succeeded", "refund_failed",
-         "settled", "clawed_back")
+         "settled", "clawed_back", "attempt_requires_action", "webhook_requires_action", "action_expiring")
 
 
 # -- the seed's draw of faults --------------------------------------------------------------
@@ -118,6 +119,24 @@ def draw_faults(rng: random.Random, horizon: float) -> ProviderFaults:
 # -- a provider ---------------------------------------------------------------------------
 
 
+class StepUp:
+    """A world's step-up draw: how many recharges risk challenges, how often a provider
+    demands a step-up on its own, what payers do, and our action_ttl_s."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.on = rng.random() < 0.5
+        self.challenged = rng.choice((0.2, 0.5, 1.0))
+        self.own = rng.choice((0.0, 0.1, 0.5))
+        self.complete = rng.uniform(0, 1)
+        self.abandon = rng.uniform(0, 1 - self.complete)
+        self.action_ttl_s = rng.choice((3.0, 10.0, 30.0))
+
+    def demands(self, req: PaymentRequest) -> bool:
+        return req.three_ds == "required" or self.rng.random() < self.own
+
+
+
 @dataclass
 class Payment:
     reference: str
@@ -131,12 +150,15 @@ class Payment:
     at: float = 0.0
     refunded_minor: int = 0  # by partial refunds; the status turns refunded when it reaches the amount
     refunds: list[Refund] = field(default_factory=list)
+    action_url: str | None = None  # while it waits for the payer's step-up
 
     def wire(self) -> bytes:
-        return orjson.dumps({"reference": self.reference, "provider_ref": self.provider_ref, "status": self.status,
-                             "decline_code": self.decline_code,
-                             "amount_minor": None if self.tombstone else self.amount_minor,
-                             "currency": None if self.tombstone else self.currency})
+        doc = {"reference": self.reference, "provider_ref": self.provider_ref, "status": self.status,
+               "decline_code": self.decline_code, "amount_minor": None if self.tombstone else self.amount_minor,
+               "currency": None if self.tombstone else self.currency}
+        if self.status == "requires_action":
+            doc["action_url"] = self.action_url
+        return orjson.dumps(doc)
 
     def refund_refusal(self, amount_minor: int) -> str | None:
         """The simulator's refusal code for a new partial refund (SPEC 6), or None."""
@@ -228,7 +250,7 @@ class Provider:
                 p = self.payments[reference] = Payment(reference, "voided", 0, "", self._ref(), tombstone=True,
                                                        history=["voided"])
                 return WireAnswer(op, 200, p.wire(), reference=reference)
-            if p.status == "pending":
+            if p.status in ("pending", "requires_action"):  # a challenge voided: the payer can no longer pay
                 self._cancel_settle(reference)
                 self._move(p, "voided")
             return WireAnswer(op, 200 if p.status == "voided" else 409, p.wire(), reference=reference)
@@ -328,6 +350,8 @@ class Provider:
             self._move(p, "declined", HARD)
         elif roll < f.decline_hard + f.decline_soft:
             self._move(p, "declined", SOFT)
+        elif self.world.step_up and self.world.stepup.demands(req):
+            self._challenge(p, "pending" if roll < f.decline_hard + f.decline_soft + f.pending else "captured")
         elif roll < f.decline_hard + f.decline_soft + f.pending:
             self._move(p, "pending")
             self._settle_later(p)
@@ -341,6 +365,32 @@ class Provider:
         if self._chance(f.error_500_after):
             return WireAnswer(op, 500)
         return WireAnswer(op, 200, p.wire(), reference=req.reference)
+
+    def _challenge(self, p: Payment, then: str) -> None:
+        """A step-up (SPEC 22): the payer completes it (then ``then``), abandons it, or does
+        nothing and it expires after the provider's own ttl (which may differ from ours)."""
+        su = self.world.stepup
+        self._move(p, "requires_action")
+        p.action_url = f"sim://{self.name}/challenge/{p.reference}"
+        act = su.rng.random()
+        delay = su.rng.uniform(0, 1.5 * su.action_ttl_s)
+        if act < su.complete:
+            self.world.later(delay, self._payer, p.reference, then)
+        elif act < su.complete + su.abandon:
+            self.world.later(delay, self._payer, p.reference, "declined")
+        self.world.later(su.action_ttl_s * su.rng.uniform(0.5, 2.0), self._payer, p.reference, "expired")
+
+    def _payer(self, reference: str, then: str) -> None:
+        p = self.payments[reference]
+        if p.status != "requires_action":
+            return  # voided, expired or done already
+        self.world.stats[f"step-ups {then}"] += 1
+        if then == "pending":
+            self._move(p, "pending")
+            self._settle_later(p)
+            return
+        self._move(p, then, ACTION_ABANDONED if then == "declined" else None)
+        self._tell(p)
 
     def _settle_later(self, p: Payment) -> None:
         declines = self.world.rng.random() < self.f.pending_declines
@@ -652,6 +702,11 @@ class World:
         # Instant credit (SPEC 20) in half the worlds, for most recharges there, by a stream of its own too.
         self.instant_rng = random.Random(seed ^ 0x1257_AC7)
         self.instant = self.instant_rng.random() < 0.5
+        # Step-up (SPEC 22) in half the worlds, by a stream of its own as well.
+        self.stepup = StepUp(random.Random(seed ^ 0x3D5_3D5))
+        self.step_up = self.stepup.on
+        if self.step_up:
+            self.settings = replace(self.settings, action_ttl_s=self.stepup.action_ttl_s)
 
     def _config(self, name: str) -> ChannelConfig:
         f = self.providers[name].f
@@ -706,9 +761,10 @@ class World:
         if live:
             proc = self.rng.choice(live)
             event_id, reference, provider_ref, status, code, amount, currency = event
+            outcome, implied = payment_outcome(status)  # as the webhook endpoint reads it
             try:
                 await proc.stalled()
-                await proc.driver.on_event(channel, event_id, reference, AttemptOutcome(status), provider_ref, code,
+                await proc.driver.on_event(channel, event_id, reference, outcome, provider_ref, code or implied,
                                            amount, currency)
                 self.delivered += 1
                 return
@@ -754,7 +810,8 @@ class World:
             amount_minor=amount, currency="CNY", country="CN", method="ewallet", instrument={"token": "tok"},
             metadata=None, coins=amount // 10, bonus_coins=0, status=RechargeStatus.PROCESSING, created_at=now,
             updated_at=now, deadline_at=now + self.settings.deadline_s, config_version="sim",
-            instant=self.instant and self.instant_rng.random() < 0.8)
+            instant=self.instant and self.instant_rng.random() < 0.8,
+            step_up=self.step_up and self.stepup.rng.random() < self.stepup.challenged)
 
     async def refunder(self) -> None:
         """A support desk: refunds succeeded recharges, in part or whole, now and then the
@@ -847,8 +904,9 @@ class World:
         while len(self.alive()) < (2 if self.leased else 1):
             await self.boot()
         s = self.settings
+        waits = 3 * s.action_ttl_s if self.step_up else 0.0  # a payer's window, ours and the provider's
         await asyncio.sleep(2 * s.deadline_s + s.late_capture_check_s + s.clock_skew_s + 10 * s.reconcile_interval_s
-                            + 120)
+                            + 120 + waits)
 
     # -- the oracle ----------------------------------------------------------------------
 
@@ -860,6 +918,8 @@ class World:
         for rec in self.store._recharges.values():
             if rec.status is RechargeStatus.PENDING and rec.reason != AMOUNT_MISMATCH:
                 v.append(f"{rec.id} still pending ({rec.reason}) after every fault healed")
+            if rec.status is RechargeStatus.REQUIRES_ACTION:
+                v.append(f"{rec.id} still waits for its payer after every step-up window passed")
             if rec.settlement is Settlement.PENDING:
                 v.append(f"{rec.id}'s instant credit still waits for its payment after every fault healed")
             for a in rec.attempts:
@@ -869,8 +929,8 @@ class World:
                     v.append(f"{a.reference}: its late-capture check, due at {a.late_check_at - EPOCH:.1f}, never ran")
         for prov in self.providers.values():
             for p in prov.payments.values():
-                if p.status == "pending":
-                    v.append(f"{prov.name} still holds {p.reference} pending")
+                if p.status in ("pending", "requires_action"):
+                    v.append(f"{prov.name} still holds {p.reference} {p.status}")
         for refund in self.store._refunds.values():
             if refund.status.value == "pending":
                 v.append(f"refund {refund.id} of {refund.recharge_id} left pending after every fault healed")
@@ -886,5 +946,6 @@ class World:
             p.status == "voided" and len(p.history) == 1 and p.reference in prov.refused)
         stats["leased runs"] = int(self.leased)
         stats["instant credit runs"] = int(self.instant)
+        stats["step-up runs"] = int(self.step_up)
         return Outcome(self.seed, v, digest, report.recharges, report.by_status, len(self.store._trail),
                        {k: n for k, n in stats.items() if n})

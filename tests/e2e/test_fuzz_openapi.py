@@ -121,11 +121,33 @@ def _valid_quote() -> st.SearchStrategy[dict[str, Any]]:
                                   "currency": st.sampled_from(["CNY", "PHP"])})
 
 
-VALID_BODIES = {("POST", "/v1/recharges"): _valid_recharge(), ("POST", "/v1/quotes"): _valid_quote()}
+def _valid_template() -> st.SearchStrategy[dict[str, Any]]:
+    instrument = st.one_of(st.builds(lambda t: {"token": t}, st.sampled_from(["tok_a", "tok_b"])),
+                           st.builds(lambda n: {"account_number": n}, st.from_regex(r"\A[0-9]{12,19}\Z")))
+    return st.fixed_dictionaries(
+        {"name": st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2fff), min_size=1, max_size=64),
+         "amount_minor": _amounts(), "currency": st.sampled_from(["CNY", "PHP"]),
+         "country": st.sampled_from(["CN", "PH"]), "method": st.just("ewallet"), "instrument": instrument})
 
 
-def _real_path_parameters(path: str, recharge_id: str) -> dict[str, str] | None:
+def _valid_template_recharge(template_id: str) -> st.SearchStrategy[dict[str, Any]]:
+    """A recharge from the fuzz user's token template (SPEC 22), sometimes naming its fields."""
+    return st.fixed_dictionaries(
+        {"user_id": st.just(USER), "template_id": st.just(template_id)},
+        optional={"amount_minor": st.just(8500), "currency": st.just("CNY"), "instrument": st.just({"token": "tok_a"}),
+                  "metadata": st.dictionaries(st.sampled_from(["order"]), st.text(max_size=20), max_size=1)},
+    )
+
+
+def _valid_bodies(template_id: str) -> dict[tuple[str, str], st.SearchStrategy[dict[str, Any]]]:
+    return {("POST", "/v1/recharges"): st.one_of(_valid_recharge(), _valid_template_recharge(template_id)),
+            ("POST", "/v1/quotes"): _valid_quote(), ("POST", "/v1/users/{user_id}/templates"): _valid_template()}
+
+
+def _real_path_parameters(path: str, recharge_id: str, template_id: str) -> dict[str, str] | None:
     """Names that exist on the server, so that cases also reach past the 404."""
+    if "/templates" in path:
+        return {"user_id": USER, **({"id": template_id} if "{id}" in path else {})}
     if "{channel}" in path:
         return {"channel": CHANNEL}
     if "{name}" in path:
@@ -137,9 +159,10 @@ def _real_path_parameters(path: str, recharge_id: str) -> dict[str, str] | None:
     return None
 
 
-def _cases(operation: Any, mode: GenerationMode, recharge_id: str) -> st.SearchStrategy[schemathesis.Case]:
+def _cases(operation: Any, mode: GenerationMode, recharge_id: str,
+           template_id: str) -> st.SearchStrategy[schemathesis.Case]:
     drawn = operation.as_strategy(generation_mode=mode)
-    real = _real_path_parameters(operation.path, recharge_id)
+    real = _real_path_parameters(operation.path, recharge_id, template_id)
     if real is None:
         return drawn
     return st.one_of(drawn, operation.as_strategy(generation_mode=mode, path_parameters=real))
@@ -184,10 +207,14 @@ def _modes(operation: Any) -> list[GenerationMode]:
 
 
 class Fuzz:
-    def __init__(self, base_url: str, session: requests.Session, recharge_id: str) -> None:
+    def __init__(self, base_url: str, session: requests.Session, recharge_id: str,
+                 templates: tuple[str, str]) -> None:
         self.base_url = base_url
         self.session = session
         self.recharge_id = recharge_id
+        # One template named in paths (a DELETE may take it), one that recharges name.
+        self.template_id, recharged = templates
+        self.valid = _valid_bodies(recharged)
         self.cases: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
 
@@ -217,7 +244,7 @@ class Fuzz:
 
     def operation(self, operation: Any, mode: GenerationMode) -> None:
         has_body = "requestBody" in OPENAPI["paths"][operation.path][operation.method.lower()]
-        valid = VALID_BODIES.get((operation.method.upper(), operation.path))
+        valid = self.valid.get((operation.method.upper(), operation.path))
         # Positive recharges and quotes are mostly fully valid, so that they reach pricing,
         # risk and the provider; the rest keep schemathesis's body.
         valid_bodies = (st.none() if valid is None or mode is GenerationMode.NEGATIVE
@@ -229,7 +256,7 @@ class Fuzz:
         @settings(max_examples=CASES[mode], deadline=None, database=None, derandomize=False,
                   phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
                   verbosity=hypothesis.Verbosity.quiet)
-        @given(case=_cases(operation, mode, self.recharge_id), token=_credentials(operation.path),
+        @given(case=_cases(operation, mode, self.recharge_id, self.template_id), token=_credentials(operation.path),
                damage=st.sampled_from(DAMAGE) if has_body else st.none(),
                signed=st.booleans() if is_webhook else st.just(False), body=valid_bodies)
         def run(case: schemathesis.Case, token: str | None, damage: str | None, signed: bool,
@@ -250,6 +277,18 @@ def _first_recharge(base_url: str) -> str:
     return r.json()["id"]
 
 
+def _templates(base_url: str) -> tuple[str, str]:
+    made = []
+    for name in ("fuzz path", "fuzz recharge"):
+        body = {"name": name, "amount_minor": 8500, "currency": "CNY", "country": "CN", "method": "ewallet",
+                "instrument": {"token": "tok_a"}}
+        r = requests.post(f"{base_url}/v1/users/{USER}/templates", json=body, timeout=15,
+                          headers={"Authorization": f"Bearer {FRONT_KEY}"})
+        assert r.status_code == 201, r.text
+        made.append(r.json()["id"])
+    return made[0], made[1]
+
+
 def test_schemathesis_fuzzes_every_operation_of_the_live_server(live, fuzz_report):
     started = time.monotonic()
     # The document as the server serves it (from_url would leave out the document's own
@@ -262,7 +301,7 @@ def test_schemathesis_fuzzes_every_operation_of_the_live_server(live, fuzz_repor
     assert {f"{op.method.upper()} {op.path}" for op in operations} == declared
     failures: list[str] = []
     with requests.Session() as session:
-        fuzz = Fuzz(live.url, session, _first_recharge(live.url))
+        fuzz = Fuzz(live.url, session, _first_recharge(live.url), _templates(live.url))
         for operation in operations:
             for mode in _modes(operation):
                 try:

@@ -16,6 +16,9 @@ from harness import PgStore
 from orchestrator.journal import SqliteJournal
 from orchestrator.journal import _schema, postgres, sqlite
 from orchestrator.journal._sqlite_ops import _DUE, CLAIMABLE, NONTERMINAL, OPEN
+from orchestrator.journal._sqlite_templates import _COUNT as TEMPLATES_COUNT
+from orchestrator.journal._sqlite_templates import OWN_TEMPLATES
+from orchestrator.journal._totals import SUCCEEDED_OF
 
 
 def test_the_open_statuses_are_the_partial_index_condition_word_for_word():
@@ -32,6 +35,9 @@ SQLITE_READS = {
     "nonterminal": (sqlite._OPEN_IDS, (), "recharges_open"),
     "claim": (CLAIMABLE, ("owner", 0.0, 500), "recharges_open"),
     "user_totals": (sqlite._USER_TOTALS, ("u1",), "PRIMARY KEY"),
+    "succeeded_recharges": (SUCCEEDED_OF, ("u1", 20), "recharges_user"),
+    "templates_of": (OWN_TEMPLATES, ("c", "u1"), "templates_owner"),
+    "templates_count": (TEMPLATES_COUNT, ("c", "u1"), "templates_owner"),
 }
 
 
@@ -62,7 +68,7 @@ def test_sqlite_reads_search_an_index_never_scan_a_table(sqlite_conn, name):
 def test_sqlite_uses_a_partial_index_only_when_the_query_names_its_condition(sqlite_conn):
     """Why the open statuses are literals: bound (as they were), the recovery scan and
     the claim read every recharge ever made."""
-    assert _plan(sqlite_conn, "SELECT id FROM recharges WHERE status IN (?,?) ORDER BY created_at", NONTERMINAL)[0] \
+    assert _plan(sqlite_conn, "SELECT id FROM recharges WHERE status IN (?,?,?) ORDER BY created_at", NONTERMINAL)[0] \
         == "SCAN recharges"
 
 
@@ -82,6 +88,8 @@ INSERT INTO leases(recharge_id, owner, expires_at) SELECT 'rc' || g, 'o', g FROM
 INSERT INTO follow_ups(recharge_id, due_at) SELECT 'rc' || g, g FROM generate_series(1, 30000) g WHERE g % 5000 = 0;
 INSERT INTO user_recharge_totals(user_id, currency, recharges, amount_minor, month_start, month_recharges)
 SELECT 'u' || g, c, 7, 700, 0, 1 FROM generate_series(0, 2999) g, unnest(ARRAY['CNY', 'JPY']) c;
+INSERT INTO templates(id, client, user_id, name, amount_minor, currency, country, method, instrument, created_at)
+SELECT 'tpl' || g, 'c', 'u' || (g % 3000), 'n', 100, 'CNY', 'CN', 'm', '{}', g FROM generate_series(1, 30000) g;
 ANALYZE;
 """
 
@@ -94,6 +102,10 @@ PG_READS = {
     "claim_take": (postgres._TAKE_LEASES, "('owner', 30.0, 0.0, 500)", "recharges_open"),
     "lease": (postgres._TAKE, "('rc7', 'owner', 30.0, 0.0)", "leases_pkey"),
     "user_totals": (postgres._USER_TOTALS, "('u7')", "user_recharge_totals_pkey"),
+    "succeeded_recharges": (postgres._SUCCEEDED_OF, "('u7', 20)", "recharges_user"),
+    "templates_of": (postgres._OWN_TEMPLATES, "('c', 'u7')", "templates_owner"),
+    "templates_count": (postgres._COUNT_TEMPLATES, "('c', 'u7')", "templates_owner"),
+    "get_template": (postgres._TEMPLATE, "('tpl7')", "templates_pkey"),
 }
 
 

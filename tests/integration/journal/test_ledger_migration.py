@@ -14,8 +14,8 @@ from orchestrator.invariants import facts_of, ledger_violations
 from orchestrator.journal import SqliteJournal, WalletEntry, WalletView, _schema, _schema_pg
 from orchestrator.journal._rows import RECHARGE_COLUMNS, recharge_row
 
-# A recharge row as schema 10 had it (migration 12 added instant and settlement).
-V10_COLUMNS = RECHARGE_COLUMNS.removesuffix(", instant, settlement")
+# A recharge row as schema 10 had it (migration 12 added instant and settlement, 15 step_up).
+V10_COLUMNS = RECHARGE_COLUMNS.removesuffix(", instant, settlement, step_up")
 
 # (user, recharge key, kind, ref, coins): a credit, a refund and its reversal, a clawback.
 ENTRIES = [("u1", "k1", "credit", None, 500), ("u2", "k2", "credit", None, 300),

@@ -316,3 +316,103 @@ def test_a_recheck_of_an_open_attempt_only_says_why_and_of_a_refunded_one_nothin
     assert step.attempt is None and step.follow_up is KEEP and step.trail[0].event == "reconciliation_recheck"
     assert tr.recheck(rec(att(state=S.REFUNDED), status=R.FAILED), att(state=S.REFUNDED), NOW) is None
     assert tr.recheck(rec(att(state=S.CAPTURED), status=R.SUCCEEDED), att(state=S.CAPTURED), NOW) is None
+
+
+# -- step-up (3-D Secure, SPEC 22) --------------------------------------------------------------
+
+URL = "https://psp.example/challenge/rc_1.1"
+
+
+def challenged(**kw: object) -> Recharge:
+    """A recharge whose first attempt waits for the payer's step-up, as journaled."""
+    r = rec(att(action_url=None, **kw))
+    return applied(r, tr.on_answer(r, r.attempts[0], answer(O.REQUIRES_ACTION, action_url=URL), NOW, RULES,
+                                   Source.ATTEMPT))
+
+
+def test_a_step_up_answer_makes_the_recharge_wait_for_its_payer_with_a_next_action():
+    r = challenged()
+    a = r.attempts[0]
+    assert r.status is R.REQUIRES_ACTION and a.state is S.REQUIRES_ACTION
+    assert a.action_url == URL and a.action_expires_at == NOW + RULES.action_ttl_s
+    assert r.next_action() == {"type": "redirect", "url": URL}
+    assert r.deadline() == NOW + RULES.action_ttl_s, "the payer's window extends the recharge's deadline"
+    assert tr.next_move(r, NOW + 1, RULES).move is Move.STOP, "nothing to ask before a reconcile interval"
+    assert tr.next_move(r, NOW + 5, RULES).move is Move.INQUIRE
+
+
+def test_the_payer_completing_it_credits_once():
+    r = challenged()
+    step = tr.on_answer(r, r.attempts[0], answer(O.CAPTURED), NOW + 30, RULES, Source.WEBHOOK, ("a", "e1"))
+    assert step.status is R.SUCCEEDED and step.credit is not None and step.expect_attempt == {S.REQUIRES_ACTION}
+    assert applied(r, step).next_action() is None
+
+
+def test_the_payer_abandoning_it_fails_the_recharge_without_failover():
+    r = challenged()
+    step = tr.on_answer(r, r.attempts[0], answer(O.DECLINED, decline_code="action_abandoned"), NOW + 30, RULES,
+                        Source.WEBHOOK, ("a", "e1"))
+    assert step.status is R.FAILED and step.reason == "action_abandoned" and step.credit is None
+    assert tr.next_move(applied(r, step), NOW + 31, RULES).move is Move.STOP
+
+
+def test_a_lapsed_step_up_is_voided_then_fails_action_expired():
+    r = challenged()
+    expires = r.attempts[0].action_expires_at
+    nxt = tr.next_move(r, expires - 0.001, RULES)
+    assert nxt.move is not Move.WRITE
+    nxt = tr.next_move(r, expires, RULES)
+    assert nxt.move is Move.WRITE and nxt.step.attempt.state is S.VOID_REQUESTED
+    assert nxt.step.trail[0].event == "action_expiring"
+    applied(r, nxt.step)
+    assert tr.next_move(r, expires, RULES).move is Move.VOID
+    step = tr.on_answer(r, r.attempts[0], answer(O.VOIDED), expires + 1, RULES, Source.VOID)
+    assert step.status is R.FAILED and step.reason == "action_expired"
+    assert step.attempt.late_check_at is not None, "a voided challenge is checked once more for a late capture"
+
+
+def test_the_providers_own_expiry_fails_it_at_once():
+    r = challenged()
+    step = tr.on_answer(r, r.attempts[0], answer(O.VOIDED, decline_code="action_expired"), NOW + 600, RULES,
+                        Source.WEBHOOK, ("a", "e2"))
+    assert step.status is R.FAILED and step.reason == "action_expired"
+
+
+def test_a_capture_racing_the_expiry_void_is_still_credited():
+    r = challenged()
+    applied(r, tr.next_move(r, NOW + RULES.action_ttl_s, RULES).step)
+    step = tr.on_answer(r, r.attempts[0], answer(O.CAPTURED), NOW + RULES.action_ttl_s + 1, RULES, Source.VOID)
+    assert step.status is R.SUCCEEDED and step.credit is not None
+
+
+def test_an_inquiry_that_fails_never_voids_a_challenge_in_progress():
+    r = challenged()
+    assert tr.after_inquiry(r, r.attempts[0], answer(O.UNKNOWN), NOW + 5, RULES, exhausted=True) is None
+    assert tr.after_inquiry(r, r.attempts[0], answer(O.REQUIRES_ACTION, action_url=URL), NOW + 5, RULES,
+                            exhausted=False) is None
+    assert tr.park(r, r.attempts[0], "awaiting_provider", NOW + 5) is None, "its status already says what it waits for"
+
+
+def test_a_soft_decline_after_the_challenge_fails_over_within_the_payers_window():
+    r = challenged()
+    step = tr.on_answer(r, r.attempts[0], answer(O.DECLINED, decline_code="soft"), NOW + 60, RULES, Source.WEBHOOK,
+                        ("a", "e3"))
+    assert step.status is None
+    assert tr.next_move(applied(r, step), NOW + 61, RULES).move is Move.ATTEMPT
+
+
+def test_a_step_up_webhook_before_the_charge_answer_is_the_same_news():
+    r = rec(att())
+    step = tr.on_event(r, r.attempts[0], answer(O.REQUIRES_ACTION, action_url=URL), NOW, RULES, ("a", "e0"))
+    applied(r, step)
+    assert r.status is R.REQUIRES_ACTION
+    assert tr.on_answer(r, r.attempts[0], answer(O.REQUIRES_ACTION, action_url=URL), NOW + 1, RULES,
+                        Source.ATTEMPT) is None
+
+
+def test_a_pending_answer_during_a_step_up_is_no_news_and_never_credits_instantly():
+    r = challenged()
+    r.instant = True
+    assert tr.on_answer(r, r.attempts[0], answer(O.PENDING), NOW + 2, RULES, Source.WEBHOOK, ("a", "e4")) is None
+    step = tr.on_event(r, r.attempts[0], answer(O.PENDING), NOW + 2, RULES, ("a", "e4"))
+    assert step.credit is None and step.trail[0].event == "webhook_ignored"

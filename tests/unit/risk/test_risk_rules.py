@@ -169,3 +169,35 @@ def test_bad_risk_config_is_refused_with_its_path(doc: dict[str, object], messag
     with pytest.raises(ConfigError) as err:
         parse({"risk": doc})
     assert message in str(err.value)
+
+
+def test_an_amount_over_the_challenge_limit_is_challenged_not_blocked() -> None:
+    eng, _ = engine(challenge_amount_base=50, max_amount_base=500)
+    d = eng.assess(txn(amount=60))
+    assert (d.action, d.reasons, d.challenged, d.blocked) == ("challenge", ("amount_over_challenge_limit",), True,
+                                                              False)
+    assert d.score == 0.7
+    assert eng.assess(txn(amount=50)).action == "allow"
+    assert eng.assess(txn(amount=600)).reasons == ("amount_over_limit",), "over the hard limit: blocked, not challenged"
+
+
+def test_weak_signals_add_up_to_a_challenge_at_the_configured_score() -> None:
+    rules = [{"name": "burst", "key": "user", "window_s": 60, "max_count": 1, "action": "review"},
+             {"name": "card", "key": "instrument", "window_s": 60, "max_count": 1, "action": "review", "score": 0.5}]
+    eng, _ = engine(velocity=rules, challenge_score=0.6)
+    eng.record(txn())
+    d = eng.assess(txn())
+    assert d.reasons == ("velocity:burst", "velocity:card") and d.score == 0.7  # 1 - 0.6 * 0.5
+    assert d.action == "challenge"
+    eng, _ = engine(velocity=rules[:1], challenge_score=0.6)
+    eng.record(txn())
+    assert (eng.assess(txn()).action, eng.assess(txn()).score) == ("review", 0.4), "one weak signal: review only"
+
+
+def test_a_score_at_block_score_blocks() -> None:
+    rules = [{"name": "burst", "key": "user", "window_s": 60, "max_count": 1, "action": "challenge"}]
+    eng, _ = engine(velocity=rules, challenge_score=0.3, block_score=0.65)
+    eng.record(txn())
+    assert eng.assess(txn()).action == "block"
+    with pytest.raises(ConfigError):
+        risk_config(challenge_score=0.8, block_score=0.5)

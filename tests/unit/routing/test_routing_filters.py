@@ -106,3 +106,11 @@ def test_nothing_eligible_gives_an_empty_order():
 def test_channel_without_state_is_taken_as_closed_and_unmeasured():
     d = decide(make_snapshot([make_spec("a")], states={}), CNY, random.Random(0))
     assert d.candidates == ("a",)
+
+
+def test_a_challenged_recharge_goes_only_to_channels_that_can_step_up():
+    step_up = Transaction("CNY", "CN", "ewallet", 8500, step_up=True)
+    candidates, filtered = only({"step_up": True}, txn=step_up)
+    assert candidates == ("x",)
+    assert filtered == {"ref": "no 3-D Secure step-up for a challenged recharge"}
+    assert set(only({"step_up": True})[0]) == {"ref", "x"}, "a plain recharge may go anywhere"
