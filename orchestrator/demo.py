@@ -6,15 +6,19 @@ users, and shows what routing does live. A third of the way in, the busiest chan
 down and another browns out (x20 latency); both come back later. Along the way some
 recharges are refunded (in part or whole) and some disputed at the provider, and a small
 webhook receiver stands in for the front service: it verifies each signed notification
-the orchestrator sends. At the end it checks, against the simulator's own ledger, that
-every recharge was charged at most once and credited exactly once, refunds and disputes
-included, and that every notification reached the receiver at least once.
+the orchestrator sends. Users keep to a favourite amount; returning users save a template
+and recharge from it, others ask for amount suggestions first; the largest CNY amounts are
+challenged (3-D Secure) and their payers complete, abandon or ignore the step-up. At the
+end it checks, against the simulator's own ledger, that every recharge was charged at most
+once and credited exactly once, refunds and disputes included, and that every notification
+reached the receiver at least once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import shutil
 import sqlite3
@@ -46,6 +50,11 @@ MARKETS = [  # (currency, country, share, denominations in minor units)
 # How users pay: mostly e-wallets (direct APIs, ~28 ms), some by bank transfer (a bank channel:
 # ~4.8 s, often pending and settled by webhook) or in USDT (~1.2 s, sometimes pending).
 METHODS = [("ewallet", 0.85), ("bank_transfer", 0.10), ("crypto", 0.05)]
+USERS = 2000
+RETURNING = 500  # users user_0..user_499 save their first succeeded recharge as a template
+FAVOURITE = 0.7  # the share of a user's recharges at their favourite amount
+SUGGEST_EVERY = 4  # one recharge in this many (not from a template) asks for suggestions first
+ACTION_TTL_S = 10.0  # the demo's routing.action_ttl_s: a step-up its payer ignores ends in 10 s
 
 
 @dataclass
@@ -61,6 +70,9 @@ class Tally:
     disputes: Counter[str] = field(default_factory=Counter)
     notifications: int = 0  # deliveries the receiver verified and recorded
     sold: list[dict[str, Any]] = field(default_factory=list)
+    templates: dict[str, str] = field(default_factory=dict)  # user -> their template's id
+    from_template: Counter[str] = field(default_factory=Counter)  # statuses of recharges from templates
+    suggested: Counter[str] = field(default_factory=Counter)  # asked, top1, top3, basis:<basis>
 
     def window(self, seconds: float) -> tuple[list[float], Counter[str]]:
         since = time.monotonic() - seconds
@@ -87,6 +99,10 @@ class Demo:
         self.orch: Child | None = None
         self.receiver: Child | None = None
         self.started = time.monotonic()
+        self.deleted_ok = False
+        self.step_ups_ok = False
+        self.reconcile_s = 5.0
+        self.outage: tuple[str, float, float] = ("", 0.0, 0.0)  # channel down, from, to (epoch s)
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -102,6 +118,12 @@ class Demo:
             fee = fees.get(ch["name"], {})
             ch.setdefault("behaviour", {}).update(settlement_fee_percent=fee.get("percent", 0),
                                                   settlement_fee_fixed_minor=fee.get("fixed_minor", 0))
+            if ch.get("behaviour", {}).get("three_ds"):  # the provider outwaits us: our expiry is what shows
+                ch["behaviour"]["action_ttl_s"] = 3 * ACTION_TTL_S
+            if ch["name"] == "wechat_direct":  # a provider that asks for a step-up on its own now and then
+                ch["behaviour"]["requires_action_rate"] = 0.02
+        orch_doc["routing"]["action_ttl_s"] = ACTION_TTL_S
+        self.reconcile_s = float(orch_doc["routing"].get("inquiry", {}).get("reconcile_interval_s", 5.0))
         orch_doc["server"]["port"] = orch_port
         orch_doc["storage"]["url"] = f"sqlite:///{self.dir / 'orchestrator.db'}"
         # Rebalanced a few times in the run, to watch the pools follow demand.
@@ -111,7 +133,8 @@ class Demo:
             if client["name"] == "front-web":
                 client["notify"] = {"url": f"http://127.0.0.1:{receiver_port}/notifications", "secret": NOTIFY_SECRET,
                                     "events": ["recharge.succeeded", "recharge.failed", "recharge.declined",
-                                               "recharge.blocked", "recharge.pending", "recharge.settled",
+                                               "recharge.blocked", "recharge.pending", "recharge.requires_action",
+                                               "recharge.settled",
                                                "recharge.settlement_failed", "refund.succeeded",
                                                "refund.failed", "dispute.opened", "dispute.won", "dispute.lost"]}
         sim_path, orch_path = self.dir / "simulator.yaml", self.dir / "orchestrator.yaml"
@@ -144,6 +167,7 @@ class Demo:
                 watch = asyncio.create_task(self._watch(session))
                 try:
                     await asyncio.gather(self._load(session), self._chaos(session), self._disputes(session))
+                    deleted = await self._delete_templates(session)
                     self.phase = "settling: waiting for pending recharges"
                     await self._settle()
                     self.phase = "settling: waiting for refunds and notifications"
@@ -157,7 +181,9 @@ class Demo:
                 pools = await self._pools(session)
                 self.phase = "reconciling today's settlement reports"
                 reconciled = await self._reconcile(session)
-            return self._summary(report, notified, pools, time_to_credit(self.dir / "orchestrator.db") + reconciled)
+            payer = self._payer_lines(deleted)
+            return self._summary(report, notified, pools,
+                                 payer + time_to_credit(self.dir / "orchestrator.db") + reconciled)
         finally:
             for child in (self.orch, self.receiver, self.sim):
                 child.stop()
@@ -178,20 +204,30 @@ class Demo:
             await asyncio.gather(*tasks)
 
     async def _one(self, session: aiohttp.ClientSession, n: int, rng: random.Random) -> None:
-        currency, country, _, amounts = rng.choices(MARKETS, weights=[m[2] for m in MARKETS])[0]
-        method = rng.choices([m for m, _ in METHODS], weights=[w for _, w in METHODS])[0]
-        body = {"user_id": f"user_{rng.randrange(2000)}", "amount_minor": rng.choice(amounts), "currency": currency,
-                "country": country, "method": method, "instrument": {"token": f"tok_{rng.randrange(10**6)}"}}
+        u = rng.randrange(USERS)
+        user = f"user_{u}"
+        habit = random.Random(u)  # a user's own market, method and favourite amount, the same every run
+        currency, country, _, amounts = habit.choices(MARKETS, weights=[m[2] for m in MARKETS])[0]
+        method = habit.choices([m for m, _ in METHODS], weights=[w for _, w in METHODS])[0]
+        amount = habit.choice(amounts) if rng.random() < FAVOURITE else rng.choice(amounts)
+        template = self.tally.templates.get(user)
+        assert self.orch is not None
+        if template:  # "lightning recharge": two clicks ("" while its save is in flight)
+            body: dict[str, Any] = {"user_id": user, "template_id": template}
+        else:
+            if n % SUGGEST_EVERY == 0:
+                await self._suggest(session, user, currency, amount)
+            body = {"user_id": user, "amount_minor": amount, "currency": currency, "country": country,
+                    "method": method, "instrument": {"token": f"tok_{u}_{habit.randrange(10**6)}"}}
         headers = {"Authorization": f"Bearer {FRONT_KEY}", "Idempotency-Key": f"demo-{n}"}
         self.tally.sent += 1
         t = time.monotonic()
-        assert self.orch is not None
         try:
             async with session.post(self.orch.url + "/v1/recharges", json=body, headers=headers,
                                     timeout=aiohttp.ClientTimeout(total=30)) as r:
                 rec = await r.json()
                 if r.status not in (201, 202):
-                    self.tally.errors[f"http_{r.status}"] += 1
+                    self.tally.errors[f"http_{r.status} {rec.get('error', {}).get('code', '')}".strip()] += 1
                     return
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.tally.errors[type(exc).__name__] += 1
@@ -200,6 +236,8 @@ class Demo:
         self.tally.answered += 1
         self.tally.statuses[rec["status"]] += 1
         self.tally.latencies.append((now, (now - t) * 1000))
+        if template:
+            self.tally.from_template[rec["status"]] += 1
         if rec["attempts"]:
             self.tally.first_channel.append((now, rec["attempts"][0]["channel"]))
             self.tally.failovers += len(rec["attempts"]) - 1
@@ -207,6 +245,56 @@ class Demo:
             self.tally.sold.append(rec)
             if n % REFUND_EVERY == 0:
                 await self._refund(session, rec, None if n % (2 * REFUND_EVERY) == 0 else rec["amount_minor"] // 3)
+            if u < RETURNING and user not in self.tally.templates:
+                await self._save_template(session, user, body)
+
+    async def _suggest(self, session: aiohttp.ClientSession, user: str, currency: str, chosen: int) -> None:
+        """The front service's recharge page asks which amounts to offer first."""
+        assert self.orch is not None
+        try:
+            async with session.get(f"{self.orch.url}/v1/users/{user}/suggestions", params={"currency": currency},
+                                   headers={"Authorization": f"Bearer {FRONT_KEY}"}) as r:
+                doc = await r.json()
+                if r.status != 200:
+                    self.tally.errors[f"suggestions http_{r.status}"] += 1
+                    return
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.tally.errors[f"suggestions {type(exc).__name__}"] += 1
+            return
+        offered = [a["amount_minor"] for a in doc["amounts"]]
+        self.tally.suggested["asked"] += 1
+        self.tally.suggested[f"basis:{doc['basis']}"] += 1
+        self.tally.suggested["top1"] += offered[:1] == [chosen]
+        self.tally.suggested["top3"] += chosen in offered[:3]
+
+    async def _save_template(self, session: aiohttp.ClientSession, user: str, body: dict[str, Any]) -> None:
+        """A returning user saves the recharge that just succeeded as a template."""
+        assert self.orch is not None
+        self.tally.templates[user] = ""  # one save per user, even with two recharges answering at once
+        doc = {k: v for k, v in body.items() if k != "user_id"} | {"name": "lightning"}
+        async with session.post(f"{self.orch.url}/v1/users/{user}/templates", json=doc,
+                                headers={"Authorization": f"Bearer {FRONT_KEY}"}) as r:
+            got = await r.json()
+            if r.status != 201:
+                self.tally.errors[f"template http_{r.status}"] += 1
+                del self.tally.templates[user]
+                return
+        self.tally.templates[user] = got["id"]
+
+    async def _delete_templates(self, session: aiohttp.ClientSession) -> list[str]:
+        """A few users delete their template; a recharge from a deleted one must be 404."""
+        assert self.orch is not None
+        headers = {"Authorization": f"Bearer {FRONT_KEY}"}
+        saved = sorted((u, t) for u, t in self.tally.templates.items() if t)[:10]
+        outcomes: list[str] = []
+        for user, tpl in saved:
+            async with session.delete(f"{self.orch.url}/v1/users/{user}/templates/{tpl}", headers=headers) as r:
+                outcomes.append(f"delete {r.status}")
+            async with session.post(self.orch.url + "/v1/recharges", json={"user_id": user, "template_id": tpl},
+                                    headers={**headers, "Idempotency-Key": f"demo-deleted-{tpl}"}) as r:
+                doc = await r.json()
+                outcomes.append(f"recharge {r.status} {doc.get('error', {}).get('code', doc.get('status'))}")
+        return outcomes
 
     async def _fund_pools(self) -> None:
         """Partners deposit into each pool (as they would, from their pre-deposit funds): three
@@ -257,6 +345,7 @@ class Demo:
     async def _refund(self, session: aiohttp.ClientSession, rec: dict[str, Any], amount: int | None) -> None:
         """A support agent refunds a recharge, in part or whole (the front service's call)."""
         assert self.orch is not None
+        rec["refund_asked"] = True  # the payer has no reason left to dispute it
         headers = {"Authorization": f"Bearer {FRONT_KEY}", "Idempotency-Key": f"refund-{rec['id']}"}
         body = {"reason": "support case"} if amount is None else {"amount_minor": amount, "reason": "partial"}
         try:
@@ -273,8 +362,9 @@ class Demo:
         for n in range(DISPUTES):
             await asyncio.sleep(self.duration * 0.8 / DISPUTES)
             # A payment the provider captured (not an instant credit still settling when answered).
-            candidates = [r for r in self.tally.sold[-200:] if r.get("disputed") is None and any(
-                a["outcome"] == "captured" and a["channel"] == r["channel"] for a in r["attempts"])]
+            candidates = [r for r in self.tally.sold[-200:]
+                          if r.get("disputed") is None and not r.get("refund_asked") and any(
+                              a["outcome"] == "captured" and a["channel"] == r["channel"] for a in r["attempts"])]
             if not candidates:
                 continue
             rec = candidates[n * 7 % len(candidates)]
@@ -295,8 +385,10 @@ class Demo:
         await self._behave(session, other, latency_multiplier=20)
         self.phase = f"OUTAGE of {busiest} + 20x BROWNOUT of {other}"
         self.events.append(f"{self._t():5.1f}s  {busiest} down, {other} browned out x20")
+        self.outage = (busiest, time.time(), math.inf)
         await asyncio.sleep(self.duration * 0.35)
         await self._behave(session, busiest, outage=False)
+        self.outage = (busiest, self.outage[1], time.time())
         await self._behave(session, other, latency_multiplier=1)
         self.phase = f"recovered: {busiest} and {other} back"
         self.events.append(f"{self._t():5.1f}s  {busiest} and {other} restored")
@@ -325,13 +417,14 @@ class Demo:
         while time.monotonic() < deadline:
             conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
             try:
-                (open_,) = conn.execute("SELECT count(*) FROM recharges WHERE status IN ('processing','pending') "
-                                        "OR settlement = 'pending'").fetchone()
+                (open_,) = conn.execute("SELECT count(*) FROM recharges WHERE status IN ('processing','pending',"
+                                        "'requires_action') OR settlement = 'pending'").fetchone()
             finally:
                 conn.close()
             if open_ == 0:
                 return
-            self.phase = f"settling: {open_} recharges (or instant credits) still pending at their providers"
+            self.phase = (f"settling: {open_} recharges (or instant credits) still pending at their providers "
+                          "or waiting for their payers' step-up")
             await asyncio.sleep(1)
 
     async def _settle_after_sale(self, limit_s: float = 60) -> None:
@@ -379,6 +472,57 @@ class Demo:
 
     # -- output -------------------------------------------------------------------------
 
+    def _payer_lines(self, deleted: list[str]) -> list[str]:
+        """Summary lines for the payer's side: templates, suggestions and step-ups (SPEC 22)."""
+        t = self.tally
+        slack = self.reconcile_s + 1.0  # past its action_ttl_s: one reconcile pass and one write
+        conn = sqlite3.connect(f"file:{self.dir / 'orchestrator.db'}?mode=ro", uri=True)
+        try:
+            challenged = conn.execute("SELECT status, coalesce(reason, ''), count(*), max(updated_at - created_at) "
+                                      "FROM recharges WHERE step_up = 1 GROUP BY 1, 2 ORDER BY 3 DESC").fetchall()
+            demanded = conn.execute("SELECT r.status, coalesce(r.reason, ''), count(*), "
+                                    "max(r.updated_at - r.created_at) FROM recharges r WHERE r.step_up = 0 AND EXISTS (SELECT 1 FROM attempts a "
+                                    "WHERE a.recharge_id = r.id AND a.action_url IS NOT NULL) "
+                                    "GROUP BY 1, 2 ORDER BY 3 DESC").fetchall()
+            late_rows = conn.execute("SELECT a.channel, a.action_expires_at FROM recharges r JOIN attempts a ON "
+                                     "a.recharge_id = r.id AND a.action_url IS NOT NULL WHERE CASE WHEN r.status IN "
+                                     "('processing', 'requires_action', 'pending') THEN ? ELSE r.updated_at END "
+                                     "> a.action_expires_at + ?", (time.time(), slack)).fetchall()
+        finally:
+            conn.close()
+        self.deleted_ok = bool(deleted) and all(
+            o in ("delete 204", "recharge 404 template_not_found") for o in deleted)
+        asked = t.suggested["asked"]
+        bases = ", ".join(f"{k.split(':')[1]} {v}" for k, v in sorted(t.suggested.items()) if k.startswith("basis:"))
+
+        def ended(rows: list[tuple[str, str, int, float]]) -> str:
+            return "; ".join(f"{status}{' ' + reason if reason else ''} {n} (the slowest after {slowest:.1f} s)"
+                             for status, reason, n, slowest in rows) or "none"
+
+        # Open past action_ttl_s + the reconcile interval only while its void cannot be confirmed:
+        # its channel went down before the reconcile pass that would have voided it.
+        down, since, until = self.outage
+        late = Counter("outage" if ch == down and since - slack <= exp <= until else "unexplained"
+                       for ch, exp in late_rows)
+        self.step_ups_ok = not late["unexplained"]
+        return [
+            f"templates: {sum(1 for v in t.templates.values() if v)} saved by returning users, "
+            f"{t.from_template.total()} recharges made from them ({dict(t.from_template) or 'none'}); "
+            f"{len(deleted) // 2} deleted, then a recharge from each: "
+            + ("404 template_not_found, as it must" if self.deleted_ok else f"FAILED: {deleted}"),
+            f"amount suggestions: asked before {asked} recharges ({bases or 'none'}); the amount the user then chose "
+            f"was the first suggested in {t.suggested['top1'] / max(1, asked):.0%}, among the three in "
+            f"{t.suggested['top3'] / max(1, asked):.0%}",
+            f"3-D Secure step-ups: {sum(r[2] for r in challenged)} recharges challenged by risk, ended: "
+            f"{ended(challenged)}; {sum(r[2] for r in demanded)} step-ups demanded by a channel on its own, "
+            f"ended: {ended(demanded)} (action_ttl_s {ACTION_TTL_S:.0f} s, reconcile interval "
+            f"{self.reconcile_s:.0f} s: "
+            + (f"{late['outage']} ended later, their void waiting for {down} to come back" if late["outage"]
+               else "none ended later")
+            + (f"; FAILED: {late['unexplained']} ended later, or not at all, with their channel up"
+               if late["unexplained"] else "") + ")",
+        ]
+
     async def _view(self) -> None:
         if self.live:
             from rich.live import Live
@@ -396,7 +540,8 @@ class Demo:
                 print(f"[{self._t():5.1f}s] {self.phase}: sent {self.tally.sent}, answered {self.tally.answered}, "
                       f"p50 {_pct(lat, .5):.0f} ms, p99 {_pct(lat, .99):.0f} ms, top channels: {top}; "
                       f"refunds {sum(self.tally.refunds.values())}, notifications received "
-                      f"{self.tally.notifications}", flush=True)
+                      f"{self.tally.notifications}, recharges from templates {self.tally.from_template.total()}, "
+                      f"step-ups {self.tally.statuses['requires_action']}", flush=True)
 
     def _render(self) -> Any:
         from rich.console import Group
@@ -414,6 +559,9 @@ class Demo:
                      f"failovers {t.failovers}  errors {sum(t.errors.values())}")
         head.add_row(f"refunds {sum(t.refunds.values())}  disputes {sum(t.disputes.values())}",
                      f"notifications received by the front service {t.notifications}")
+        head.add_row(f"templates {sum(1 for v in t.templates.values() if v)}  used {t.from_template.total()}",
+                     f"step-ups answered requires_action {t.statuses['requires_action']}  suggestions asked "
+                     f"{t.suggested['asked']}")
         table = Table(title="channels (share of first attempts, last 5 s)", expand=True)
         for col in ("channel", "kind", "breaker", "state", "p50 ms", "p99 ms", "success", "share"):
             table.add_column(col, justify="right" if col in ("p50 ms", "p99 ms", "success", "share") else "left",
@@ -436,7 +584,7 @@ class Demo:
         written, received, deliveries, missing = notified
         log = self.dir / "orchestrator.log"
         errors = sum('"level":"error"' in line for line in log.read_text().splitlines()) if log.exists() else 0
-        ok = report.ok and t.answered == t.sent and not missing and errors == 0
+        ok = report.ok and t.answered == t.sent and not missing and errors == 0 and self.deleted_ok and self.step_ups_ok
         lines = [
             "",
             "== summary ==",

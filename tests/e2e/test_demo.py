@@ -30,5 +30,8 @@ def test_the_demo_runs_unattended_and_its_exactly_once_check_passes(tmp_path):
     summary = out[out.index("== summary =="):].strip().splitlines()
     assert summary[-1].endswith("every notification delivered at least once"), summary[-1]
     assert "refunds: {" in out, "refunds were made"
+    assert "then a recharge from each: 404 template_not_found, as it must" in out
+    assert "amount suggestions: asked before" in out
+    assert "3-D Secure step-ups: " in out and "succeeded " in out.split("3-D Secure step-ups: ")[1]
     assert (tmp_path / "orchestrator.db").exists() and (tmp_path / "orchestrator.log").exists()
     assert "\x1b[" not in out, "no terminal escapes in a non-interactive run"
