@@ -258,8 +258,47 @@ class InquiryConfig(_Model):
     late_capture_check_s: float = Field(120.0, gt=0, le=86_400)
 
 
+class ValueConfig(_Model):
+    """The ``value`` objective of ``smart`` (issue 26): each channel's expected value of
+    the payment, P(works) x P(approved | segment) x (amount - fee), minus
+    ``latency_price_bps_per_s`` basis points of the amount per second of expected latency
+    beyond ``latency_slo_ms``."""
+
+    latency_slo_ms: float = Field(500.0, ge=0, le=600_000)
+    latency_price_bps_per_s: float = Field(100.0, ge=0, le=10_000)
+    approval_prior: float = Field(0.9, gt=0, lt=1)
+    approval_prior_weight: float = Field(10.0, gt=0, le=1_000_000)
+    pool_weight: float = Field(20.0, gt=0, le=1_000_000)
+    exploration_share: float = Field(0.1, ge=0, le=1)
+
+
+class SegmentsConfig(_Model):
+    """How recharges are grouped for approval estimates: currency, country and method,
+    an amount band (``amount_bands[currency]``: ascending upper bounds in minor units),
+    and the instrument's issuer (or card BIN prefix) when sent and ``issuer`` is on."""
+
+    amount_bands: dict[CurrencyCode, list[int]] = Field(default_factory=dict)
+    issuer: bool = True
+
+    @field_validator("amount_bands")
+    @classmethod
+    def _ascending(cls, bands: dict[str, list[int]]) -> dict[str, list[int]]:
+        for currency, bounds in bands.items():
+            _check_currency(currency)
+            if len(bounds) > 32:
+                raise ValueError(f"amount_bands.{currency}: at most 32 bounds")
+            if any(b <= 0 for b in bounds) or bounds != sorted(set(bounds)):
+                raise ValueError(f"amount_bands.{currency} must be strictly ascending amounts > 0 (minor units)")
+        return bands
+
+
 class RoutingConfig(_Model):
     strategy: Strategy = "smart"
+    # ``value``: expected value per transaction (ValueConfig); ``score``: the first version's
+    # score of success rate, log latency and fee (health.scoring weights).
+    objective: Literal["value", "score"] = "value"
+    value: ValueConfig = ValueConfig()
+    segments: SegmentsConfig = SegmentsConfig()
     max_attempts: int = Field(3, ge=1, le=10)
     deadline_s: float = Field(15.0, gt=0, le=3600)
     # How long a payer has to finish a step-up (SPEC 22); then it is voided (action_expired).
@@ -283,10 +322,44 @@ class BreakerConfig(_Model):
     half_open_max_trials: int = Field(3, ge=1, le=1000)
 
 
+class ApprovalLearningConfig(_Model):
+    """Approval per (channel, segment), learnt from finished recharges: a slow tally
+    (``half_life_s``) and a fast one (``fast_half_life_s``) that takes over when the two
+    differ by more than ``change_z`` standard errors; at most ``max_segments`` kept."""
+
+    half_life_s: float = Field(120.0, gt=0, le=86_400)
+    fast_half_life_s: float = Field(10.0, gt=0, le=3600)
+    change_z: float = Field(3.0, gt=0, le=100)
+    max_segments: int = Field(20_000, ge=1, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _fast_is_faster(self) -> ApprovalLearningConfig:
+        if self.fast_half_life_s >= self.half_life_s:
+            raise ValueError("fast_half_life_s must be below half_life_s")
+        return self
+
+
+class FleetConfig(_Model):
+    """Instances on one store share channel statistics: each publishes its own every
+    ``interval_s`` and reads the others' no older than ``max_age_s``."""
+
+    enabled: bool = True
+    interval_s: float = Field(2.0, gt=0, le=3600)
+    max_age_s: float = Field(30.0, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _age_covers_interval(self) -> FleetConfig:
+        if self.max_age_s < 2 * self.interval_s:
+            raise ValueError("max_age_s must be at least twice interval_s (else a live instance looks gone)")
+        return self
+
+
 class HealthConfig(_Model):
     probe_interval_s: float = Field(2.0, gt=0, le=3600)
     probe_timeout_ms: int = Field(1000, gt=0, le=60_000)
     breaker: BreakerConfig = BreakerConfig()
+    approval: ApprovalLearningConfig = ApprovalLearningConfig()
+    fleet: FleetConfig = FleetConfig()
 
 
 def _float_to_decimal(value: object) -> object:

@@ -6,17 +6,23 @@ and ``registry.states()`` becomes the ``routing.ChannelState``s of the next snap
 Every clock is injected, so all of it runs in virtual time in tests and the simulator.
 """
 
+from health._approval import ApprovalBook, ApprovalConfig, lessons
 from health._breaker import Breaker, BreakerConfig, Permit
+from health._fleet import FleetChannel, FleetView, decode_blob, encode_blob
 from health._prober import Prober, Sleep
 from health._registry import AttemptTicket, HealthRegistry
 from health._stats import ChannelStats, Monotonic, ProbeResult, StatsConfig, channel_worked
 from health._window import LatencyWindow, SlidingCounts, TimeDecayedEwma
 
 __all__ = [
+    "ApprovalBook",
+    "ApprovalConfig",
     "AttemptTicket",
     "Breaker",
     "BreakerConfig",
     "ChannelStats",
+    "FleetChannel",
+    "FleetView",
     "Monotonic",
     "HealthRegistry",
     "LatencyWindow",
@@ -28,4 +34,7 @@ __all__ = [
     "StatsConfig",
     "TimeDecayedEwma",
     "channel_worked",
+    "decode_blob",
+    "encode_blob",
+    "lessons",
 ]

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels import AttemptOutcome
+from health._approval import ApprovalBook, ApprovalConfig
 from health._breaker import Breaker, BreakerConfig, Permit
+from health._fleet import FleetChannel, FleetView, encode_blob
 from health._stats import ChannelStats, Monotonic, StatsConfig
-from routing import ChannelState
+from routing import ALL_SEGMENTS, ChannelState, FleetShare
 
 __all__ = ["AttemptTicket", "HealthRegistry"]
 
@@ -59,13 +61,18 @@ class HealthRegistry:
     def __init__(self, clock: Monotonic, *, stats_config: StatsConfig = StatsConfig(),
                  breaker_config: BreakerConfig = BreakerConfig(),
                  on_change: Callable[[str], None] | None = None,
-                 wall_clock: Callable[[], float] | None = None) -> None:
+                 wall_clock: Callable[[], float] | None = None,
+                 approval_config: ApprovalConfig = ApprovalConfig()) -> None:
         self._clock = clock
         self._wall_clock = wall_clock
         self._stats_config = stats_config
         self._breaker_config = breaker_config
         self.on_change = on_change
         self._channels: dict[str, _Channel] = {}
+        # Approval per (channel, segment), learnt from finished recharges (``record_approval``).
+        self.approvals = ApprovalBook(clock, approval_config)
+        # The other instances' measurements (``update_fleet``); routing adds them to ours.
+        self.fleet = FleetView(stats_config.half_life_s, approval_config.half_life_s)
         # Drained names outlive their channel: one removed and added back stays drained.
         self._drained: set[str] = set()
 
@@ -92,6 +99,7 @@ class HealthRegistry:
 
     def remove_channel(self, name: str) -> None:
         if self._channels.pop(name, None) is not None:
+            self.approvals.forget(name)
             self._changed(name)
 
     def sync(self, caps: Mapping[str, int | None], ping_like: Mapping[str, bool] | None = None) -> None:
@@ -204,6 +212,42 @@ class HealthRegistry:
         channel.breaker.record_probe(ok)
         self._changed(name)
 
+    def record_approval(self, name: str, segment: str, approved: bool) -> None:
+        """A payment of ``segment`` on ``name`` was approved, or declined by the channel's
+        doing (a soft decline that another channel then approved)."""
+        if name in self._channels:
+            self.approvals.record(name, segment, approved)
+
+    # -- the fleet -----------------------------------------------------------------
+
+    def export(self) -> bytes:
+        """This instance's own measurements, to publish for the fleet (never the fleet's:
+        a sum re-published would be counted again)."""
+        wall = self._wall_clock() if self._wall_clock is not None else 0.0
+        now = self._clock()
+        approvals = self.approvals.by_channel()
+        channels: dict[str, dict[str, object]] = {}
+        for name, ch in self._channels.items():
+            successes, failures = ch.stats.decayed_counts()
+            if ch.breaker.state == "open":
+                # Ejected here: no traffic, so its failures fade while it is still down. Tell
+                # the fleet it is as bad as the volume that ejects a channel by rate.
+                failures = max(failures, float(self._breaker_config.success_rate_min_volume))
+            probe = ch.stats.last_probe
+            channels[name] = {
+                "breaker": ch.breaker.state,
+                "s": round(successes, 3), "f": round(failures, 3), "lat": ch.stats.latency_ewma_ms,
+                "probe": None if probe is None else [probe.ok, round(wall - (now - probe.at), 3)],
+                "seg": {seg: [round(a, 3), round(d, 3)] for seg, (a, d) in approvals.get(name, {}).items()},
+            }
+        return encode_blob(wall, channels)
+
+    def update_fleet(self, published: list[tuple[str, float, bytes]], me: str) -> None:
+        """Take in the other instances' latest blobs (instance, wall time, blob)."""
+        self.fleet.update(published, me, self._wall_clock() if self._wall_clock is not None else 0.0)
+        for name in self._channels:
+            self._changed(name)
+
     def in_flight(self) -> dict[str, int]:
         """Live in-flight counts, for ``routing.decide(..., in_flight=...)``."""
         return {name: ch.stats.in_flight for name, ch in self._channels.items()}
@@ -211,30 +255,74 @@ class HealthRegistry:
     # -- views ---------------------------------------------------------------------
 
     def states(self) -> dict[str, ChannelState]:
-        """Every channel's ``routing.ChannelState`` as of now, for a new snapshot."""
-        return {name: self._state(ch) for name, ch in self._channels.items()}
+        """Every channel's ``routing.ChannelState`` as of now, for a new snapshot: our own
+        measurements plus the fleet's."""
+        approvals = self.approvals.by_channel()
+        wall = self._wall_clock() if self._wall_clock is not None else None
+        return {name: self._state(ch, approvals.get(name, {}), self.fleet.channels.get(name), wall)
+                for name, ch in self._channels.items()}
 
     @staticmethod
-    def _state(channel: _Channel) -> ChannelState:
+    def _state(channel: _Channel, approvals: dict[str, tuple[float, float]], fleet: FleetChannel | None,
+               wall: float | None) -> ChannelState:
         stats, breaker = channel.stats, channel.breaker
         successes, failures = stats.decayed_counts()
         probe = stats.last_probe
+        latency = stats.latency_ewma_ms
+        share = None
+        if fleet is not None and fleet.instances:
+            successes += fleet.successes
+            failures += fleet.failures
+            if latency is None:  # measured by the fleet before we measured it
+                latency = fleet.latency_ewma_ms
+            merged = dict(approvals)
+            for segment, (a, d) in fleet.segments.items():
+                own_a, own_d = merged.get(segment, (0.0, 0.0))
+                merged[segment] = (own_a + a, own_d + d)
+            approvals = merged
+            share = FleetShare(
+                instances=fleet.instances, ejected_on=fleet.ejected_on, successes=fleet.successes,
+                failures=fleet.failures,
+                latency_ewma_ms=fleet.latency_ewma_ms, probe_ok=fleet.probe_ok,
+                probe_age_s=None if fleet.probe_at is None or wall is None else max(0.0, wall - fleet.probe_at),
+                approvals=fleet.segments,
+            )
         return ChannelState(
             breaker=breaker.state,
             half_open_trials_available=breaker.trials_available,
             drained=channel.drained,
             in_flight=stats.in_flight,
-            latency_ewma_ms=stats.latency_ewma_ms,
+            latency_ewma_ms=latency,
             latency_p99_ms=stats.latency_quantiles()[2],
             successes=successes,
             failures=failures,
             last_probe_ok=None if probe is None else probe.ok,
             stalled_ms=stats.stalled_ms(),
+            approvals=approvals,
+            fleet=share,
         )
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per channel, JSON-ready, for ``GET /v1/health/channels``."""
-        return {name: self._report(name, ch) for name, ch in self._channels.items()}
+        approvals = self.approvals.by_channel()
+        return {name: {**self._report(name, ch), "approval": _approval_report(approvals.get(name, {})),
+                       "fleet": self._fleet_report(name)}
+                for name, ch in self._channels.items()}
+
+    def _fleet_report(self, name: str) -> dict[str, Any] | None:
+        """What the other instances on the store measured of the channel (routing adds it)."""
+        f = self.fleet.channels.get(name)
+        if f is None:
+            return None
+        yes, no = f.segments.get(ALL_SEGMENTS, (0.0, 0.0))
+        wall = self._wall_clock() if self._wall_clock is not None else None
+        return {
+            "instances": f.instances, "ejected_on": f.ejected_on,
+            "successes": round(f.successes, 3), "failures": round(f.failures, 3),
+            "approved": round(yes, 3), "declined": round(no, 3), "latency_ewma_ms": _round(f.latency_ewma_ms),
+            "last_probe_ok": f.probe_ok,
+            "last_probe_age_s": None if f.probe_at is None or wall is None else round(max(0.0, wall - f.probe_at), 3),
+        }
 
     def _report(self, name: str, channel: _Channel) -> dict[str, Any]:
         stats = channel.stats
@@ -288,6 +376,14 @@ class HealthRegistry:
         if probe is None and rate is None:
             return "unknown"
         return "healthy"
+
+
+def _approval_report(tallies: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """This instance's approval record of a channel: all its traffic, and how many segments."""
+    yes, no = tallies.get(ALL_SEGMENTS, (0.0, 0.0))
+    return {"approved": round(yes, 3), "declined": round(no, 3),
+            "rate": round(yes / (yes + no), 6) if yes + no >= 1.0 else None,
+            "segments": sum(1 for segment in tallies if segment != ALL_SEGMENTS)}
 
 
 def _round(value: float | None) -> float | None:

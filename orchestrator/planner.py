@@ -4,6 +4,7 @@ counted in the metrics. ``routing`` decides; this feeds it and records what it c
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -12,11 +13,26 @@ import health
 import routing
 from orchestrator.driver import RoutePlan
 from orchestrator.metrics import Metrics
-from orchestrator.model import Recharge
+from orchestrator.model import AttemptState, Recharge
 
-__all__ = ["RoutePlanner", "transaction_of"]
+__all__ = ["RoutePlanner", "issuer_of", "transaction_of"]
 
 log = structlog.get_logger("orchestrator.planner")
+
+
+BIN_DIGITS = 6  # a card's issuer identification number: the first six digits
+
+
+def issuer_of(instrument: Mapping[str, Any]) -> str | None:
+    """The issuer routing segments on: the one the front service named, else a card's BIN
+    (the masked number keeps its first six digits)."""
+    issuer = instrument.get("issuer")
+    if isinstance(issuer, str) and issuer:
+        return issuer
+    number = instrument.get("account_number")
+    if isinstance(number, str) and number[:BIN_DIGITS].isdigit():
+        return "bin:" + number[:BIN_DIGITS]
+    return None
 
 
 def transaction_of(rec: Recharge) -> routing.Transaction:
@@ -24,6 +40,7 @@ def transaction_of(rec: Recharge) -> routing.Transaction:
     return routing.Transaction(
         currency=rec.currency, country=rec.country, method=rec.method, amount_minor=rec.amount_minor,
         segment=segment if isinstance(segment, str) else None, user_id=rec.user_id, step_up=rec.step_up,
+        issuer=issuer_of(rec.instrument),
     )
 
 
@@ -43,6 +60,19 @@ class RoutePlanner:
         if decision.panic:
             log.warning("routing_panic", recharge_id=rec.id, candidates=decision.candidates)
         return RoutePlan(decision.candidates, decision.panic)
+
+    def learn(self, rec: Recharge, soft_decline_codes: frozenset[str]) -> None:
+        """What a recharge that just succeeded tells of approval in its segment: its
+        channel approved it, and each channel that soft-declined it before declined for
+        its own reasons (another approved the same payer). A hard decline, or a soft one
+        nobody then approved, is the payer's issuer speaking, and teaches nothing."""
+        if rec.channel is None:
+            return
+        segment = self._snapshots.current.policy.segments.key(transaction_of(rec))
+        tried = [(a.channel, a.state is AttemptState.DECLINED and (a.decline_code or "") in soft_decline_codes)
+                 for a in rec.attempts if a.channel != rec.channel]
+        for channel, approved in health.lessons(tried, rec.channel):
+            self._registry.record_approval(channel, segment, approved)
 
     def explain(self, txn: routing.Transaction) -> dict[str, Any]:
         return routing.explain(self._snapshots.current, txn, self._rng)

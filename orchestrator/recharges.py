@@ -37,16 +37,23 @@ def mask(number: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Instrument:
-    """A token, or a card/account number that only the provider ever sees whole."""
+    """A token, or a card/account number that only the provider ever sees whole; and the
+    issuer (the card's bank or the wallet), when the front service names it."""
 
     token: str | None = None
     account_number: str | None = None
+    issuer: str | None = None
 
     def stored(self) -> dict[str, str]:
-        """What the journal keeps: the token, or the masked number."""
-        if self.token is not None:
-            return {"token": self.token}
-        return {"account_number_masked": mask(self.account_number or "")}
+        """What the journal keeps: the token, or the masked number; and the issuer."""
+        kept = {"token": self.token} if self.token is not None else {
+            "account_number_masked": mask(self.account_number or "")}
+        return kept if self.issuer is None else {**kept, "issuer": self.issuer}
+
+    def whole(self) -> dict[str, str]:
+        """What the provider is sent: the token or the whole number, and the issuer."""
+        sent = {"token": self.token} if self.token is not None else {"account_number": self.account_number or ""}
+        return sent if self.issuer is None else {**sent, "issuer": self.issuer}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +120,8 @@ class InstrumentVault:
         self._held[recharge_id] = instrument
 
     def of(self, rec: Recharge) -> dict[str, str] | None:
-        """What the provider gets: the token, or the whole number held here."""
+        """What the provider gets: the token, or the whole number held here (each with
+        the issuer, if any)."""
         return rec.instrument if "token" in rec.instrument else self._held.get(rec.id)
 
     def forget(self, rec: Recharge) -> None:
@@ -179,7 +187,7 @@ async def create(cmd: NewRecharge, deps: RechargeDeps) -> Created:
     if decision.action != "allow":
         deps.metrics.risk_decisions.labels(decision.action).inc()
     if cmd.instrument.account_number is not None:
-        deps.vault.hold(rec.id, {"account_number": cmd.instrument.account_number})
+        deps.vault.hold(rec.id, cmd.instrument.whole())
     first = None if decision.blocked else p.first_recharge_claim()
     rec, fresh = await deps.driver.submit(rec, TrailEntry(rec.id, now, "created", rec.status.value, detail=detail),
                                           settings, first)

@@ -85,7 +85,19 @@ def _policy(cfg: Config) -> routing.RoutingPolicy:
         )
         for i, rule in enumerate(cfg.routing.rules)
     )
-    return routing.RoutingPolicy(strategy=cfg.routing.strategy, rules=rules)
+    r = cfg.routing
+    return routing.RoutingPolicy(
+        strategy=r.strategy, rules=rules, objective=r.objective,
+        value=routing.ValueWeights(**r.value.model_dump()),
+        segments=routing.SegmentPolicy(amount_bands={c: tuple(b) for c, b in r.segments.amount_bands.items()},
+                                       issuer=r.segments.issuer),
+    )
+
+
+def _approval(cfg: Config) -> health.ApprovalConfig:
+    a = cfg.health.approval
+    return health.ApprovalConfig(half_life_s=a.half_life_s, fast_half_life_s=a.fast_half_life_s,
+                                 change_z=a.change_z, max_keys=a.max_segments)
 
 
 def snapshot_for(loaded: LoadedConfig, states: dict[str, routing.ChannelState] | None = None) -> routing.Snapshot:
@@ -186,7 +198,7 @@ class Service:
         self.rng = rng or random.Random()
         self.health = health.HealthRegistry(
             self.clock.monotonic, breaker_config=_breaker(loaded.config),
-            on_change=self._health_changed, wall_clock=self.clock.now,
+            on_change=self._health_changed, wall_clock=self.clock.now, approval_config=_approval(loaded.config),
         )
         self.routing = routing.SnapshotHolder(snapshot_for(loaded))
         self.planner = RoutePlanner(self.routing, self.health, self.rng, self.metrics)
@@ -231,7 +243,7 @@ class Service:
             renew_s=storage.lease_renew_s,
             rng=self.rng,
             notifier=self.notifier,
-            on_succeeded=self.suggestions.succeeded,
+            on_succeeded=self._succeeded,
         )
         self.refunds = RefundDeps(self.journal, self.channel_set.find, self.clock, self.metrics, self.notifier,
                                   lambda: self.config.refunds)
@@ -253,6 +265,11 @@ class Service:
         self.recharges = RechargeDeps(self.journal, self.driver, self.pricing, self.risk, self.clock, self.metrics,
                                       self.vault, self.running, self._sync_wait_s)
         self.templates = TemplateDeps(self.journal, self.pricing, self.clock, lambda: self.config.templates)
+
+    def _succeeded(self, rec: Recharge) -> None:
+        """A recharge was credited: suggestions and approval estimates learn from it."""
+        self.suggestions.succeeded(rec)
+        self.planner.learn(rec, self.running.settings.soft_decline_codes)
 
     def _rate_source_url(self) -> str | None:
         source = self.config.pricing.rate_source
@@ -301,6 +318,31 @@ class Service:
             await asyncio.sleep(SNAPSHOT_PERIOD_S)
             self.publish_snapshot()
 
+    async def _share_fleet(self, *, publish: bool = True) -> None:
+        """Publish this instance's channel statistics and take in the other instances'
+        (issue 26): a new instance routes from what the fleet measured."""
+        fleet = self.config.health.fleet
+        now = self.clock.now()
+        if publish:
+            await self.journal.put_fleet_stats(self.instance_id, self.health.export(), now)
+        self.health.update_fleet(await self.journal.fleet_stats(now - fleet.max_age_s), self.instance_id)
+
+    async def _share_fleet_forever(self) -> None:
+        purged_at = self.clock.monotonic()
+        while True:
+            fleet = self.config.health.fleet
+            if fleet.enabled:
+                try:
+                    await self._share_fleet()
+                    if self.clock.monotonic() - purged_at > 3600:
+                        purged_at = self.clock.monotonic()
+                        await self.journal.purge_fleet_stats(self.clock.now() - 86_400)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the store is down: routing goes on with local figures
+                    log.warning("fleet_share_failed", error=str(exc))
+            await self.clock.sleep(fleet.interval_s)
+
     def routable(self) -> list[str]:
         """Channels a new recharge could be sent to right now."""
         return [n for n, st in self.routing.current.states.items() if st.breaker != "open" and not st.drained]
@@ -323,8 +365,15 @@ class Service:
         for ch in self.config.channels:
             self.health.add_channel(ch.name, max_in_flight=ch.max_in_flight,
                                     ping_like_payment=ch.kind == "direct_api")
+        if self.config.health.fleet.enabled:
+            try:  # route from the fleet's view from the first request
+                await self._share_fleet(publish=False)
+            except Exception as exc:  # noqa: BLE001 - local figures only, as when alone
+                log.warning("fleet_share_failed", error=str(exc))
         self.publish_snapshot()
         loop = asyncio.get_running_loop()
+        if self.config.health.fleet.enabled:
+            self._tasks.append(loop.create_task(self._share_fleet_forever()))
         if self._probe:
             h = self.config.health
             self._prober = health.Prober(
@@ -395,6 +444,7 @@ class Service:
             self.running.settings = RunSettings.from_config(new.config, new.version)
             self.running.base_url = _base_url(new.config)
             self.risk.configure(new.config.risk)
+            self.health.approvals.config = _approval(new.config)
             lim = new.config.limits
             self.client_limits.reconfigure(*self._limit(lim.per_client))
             self.user_limits.reconfigure(*self._limit(lim.per_user))

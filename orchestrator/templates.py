@@ -6,9 +6,10 @@ of ``orchestrator.errors``, as ``orchestrator.recharges`` does.
 A template is one client's for one user: any other client or user hears
 ``template_not_found`` about it, as if it did not exist. It is checked as a recharge is
 when it is made (a priced currency, an amount in the denomination range), and keeps the
-instrument as a recharge stores it: the token, or the account number masked. A recharge
-from a masked one brings the whole number again (the provider needs it, and it is never
-stored); its mask must be the template's.
+instrument as a recharge stores it: the token, or the account number masked, and the
+issuer if one was given. A recharge from a masked one brings the whole number again (the
+provider needs it, and it is never stored); its mask must be the template's. The issuer is
+the template's: one given beside it must be the same.
 
 Errors (``TemplateRefused``, beside the ``PricingError`` of pricing the amount)::
 
@@ -154,19 +155,29 @@ def fill(req: TemplateRecharge, t: Template) -> NewRecharge:
 
 
 def _instrument(given: Instrument | None, stored: Mapping[str, str]) -> Instrument:
+    """The instrument to charge: the template's, with the whole number ``given`` for a
+    masked one; an issuer given must be the template's (left out, the template's is used)."""
+    issuer = stored.get("issuer")
     if "token" in stored:
         if given is not None and given.token != stored["token"]:
             raise TemplateRefused("template_mismatch", "instrument is not the template's; leave it out or send the "
                                   "template's token", "instrument")
-        return Instrument(token=stored["token"])
-    masked = stored["account_number_masked"]
-    if given is None:
-        raise TemplateRefused("instrument_required", f"the template keeps only the masked account number {masked}; "
-                              "send the whole number in instrument.account_number", "instrument.account_number")
-    if given.account_number is None or mask(given.account_number) != masked:
-        raise TemplateRefused("template_mismatch", f"instrument is not the template's account number {masked}",
-                              "instrument.account_number")
-    return given
+        whole = Instrument(token=stored["token"], issuer=issuer)
+    else:
+        masked = stored["account_number_masked"]
+        if given is None:
+            raise TemplateRefused("instrument_required", f"the template keeps only the masked account number "
+                                  f"{masked}; send the whole number in instrument.account_number",
+                                  "instrument.account_number")
+        if given.account_number is None or mask(given.account_number) != masked:
+            raise TemplateRefused("template_mismatch", f"instrument is not the template's account number {masked}",
+                                  "instrument.account_number")
+        whole = Instrument(account_number=given.account_number, issuer=issuer)
+    if given is not None and given.issuer is not None and given.issuer != issuer:
+        kept = "has no issuer" if issuer is None else f"has issuer {issuer!r}"
+        raise TemplateRefused("template_mismatch", f"instrument.issuer {given.issuer!r} is not the template's (it "
+                              f"{kept}); leave it out or send the template's", "instrument.issuer")
+    return whole
 
 
 async def recharge(req: TemplateRecharge, deps: TemplateDeps, recharge_deps: RechargeDeps) -> Created:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from routing._decide import decide
-from routing._model import Transaction
-from routing._snapshot import Snapshot
+from routing._decide import approval_posterior, decide
+from routing._model import ALL_SEGMENTS, Transaction
+from routing._snapshot import Snapshot, _Prepared
 
 if TYPE_CHECKING:
     import random
@@ -19,6 +19,8 @@ def explain(snapshot: Snapshot, txn: Transaction, rng: random.Random) -> dict[st
     (or that the default strategy was used), the ranking with each factor's
     contribution and the inputs behind it, and every filtered channel with its reason."""
     decision = decide(snapshot, txn, rng)
+    value = snapshot.policy.objective == "value" and decision.strategy == "smart"
+    segment = snapshot.policy.segments.key(txn)
     ranking = []
     for rank, name in enumerate(decision.candidates, start=1):
         score = decision.scores[name]
@@ -35,6 +37,7 @@ def explain(snapshot: Snapshot, txn: Transaction, rng: random.Random) -> dict[st
                 "exploration": round(score.exploration, 6),
             },
             "inputs": _inputs(snapshot, name, txn),
+            "value": _value(snapshot, name, txn, segment) if value else None,
         })
     return {
         "snapshot_version": decision.snapshot_version,
@@ -48,6 +51,8 @@ def explain(snapshot: Snapshot, txn: Transaction, rng: random.Random) -> dict[st
         "rule": decision.rule,
         "default_used": decision.rule is None,
         "strategy": decision.strategy,
+        "objective": snapshot.policy.objective if decision.strategy == "smart" else None,
+        "segment": segment,
         "panic": decision.panic,
         "candidates": list(decision.candidates),
         "ranking": ranking,
@@ -56,9 +61,53 @@ def explain(snapshot: Snapshot, txn: Transaction, rng: random.Random) -> dict[st
     }
 
 
+def _prepared(snapshot: Snapshot, name: str) -> _Prepared:
+    return next(p for p in snapshot._index.prepared if p.name == name)
+
+
+def _value(snapshot: Snapshot, name: str, txn: Transaction, segment: str) -> dict[str, Any]:
+    """The ``value`` objective's terms in minor units, and where each estimate came from:
+    this instance's measurements, or the other instances' (``fleet``)."""
+    p = _prepared(snapshot, name)
+    v = snapshot.policy.value
+    alpha, beta = approval_posterior(p, segment, v)
+    p_approve = alpha / (alpha + beta)
+    amount = txn.amount_minor
+    fee = p.fee_fixed + amount * p.fee_rate
+    yes, no = p.approvals.get(segment, (0.0, 0.0))
+    fleet = p.state.fleet
+    fleet_doc = None
+    if fleet is not None:
+        f_yes, f_no = fleet.approvals.get(segment, (0.0, 0.0))
+        f_all = fleet.approvals.get(ALL_SEGMENTS, (0.0, 0.0))
+        fleet_doc = {
+            "instances": fleet.instances, "ejected_on": fleet.ejected_on,
+            "successes": round(fleet.successes, 3), "failures": round(fleet.failures, 3),
+            "segment_approved": round(f_yes, 3), "segment_declined": round(f_no, 3),
+            "channel_approved": round(f_all[0], 3), "channel_declined": round(f_all[1], 3),
+            "latency_ewma_ms": None if fleet.latency_ewma_ms is None else round(fleet.latency_ewma_ms, 3),
+            "last_probe_ok": fleet.probe_ok,
+            "last_probe_age_s": None if fleet.probe_age_s is None else round(fleet.probe_age_s, 3),
+        }
+    return {
+        "p_works": round(p.mean, 6),
+        "p_approve": round(p_approve, 6),
+        "channel_approval": round(p.approval_mean, 6),
+        "segment_approved": round(yes, 3),
+        "segment_declined": round(no, 3),
+        "fee_minor": round(fee, 3),
+        "latency_ms": round(p.latency_ms, 3),
+        "latency_slo_ms": v.latency_slo_ms,
+        "latency_cost_minor": round(p.latency_cost * amount, 3),
+        "expected_value_minor": round(p.mean * p_approve * (amount - fee) - p.latency_cost * amount, 3),
+        # The figures above include these: what the other instances on the store measured.
+        "fleet": fleet_doc,
+    }
+
+
 def _inputs(snapshot: Snapshot, name: str, txn: Transaction) -> dict[str, Any]:
     """The measurements a channel's factors were computed from."""
-    prepared = next(p for p in snapshot._index.prepared if p.name == name)
+    prepared = _prepared(snapshot, name)
     state = prepared.state
     return {
         "success_rate_estimate": round(prepared.mean, 6),

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from routing._model import ChannelSpec, ChannelState, RoutingPolicy, ScoringWeights
+from routing._model import ALL_SEGMENTS, ChannelSpec, ChannelState, RoutingPolicy, ScoringWeights, ValueWeights
 
 __all__ = ["Snapshot"]
 
@@ -29,12 +29,15 @@ class _Prepared:
 
     __slots__ = (
         "alpha",
+        "approval_mean",
+        "approvals",
         "beta",
         "exact_beta",
         "fee_fixed",
         "fee_rate",
         "health_reason",
         "latency_ms",
+        "latency_cost",
         "latency_term",
         "mean",
         "name",
@@ -47,7 +50,8 @@ class _Prepared:
         "weight_term",
     )
 
-    def __init__(self, order: int, spec: ChannelSpec, state: ChannelState, w: ScoringWeights):
+    def __init__(self, order: int, spec: ChannelSpec, state: ChannelState, w: ScoringWeights,
+                 v: ValueWeights):
         self.order = order
         self.name = spec.name
         self.spec = spec
@@ -67,6 +71,12 @@ class _Prepared:
         self.weight_term = w.weight * math.log(spec.weight)
         self.fee_fixed = float(spec.fee_fixed_minor)
         self.fee_rate = spec.fee_percent / 100.0
+        # The value objective: the channel's approval over all its traffic (the prior its
+        # segments pool from), and latency past the SLO as a fraction of the amount.
+        self.approvals = state.approvals
+        yes, no = state.approvals.get(ALL_SEGMENTS, (0.0, 0.0))
+        self.approval_mean = (yes + v.approval_prior_weight * v.approval_prior) / (yes + no + v.approval_prior_weight)
+        self.latency_cost = v.latency_price_bps_per_s / 10_000.0 * max(0.0, self.latency_ms - v.latency_slo_ms) / 1000.0
 
 
 def _health_reason(spec: ChannelSpec, state: ChannelState) -> str | None:
@@ -140,9 +150,9 @@ class _Index:
 
     def __init__(self, channels: Mapping[str, ChannelSpec], states: Mapping[str, ChannelState],
                  policy: RoutingPolicy):
-        w = policy.weights
+        w, v = policy.weights, policy.value
         self.prepared: tuple[_Prepared, ...] = tuple(
-            _Prepared(i, spec, states.get(name, _DEFAULT_STATE), w)
+            _Prepared(i, spec, states.get(name, _DEFAULT_STATE), w, v)
             for i, (name, spec) in enumerate(channels.items())
         )
         self.rule_sets: tuple[frozenset[str] | None, ...] = tuple(

@@ -104,6 +104,15 @@ class CrashingJournal:
     async def renew(self, owner: str, recharge_ids: Sequence[str], lease_s: float, now: float) -> None:
         await self._write(lambda: self.inner.renew(owner, recharge_ids, lease_s, now))
 
+    async def put_fleet_stats(self, instance: str, blob: bytes, at: float) -> None:
+        await self._write(lambda: self.inner.put_fleet_stats(instance, blob, at))
+
+    async def fleet_stats(self, since: float, limit: int = 256) -> list[tuple[str, float, bytes]]:
+        return await self._read(lambda: self.inner.fleet_stats(since, limit))
+
+    async def purge_fleet_stats(self, before: float) -> int:
+        return await self._write(lambda: self.inner.purge_fleet_stats(before))
+
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return await self.inner.query(sql, params)  # type: ignore[attr-defined]
 

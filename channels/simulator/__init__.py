@@ -36,12 +36,14 @@ from channels.simulator._behaviour import (
 )
 from channels.simulator._config import ChannelSpec, SimConfig, SimConfigError, load_config, parse_config
 from channels.simulator._ledger import COUNTERS, DISCREPANCIES, Challenge, Dispute, Payment, Refund, SimChannel
+from channels.simulator._segments import MAX_SEGMENTS, Segment, SegmentMatch
 
 __all__ = [
     "COUNTERS",
     "DISCREPANCIES",
     "KIND_DEFAULTS",
     "LATENCY_DISTRIBUTIONS",
+    "MAX_SEGMENTS",
     "OUTAGE_MODES",
     "REPORT_FAULTS",
     "SIMULATOR",
@@ -53,6 +55,8 @@ __all__ = [
     "Fate",
     "Payment",
     "Refund",
+    "Segment",
+    "SegmentMatch",
     "SimChannel",
     "SimConfig",
     "SimConfigError",

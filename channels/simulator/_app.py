@@ -81,7 +81,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from channels.simulator._behaviour import BehaviourError, Fate
+from channels.simulator._behaviour import Behaviour, BehaviourError, Fate
 from channels.simulator._config import SimConfig, parse_config
 from channels.simulator._ledger import DISCREPANCIES, UNSUPPORTED, Payment, Refusal, SimChannel
 from channels.simulator._notifier import Notifier
@@ -383,8 +383,8 @@ class Simulator:
 
     async def _charge(self, request: web.Request, ch: SimChannel, body: dict[str, Any]) -> web.StreamResponse:
         """A new payment meets its fate (see _behaviour.py for the list), or a step-up in
-        place of its capture."""
-        b = ch.behaviour
+        place of its capture. Its segment (if any) sets the decline rate and codes it meets."""
+        b = ch.behaviour.for_charge(body)
         if body.get("three_ds") == "required" and not b.three_ds:
             return self._unsupported(ch, body)
         fate = b.fate(ch.rng)
@@ -412,7 +412,7 @@ class Simulator:
         if step_up:
             self.notifier.challenge(ch, payment, _action_url(request, ch, payment.reference))
         else:
-            self._settle_at_once(ch, payment, fate)
+            self._settle_at_once(ch, b, payment, fate)
         if fate is Fate.TIMEOUT_AFTER_CAPTURE:
             ch.counters["answers_lost"] += 1
             return await _stall_then_drop(request, b.hang_ms / 1000)
@@ -433,12 +433,12 @@ class Simulator:
         ch.counters["step_ups_unsupported"] += 1
         return _json(payment.wire())
 
-    def _settle_at_once(self, ch: SimChannel, payment: Payment, fate: Fate) -> None:
+    def _settle_at_once(self, ch: SimChannel, b: Behaviour, payment: Payment, fate: Fate) -> None:
         if fate is Fate.DECLINE:
-            ch.move(payment, "declined", ch.behaviour.decline_code(ch.rng))
+            ch.move(payment, "declined", b.decline_code(ch.rng))
         elif fate is Fate.PENDING:
             ch.move(payment, "pending")
-            self.notifier.schedule(ch, payment)
+            self.notifier.schedule(ch, payment, b)
         else:
             ch.move(payment, "captured")
 

@@ -22,6 +22,13 @@ the rest is a plain capture):
                              (404) and a void leaves a tombstone; then it is captured, unless a
                              tombstone is there, and the answer goes to whoever still listens
 
+Approval by segment (``segments``, ``_segments.py``): a new charge that matches an entry
+(its issuer, BIN prefix, amount range, currency, method) meets that entry's
+``decline_rate`` and ``decline_codes`` in place of the channel's, for its fate above and,
+if it goes pending and then declines, its code; the first entry that matches wins, no
+match leaves the channel's. Matching draws nothing: the draws are the same ones, only the
+decline's share of them moves.
+
 A void of a reference the provider has not seen answers ``voided`` and keeps a tombstone,
 so a charge with that reference arriving later is refused as voided (SPEC 6).
 
@@ -82,6 +89,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from decimal import Decimal
 from functools import cached_property
 from typing import Any
+
+from channels.simulator._segments import Segment, SegmentError, codes_ok, parse_segments
 
 __all__ = ["KIND_DEFAULTS", "LATENCY_DISTRIBUTIONS", "OUTAGE_MODES", "REPORT_FAULTS", "Behaviour", "BehaviourError",
            "Fate"]
@@ -182,6 +191,7 @@ class Behaviour:
     payer_complete_rate: float = 0.0  # the automatic payer completes this share of challenges ...
     payer_abandon_rate: float = 0.0  # ... abandons this share, and lets the rest expire
     payer_delay_ms: float = 3000.0  # the automatic payer's mean delay before it acts (+-25%)
+    segments: tuple[Segment, ...] = ()  # decline rates by segment (module doc); parsed by ``updated``
 
     # -- validation ---------------------------------------------------------------------
 
@@ -209,14 +219,22 @@ class Behaviour:
         self._validate_step_up()
         if (total := sum(getattr(self, name) for name in _FATE_RATES)) > 1 + 1e-9:
             raise BehaviourError("rates", f"{' + '.join(_FATE_RATES)} must add up to at most 1, not {total:g}")
+        self._validate_segments(total - self.decline_rate)
         return self
 
     def _validate_codes(self) -> None:
-        codes = self.decline_codes
-        if not isinstance(codes, dict) or not codes or not all(
-            isinstance(code, str) and code and _is_number(weight) and weight > 0 for code, weight in codes.items()
-        ):
+        if not codes_ok(self.decline_codes):
             raise BehaviourError("decline_codes", "must map decline codes to positive weights")
+
+    def _validate_segments(self, other_fates: float) -> None:
+        """Each entry is parsed (``updated`` parses what a request sends); its decline rate
+        takes the channel's place among the fate rates, whose sum stays at most 1."""
+        if not isinstance(self.segments, tuple) or not all(isinstance(s, Segment) for s in self.segments):
+            raise BehaviourError("segments", "must be a list of {match, decline_rate, decline_codes} entries")
+        for i, segment in enumerate(self.segments):
+            if (total := other_fates + segment.decline_rate) > 1 + 1e-9:
+                raise BehaviourError(f"segments[{i}].decline_rate", f"with the channel's other fate rates it must "
+                                     f"add up to at most 1, not {total:g}")
 
     def _validate_settlement(self) -> None:
         fixed = self.settlement_fee_fixed_minor
@@ -244,10 +262,31 @@ class Behaviour:
         for key in changes:
             if key not in known:
                 raise BehaviourError(str(key), "unknown behaviour field")
+        if "segments" in changes:
+            try:
+                changes = {**changes, "segments": parse_segments(changes["segments"])}
+            except SegmentError as exc:
+                raise BehaviourError(exc.field, exc.message) from None
         return replace(self, **changes).validate()
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """As a config or control request writes it: ``updated(to_json())`` changes nothing."""
+        return {**asdict(self), "segments": [s.to_json() for s in self.segments]}
+
+    def for_charge(self, charge: dict[str, Any]) -> Behaviour:
+        """The behaviour a new charge (its protocol-v1 body) meets: this one, or with the
+        decline rate and codes of the first segment it matches (module doc)."""
+        for segment, behaviour in self._segmented:
+            if segment.match.holds(charge):
+                return behaviour
+        return self
+
+    @cached_property
+    def _segmented(self) -> tuple[tuple[Segment, Behaviour], ...]:
+        """Each segment with the behaviour it makes, built once: a charge only picks one."""
+        return tuple((s, replace(self, decline_rate=s.decline_rate, segments=(),
+                                 decline_codes=self.decline_codes if s.decline_codes is None else s.decline_codes))
+                     for s in self.segments)
 
     # -- draws (each from the channel's own RNG) ------------------------------------------
 

@@ -38,6 +38,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from channels.simulator._behaviour import Behaviour
 from channels.simulator._ledger import ABANDONED, Challenge, Payment, Refund, SimChannel
 from channels.webhooks import SIGNATURE_HEADER, WebhookEvent, event_body, sign
 
@@ -80,9 +81,10 @@ class Notifier:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._session.close()
 
-    def schedule(self, channel: SimChannel, payment: Payment) -> None:
-        """Settle ``payment`` (now pending) later, captured or declined."""
-        b, rng = channel.behaviour, channel.rng
+    def schedule(self, channel: SimChannel, payment: Payment, behaviour: Behaviour | None = None) -> None:
+        """Settle ``payment`` (now pending) later, captured or declined; ``behaviour`` is
+        the one its charge met (its segment's decline codes), else the channel's."""
+        b, rng = channel.behaviour if behaviour is None else behaviour, channel.rng
         delay = b.webhook_delay_s(rng)
         declined = b.chance("pending_decline_rate", rng)
         code = b.decline_code(rng) if declined else None

@@ -98,7 +98,7 @@ def _new_recharge(request: web.Request, client: str, body: Any) -> recharges.New
     return recharges.NewRecharge(
         client=client, idempotency_key=idempotency_key(request), user_id=req.user_id,
         amount_minor=req.amount_minor, currency=req.currency, country=req.country, method=req.method,
-        instrument=recharges.Instrument(req.instrument.token, req.instrument.account_number),
+        instrument=recharges.Instrument(req.instrument.token, req.instrument.account_number, req.instrument.issuer),
         document=body, metadata=req.metadata, quote_id=req.quote_id)
 
 
@@ -258,7 +258,7 @@ async def channel_health(request: web.Request) -> web.Response:
 async def explain_route(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     request.app[AUTH].require(request, "admin")
-    only_query(request, "currency", "country", "method", "amount_minor", "segment", "step_up")
+    only_query(request, "currency", "country", "method", "amount_minor", "segment", "step_up", "issuer")
     q = request.query
     missing = [k for k in ("currency", "country", "method", "amount_minor") if not q.get(k)]
     if missing:
@@ -271,8 +271,13 @@ async def explain_route(request: web.Request) -> web.Response:
     segment = q.get("segment") or None
     if q.get("step_up", "false") not in ("true", "false"):
         raise ApiError("invalid_field", "step_up must be true or false", field="step_up")
+    issuer = q.get("issuer") or None
+    if issuer is not None and not re.fullmatch(r"(bin:[0-9]{6})|([a-z0-9][a-z0-9_.-]{0,31})", issuer):
+        raise ApiError("invalid_field", "issuer must be an issuer code (a-z 0-9 _ . -) or bin: and 6 digits",
+                       field="issuer")
     txn = routing.Transaction(currency=q["currency"], country=q["country"], method=q["method"],
-                              amount_minor=int(q["amount_minor"]), segment=segment, step_up=q.get("step_up") == "true")
+                              amount_minor=int(q["amount_minor"]), segment=segment, step_up=q.get("step_up") == "true",
+                              issuer=issuer)
     return _json(svc.planner.explain(txn))
 
 

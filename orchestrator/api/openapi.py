@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.api.schemas import ISSUER_PATTERN
+
 __all__ = ["OPENAPI"]
 
 
@@ -38,10 +40,15 @@ SCHEMAS: dict[str, Any] = {
     },
     "Instrument": {
         "type": "object", "additionalProperties": False,
-        "description": "Exactly one of token or account_number (12-19 digits, masked before storage).",
+        "description": "Exactly one of token or account_number (12-19 digits, masked before storage), and "
+                       "optionally issuer: the card's bank or the wallet as a lower-case code (icbc, gcash), kept "
+                       "with the recharge and sent to the provider. Null is the same as left out.",
+        "oneOf": [{"required": ["token"], "properties": {"token": {"type": "string"}}},
+                  {"required": ["account_number"], "properties": {"account_number": {"type": "string"}}}],
         "properties": {
-            "token": {"type": "string", "minLength": 1, "maxLength": 128},
-            "account_number": {"type": "string", "pattern": "^[0-9]{12,19}$"},
+            "token": {"type": ["string", "null"], "minLength": 1, "maxLength": 128},
+            "account_number": {"type": ["string", "null"], "pattern": "^[0-9]{12,19}$"},
+            "issuer": {"type": ["string", "null"], "pattern": ISSUER_PATTERN},
         },
     },
     "RechargeRequest": {
@@ -62,8 +69,9 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "additionalProperties": False, "required": ["user_id", "template_id"],
         "description": "A recharge from a template (SPEC 22): the template fills amount_minor, currency, country, "
                        "method and instrument; any of them given must be the template's (else 422 "
-                       "template_mismatch). A template keeping a masked account number needs the whole number in "
-                       "instrument.account_number (else 422 instrument_required). Null is the same as left out.",
+                       "template_mismatch; an instrument.issuer too). A template keeping a masked account number "
+                       "needs the whole number in instrument.account_number (else 422 instrument_required). Null is "
+                       "the same as left out.",
         "properties": {
             "user_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"},
             "template_id": {"type": "string", "pattern": "^tpl_[0-9a-f]{1,64}$"},
@@ -116,11 +124,14 @@ SCHEMAS: dict[str, Any] = {
             "currency": {"type": "string"},
             "country": {"type": "string"},
             "method": {"type": "string"},
-            "instrument": {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
-                           "description": "as stored: the token, or the account number masked (first 6 / last 4)",
+            "instrument": {"type": "object", "additionalProperties": False,
+                           "oneOf": [{"required": ["token"]}, {"required": ["account_number_masked"]}],
+                           "description": "as stored: the token, or the account number masked (first 6 / last 4); "
+                                          "and the issuer, if one was given",
                            "properties": {"token": {"type": "string"},
                                           "account_number_masked": {"type": "string",
-                                                                    "pattern": "^[0-9]{0,6}[*]+[0-9]{4}$"}}},
+                                                                    "pattern": "^[0-9]{0,6}[*]+[0-9]{4}$"},
+                                          "issuer": {"type": "string", "pattern": ISSUER_PATTERN}}},
             "created_at": _TIME,
         },
     },
@@ -534,7 +545,7 @@ PATHS: dict[str, Any] = {
         "summary": "The routing decision for a transaction, each factor's contribution, filtered channels",
         "security": _bearer,
         "parameters": [*({"name": n, "in": "query", "required": n != "segment", "schema": {"type": "string"}}
-                         for n in ("currency", "country", "method", "amount_minor", "segment")),
+                         for n in ("currency", "country", "method", "amount_minor", "segment", "issuer")),
                        {"name": "step_up", "in": "query", "schema": {"enum": ["true", "false"]}}],
         "responses": {"200": _json({"type": "object"}, "explanation"), **_errors(401, 403, 422)},
     }},

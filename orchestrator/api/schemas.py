@@ -11,9 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from config import exponent, is_known
 from orchestrator.api.errors import ApiError
 
-__all__ = ["DepositIn", "InstrumentIn", "RechargeIn", "RefundIn", "TemplateIn", "TemplateRechargeIn", "validate"]
+__all__ = ["ISSUER_PATTERN", "DepositIn", "InstrumentIn", "RechargeIn", "RefundIn", "TemplateIn", "TemplateRechargeIn",
+           "validate"]
 
 _Printable = r"^[\x21-\x7e]+$"
+ISSUER_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
+"""An issuer code: the card's bank or the wallet, lower case (``icbc``, ``gcash``)."""
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 
 
@@ -22,11 +25,14 @@ class _Strict(BaseModel):
 
 
 class InstrumentIn(_Strict):
-    """A payment instrument: a token, or a card/account number. A number is masked (first
-    6 / last 4) before it is stored, logged or answered; only the provider sees it whole."""
+    """A payment instrument: a token, or a card/account number, and optionally its issuer
+    (kept and sent to the provider as given, so routing can segment on it). A number is
+    masked (first 6 / last 4) before it is stored, logged or answered; only the provider
+    sees it whole."""
 
     token: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_Printable)] | None = None
     account_number: Annotated[str, StringConstraints(pattern=r"^[0-9]{12,19}$")] | None = None
+    issuer: Annotated[str, StringConstraints(pattern=ISSUER_PATTERN)] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> InstrumentIn:

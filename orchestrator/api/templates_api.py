@@ -58,7 +58,7 @@ async def create_template(request: web.Request) -> web.Response:
     check_limit(svc.client_limits, owner.client, "client")
     req: TemplateIn = validate(TemplateIn, await read_json(request, svc.config.server.max_body_bytes))
     cmd = templates.NewTemplate(owner, req.name, req.amount_minor, req.currency, req.country, req.method,
-                                Instrument(req.instrument.token, req.instrument.account_number))
+                                Instrument(req.instrument.token, req.instrument.account_number, req.instrument.issuer))
     return _json(template_view(await templates.create(cmd, svc.templates)), 201)
 
 
@@ -90,7 +90,7 @@ def from_template(request: web.Request, client: str, body: dict[str, Any]) -> te
     return templates.TemplateRecharge(
         client=client, idempotency_key=idempotency_key(request), user_id=req.user_id, template_id=req.template_id,
         document=body, amount_minor=req.amount_minor, currency=req.currency, country=req.country, method=req.method,
-        instrument=None if given is None else Instrument(given.token, given.account_number),
+        instrument=None if given is None else Instrument(given.token, given.account_number, given.issuer),
         metadata=req.metadata, quote_id=req.quote_id)
 
 

@@ -7,6 +7,7 @@ The stores are imported when first named, so the SQLite writer process (which im
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.journal._protocol import (
+    FLEET_BLOB_LIMIT,
     PURGE_LIMIT,
     Account,
     Journal,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from orchestrator.journal.sqlite import SqliteJournal, path_from_url
 
 __all__ = [
+    "FLEET_BLOB_LIMIT",
     "PURGE_LIMIT",
     "Account",
     "Journal",

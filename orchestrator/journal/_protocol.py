@@ -8,6 +8,7 @@ constraint in the store, not by process memory.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -31,8 +32,9 @@ from orchestrator.model import (
     Transfer,
 )
 
-__all__ = ["PURGE_LIMIT", "Account", "Journal", "JournalError", "KeptChannel", "MatchRow", "NoticeRow", "OutboxStats",
-           "PastRecharge", "QuoteRecord", "RefundGuard", "ReportRow", "UserTotals", "WalletEntry", "WalletView"]
+__all__ = ["FLEET_BLOB_LIMIT", "PURGE_LIMIT", "Account", "Journal", "JournalError", "KeptChannel", "MatchRow",
+           "NoticeRow", "OutboxStats", "PastRecharge", "QuoteRecord", "RefundGuard", "ReportRow", "UserTotals",
+           "WalletEntry", "WalletView", "fleet_blob", "fleet_time"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,32 @@ class KeptChannel:
 # The most quotes one purge deletes: it runs inside a group commit, so it must stay
 # short; a backlog goes in several.
 PURGE_LIMIT = 1000
+
+# The largest fleet blob a store takes: four times the ~1 MB a big fleet publishes, so a
+# large one passes and a runaway one (it is written every second or two) is refused.
+FLEET_BLOB_LIMIT = 4 << 20
+
+
+def fleet_blob(instance: str, blob: bytes, at: float) -> bytes:
+    """``blob`` as every store keeps it (bytes), once ``put_fleet_stats``'s arguments are
+    checked: TypeError or ValueError names the one that is not."""
+    if not isinstance(instance, str) or not instance:
+        raise ValueError(f"fleet stats need an instance id, not {instance!r}")
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a fleet blob is bytes, not {type(blob).__name__}")
+    if len(blob) > FLEET_BLOB_LIMIT:
+        raise ValueError(f"fleet blob of {len(blob)} bytes (at most {FLEET_BLOB_LIMIT})")
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+        raise ValueError(f"fleet stats need a wall-clock time, not {at!r}")
+    return bytes(blob)
+
+
+def fleet_time(t: float) -> float:
+    """A bound of ``fleet_stats`` or ``purge_fleet_stats`` as seconds (infinities allowed);
+    ValueError for NaN, which PostgreSQL orders above every time and SQLite reads as NULL."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or math.isnan(t):
+        raise ValueError(f"not a time: {t!r}")
+    return float(t)
 
 
 class Journal(Protocol):
@@ -552,4 +580,24 @@ class Journal(Protocol):
 
     async def delete_template(self, client: str, user_id: str, template_id: str) -> bool:
         """Remove the template if it is this client's and user's; False when no such one."""
+        ...
+
+    # The fleet view (SPEC 8/9; issue 26): each instance on the store publishes its own
+    # channel statistics as one opaque blob, and reads every other one's.
+
+    async def put_fleet_stats(self, instance: str, blob: bytes, at: float) -> None:
+        """Publish this instance's channel statistics (SPEC 8/9, fleet view): replaces its
+        previous blob; ``at`` is wall-clock seconds. One upsert, durable when this returns
+        (called every second or two by every instance: it never holds a store's writer
+        for more than that statement). ``instance`` non-empty, ``blob`` bytes of at most
+        ``FLEET_BLOB_LIMIT`` (``fleet_blob``)."""
+        ...
+
+    async def fleet_stats(self, since: float, limit: int = 256) -> list[tuple[str, float, bytes]]:
+        """Every instance's blob published at or after ``since``: (instance, at, blob),
+        newest first (then by instance), at most ``limit``."""
+        ...
+
+    async def purge_fleet_stats(self, before: float) -> int:
+        """Forget blobs published before ``before`` (instances long gone); how many."""
         ...

@@ -420,4 +420,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX recharges_open",
         "CREATE INDEX recharges_open ON recharges(status) WHERE status IN ('processing', 'requires_action', 'pending')",
     ),
+    # 16: the fleet view (SPEC 8/9; issue 26): each instance's channel statistics, one opaque blob
+    # per instance replaced every second or two; ``at`` indexed for the read of recent ones and
+    # the purge of instances long gone. A rowid table: WITHOUT ROWID suits small rows, not a
+    # blob of a megabyte (sqlite.org/withoutrowid.html#when_to_use_without_rowid).
+    (
+        """CREATE TABLE fleet_stats (
+            instance TEXT PRIMARY KEY,
+            at REAL NOT NULL,
+            blob BLOB NOT NULL
+        )""",
+        "CREATE INDEX fleet_stats_at ON fleet_stats(at)",
+    ),
 )

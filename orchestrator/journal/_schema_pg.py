@@ -360,4 +360,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX recharges_open",
         "CREATE INDEX recharges_open ON recharges(status) WHERE status IN ('processing', 'requires_action', 'pending')",
     ),
+    # 16: as SQLite's 16: the fleet view, one blob of channel statistics per instance.
+    (
+        """CREATE TABLE fleet_stats (
+            instance TEXT PRIMARY KEY,
+            at DOUBLE PRECISION NOT NULL,
+            blob BYTEA NOT NULL
+        )""",
+        "CREATE INDEX fleet_stats_at ON fleet_stats(at)",
+    ),
 )

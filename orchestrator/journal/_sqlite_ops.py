@@ -24,6 +24,7 @@ from orchestrator.journal._rows import ATTEMPT_COLUMNS, RECHARGE_COLUMNS, attemp
     recharge_row
 from orchestrator.journal import _sqlite_ledger as ledger
 from orchestrator.journal._sqlite_aftersale import AFTERSALE_OPS, add_notices
+from orchestrator.journal._sqlite_fleet import FLEET_OPS
 from orchestrator.journal._sqlite_recon import RECON_OPS
 from orchestrator.journal._sqlite_templates import TEMPLATE_OPS
 from orchestrator.journal._totals import KEPT_OF, recount
@@ -476,6 +477,7 @@ WRITE_OPS: dict[str, Callable[..., Any]] = {
     **ledger.LEDGER_OPS,
     **RECON_OPS,
     **TEMPLATE_OPS,
+    **FLEET_OPS,
 }
 
 

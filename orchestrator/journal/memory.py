@@ -34,6 +34,8 @@ from orchestrator.journal._protocol import (
     UserTotals,
     WalletEntry,
     WalletView,
+    fleet_blob,
+    fleet_time,
 )
 from orchestrator.journal._rows import trail_rows
 from orchestrator.model import (
@@ -219,6 +221,7 @@ class MemoryJournal:
         self._discrepancy_keys: dict[tuple[str, str, str, str], int] = {}  # (channel, date, reference, kind) -> seq
         self._discrepancy_seq = 0
         self._templates: dict[str, Template] = {}  # in creation order
+        self._fleet: dict[str, tuple[float, bytes]] = {}  # instance -> (at, blob)
         self.opened = False
 
     async def open(self) -> None:
@@ -817,6 +820,27 @@ class MemoryJournal:
             return False
         del self._templates[template_id]
         return True
+
+    # -- the fleet view ------------------------------------------------------------------
+
+    async def put_fleet_stats(self, instance: str, blob: bytes, at: float) -> None:
+        kept = fleet_blob(instance, blob, at)
+        self._fleet[instance] = (float(at), kept)
+
+    async def fleet_stats(self, since: float, limit: int = 256) -> list[tuple[str, float, bytes]]:
+        since = fleet_time(since)
+        if limit < 0:
+            raise ValueError(f"limit {limit} < 0")
+        recent = sorted(((i, at, blob) for i, (at, blob) in self._fleet.items() if at >= since),
+                        key=lambda r: (-r[1], r[0]))
+        return recent[:limit]
+
+    async def purge_fleet_stats(self, before: float) -> int:
+        before = fleet_time(before)
+        gone = [i for i, (at, _) in self._fleet.items() if at < before]
+        for i in gone:
+            del self._fleet[i]
+        return len(gone)
 
     # -- for the invariant checks ---------------------------------------------------------
 

@@ -44,6 +44,8 @@ from orchestrator.journal._protocol import (
     UserTotals,
     WalletEntry,
     WalletView,
+    fleet_blob,
+    fleet_time,
 )
 from orchestrator.journal._rows import (
     TRANSFER_COLUMNS,
@@ -868,6 +870,26 @@ class PostgresJournal:
         done = await self._write(lambda conn: conn.execute(_DELETE_TEMPLATE, template_id, client, user_id))
         return bool(done == "DELETE 1")
 
+    # -- the fleet view -------------------------------------------------------------------
+    # Outside the group commit, on a pooled connection (as lease bookkeeping): a megabyte
+    # published every second or two by every instance must not ride in the recharges' batches.
+
+    async def put_fleet_stats(self, instance: str, blob: bytes, at: float) -> None:
+        kept = fleet_blob(instance, blob, at)
+        await self._direct(lambda conn: conn.execute(_PUT_FLEET_STATS, instance, float(at), kept))
+
+    async def fleet_stats(self, since: float, limit: int = 256) -> list[tuple[str, float, bytes]]:
+        bound = fleet_time(since)
+        if limit < 0:
+            raise ValueError(f"limit {limit} < 0")
+        rows = await self._read(lambda conn: conn.fetch(_RECENT_FLEET_STATS, bound, limit))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def purge_fleet_stats(self, before: float) -> int:
+        bound = fleet_time(before)
+        done: str = await self._direct(lambda conn: conn.execute(_PURGE_FLEET_STATS, bound))
+        return int(done.rsplit(" ", 1)[-1])  # "DELETE n"
+
 
 # -- migrations -------------------------------------------------------------------------
 
@@ -1145,6 +1167,16 @@ _OWN_TEMPLATES = (f"SELECT {TEMPLATE_COLUMNS} FROM templates WHERE client = $1 A
                   "ORDER BY created_at, id")
 _TEMPLATE = f"SELECT {TEMPLATE_COLUMNS} FROM templates WHERE id = $1"
 _DELETE_TEMPLATE = "DELETE FROM templates WHERE id = $1 AND client = $2 AND user_id = $3"
+
+
+# -- the fleet view (issue 26) ------------------------------------------------------------
+
+_PUT_FLEET_STATS = ("INSERT INTO fleet_stats(instance, at, blob) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (instance) DO UPDATE SET at = excluded.at, blob = excluded.blob")
+# Along fleet_stats_at; a tie in time read in instance order, as every store answers.
+_RECENT_FLEET_STATS = ("SELECT instance, at, blob FROM fleet_stats WHERE at >= $1 "
+                       'ORDER BY at DESC, instance COLLATE "C" LIMIT $2')
+_PURGE_FLEET_STATS = "DELETE FROM fleet_stats WHERE at < $1"
 
 
 # -- the double-entry ledger (SPEC 20) ------------------------------------------------

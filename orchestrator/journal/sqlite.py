@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,8 @@ from orchestrator.journal._protocol import (
     UserTotals,
     WalletEntry,
     WalletView,
+    fleet_blob,
+    fleet_time,
 )
 from orchestrator.journal._rows import (
     ATTEMPT_COLUMNS,
@@ -63,6 +66,7 @@ from orchestrator.journal._rows import (
     template_of,
     template_row,
 )
+from orchestrator.journal._sqlite_fleet import RECENT_FLEET_STATS
 from orchestrator.journal._sqlite_ops import OPEN, QUOTE_COLUMNS, connect, load, quote_of
 from orchestrator.journal._sqlite_recon import MATCHES, UNREPORTED
 from orchestrator.journal._sqlite_templates import OWN_TEMPLATES
@@ -609,6 +613,22 @@ class SqliteJournal:
 
     async def delete_template(self, client: str, user_id: str, template_id: str) -> bool:
         return bool(await self._write("delete_template", client, user_id, template_id))
+
+    # -- the fleet view (ops in ``_sqlite_fleet``) ---------------------------------------
+
+    async def put_fleet_stats(self, instance: str, blob: bytes, at: float) -> None:
+        await self._write("put_fleet_stats", instance, fleet_blob(instance, blob, at), float(at))
+
+    async def fleet_stats(self, since: float, limit: int = 256) -> list[tuple[str, float, bytes]]:
+        bound = fleet_time(since)
+        if limit < 0:
+            raise ValueError(f"limit {limit} < 0")
+        return [(r[0], r[1], r[2]) for r in await self.query(RECENT_FLEET_STATS, (bound, limit))]
+
+    async def purge_fleet_stats(self, before: float) -> int:
+        # JSON has no infinity (orjson writes null): the largest double is after every time kept.
+        bound = min(max(fleet_time(before), -sys.float_info.max), sys.float_info.max)
+        return int(await self._write("purge_fleet_stats", bound))
 
     # -- quotes -------------------------------------------------------------------------
 

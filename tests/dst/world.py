@@ -506,7 +506,8 @@ class JournalHandle:
     _WRITES = frozenset({"create", "apply", "record", "claim", "lease", "renew", "release", "claim_follow_ups",
                          "retire_channel", "unretire_channel", "put_quote", "create_refund", "settle_refund",
                          "retry_refund", "claim_refunds", "apply_dispute", "record_event", "add_notices",
-                         "claim_notices", "notice_delivered", "notice_failed", "redeliver"})
+                         "claim_notices", "notice_delivered", "notice_failed", "redeliver", "put_fleet_stats",
+                         "purge_fleet_stats"})
 
     def __init__(self, proc: Process, store: MemoryJournal) -> None:
         self._proc = proc

@@ -1,4 +1,4 @@
-"""Smart routing against the live simulator (real processes): an outage of the best
+"""Smart routing (objective ``score``) against the live simulator (real processes): an outage of the best
 channel is routed around within two probe intervals and traffic comes back when it
 recovers; a 20x brownout moves traffic off it. Money invariants checked at the end."""
 
@@ -72,7 +72,12 @@ async def test_outage_recovery_and_brownout_move_traffic(tmp_path):
         await sim.wait_ready()
         doc = orchestrator_doc(sim.url, tmp_path / "orch.db", CHANNELS,
                                health={"probe_interval_s": PROBE_S, "probe_timeout_ms": 300,
-                                       "breaker": {"base_ejection_s": 2.0, "max_ejection_s": 4.0}})
+                                       "breaker": {"base_ejection_s": 2.0, "max_ejection_s": 4.0}},
+                               # The first version's objective, which SREs may still choose: latency
+                               # counts at every scale, so a recovered channel takes its traffic back
+                               # at once. (`value`, the default, is in test_routing_segments.py and
+                               # test_fleet_view.py: there equal channels are a tie.)
+                               routing={"objective": "score"})
         orch = orchestrator(tmp_path, doc).start()
         await orch.wait_ready()
         load = Load(orch.url)

@@ -369,3 +369,23 @@ async def test_a_second_orchestrator_on_one_journal_is_refused(tmp_path):
         if first is not None:
             first.stop()
         sim.stop()
+
+
+async def test_workers_share_their_channel_statistics(stack):
+    """The fleet view on SQLite (issue 26): each worker's channel report includes what the
+    other worker measured, published through the one journal every ``fleet.interval_s``."""
+    orch, _ = stack
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        for i in range(40):  # fresh connections: both workers serve some
+            headers = {"Authorization": f"Bearer {FRONT_KEY}", "Idempotency-Key": f"fleet-{i}"}
+            async with s.post(orch.url + "/v1/recharges", json=body_for(i), headers=headers) as r:
+                assert r.status == 201, await r.text()
+    deadline = time.monotonic() + 10
+    while True:
+        health = await _per_worker(orch.url, "/v1/health/channels")
+        fleets = {worker: {c["channel"]: c["fleet"] for c in report["channels"]} for worker, report in health.items()}
+        if all(all(f[ch] and f[ch]["instances"] == 1 for ch in f) and sum(f[ch]["successes"] for ch in f) > 0
+               for f in fleets.values()):
+            break
+        assert time.monotonic() < deadline, fleets
+        await asyncio.sleep(0.5)

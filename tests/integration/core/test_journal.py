@@ -149,7 +149,7 @@ def _names(sql: str) -> list[str]:
     """The identifiers of a DDL statement, without its types."""
     words = sql.replace("(", " ").replace(")", " ").replace(",", " ").split()
     types = {"TEXT", "INTEGER", "REAL", "BIGINT", "DOUBLE", "PRECISION", "GENERATED", "ALWAYS", "AS", "IDENTITY",
-             "AUTOINCREMENT",
+             "AUTOINCREMENT", "BLOB", "BYTEA",
              # SQLite's storage clause (the row in its primary key's B-tree; PostgreSQL has no such choice)
              "WITHOUT", "ROWID"}
     return [w for w in words if w not in types]

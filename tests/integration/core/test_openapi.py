@@ -76,3 +76,55 @@ async def test_real_responses_match_the_document(api):
     check("/v1/admin/config", "get", resp.status, body)
     r = await api.client.post("/v1/webhooks/a", data=b"{}", headers={"X-Provider-Signature": "t=1,v1=00"})
     check("/v1/webhooks/{channel}", "post", r.status, await r.json())
+
+
+CARD = "6222020200112345679"
+INSTRUMENTS = [  # (instrument, whether the server takes it)
+    ({"token": "t"}, True),
+    ({"account_number": CARD}, True),
+    ({"token": "t", "issuer": "icbc"}, True),
+    ({"account_number": CARD, "issuer": "gcash"}, True),
+    ({"token": "t", "issuer": None}, True),
+    ({"token": "t", "account_number": None}, True),
+    ({"token": None, "account_number": CARD, "issuer": "bank_of.china-2"}, True),
+    ({}, False),
+    ({"issuer": "icbc"}, False),
+    ({"token": None}, False),
+    ({"token": "t", "account_number": CARD}, False),
+    ({"token": "t", "account_number": CARD, "issuer": "icbc"}, False),
+    ({"token": "t", "issuer": "ICBC"}, False),
+    ({"token": "t", "issuer": ""}, False),
+    ({"token": "t", "issuer": "i" * 33}, False),
+    ({"token": "t", "issuer": 7}, False),
+    ({"token": "t", "bank": "icbc"}, False),
+]
+
+
+async def test_the_instrument_schema_takes_exactly_what_the_server_takes(api):
+    schema = Draft202012Validator(_resolve(OPENAPI["components"]["schemas"]["Instrument"]))
+    h = {"Authorization": f"Bearer {FRONT_KEY}", "Content-Type": "application/json"}
+    for n, (instrument, taken) in enumerate(INSTRUMENTS):
+        assert schema.is_valid(instrument) is taken, instrument
+        r = await api.client.post("/v1/recharges", data=orjson.dumps({**BODY, "instrument": instrument}),
+                                  headers={**h, "Idempotency-Key": f"inst-{n}"})
+        answer = await r.json()
+        assert (r.status in (201, 202)) is taken, (instrument, r.status, answer)
+        check("/v1/recharges", "post", r.status, answer)
+
+
+async def test_templates_with_an_issuer_match_the_document(api):
+    h = {"Authorization": f"Bearer {FRONT_KEY}", "Content-Type": "application/json"}
+    template = {"name": "t", "amount_minor": 8500, "currency": "CNY", "country": "CN", "method": "ewallet"}
+    for instrument in ({"token": "t", "issuer": "icbc"}, {"account_number": CARD, "issuer": "icbc"},
+                       {"token": "t"}):
+        r = await api.client.post("/v1/users/u_1/templates", data=orjson.dumps({**template, "instrument": instrument}),
+                                  headers=h)
+        made = await r.json()
+        check("/v1/users/{user_id}/templates", "post", r.status, made)
+        assert r.status == 201 and made["instrument"].get("issuer") == instrument.get("issuer")
+        resp, got = await api.get(f"/v1/users/u_1/templates/{made['id']}")
+        check("/v1/users/{user_id}/templates/{id}", "get", resp.status, got)
+    r = await api.client.post("/v1/users/u_1/templates", headers=h, data=orjson.dumps(
+        {**template, "instrument": {"token": "t", "issuer": "ICBC"}}))
+    check("/v1/users/{user_id}/templates", "post", r.status, await r.json())
+    assert r.status == 422

@@ -379,21 +379,22 @@ async def test_the_backfill_rebuilds_exactly_the_totals_kept_live(store):
     kept = sorted(await j.query("SELECT * FROM user_recharge_totals"))
     await j.close()
     # Back to the schema before the totals, the data left as it is: migrate again.
-    # Migrations 15 to 10 undone first: step-up's columns, templates, reconciliation, instant credit's columns
-    # and the ledger go, and the wallet tables are made again (empty) as migration 1 made them, for 10 to
-    # change and 11 to move.
+    # Migrations 16 to 10 undone first: the fleet view, step-up's columns, templates, reconciliation, instant
+    # credit's columns and the ledger go, and the wallet tables are made again (empty) as migration 1 made
+    # them, for 10 to change and 11 to move.
     first = (_schema if store.kind == "sqlite" else _schema_pg).MIGRATIONS[0]
     undo_15 = ("DROP INDEX recharges_open", next(sql for sql in first if "INDEX recharges_open" in sql),
                "ALTER TABLE recharges DROP COLUMN step_up", "ALTER TABLE attempts DROP COLUMN action_url",
                "ALTER TABLE attempts DROP COLUMN action_expires_at")
+    undo_16 = ("DROP TABLE fleet_stats",)
     undo_14 = ("DROP TABLE templates",)
     undo_11 = ("DROP TABLE transfers", "DROP TABLE accounts", *(sql for sql in first if "wallet" in sql))
     undo_10 = ("DROP TABLE outbox", "DROP TABLE disputes", "DROP TABLE refunds")
     undo_13 = tuple(f"DROP TABLE {t}" for t in ("reconciliations", "recon_report", "recon_found", "discrepancies"))
     undo_12 = ("ALTER TABLE recharges DROP COLUMN instant", "ALTER TABLE recharges DROP COLUMN settlement")
-    undo = (*undo_15, *undo_14, *undo_13, *undo_12, *undo_11, *undo_10, "DROP TABLE follow_ups", "DROP TABLE channels",
-            "ALTER TABLE attempts DROP COLUMN late_check_at", "ALTER TABLE leases DROP COLUMN token",
-            "DROP TABLE user_recharge_totals")
+    undo = (*undo_16, *undo_15, *undo_14, *undo_13, *undo_12, *undo_11, *undo_10, "DROP TABLE follow_ups",
+            "DROP TABLE channels", "ALTER TABLE attempts DROP COLUMN late_check_at",
+            "ALTER TABLE leases DROP COLUMN token", "DROP TABLE user_recharge_totals")
     if store.kind == "sqlite":
         conn = sqlite3.connect(store.path, isolation_level=None)
         conn.executescript("; ".join(undo) + "; PRAGMA user_version=6;")

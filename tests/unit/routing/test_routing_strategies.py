@@ -58,7 +58,9 @@ def test_cheapest_breaks_fee_ties_by_latency():
     assert decide(snap, CNY, random.Random(0)).candidates == ("fast", "slow")
 
 
-# -- smart --------------------------------------------------------------------------
+# -- smart, objective "score" (the first version's; "value" is in test_routing_value.py) --
+
+SCORE = RoutingPolicy(objective="score")
 
 def test_smart_prefers_the_fast_channel_when_all_are_healthy():
     snap = market()
@@ -68,7 +70,7 @@ def test_smart_prefers_the_fast_channel_when_all_are_healthy():
 
 def test_smart_success_dominates_latency():
     # 50 % at 28 ms must lose to 99 % at 4.8 s.
-    snap = market(alipay_direct=healthy(28.0, successes=500, failures=500),
+    snap = market(SCORE, alipay_direct=healthy(28.0, successes=500, failures=500),
                   usdt_settle=healthy(1200.0, successes=990, failures=10))
     counts = first_choices(snap)
     assert counts["usdt_settle"] == 2000
@@ -78,19 +80,19 @@ def test_smart_latency_decides_between_similar_success_rates():
     specs = [make_spec("slow"), make_spec("fast")]
     states = {"slow": healthy(300.0, successes=9950, failures=50),
               "fast": healthy(30.0, successes=9940, failures=60)}
-    assert first_choices(make_snapshot(specs, states))["fast"] == 2000
+    assert first_choices(make_snapshot(specs, states, SCORE))["fast"] == 2000
 
 
 def test_smart_cost_breaks_a_tie():
     specs = [make_spec("dear", fee_percent=2.0), make_spec("cheap", fee_percent=0.2)]
     states = {name: healthy(30.0, successes=100_000, failures=100) for name in ("dear", "cheap")}
-    assert first_choices(make_snapshot(specs, states))["cheap"] == 2000
+    assert first_choices(make_snapshot(specs, states, SCORE))["cheap"] == 2000
 
 
 def test_smart_configured_weight_counts():
     specs = [make_spec("plain"), make_spec("favoured", weight=3.0)]
     states = {name: healthy(30.0, successes=100_000, failures=100) for name in specs_names(specs)}
-    assert first_choices(make_snapshot(specs, states))["favoured"] == 2000
+    assert first_choices(make_snapshot(specs, states, SCORE))["favoured"] == 2000
 
 
 def specs_names(specs) -> list[str]:
@@ -143,7 +145,7 @@ def test_without_exploration_the_order_is_deterministic():
 def test_fallbacks_are_ordered_without_exploration():
     # Two slow fallbacks with little data: Thompson noise must not put the 4.8 s bank
     # ahead of the 1.2 s channel behind the first choice.
-    snap = market(usdt_settle=healthy(1200.0, successes=2, failures=0),
+    snap = market(SCORE, usdt_settle=healthy(1200.0, successes=2, failures=0),
                   unionpay_bank=healthy(4800.0, successes=2, failures=0))
     for seed in range(300):
         assert decide(snap, CNY, random.Random(seed)).candidates[1:] == (
