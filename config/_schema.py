@@ -268,7 +268,7 @@ class ValueConfig(_Model):
     latency_price_bps_per_s: float = Field(100.0, ge=0, le=10_000)
     approval_prior: float = Field(0.9, gt=0, lt=1)
     approval_prior_weight: float = Field(10.0, gt=0, le=1_000_000)
-    pool_weight: float = Field(20.0, gt=0, le=1_000_000)
+    pool_weight: float = Field(5.0, gt=0, le=1_000_000)
     exploration_share: float = Field(0.1, ge=0, le=1)
 
 

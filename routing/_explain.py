@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from routing._decide import approval_posterior, decide
+from routing._decide import approval_posterior, decide, works_posterior, works_prior
 from routing._model import ALL_SEGMENTS, Transaction
 from routing._snapshot import Snapshot, _Prepared
 
@@ -21,6 +21,7 @@ def explain(snapshot: Snapshot, txn: Transaction, rng: random.Random) -> dict[st
     decision = decide(snapshot, txn, rng)
     value = snapshot.policy.objective == "value" and decision.strategy == "smart"
     segment = snapshot.policy.segments.key(txn)
+    prior = works_prior([_prepared(snapshot, name) for name in decision.candidates], snapshot.policy.weights)
     ranking = []
     for rank, name in enumerate(decision.candidates, start=1):
         score = decision.scores[name]
@@ -37,7 +38,7 @@ def explain(snapshot: Snapshot, txn: Transaction, rng: random.Random) -> dict[st
                 "exploration": round(score.exploration, 6),
             },
             "inputs": _inputs(snapshot, name, txn),
-            "value": _value(snapshot, name, txn, segment) if value else None,
+            "value": _value(snapshot, name, txn, segment, prior) if value else None,
         })
     return {
         "snapshot_version": decision.snapshot_version,
@@ -65,13 +66,15 @@ def _prepared(snapshot: Snapshot, name: str) -> _Prepared:
     return next(p for p in snapshot._index.prepared if p.name == name)
 
 
-def _value(snapshot: Snapshot, name: str, txn: Transaction, segment: str) -> dict[str, Any]:
+def _value(snapshot: Snapshot, name: str, txn: Transaction, segment: str, prior: float) -> dict[str, Any]:
     """The ``value`` objective's terms in minor units, and where each estimate came from:
     this instance's measurements, or the other instances' (``fleet``)."""
     p = _prepared(snapshot, name)
     v = snapshot.policy.value
     alpha, beta = approval_posterior(p, segment, v)
     p_approve = alpha / (alpha + beta)
+    w_alpha, w_beta = works_posterior(p, prior, snapshot.policy.weights)
+    p_works = w_alpha / (w_alpha + w_beta)
     amount = txn.amount_minor
     fee = p.fee_fixed + amount * p.fee_rate
     yes, no = p.approvals.get(segment, (0.0, 0.0))
@@ -90,7 +93,8 @@ def _value(snapshot: Snapshot, name: str, txn: Transaction, segment: str) -> dic
             "last_probe_age_s": None if fleet.probe_age_s is None else round(fleet.probe_age_s, 3),
         }
     return {
-        "p_works": round(p.mean, 6),
+        "p_works": round(p_works, 6),
+        "p_works_prior": round(prior, 6),
         "p_approve": round(p_approve, 6),
         "channel_approval": round(p.approval_mean, 6),
         "segment_approved": round(yes, 3),
@@ -99,7 +103,7 @@ def _value(snapshot: Snapshot, name: str, txn: Transaction, segment: str) -> dic
         "latency_ms": round(p.latency_ms, 3),
         "latency_slo_ms": v.latency_slo_ms,
         "latency_cost_minor": round(p.latency_cost * amount, 3),
-        "expected_value_minor": round(p.mean * p_approve * (amount - fee) - p.latency_cost * amount, 3),
+        "expected_value_minor": round(p_works * p_approve * (amount - fee) - p.latency_cost * amount, 3),
         # The figures above include these: what the other instances on the store measured.
         "fleet": fleet_doc,
     }

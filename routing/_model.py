@@ -248,9 +248,9 @@ class ValueWeights:
       is believed to approve, worth this many observations.
     - ``pool_weight``: a segment's estimate starts from its channel's whole traffic, worth
       this many observations: a sparse segment borrows strength, a busy one soon has its own.
-      Kept small: a channel that serves a segment only when explored or as a fallback
-      gathers a few dozen observations there before they decay, and a heavier prior never
-      lets them count (docs/routing.md#learning: 20 cost 7 bps of fees against 5).
+      Kept small: a channel that serves a segment only when explored or as a fallback gathers
+      a few dozen observations there before they decay, and a heavier prior drowns them
+      (docs/routing.md#learning).
     - ``exploration_share``: at most this share of decisions sample the estimates (Thompson)
       instead of taking their means; the rest exploit.
     """

@@ -84,7 +84,7 @@ def test_a_sparse_segment_borrows_its_channels_record():
     snap = make_snapshot(specs, states, RoutingPolicy(segments=SEGMENTS))
     decision = decide(snap, LARGE, random.Random(0))
     assert decision.scores["b"].success < 0.7 < decision.scores["a"].success
-    assert first_choices(snap, LARGE)["a"] >= 1990
+    assert first_choices(snap, LARGE)["a"] >= 1980  # b explored in under 1 % of decisions
 
 
 def test_fees_decide_between_equal_approval():
@@ -160,7 +160,8 @@ def test_value_scores_add_up_and_explain_shows_the_terms():
     alipay = next(r for r in doc["ranking"] if r["channel"] == "alipay_direct")
     value = alipay["value"]
     assert value["segment_approved"] == 50 and value["segment_declined"] == 5
-    assert abs(value["p_approve"] - (50 + 20 * value["channel_approval"]) / (55 + 20)) < 1e-6
+    m = ValueWeights().pool_weight
+    assert abs(value["p_approve"] - (50 + m * value["channel_approval"]) / (55 + m)) < 1e-6
     assert abs(value["expected_value_minor"] - (value["p_works"] * value["p_approve"] * (8500 - value["fee_minor"])
                                                 - value["latency_cost_minor"])) < 0.01
     assert value["fleet"] is None
