@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo serve bench dst clean
+.PHONY: venv test test-fast demo serve bench dst clean prometheus-tools
 
 venv: $(STAMP)
 
@@ -14,8 +14,22 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) prometheus-tools
 	$(BIN)/python -m pytest -q tests
+
+# The alert-rule, exposition and dashboard tests run Prometheus's promtool, and one
+# end-to-end test a Prometheus server (deploy/): both come with Debian's `prometheus`
+# package, installed here when missing and we are root, as .ci/run does.
+prometheus-tools:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing promtool and prometheus (apt-get install prometheus)"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	    else \
+	        echo "make test needs promtool and prometheus (Prometheus 2.x) on PATH: as root, apt-get install prometheus" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x tests/unit

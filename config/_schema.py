@@ -99,6 +99,8 @@ class ServerConfig(_Model):
     tls_key: str | None = None
     # Read-only endpoints that need an API key (any scope) when listed here.
     restrict: list[Literal["metrics", "channel_health", "status"]] = Field(default_factory=list)
+    # The status page's history: 60 buckets of this many seconds, in memory (read at start).
+    status_bucket_s: float = Field(60.0, ge=0.5, le=3600)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:

@@ -32,7 +32,8 @@ from orchestrator.activity import Activity
 from orchestrator.clock import Clock
 from orchestrator.errors import HeldElsewhere, IdempotencyConflict
 from orchestrator.journal import Journal
-from orchestrator.model import TERMINAL, Attempt, AttemptState, Fence, FirstRecharge, Recharge, Step, TrailEntry
+from orchestrator.model import (TERMINAL, Attempt, AttemptState, Fence, FirstRecharge, Recharge, RechargeStatus, Step,
+                                 TrailEntry)
 from orchestrator.transitions import Move, RunSettings, Source
 
 if TYPE_CHECKING:
@@ -161,6 +162,7 @@ class Driver:
         settle_channels: ChannelFinder | None = None,
         on_terminal: Callable[[Recharge], None] | None = None,
         on_succeeded: Callable[[Recharge], None] = lambda rec: None,
+        on_outcome: Callable[[Recharge, RechargeStatus], None] = lambda rec, status: None,
         owner: str | None = None,
         lease_s: float = 30.0,
         renew_s: float | None = None,
@@ -176,6 +178,7 @@ class Driver:
         self._settle_channels = settle_channels or _finder(channels)
         self._on_terminal = on_terminal
         self._on_succeeded = on_succeeded  # amount suggestions learn each success (SPEC 22)
+        self._on_outcome = on_outcome  # each recharge's final status, once, as it is journaled (metrics)
         # With an owner, every recharge this instance drives is leased in the store.
         self._owner = owner
         self._lease_s = lease_s
@@ -225,6 +228,8 @@ class Driver:
                 self._release(pick)
             raise
         if existing is None:
+            if rec.terminal:  # blocked by risk: final as it is created
+                self._on_outcome(rec, rec.status)
             if lease is not None:
                 self._held[rec.id] = _Held(1, asked + self._lease_s * LEASE_TRUST)
             if pick is not None:
@@ -709,8 +714,11 @@ class Driver:
                 self._held.pop(rec.id, None)
                 raise _LeaseLost(rec.id)
             return False
-        if step.status is not None and self._activity is not None and step.status in TERMINAL:
-            self._activity.outcome(step.status.value)
+        if step.status is not None and step.status in TERMINAL:
+            if self._activity is not None:
+                self._activity.outcome(step.status.value)
+            if step.status is not rec.status:  # not yet reduced: rec is as it was
+                self._on_outcome(rec, step.status)
         if step.notices:
             assert self._notifier is not None
             self._notifier.written()

@@ -4,8 +4,8 @@ apps in one process never collide)."""
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import HistogramMetricFamily
@@ -14,6 +14,28 @@ from prometheus_client.registry import Collector
 from channels import AttemptOutcome
 
 __all__ = ["Metrics"]
+
+
+class _Served(Protocol):
+    """What the routable-channels gauge reads of a routing ``ChannelSpec``."""
+
+    currencies: frozenset[str]
+    countries: frozenset[str]
+    methods: frozenset[str]
+
+
+class _Condition(Protocol):
+    """... and of a routing ``ChannelState``."""
+
+    breaker: str
+    drained: bool
+
+
+class _Payment(Protocol):
+    """What the outcome counter reads of a ``Recharge``: its market."""
+
+    currency: str
+    country: str
 
 
 class FastHistogram(Collector):
@@ -63,7 +85,9 @@ class Metrics:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter("orchestrator_http_requests", "HTTP requests answered", ["route", "status"], registry=r)
-        self.recharges = Counter("orchestrator_recharges", "Recharges by final or current status", ["status"], registry=r)
+        self.recharges = Counter("orchestrator_recharges", "Recharges that reached a final status (succeeded, "
+                                 "declined, failed, blocked), by market, counted once by the process that journaled it",
+                                 ["status", "currency", "country"], registry=r)
         self.attempts = Counter("orchestrator_attempts", "Provider attempts by outcome", ["channel", "outcome"], registry=r)
         self.attempt_latency = FastHistogram(
             "orchestrator_attempt_latency_seconds", "Provider attempt latency", labelnames=["channel"], registry=r,
@@ -120,12 +144,49 @@ class Metrics:
         self.pool_rebalances = Counter("orchestrator_pool_rebalances", "Rebalancing passes that moved coins",
                                        registry=r)
 
+        # For the alert rules (deploy/prometheus/alerts.yml). Set when scraped, from the
+        # routing snapshot: a market with no channel left is an outage for its payers.
+        self.market_routable = Gauge(
+            "orchestrator_market_routable_channels", "Channels configured for a currency, country and method that "
+            "routing may use now (not drained, breaker not open)", ["currency", "country", "method"], registry=r)
+        # Read from the store every few seconds (orchestrator.backlog): the same figures on
+        # every process sharing it.
+        self.recharges_open = Gauge("orchestrator_recharges_open", "Recharges not yet final in the store, by status "
+                                    "(processing, requires_action, pending)", ["status"], registry=r)
+        self.recharges_past_deadline = Gauge(
+            "orchestrator_recharges_past_deadline", "Recharges not yet final whose deadline (routing.deadline_s, or "
+            "a step-up's expiry) has passed", registry=r)
+        self.recharges_oldest_past_deadline = Gauge(
+            "orchestrator_recharges_oldest_past_deadline_seconds", "How long ago the deadline of the most overdue "
+            "recharge not yet final passed (0 when none is overdue)", registry=r)
+
     def routed(self, rule: str, strategy: str, first_choice: str) -> None:
         self._child(self.routing_decisions, rule, strategy, first_choice).inc()
 
     def attempt_finished(self, channel: str, outcome: AttemptOutcome, latency_ms: float) -> None:
         self._child(self.attempts, channel, outcome.value).inc()
         self.attempt_latency.observe(latency_ms / 1000, (channel,))
+
+    def answered(self, route: str, status: int) -> None:
+        """An HTTP answer; ``route`` is the route's template (``/v1/recharges/{id}``), so
+        the label's values are as few as the routes."""
+        self._child(self.requests, route, str(status)).inc()
+
+    def recharge_finished(self, rec: _Payment, status: str) -> None:
+        self._child(self.recharges, status, rec.currency, rec.country).inc()
+
+    def routable(self, channels: Mapping[str, _Served], states: Mapping[str, _Condition]) -> None:
+        """``orchestrator_market_routable_channels`` from a routing snapshot's channels and
+        states; a market the config no longer serves leaves the gauge."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for name, spec in channels.items():
+            state = states.get(name)
+            usable = state is None or (state.breaker != "open" and not state.drained)
+            for market in _markets(spec):
+                counts[market] = counts.get(market, 0) + usable
+        self.market_routable.clear()
+        for (currency, country, method), n in counts.items():
+            self.market_routable.labels(currency, country, method).set(n)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: the lookup (a lock and a dict) is on
@@ -143,3 +204,8 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _markets(spec: _Served) -> Iterable[tuple[str, str, str]]:
+    return ((cur, country, method) for cur in sorted(spec.currencies) for country in sorted(spec.countries)
+            for method in sorted(spec.methods))

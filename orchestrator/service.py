@@ -31,6 +31,7 @@ from channels.rates import HttpRateSource
 from config import ChannelConfig, Config, LoadedConfig
 from config import diff as config_diff
 from orchestrator.activity import Activity
+from orchestrator.backlog import BacklogWatch
 from orchestrator.disputes import DisputeDeps
 from orchestrator.notifications import Dispatcher, Notifier
 from orchestrator.pools import PoolDeps, PoolWatch, Rebalancer
@@ -138,9 +139,10 @@ class HealthGate:
     """The driver's admission gate: breakers and in-flight caps decide, statistics and
     metrics are fed with every answer."""
 
-    def __init__(self, registry: health.HealthRegistry, metrics: Metrics) -> None:
+    def __init__(self, registry: health.HealthRegistry, metrics: Metrics, activity: Activity | None = None) -> None:
         self._registry = registry
         self._metrics = metrics
+        self._activity = activity
 
     def admit(self, channel: str, *, panic: bool = False) -> object | None:
         return self._registry.begin_attempt(channel, panic=panic)
@@ -149,6 +151,8 @@ class HealthGate:
         t: health.AttemptTicket = ticket  # type: ignore[assignment]
         self._registry.end_attempt(t, outcome, latency_ms)
         self._metrics.attempt_finished(t.channel, outcome, latency_ms)
+        if self._activity is not None:
+            self._activity.answered(t.channel, outcome, latency_ms)
 
     def abandoned(self, ticket: object) -> None:
         t: health.AttemptTicket = ticket  # type: ignore[assignment]
@@ -208,7 +212,7 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._publish_due = False
         self.running = Running(RunSettings.from_config(loaded.config, loaded.version), _base_url(loaded.config))
-        self.activity = Activity(self.clock.monotonic)
+        self.activity = Activity(self.clock.monotonic, history_bucket_s=loaded.config.server.status_bucket_s)
         self.vault = InstrumentVault()
         self._rate_source = HttpRateSource(self._rate_source_url)
         # Quotes live in the journal: any instance on the store redeems any one's.
@@ -230,12 +234,13 @@ class Service:
             functools.partial(router, self) if router is not None else self.planner.plan,
             self.clock,
             self.running,
-            gate=HealthGate(self.health, self.metrics),
+            gate=HealthGate(self.health, self.metrics, self.activity),
             callback_url=self.running.callback_url,
             activity=self.activity,
             settle_channels=self.channel_set.find,
             instrument=self.vault.of,
             on_terminal=self.vault.forget,
+            on_outcome=self.metrics.recharge_finished,
             # Alone on a SQLite file (server.JournalLock), nothing else could drive its recharges:
             # no lease on each. Workers, PostgreSQL instances or a set instance_id lease theirs.
             owner=self.instance_id if (not sqlite or cluster is not None or storage.instance_id) else None,
@@ -258,6 +263,7 @@ class Service:
         self.pools = PoolDeps(self.journal, self.clock, self.metrics, lambda: self.config.pools,
                               lambda: self.config.pool_rebalance_interval_s)
         self.pool_watch = PoolWatch(self.pools)
+        self.backlog_watch = BacklogWatch(self.journal, self.metrics, self.clock)
         self.settlements = ReconDeps(self.journal, self.clock, self.metrics,
                                      lambda name: self.channel_set.find(name, self.clock.now()), self.channel_config,
                                      lambda: self.config.reconciliation)
@@ -402,6 +408,7 @@ class Service:
             self._tasks.append(loop.create_task(self.dispatcher.run_forever()))
             self._tasks.append(loop.create_task(Rebalancer(self.pools).run_forever()))
             self._tasks.append(loop.create_task(self.pool_watch.run_forever()))
+            self._tasks.append(loop.create_task(self.backlog_watch.run_forever()))
             self._tasks.append(loop.create_task(self.reconciler.run_forever()))
 
     async def stop(self) -> None:

@@ -45,7 +45,8 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 
 
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Bind the request id, and make sure every error leaves in the spec's shape."""
+    """Bind the request id, make sure every error leaves in the spec's shape, and count
+    every answer by route and status (the API's error rate is alerted on)."""
     rid = request.headers.get("X-Request-ID", "")
     if not _REQUEST_ID.match(rid):
         rid = secrets.token_hex(8)
@@ -70,9 +71,11 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         log.exception("unhandled_error", path=request.path)
         response = error_response(ApiError("internal_error", "internal error; the request id identifies it in logs"))
     response.headers["X-Request-ID"] = rid
-    cluster = request.app[SERVICE].cluster
-    if cluster is not None:
-        response.headers["X-Worker"] = str(cluster.index)
+    svc = request.app[SERVICE]
+    if svc.cluster is not None:
+        response.headers["X-Worker"] = str(svc.cluster.index)
+    resource = request.match_info.route.resource
+    svc.metrics.answered(resource.canonical if resource is not None else "unmatched", response.status)
     return response
 
 
@@ -303,8 +306,10 @@ def metrics_text(svc: Service) -> bytes:
     svc.metrics.in_flight_recharges.set(svc.driver.in_flight)
     for name, count in svc.health.in_flight().items():
         svc.metrics.in_flight_attempts.labels(name).set(count)
-    for name, state in svc.routing.current.states.items():
+    snapshot = svc.routing.current
+    for name, state in snapshot.states.items():
         svc.metrics.breaker_state.labels(name).set({"closed": 0, "half_open": 1, "open": 2}[state.breaker])
+    svc.metrics.routable(snapshot.channels, snapshot.states)
     return svc.metrics.render()
 
 

@@ -33,8 +33,8 @@ from orchestrator.model import (
 )
 
 __all__ = ["FLEET_BLOB_LIMIT", "PURGE_LIMIT", "Account", "Journal", "JournalError", "KeptChannel", "MatchRow",
-           "NoticeRow", "OutboxStats", "PastRecharge", "QuoteRecord", "RefundGuard", "ReportRow", "UserTotals",
-           "WalletEntry", "WalletView", "fleet_blob", "fleet_time"]
+           "NoticeRow", "OpenRecharges", "OutboxStats", "PastRecharge", "QuoteRecord", "RefundGuard", "ReportRow",
+           "UserTotals", "WalletEntry", "WalletView", "fleet_blob", "fleet_time"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +141,24 @@ class OutboxStats:
     pending: int
     dead: int
     oldest_pending_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRecharges:
+    """The recharges not yet final, for the metrics: how many in each status, how many
+    past their deadline (``Recharge.deadline()``: a step-up's expiry extends it), and the
+    earliest deadline among them."""
+
+    by_status: Mapping[str, int]
+    past_deadline: int
+    earliest_deadline: float | None
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[Sequence[Any]]) -> OpenRecharges:
+        """From the SQL stores' rows: (status, count, past their deadline, earliest deadline)."""
+        earliest = [float(r[3]) for r in rows if r[3] is not None]
+        return cls({str(r[0]): int(r[1]) for r in rows}, sum(int(r[2] or 0) for r in rows),
+                   min(earliest) if earliest else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,6 +510,11 @@ class Journal(Protocol):
         ...
 
     async def outbox_stats(self) -> OutboxStats: ...
+
+    async def open_recharges(self, now: float) -> OpenRecharges:
+        """The recharges with work left, counted (along the index of open recharges:
+        bounded by the work in progress, never by the history)."""
+        ...
 
     async def has_unsettled_credit(self, user_id: str) -> bool:
         """Whether one of the user's instant credits waits for its payment or was clawed

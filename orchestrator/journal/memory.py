@@ -26,6 +26,7 @@ from orchestrator.journal._protocol import (
     KeptChannel,
     MatchRow,
     NoticeRow,
+    OpenRecharges,
     OutboxStats,
     PastRecharge,
     QuoteRecord,
@@ -658,6 +659,15 @@ class MemoryJournal:
         pending = [o.notice.created_at for o in self._outbox.values() if o.state == "pending"]
         return OutboxStats(len(pending), sum(o.state == "dead" for o in self._outbox.values()),
                            min(pending) if pending else None)
+
+    async def open_recharges(self, now: float) -> OpenRecharges:
+        by_status: dict[str, int] = {}
+        deadlines = []
+        for r in self._recharges.values():
+            if r.status not in TERMINAL:
+                by_status[r.status.value] = by_status.get(r.status.value, 0) + 1
+                deadlines.append(r.deadline())
+        return OpenRecharges(by_status, sum(d < now for d in deadlines), min(deadlines, default=None))
 
     # -- settlement reconciliation (SPEC 21) ---------------------------------------------
 

@@ -36,6 +36,7 @@ from orchestrator.journal._protocol import (
     KeptChannel,
     MatchRow,
     NoticeRow,
+    OpenRecharges,
     OutboxStats,
     PastRecharge,
     QuoteRecord,
@@ -771,6 +772,10 @@ class PostgresJournal:
         row = await self._read(lambda conn: conn.fetchrow(_OUTBOX_STATS))
         return OutboxStats(int(row[0]), int(row[1]), row[2])
 
+    async def open_recharges(self, now: float) -> OpenRecharges:
+        rows = await self._read(lambda conn: conn.fetch(_OPEN_STATS, float(now)))
+        return OpenRecharges.of_rows(rows)
+
     # -- settlement reconciliation (SPEC 21; the ops are below, after the SQL) ----------
 
     async def recon_start(self, run: ReconRun) -> bool:
@@ -1402,6 +1407,12 @@ _REDELIVER = ("UPDATE outbox SET state='pending', next_at=$2, window_start=$2, c
 _NOTICE = f"SELECT {NOTICE_COLUMNS} FROM outbox WHERE id=$1"
 _NOTICES = (f"SELECT {NOTICE_COLUMNS} FROM outbox WHERE state=$1 "
             "AND ($2::text IS NULL OR seq > COALESCE((SELECT seq FROM outbox WHERE id=$2), 0)) ORDER BY seq LIMIT $3")
+# As SQLite's _OPEN_STATS (GREATEST skips a NULL where SQLite's MAX(a, b) would answer it).
+_OPEN_STATS = (
+    "SELECT status, COUNT(*), COUNT(*) FILTER (WHERE deadline < $1), MIN(deadline) FROM (SELECT r.status AS status, "
+    "GREATEST(r.deadline_at, (SELECT MAX(a.action_expires_at) FROM attempts a WHERE a.recharge_id = r.id)) "
+    f"AS deadline FROM recharges r WHERE r.{_OPEN}) o GROUP BY status"
+)
 _OUTBOX_STATS = ("SELECT (SELECT COUNT(*) FROM outbox WHERE state='pending'), "
                  "(SELECT COUNT(*) FROM outbox WHERE state='dead'), "
                  "(SELECT MIN(created_at) FROM outbox WHERE state='pending')")

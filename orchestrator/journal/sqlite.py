@@ -32,6 +32,7 @@ from orchestrator.journal._protocol import (
     KeptChannel,
     MatchRow,
     NoticeRow,
+    OpenRecharges,
     OutboxStats,
     PastRecharge,
     QuoteRecord,
@@ -106,6 +107,13 @@ _OPEN_IDS = f"SELECT id FROM recharges WHERE {OPEN} ORDER BY created_at"
 _CHANNEL_BUSY = (
     "SELECT 1 FROM attempts WHERE channel = ? AND recharge_id IN "
     f"(SELECT id FROM recharges WHERE {OPEN} UNION SELECT recharge_id FROM follow_ups) LIMIT 1"
+)
+# The open recharges per status, with their deadlines as Recharge.deadline() reads them
+# (a step-up's expiry extends it): for the metrics, every few seconds in every process.
+_OPEN_STATS = (
+    "SELECT status, COUNT(*), SUM(deadline < ?), MIN(deadline) FROM (SELECT r.status AS status, "
+    "MAX(r.deadline_at, COALESCE((SELECT MAX(a.action_expires_at) FROM attempts a WHERE a.recharge_id = r.id), 0)) "
+    f"AS deadline FROM recharges r WHERE r.{OPEN}) GROUP BY status"
 )
 _USER_TOTALS = f"SELECT {TOTALS_COLUMNS} FROM user_recharge_totals WHERE user_id = ?"
 # A wallet's transfers, newest first, as entries: along each account index, never a scan.
@@ -539,6 +547,9 @@ class SqliteJournal:
                                 "(SELECT MIN(created_at) FROM outbox WHERE state='pending')")
         pending, dead, oldest = rows[0]
         return OutboxStats(int(pending), int(dead), oldest)
+
+    async def open_recharges(self, now: float) -> OpenRecharges:
+        return OpenRecharges.of_rows(await self.query(_OPEN_STATS, (now,)))
 
     # -- settlement reconciliation (SPEC 21) -------------------------------------------
 
