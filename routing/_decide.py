@@ -173,6 +173,7 @@ def approval_posterior(p: _Prepared, segment: str, v: ValueWeights) -> tuple[flo
 # An unproven channel is taken to fail this many times as often as the eligible channels
 # do together: on equal evidence the measured one keeps the traffic (docs/routing.md#learning).
 UNPROVEN_FAILURE_FACTOR = 2.0
+_PRIOR_EDGE = 1e-3
 
 
 def works_prior(eligible: list[_Prepared], w: ScoringWeights) -> float:
@@ -184,7 +185,9 @@ def works_prior(eligible: list[_Prepared], w: ScoringWeights) -> float:
         ok += p.state.successes
         failed += p.state.failures
     pooled_failure = (failed + w.prior_failures) / (ok + failed + w.prior_successes + w.prior_failures)
-    return max(0.0, 1.0 - UNPROVEN_FAILURE_FACTOR * pooled_failure)
+    # Strictly inside (0, 1): a Beta with a zero parameter cannot be drawn from (every
+    # eligible channel failing would otherwise fail the decision itself).
+    return min(1.0 - _PRIOR_EDGE, max(_PRIOR_EDGE, 1.0 - UNPROVEN_FAILURE_FACTOR * pooled_failure))
 
 
 def works_posterior(p: _Prepared, prior: float, w: ScoringWeights) -> tuple[float, float]:
@@ -203,6 +206,8 @@ def _draw(rng: random.Random, alpha: float, beta: float, exact_below: float) -> 
     """One draw from Beta(alpha, beta): exact while the evidence is thin, its normal
     approximation (clamped) beyond, as for the success estimate."""
     total = alpha + beta
+    if alpha <= 0.0 or beta <= 0.0:  # a degenerate posterior: its mean is all there is
+        return 1.0 if beta <= 0.0 < alpha else 0.0 if alpha <= 0.0 < beta else 0.5
     if total < exact_below:
         return rng.betavariate(alpha, beta)
     draw = rng.gauss(alpha / total, math.sqrt(alpha * beta / (total * total * (total + 1.0))))

@@ -165,3 +165,12 @@ def test_value_scores_add_up_and_explain_shows_the_terms():
     assert abs(value["expected_value_minor"] - (value["p_works"] * value["p_approve"] * (8500 - value["fee_minor"])
                                                 - value["latency_cost_minor"])) < 0.01
     assert value["fleet"] is None
+
+
+def test_every_channel_failing_still_gives_a_decision():
+    # Found by the property test: all eligible channels with failures only pooled the
+    # P(works) prior to 0, and a Beta(0, n) draw raised instead of ranking.
+    snap = market(**{name: healthy(28.0, successes=0.0, failures=500.0)
+                     for name in ("alipay_direct", "usdt_settle", "unionpay_bank")})
+    for seed in range(200):
+        assert len(decide(snap, CNY, random.Random(seed)).candidates) == 3
