@@ -42,6 +42,7 @@ __all__ = [
     "PromotionsConfig",
     "RateSourceConfig",
     "RiskConfig",
+    "RiskModelConfig",
     "RoutingConfig",
     "RuleConfig",
     "RuleMatch",
@@ -528,8 +529,35 @@ class HistoryRuleConfig(_Model):
     score: RiskScore | None = None
 
 
+ArtefactRef = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f]+$")]
+
+
+class RiskModelConfig(_Model):
+    """The behaviour model (docs/risk.md): its score (P(fraud), 0..1) challenges a
+    recharge at ``challenge_at`` and blocks it at ``block_at``; ``shadow``, when set,
+    scores every recharge too and is logged, never acted on."""
+
+    # An artefact's name (a file in orchestrator/risk_models/) or a path to a .json file.
+    artefact: ArtefactRef
+    challenge_at: RiskScore = 0.5
+    block_at: RiskScore = 0.95
+    shadow: ArtefactRef | None = None
+    # Memory bounds of the feature state (least recently seen dropped first).
+    max_users: int = Field(1_000_000, ge=2, le=20_000_000)
+    max_instruments: int = Field(1_000_000, ge=2, le=20_000_000)
+    max_devices: int = Field(500_000, ge=2, le=20_000_000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RiskModelConfig:
+        if self.block_at <= self.challenge_at:
+            raise ValueError("block_at must be above challenge_at")
+        return self
+
+
 class RiskConfig(_Model):
     enabled: bool = True
+    # The behaviour model, combined with the rules (None: the rules alone).
+    model: RiskModelConfig | None = None
     # Per recharge, in base-currency units; above it the recharge is blocked.
     max_amount_base: ExactDecimal | None = Field(None, gt=0)
     # Per recharge, in base-currency units; above it the payer must pass a step-up.

@@ -104,6 +104,9 @@ class Metrics:
         )
         self.risk_decisions = Counter("orchestrator_risk_decisions", "Recharges flagged by risk", ["action"],
                                       registry=r)
+        self.risk_shadow_decisions = Counter(
+            "orchestrator_risk_shadow_decisions", "Shadow risk model decisions (never acted on), beside the live action",
+            ["version", "action", "live_action"], registry=r)
         self.shed = Counter("orchestrator_requests_shed", "Recharge requests refused with 503: overload", registry=r)
         self.in_flight_recharges = Gauge("orchestrator_recharges_in_flight", "Recharges being driven", registry=r)
         self.commit_latency = FastHistogram(
@@ -171,6 +174,9 @@ class Metrics:
         """An HTTP answer; ``route`` is the route's template (``/v1/recharges/{id}``), so
         the label's values are as few as the routes."""
         self._child(self.requests, route, str(status)).inc()
+
+    def risk_shadow(self, version: str, action: str, live_action: str) -> None:
+        self._child(self.risk_shadow_decisions, version, action, live_action).inc()
 
     def recharge_finished(self, rec: _Payment, status: str) -> None:
         self._child(self.recharges, status, rec.currency, rec.country).inc()

@@ -73,6 +73,8 @@ class NewRecharge:
     metadata: dict[str, Any] | None = None
     quote_id: str | None = None
     template_id: str | None = None  # the template it was filled from (SPEC 22)
+    device_id: str | None = None  # risk signals the front service may send (SPEC 5)
+    ip_country: str | None = None
 
     def fingerprint(self) -> str:
         # Never a hash of a whole card number (guessable): the instrument as stored.
@@ -160,7 +162,8 @@ async def create(cmd: NewRecharge, deps: RechargeDeps) -> Created:
         return await _settled(deps, _current(deps, existing), replayed=True)
     stored = cmd.instrument.stored()
     risk_input = RiskInput(cmd.user_id, p.base_amount, cmd.country, instrument_id=next(iter(stored.values())),
-                           account_number=cmd.instrument.account_number, history=history)
+                           account_number=cmd.instrument.account_number, history=history,
+                           device_id=cmd.device_id, ip_country=cmd.ip_country)
     decision = deps.risk.assess(risk_input)
     settings = deps.settings()
     # Instant credit (SPEC 20): not for a user with one still settling or one clawed back.
@@ -180,6 +183,9 @@ async def create(cmd: NewRecharge, deps: RechargeDeps) -> Created:
                               "rate": str(p.rate), "promotions": [pr.to_api() for pr in p.promotions],
                               "risk": decision.action, "risk_reasons": list(decision.reasons),
                               "risk_score": decision.score}
+    if decision.model_version is not None:  # what GET /v1/admin/risk/explain answers from
+        detail["risk_model"] = decision.model_version
+        detail["risk_features"] = [c.to_api() for c in decision.explain]
     if cmd.quote_id:
         detail["quote_id"] = cmd.quote_id
     if cmd.template_id:
@@ -194,11 +200,12 @@ async def create(cmd: NewRecharge, deps: RechargeDeps) -> Created:
     if not fresh:
         return await _settled(deps, rec, replayed=True)
     structlog.contextvars.bind_contextvars(recharge_id=rec.id)
-    if not decision.blocked:
-        deps.risk.record(risk_input)
+    if decision.blocked:
+        deps.risk.refused(risk_input)
+    else:
+        deps.risk.record(risk_input, rec.id)
     return await _settled(deps, rec, replayed=False, promotions=p.promotions_given(rec.bonus_coins),
-                          risk={"action": decision.action, "reasons": list(decision.reasons),
-                                "score": decision.score})
+                          risk=_risk_view(decision.action, decision.reasons, decision.score, decision.model_version))
 
 
 async def replay(cmd: NewRecharge, deps: RechargeDeps) -> Created | None:
@@ -228,6 +235,20 @@ async def trail(recharge_id: str, viewer: Viewer, deps: RechargeDeps) -> list[Tr
     return await deps.journal.trail(recharge_id)
 
 
+async def explain_risk(recharge_id: str, deps: RechargeDeps) -> dict[str, Any]:
+    """How risk judged a recharge, from its 'created' trail entry: the action, the score,
+    the model that gave it and the features that moved that score most (none when the
+    rules alone judged it)."""
+    rec = await deps.journal.get(recharge_id)
+    if rec is None:
+        raise NotFound("no such recharge")
+    entries = await deps.journal.trail(rec.id)
+    detail = (entries[0].detail if entries and entries[0].event == "created" else None) or {}
+    return {"recharge_id": rec.id, "status": rec.status.value, "action": detail.get("risk", "allow"),
+            "reasons": list(detail.get("risk_reasons", [])), "score": detail.get("risk_score", 0.0),
+            "model": detail.get("risk_model"), "features": list(detail.get("risk_features", []))}
+
+
 def _current(deps: RechargeDeps, rec: Recharge | None) -> Recharge | None:
     """The running recharge's in-memory state (ahead of nothing the journal has), else
     the stored one."""
@@ -239,9 +260,15 @@ async def _priced_with(deps: RechargeDeps, rec: Recharge) -> tuple[list[Any], di
     """The promotions and risk verdict of a stored recharge: its 'created' trail entry's."""
     entries = await deps.journal.trail(rec.id)
     detail = (entries[0].detail if entries and entries[0].event == "created" else None) or {}
-    return list(detail.get("promotions", [])), {"action": detail.get("risk", "allow"),
-                                                "reasons": list(detail.get("risk_reasons", [])),
-                                                "score": detail.get("risk_score", 0.0)}
+    return list(detail.get("promotions", [])), _risk_view(detail.get("risk", "allow"), detail.get("risk_reasons", []),
+                                                          detail.get("risk_score", 0.0), detail.get("risk_model"))
+
+
+def _risk_view(action: str, reasons: Any, score: float, model: str | None) -> dict[str, Any]:
+    view = {"action": action, "reasons": list(reasons), "score": score}
+    if model is not None:
+        view["model"] = model
+    return view
 
 
 async def _settled(deps: RechargeDeps, rec: Recharge, *, replayed: bool, promotions: list[Any] | None = None,

@@ -26,8 +26,16 @@ a busier key sees the newest events only) and at most ``max_keys`` keys of each 
 the least recently recorded dropped first. Instruments are keyed by their token, or
 by a keyed hash of the account number (never the number itself).
 
-Hot reload: ``configure(new_risk_config)`` swaps the compiled rules whole and keeps
-the state. Windows are measured on the injected clock's ``monotonic()``.
+With ``risk.model`` configured, every recharge is also scored by the behaviour model
+(``risk_model``, over ``risk_features``): P(fraud) at or above ``challenge_at`` raises the
+action to ``challenge``, at or above ``block_at`` to ``block`` (reason ``model_score``); the
+decision carries that score, the model's version and the features that moved it most. A
+``shadow`` model scores too and is only counted and logged. The rules keep their own say:
+a blocklisted user or a number failing Luhn is blocked whatever the score.
+
+Hot reload: ``prepare(new_risk_config)`` loads its models (``ModelError`` if one cannot
+be served) and ``configure(prepared)`` swaps rules and models whole, keeping every state.
+Windows are measured on the injected clock's ``monotonic()``, the model's on ``now()``.
 """
 
 from __future__ import annotations
@@ -35,15 +43,22 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
+import structlog
+
 from config import RiskConfig, VelocityRule
 from orchestrator.clock import Clock
 from orchestrator.pricing import UserHistory
+from orchestrator.risk_features import FeatureBook, Signals
+from orchestrator.risk_model import Contribution, ModelError, RiskModel, load
 
-__all__ = ["RiskDecision", "RiskEngine", "RiskInput", "luhn_ok"]
+__all__ = ["ModelError", "PreparedRisk", "RiskDecision", "RiskEngine", "RiskInput", "luhn_ok"]
+
+log = structlog.get_logger("orchestrator.risk")
 
 Action = Literal["allow", "review", "challenge", "block"]
 _SEVERITY = {"allow": 0, "review": 1, "challenge": 2, "block": 3}
@@ -61,6 +76,8 @@ class RiskInput:
     # The whole account number when one was given (for Luhn and the velocity key only).
     account_number: str | None = None
     history: UserHistory | None = None
+    device_id: str | None = None  # optional request fields (SPEC 5): the payer's device
+    ip_country: str | None = None  # and the country their IP address is in
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +85,8 @@ class RiskDecision:
     action: Action
     reasons: tuple[str, ...] = ()
     score: float = 0.0
+    model_version: str | None = None  # the model that scored it (None: rules alone)
+    explain: tuple[Contribution, ...] = ()  # the features that moved the model's score most
 
     @property
     def blocked(self) -> bool:
@@ -119,6 +138,15 @@ class _Rules:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedRisk:
+    """A risk config with its models loaded: what ``configure`` swaps in."""
+
+    config: RiskConfig
+    model: RiskModel | None = None
+    shadow: RiskModel | None = None
+
+
 _Events = deque[tuple[float, Decimal]]
 
 
@@ -149,9 +177,14 @@ class _Keyed:
 
 
 class RiskEngine:
-    def __init__(self, config: RiskConfig, clock: Clock) -> None:
+    def __init__(self, config: RiskConfig | PreparedRisk, clock: Clock,
+                 on_shadow: Callable[[str, str, str], None] = lambda version, shadow, live: None) -> None:
         self._clock = clock
-        self._rules = _Rules.compile(config)
+        prepared = config if isinstance(config, PreparedRisk) else self.prepare(config)
+        self._rules = _Rules.compile(prepared.config)
+        self._model, self._shadow = prepared.model, prepared.shadow
+        self._book = self._new_book(prepared.config)
+        self._on_shadow = on_shadow  # (shadow version, its action, the live action): counted
         self._users = _Keyed()
         self._instruments = _Keyed()
         # Velocity keys for account numbers: a keyed hash, fresh per process, so no
@@ -162,10 +195,41 @@ class RiskEngine:
     def config(self) -> RiskConfig:
         return self._rules.cfg
 
-    def configure(self, config: RiskConfig) -> None:
-        """Swap in new rules; the velocity state stays."""
-        if config is not self._rules.cfg:
-            self._rules = _Rules.compile(config)
+    @property
+    def model(self) -> RiskModel | None:
+        return self._model
+
+    @property
+    def features(self) -> FeatureBook | None:
+        return self._book
+
+    @staticmethod
+    def prepare(config: RiskConfig) -> PreparedRisk:
+        """``config`` with its models loaded; ModelError if one cannot be served."""
+        m = config.model
+        if m is None:
+            return PreparedRisk(config)
+        return PreparedRisk(config, load(m.artefact), load(m.shadow) if m.shadow else None)
+
+    @staticmethod
+    def _new_book(config: RiskConfig) -> FeatureBook | None:
+        m = config.model
+        return None if m is None else FeatureBook(m.max_users, m.max_instruments, m.max_devices)
+
+    def configure(self, config: RiskConfig | PreparedRisk) -> None:
+        """Swap in new rules and models; the velocity and feature state stay (a book
+        whose bounds changed starts again: its maps are sized at creation)."""
+        prepared = config if isinstance(config, PreparedRisk) else self.prepare(config)
+        old = self._rules.cfg.model
+        if prepared.config is not self._rules.cfg:
+            self._rules = _Rules.compile(prepared.config)
+        self._model, self._shadow = prepared.model, prepared.shadow
+        new = prepared.config.model
+        if new is None:
+            self._book = None
+        elif (self._book is None or old is None or (old.max_users, old.max_instruments, old.max_devices)
+              != (new.max_users, new.max_instruments, new.max_devices)):
+            self._book = self._new_book(prepared.config)
 
     def tracked(self) -> tuple[int, int]:
         """(users, instruments) with velocity state: bounded by ``max_keys`` each."""
@@ -210,6 +274,14 @@ class RiskEngine:
         if (h.enabled and hist is not None and hist.average_amount_base is not None and hist.count >= h.min_prior
                 and inp.amount_base > hist.average_amount_base * h.multiple):
             fired.append(("amount_above_history", h.action, h.score))
+        ruled = self._ruled(cfg, fired)
+        if self._model is None or self._book is None:
+            return ruled
+        return self._scored(cfg, inp, ruled)
+
+    @staticmethod
+    def _ruled(cfg: RiskConfig, fired: list[tuple[str, str, float | None]]) -> RiskDecision:
+        """The rules' verdict: the most severe action, raised by their combined score."""
         if not fired:
             return ALLOW
         action = max((a for _, a, _ in fired), key=_SEVERITY.__getitem__)
@@ -222,6 +294,41 @@ class RiskEngine:
         elif cfg.challenge_score is not None and score >= cfg.challenge_score and _SEVERITY[action] < 2:
             action = "challenge"
         return RiskDecision(action, tuple(r for r, _, _ in fired), score)  # type: ignore[arg-type]
+
+    def _scored(self, cfg: RiskConfig, inp: RiskInput, ruled: RiskDecision) -> RiskDecision:
+        """The rules' verdict, raised by the model's score where it reaches a threshold."""
+        model, book, m = self._model, self._book, cfg.model
+        assert model is not None and book is not None and m is not None
+        x = book.features(self._signals(inp))
+        score = model.score(x)
+        by_model = _by_score(score, m.challenge_at, m.block_at)
+        action, reasons = ruled.action, ruled.reasons
+        if _SEVERITY[by_model] > _SEVERITY[action]:
+            action, reasons = by_model, (*reasons, "model_score")
+        if self._shadow is not None:
+            self._shade(x, action, m.challenge_at, m.block_at, inp.user_id)
+        return RiskDecision(action, reasons, round(score, 4), model.version,  # type: ignore[arg-type]
+                            tuple(model.explain(x)))
+
+    def _shade(self, x: list[float], live: str, challenge_at: float, block_at: float, user_id: str) -> None:
+        shadow = self._shadow
+        assert shadow is not None
+        score = shadow.score(x)
+        action = _by_score(score, challenge_at, block_at)
+        self._on_shadow(shadow.version, action, live)
+        if action != live:  # agreements are only counted: a line per recharge would cost more than the score
+            log.info("risk_shadow_disagrees", shadow_version=shadow.version, shadow_action=action,
+                     shadow_score=round(score, 4), live_action=live, user_id=user_id)
+
+    def _signals(self, inp: RiskInput) -> Signals:
+        hist, limit = inp.history, self._rules.cfg.max_amount_base
+        avg = hist.average_amount_base if hist is not None else None
+        return Signals(
+            user_id=inp.user_id, amount_base=float(inp.amount_base), country=inp.country, at_s=self._clock.now(),
+            instrument_key=self._instrument_key(inp), card_number=inp.account_number is not None,
+            device_id=inp.device_id, ip_country=inp.ip_country, history_count=hist.count if hist else 0,
+            history_avg_base=float(avg) if avg is not None else None,
+            limit_base=float(limit) if limit is not None else None)
 
     @staticmethod
     def _velocity(state: _Keyed, key: str, rules: tuple[VelocityRule, ...], amount: Decimal, now: float,
@@ -243,10 +350,13 @@ class RiskEngine:
             if over:
                 fired.append(("velocity:" + rule.name, rule.action, rule.score))
 
-    def record(self, inp: RiskInput) -> None:
-        """Count an accepted recharge in the velocity windows."""
+    def record(self, inp: RiskInput, recharge_id: str | None = None) -> None:
+        """Count an accepted recharge in the velocity windows and the model's features
+        (its outcome, told to ``outcome``, is matched by ``recharge_id``)."""
         rules = self._rules
         cfg = rules.cfg
+        if self._book is not None and cfg.enabled:
+            self._book.record(self._signals(inp), recharge_id)
         if not rules.user_rules and not rules.instrument_rules:
             return
         now = self._clock.monotonic()
@@ -260,9 +370,25 @@ class RiskEngine:
                 self._instruments.prune(key, before)
                 self._instruments.add(key, now, inp.amount_base, cfg.max_events_per_key, cfg.max_keys)
 
-    def screen(self, inp: RiskInput) -> RiskDecision:
-        """``assess``, then ``record`` unless blocked: the one call for a new recharge."""
+    def refused(self, inp: RiskInput) -> None:
+        """A recharge risk blocked: it counts against its user in the model's features."""
+        if self._book is not None and self._rules.cfg.enabled:
+            self._book.blocked(self._signals(inp))
+
+    def outcome(self, recharge_id: str, declined: bool) -> None:
+        """A recorded recharge ended; a decline counts against its user, instrument and device."""
+        if self._book is not None:
+            self._book.outcome(recharge_id, declined, self._clock.now())
+
+    def screen(self, inp: RiskInput, recharge_id: str | None = None) -> RiskDecision:
+        """``assess``, then ``record`` (or ``refused``): the one call for a new recharge."""
         decision = self.assess(inp)
         if decision.action != "block":
-            self.record(inp)
+            self.record(inp, recharge_id)
+        else:
+            self.refused(inp)
         return decision
+
+
+def _by_score(score: float, challenge_at: float, block_at: float) -> Action:
+    return "block" if score >= block_at else "challenge" if score >= challenge_at else "allow"

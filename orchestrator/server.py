@@ -19,12 +19,22 @@ from typing import IO, Any
 import structlog
 from aiohttp import web
 
-from config import ConfigError, LoadedConfig, ServerConfig, StorageConfig, load_file
+from config import ConfigError, LoadedConfig, RiskConfig, ServerConfig, StorageConfig, load_file
 from orchestrator.errors import StartError
 
-__all__ = ["JournalLock", "StartError", "app_runner", "run_alone", "tls_context", "tune_gc"]
+__all__ = ["JournalLock", "StartError", "app_runner", "check_risk_models", "run_alone", "tls_context", "tune_gc"]
 
 log = structlog.get_logger("orchestrator")
+
+
+def check_risk_models(risk: RiskConfig) -> None:
+    """StartError unless the risk models the config names can be served."""
+    from orchestrator.risk import ModelError, RiskEngine
+
+    try:
+        RiskEngine.prepare(risk)
+    except ModelError as exc:
+        raise StartError(f"risk.model: {exc}") from exc
 
 
 def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
@@ -99,6 +109,7 @@ async def run_alone(loaded: LoadedConfig, path: str, overrides: dict[str, dict[s
     lock = JournalLock(loaded.config.storage)
     try:
         tls = tls_context(server)
+        check_risk_models(loaded.config.risk)
         lock.acquire()
     except StartError as exc:
         log.error("cannot_start", error=str(exc))

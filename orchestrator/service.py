@@ -48,11 +48,11 @@ from orchestrator.pricing import PricingError
 from orchestrator.planner import RoutePlanner
 from orchestrator.quotes import PricingService
 from orchestrator.recharges import InstrumentVault, RechargeDeps
-from orchestrator.risk import RiskEngine
+from orchestrator.risk import ModelError, PreparedRisk, RiskEngine
 from orchestrator.suggestion_service import SuggestionService
 from orchestrator.templates import TemplateDeps
 from orchestrator.ratelimit import Limiter
-from orchestrator.model import Recharge, TrailEntry
+from orchestrator.model import Recharge, RechargeStatus, TrailEntry
 
 __all__ = ["AppliedConfig", "ChannelFactory", "HealthGate", "ReloadError", "RouteOverride", "Service", "snapshot_for"]
 
@@ -217,7 +217,7 @@ class Service:
         self._rate_source = HttpRateSource(self._rate_source_url)
         # Quotes live in the journal: any instance on the store redeems any one's.
         self.pricing = PricingService(lambda: self.config.pricing, self.clock, self.journal, totals=self.journal)
-        self.risk = RiskEngine(loaded.config.risk, self.clock)
+        self.risk = RiskEngine(loaded.config.risk, self.clock, on_shadow=self.metrics.risk_shadow)
         self.suggestions = SuggestionService(lambda: self.config, self.journal, self.clock, self.pricing.rates)
         storage = loaded.config.storage
         # On SQLite the names are fixed (one instance per file, one name per worker), so
@@ -240,7 +240,7 @@ class Service:
             settle_channels=self.channel_set.find,
             instrument=self.vault.of,
             on_terminal=self.vault.forget,
-            on_outcome=self.metrics.recharge_finished,
+            on_outcome=self._finished,
             # Alone on a SQLite file (server.JournalLock), nothing else could drive its recharges:
             # no lease on each. Workers, PostgreSQL instances or a set instance_id lease theirs.
             owner=self.instance_id if (not sqlite or cluster is not None or storage.instance_id) else None,
@@ -305,6 +305,11 @@ class Service:
         return self.running.callback_url(channel)
 
     # -- routing ----------------------------------------------------------------------
+
+    def _finished(self, rec: Recharge, status: RechargeStatus) -> None:
+        """A recharge's final status, once: counted, and a decline told to risk's features."""
+        self.metrics.recharge_finished(rec, status)
+        self.risk.outcome(rec.id, status is RechargeStatus.DECLINED)
 
     def publish_snapshot(self) -> None:
         self._publish_due = False
@@ -441,6 +446,7 @@ class Service:
             lines = config_diff(old.config, new.config)
             now = self.clock.now()
             fresh = self._fresh_channels(new)
+            risk = self._risk_for(new)
             await self.channel_set.record(new.config.channels, now)
             await self.journal.open_pools([p.name for p in new.config.pools], now)
             # -- the swap: no awaits from here to the end of the block --------------------
@@ -450,7 +456,7 @@ class Service:
             self.loaded = new
             self.running.settings = RunSettings.from_config(new.config, new.version)
             self.running.base_url = _base_url(new.config)
-            self.risk.configure(new.config.risk)
+            self.risk.configure(risk)
             self.health.approvals.config = _approval(new.config)
             lim = new.config.limits
             self.client_limits.reconfigure(*self._limit(lim.per_client))
@@ -466,6 +472,13 @@ class Service:
             log.info("config_applied", config_version=new.version, previous=old.version, source=source,
                      changes=len(lines))
             return lines
+
+    def _risk_for(self, new: LoadedConfig) -> PreparedRisk:
+        """``new``'s risk rules with their models loaded; ReloadError if one cannot be served."""
+        try:
+            return RiskEngine.prepare(new.config.risk)
+        except ModelError as exc:
+            raise ReloadError(f"risk.model: {exc}") from None
 
     def _limit(self, limit: Any) -> tuple[float, float]:
         """A rate limit's (rate, burst) for this process: its share of the whole when
@@ -513,6 +526,7 @@ class Service:
     async def check_applicable(self, new: LoadedConfig) -> None:
         """ReloadError unless ``new`` can be applied here (its new channels can be made);
         changes nothing. Every worker runs on this machine: what works here works there."""
+        self._risk_for(new)
         for channel in self._fresh_channels(new).values():
             await channel.close()
 

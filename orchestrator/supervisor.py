@@ -121,7 +121,7 @@ class Supervisor:
     # -- life -------------------------------------------------------------------------
 
     async def run(self) -> int:
-        from orchestrator.server import JournalLock, StartError, tls_context
+        from orchestrator.server import JournalLock, StartError, check_risk_models, tls_context
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -131,6 +131,7 @@ class Supervisor:
         lock = JournalLock(self._loaded.config.storage)
         try:
             tls_context(server)  # the workers load it; fail here, before any of them starts
+            check_risk_models(self._loaded.config.risk)
             lock.acquire()
         except StartError as exc:
             log.error("cannot_start", error=str(exc))

@@ -134,6 +134,8 @@ class TemplateRecharge:
     instrument: Instrument | None = None
     metadata: dict[str, Any] | None = None
     quote_id: str | None = None
+    device_id: str | None = None
+    ip_country: str | None = None
 
 
 def fill(req: TemplateRecharge, t: Template) -> NewRecharge:
@@ -151,7 +153,7 @@ def fill(req: TemplateRecharge, t: Template) -> NewRecharge:
         client=req.client, idempotency_key=req.idempotency_key, user_id=req.user_id, amount_minor=t.amount_minor,
         currency=t.currency, country=t.country, method=t.method, instrument=instrument,
         document={**req.document, "template": {**filled, "instrument": t.instrument}}, metadata=req.metadata,
-        quote_id=req.quote_id, template_id=t.id)
+        quote_id=req.quote_id, template_id=t.id, device_id=req.device_id, ip_country=req.ip_country)
 
 
 def _instrument(given: Instrument | None, stored: Mapping[str, str]) -> Instrument:

@@ -14,7 +14,9 @@ from config import diff as config_diff
 from orchestrator.api.body import read_body
 from orchestrator.api.errors import ApiError
 from orchestrator.api.state import AUTH, SERVICE
+from orchestrator.api.query import RECHARGE_ID
 from orchestrator.api.query import only as only_query
+from orchestrator import recharges
 from orchestrator.clock import iso
 from orchestrator.service import Service
 
@@ -136,7 +138,19 @@ async def enable(request: web.Request) -> web.Response:
     return await _channel_switch(request, False)
 
 
+async def explain_risk(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    only_query(request, "recharge_id")
+    rid = request.query.get("recharge_id")
+    if not rid:
+        raise ApiError("validation_failed", "give recharge_id, the recharge to explain", field="recharge_id")
+    if not RECHARGE_ID.match(rid):
+        raise ApiError("not_found", "no such recharge")
+    return _json(await recharges.explain_risk(rid, svc.recharges))
+
+
 def register(app: web.Application) -> None:
+    app.router.add_get("/v1/admin/risk/explain", explain_risk)
     app.router.add_get("/v1/admin/config", get_config)
     app.router.add_put("/v1/admin/config", put_config)
     app.router.add_get("/v1/admin/config/history", config_history)

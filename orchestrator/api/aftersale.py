@@ -12,7 +12,7 @@ from aiohttp import web
 from orchestrator import refunds
 from orchestrator.api.body import idempotency_key, read_json
 from orchestrator.api.errors import ApiError
-from orchestrator.api.query import only as only_query
+from orchestrator.api.query import RECHARGE_ID, only as only_query
 from orchestrator.api.schemas import RefundIn, validate
 from orchestrator.api.state import AUTH, SERVICE
 from orchestrator.clock import iso
@@ -23,7 +23,6 @@ from orchestrator.views import refund_view
 
 __all__ = ["register"]
 
-_RECHARGE_ID = re.compile(r"^rc_[0-9a-f]{1,64}$")
 _REFUND_ID = re.compile(r"^rf_[0-9a-f]{1,64}$")
 _NOTICE_ID = re.compile(r"^evt_[0-9a-f]{1,64}$")
 
@@ -41,7 +40,7 @@ async def create_refund(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     viewer, key = _viewer(request), idempotency_key(request)
     rid = request.match_info["id"]
-    if not _RECHARGE_ID.match(rid):
+    if not RECHARGE_ID.match(rid):
         raise ApiError("not_found", "no such recharge")
     body = {} if not request.can_read_body else await read_json(request, svc.config.server.max_body_bytes)
     req: RefundIn = validate(RefundIn, body)

@@ -20,7 +20,7 @@ from orchestrator.api.auth import Authenticator
 from orchestrator.api.body import check_limit, idempotency_key, read_body, read_json
 from orchestrator.api.errors import ApiError, api_error_of, error_response
 from orchestrator.api.openapi import OPENAPI
-from orchestrator.api.query import only as only_query
+from orchestrator.api.query import RECHARGE_ID, only as only_query
 from orchestrator.api.schemas import RechargeIn, validate
 from orchestrator.api.state import AUTH, SERVICE
 from orchestrator.api.status import STATUS_HTML, status_view
@@ -34,7 +34,6 @@ __all__ = ["SERVICE", "build_app"]
 log = structlog.get_logger("orchestrator.api")
 
 
-_RECHARGE_ID = re.compile(r"^rc_[0-9a-f]{1,64}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
                415: "unsupported_media_type"}
@@ -90,7 +89,7 @@ def _viewer(request: web.Request) -> tuple[recharges.Viewer, str]:
     """Who asks for which recharge (an id of the wrong shape is simply not found)."""
     client = request.app[AUTH].require_any(request)
     rid = request.match_info["id"]
-    if not _RECHARGE_ID.match(rid):
+    if not RECHARGE_ID.match(rid):
         raise ApiError("not_found", "no such recharge")
     return recharges.Viewer(client.name, "admin" in client.scopes), rid
 
@@ -102,7 +101,8 @@ def _new_recharge(request: web.Request, client: str, body: Any) -> recharges.New
         client=client, idempotency_key=idempotency_key(request), user_id=req.user_id,
         amount_minor=req.amount_minor, currency=req.currency, country=req.country, method=req.method,
         instrument=recharges.Instrument(req.instrument.token, req.instrument.account_number, req.instrument.issuer),
-        document=body, metadata=req.metadata, quote_id=req.quote_id)
+        document=body, metadata=req.metadata, quote_id=req.quote_id, device_id=req.device_id,
+        ip_country=req.ip_country)
 
 
 def _created_json(done: recharges.Created) -> web.Response:

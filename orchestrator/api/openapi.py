@@ -63,6 +63,10 @@ SCHEMAS: dict[str, Any] = {
             "instrument": _ref("Instrument"),
             "quote_id": {"type": "string", "minLength": 1, "maxLength": 64},
             "metadata": {"type": "object", "maxProperties": 20},
+            "device_id": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[\\x21-\\x7e]+$",
+                          "description": "the payer's device, as the front service knows it (risk features)"},
+            "ip_country": {"type": "string", "pattern": "^[A-Z]{2}$",
+                           "description": "the country of the payer's IP address (risk features)"},
         },
     },
     "TemplateRechargeRequest": {
@@ -82,6 +86,8 @@ SCHEMAS: dict[str, Any] = {
             "instrument": {"anyOf": [_ref("Instrument"), {"type": "null"}]},
             "quote_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 64},
             "metadata": {"type": ["object", "null"], "maxProperties": 20},
+            "device_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 128, "pattern": "^[\\x21-\\x7e]+$"},
+            "ip_country": {"type": ["string", "null"], "pattern": "^[A-Z]{2}$"},
         },
     },
     "TemplateRequest": {
@@ -190,7 +196,8 @@ SCHEMAS: dict[str, Any] = {
             "risk": {"type": "object", "required": ["action", "reasons"],
                      "properties": {"action": {"enum": ["allow", "review", "challenge", "block"]},
                                     "reasons": {"type": "array", "items": {"type": "string"}},
-                                    "score": {"type": "number", "minimum": 0, "maximum": 1}}},
+                                    "score": {"type": "number", "minimum": 0, "maximum": 1},
+                                    "model": {"type": "string", "description": "the risk model that scored it"}}},
             "next_action": {"type": "object", "required": ["type", "url"],
                             "properties": {"type": {"enum": ["redirect"]}, "url": {"type": "string"}},
                             "description": "while requires_action: where the payer completes the step-up (SPEC 22)"},
@@ -548,6 +555,25 @@ PATHS: dict[str, Any] = {
                          for n in ("currency", "country", "method", "amount_minor", "segment", "issuer")),
                        {"name": "step_up", "in": "query", "schema": {"enum": ["true", "false"]}}],
         "responses": {"200": _json({"type": "object"}, "explanation"), **_errors(401, 403, 422)},
+    }},
+    "/v1/admin/risk/explain": {"get": {
+        "summary": "How risk judged a recharge: action, score, the model's version, the features that moved it most",
+        "security": _bearer,
+        "parameters": [{"name": "recharge_id", "in": "query", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": _json({
+            "type": "object", "required": ["recharge_id", "action", "reasons", "score", "model", "features"],
+            "properties": {
+                "recharge_id": {"type": "string"}, "status": {"type": "string"},
+                "action": {"enum": ["allow", "review", "challenge", "block"]},
+                "reasons": {"type": "array", "items": {"type": "string"}},
+                "score": {"type": "number", "minimum": 0, "maximum": 1},
+                "model": _NULLABLE_STR,
+                "features": {"type": "array", "items": {
+                    "type": "object", "required": ["feature", "value", "contribution"],
+                    "properties": {"feature": {"type": "string"}, "value": {"type": "number"},
+                                   "contribution": {"type": "number",
+                                                    "description": "added to the score's log-odds"}}}}}},
+            "the explanation"), **_errors(401, 403, 404, 422)},
     }},
     "/v1/admin/config": {
         "get": {"summary": "Running config (secrets redacted) and version", "security": _bearer,

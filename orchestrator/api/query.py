@@ -3,11 +3,16 @@ so a misspelt one (``?limt=5``) is a 422 naming it, never a silent fall-back to 
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from orchestrator.api.errors import ApiError
 
-__all__ = ["only"]
+__all__ = ["RECHARGE_ID", "only"]
+
+RECHARGE_ID = re.compile(r"^rc_[0-9a-f]{1,64}$")
+"""A recharge id's shape: anything else is simply not found."""
 
 
 def only(request: web.Request, *names: str) -> None:

@@ -18,6 +18,9 @@ _Printable = r"^[\x21-\x7e]+$"
 ISSUER_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
 """An issuer code: the card's bank or the wallet, lower case (``icbc``, ``gcash``)."""
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+# Optional signals for risk (SPEC 5, docs/risk.md): the payer's device and their IP's country.
+DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_Printable)]
+IpCountry = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 
 
 class _Strict(BaseModel):
@@ -50,6 +53,8 @@ class RechargeIn(_Strict):
     method: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
     instrument: InstrumentIn
     quote_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_Printable)] | None = None
+    device_id: DeviceId | None = None
+    ip_country: IpCountry | None = None
     metadata: Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=40)], Any],
                         Field(max_length=20)] | None = None
 
@@ -117,6 +122,8 @@ class TemplateRechargeIn(_Strict):
     method: _Method | None = None
     instrument: InstrumentIn | None = None
     quote_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_Printable)] | None = None
+    device_id: DeviceId | None = None
+    ip_country: IpCountry | None = None
     metadata: Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=40)], Any],
                         Field(max_length=20)] | None = None
 

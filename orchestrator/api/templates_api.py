@@ -91,7 +91,7 @@ def from_template(request: web.Request, client: str, body: dict[str, Any]) -> te
         client=client, idempotency_key=idempotency_key(request), user_id=req.user_id, template_id=req.template_id,
         document=body, amount_minor=req.amount_minor, currency=req.currency, country=req.country, method=req.method,
         instrument=None if given is None else Instrument(given.token, given.account_number, given.issuer),
-        metadata=req.metadata, quote_id=req.quote_id)
+        metadata=req.metadata, quote_id=req.quote_id, device_id=req.device_id, ip_country=req.ip_country)
 
 
 def register(app: web.Application) -> None:
