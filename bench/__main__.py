@@ -100,11 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak", action="store_true", help="also a 10-minute steady run for memory")
     p.add_argument("--soak-rate", type=float, default=0, help="rate of the soak (0: --rate)")
     p.add_argument("--soak-seconds", type=float, default=600, help="length of the soak")
+    p.add_argument("--risk-model", choices=("on", "off"), default="on",
+                   help="score every recharge with the example config's risk model (observing), or not")
     p.add_argument("--results", type=Path, default=bench.report.RESULTS, help="where the JSON, charts and summary go")
     args = p.parse_args(argv)
     bench.report.RESULTS = args.results.resolve()
     bench.scenarios.LOADGENS = args.loadgens
     bench.stack.WORKERS = args.workers
+    bench.stack.RISK_MODEL = args.risk_model == "on"
     import uvloop
 
     return uvloop.run(main_async(args))

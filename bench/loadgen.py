@@ -274,13 +274,18 @@ class Traffic:
     def body(self, i: int) -> bytes:
         rng = self.rng
         if rng.random() < WHALE_SHARE:
-            user = f"w{rng.randrange(self.whales)}"
+            n = rng.randrange(self.whales)
+            user = f"w{n}"
         else:
-            user = f"u{rng.randrange(self.users)}"
+            n = rng.randrange(self.users)
+            user = f"u{n}"
         currency, country, _, tiers = rng.choices(MARKET, self.weights)[0]
         amount = rng.choices(tiers, _TIER_WEIGHTS[len(tiers)])[0]
-        return orjson.dumps({"user_id": user, "amount_minor": amount, "currency": currency, "country": country,
-                             "method": "ewallet", "instrument": {"token": f"tok_{user}"}})
+        body = {"user_id": user, "amount_minor": amount, "currency": currency, "country": country,
+                "method": "ewallet", "instrument": {"token": f"tok_{user}"}}
+        if n % 2 == 0:  # half the front services send risk's optional signals
+            body["device_id"], body["ip_country"] = f"dev_{user}", country
+        return orjson.dumps(body)
 
 
 async def run(url: str, rate: float, duration: float, key_prefix: str, token: str, users: int,

@@ -56,13 +56,25 @@ FIGURES: dict[str, list[tuple[str, Figure]]] = {
     "max": [("max good rate/s", _max_good)],
     "max-postgres": [("max good rate/s", _max_good)],
     "pricing_risk": [("price + risk p99 us", lambda d: d["price_plus_risk"]["p99_us"]),
-                     ("price + risk p50 us", lambda d: d["price_plus_risk"]["p50_us"])],
+                     ("price + risk p50 us", lambda d: d["price_plus_risk"]["p50_us"]),
+                     ("price + risk with the model p99 us", lambda d: _get(d, "price_plus_risk_model", "p99_us"))],
+    "risk_serving": [("model per recharge p50 us", lambda d: _get(d, "latency", "parts", "per_recharge", "p50_us")),
+                     ("model per recharge p99 us", lambda d: _get(d, "latency", "parts", "per_recharge", "p99_us"))],
     "soak": [("answered/s", _summary("achieved_rate")), ("p99 ms", _summary("latency_ms", "p99")),
              ("RSS start MB", _rss(0)), ("RSS end MB", _rss(-1))],
 }
 IMPAIRED = [("answered/s", _summary("achieved_rate")), ("success in window", _summary("success_ratio", part="in_window")),
             ("p99 ms", _summary("latency_ms", "p99")), ("p99 in window ms", _summary("latency_ms", "p99", "in_window")),
             ("p99 added ms", _summary("added_latency_ms", "p99"))]
+
+
+def _get(doc: Any, *path: str) -> float | None:
+    """A figure deep in a result, None where an older run has none."""
+    for key in path:
+        if not isinstance(doc, dict) or key not in doc:
+            return None
+        doc = doc[key]
+    return doc
 
 
 def figures_for(name: str) -> list[tuple[str, Figure]]:

@@ -20,11 +20,12 @@ LOADGENS = 1  # load generator processes per load (--loadgens)
 
 
 async def micro() -> None:
-    """Routing decision (SPEC: p99 < 50 us) and risk + pricing (p99 < 200 us), each in its
-    own process, before any load."""
+    """Routing decision (SPEC: p99 < 50 us), risk + pricing (p99 < 200 us) and the risk
+    model's serving cost and memory (p99 < 1 ms), each in its own process, before any load."""
     bench.report.RESULTS.mkdir(parents=True, exist_ok=True)
-    for module, out in (("bench.routing_sim", "routing_sim.md"), ("bench.pricing_risk_bench", "pricing_risk.json")):
-        extra = ["--quick"] if module == "bench.routing_sim" else []
+    for module, out, extra in (("bench.routing_sim", "routing_sim.md", ["--quick"]),
+                               ("bench.pricing_risk_bench", "pricing_risk.json", []),
+                               ("bench.risk_serving_bench", "risk_serving.json", ["--quick"])):
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", module, *extra, "--out",
                                                     str(bench.report.RESULTS / out), cwd=ROOT)
         if await proc.wait() != 0:

@@ -15,6 +15,8 @@ import yaml
 from orchestrator.launch import Child, free_port
 
 WORKERS = 2  # orchestrator worker processes (--workers)
+RISK_MODEL = True  # the example config's risk model, observing (--risk-model off: none)
+ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-front-key"
 CHANNEL_MS = 28.0
 
@@ -41,6 +43,16 @@ def sim_doc() -> dict[str, Any]:
     return {"seed": 11, "channels": channels}
 
 
+def _risk() -> dict[str, Any]:
+    """The example config's risk model on every recharge, observing: the load's users recharge
+    several times a minute with no step-up channel to send a challenge to, so acting would
+    change the path measured, not the cost. ``--risk-model off``: no model, to price it."""
+    if not RISK_MODEL:
+        return {}
+    model = yaml.safe_load((ROOT / "config" / "orchestrator.example.yaml").read_text())["risk"]["model"]
+    return {"model": {**model, "enforce": False}}
+
+
 def orch_doc(sim_url: str, db: Path, port: int) -> dict[str, Any]:
     channels = [
         {"name": name, "kind": kind, "base_url": f"{sim_url}/{name}", "webhook_secret": f"whsec_bench_{name}",
@@ -56,6 +68,7 @@ def orch_doc(sim_url: str, db: Path, port: int) -> dict[str, Any]:
         "health": {"probe_interval_s": 2},
         "pricing": {"base_currency": "USD", "coins_per_unit": 70,
                     "rates": {"CNY": 0.1404, "HKD": 0.128, "USD": 1, "PHP": 0.0171}},
+        "risk": _risk(),
     }
 
 

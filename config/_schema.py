@@ -542,6 +542,9 @@ class RiskModelConfig(_Model):
     challenge_at: RiskScore = 0.5
     block_at: RiskScore = 0.95
     shadow: ArtefactRef | None = None
+    # False: score, record and explain every recharge, but act on the rules alone (a first
+    # rollout, or a load test whose traffic is not meant to look human).
+    enforce: bool = True
     # Memory bounds of the feature state (least recently seen dropped first).
     max_users: int = Field(1_000_000, ge=2, le=20_000_000)
     max_instruments: int = Field(1_000_000, ge=2, le=20_000_000)

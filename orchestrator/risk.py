@@ -178,18 +178,20 @@ class _Keyed:
 
 class RiskEngine:
     def __init__(self, config: RiskConfig | PreparedRisk, clock: Clock,
-                 on_shadow: Callable[[str, str, str], None] = lambda version, shadow, live: None) -> None:
+                 on_shadow: Callable[[str, str, str], None] = lambda version, shadow, live: None,
+                 pepper: bytes | None = None) -> None:
         self._clock = clock
         prepared = config if isinstance(config, PreparedRisk) else self.prepare(config)
         self._rules = _Rules.compile(prepared.config)
         self._model, self._shadow = prepared.model, prepared.shadow
         self._book = self._new_book(prepared.config)
+        self._last: tuple[RiskInput, Signals] | None = None
         self._on_shadow = on_shadow  # (shadow version, its action, the live action): counted
         self._users = _Keyed()
         self._instruments = _Keyed()
         # Velocity keys for account numbers: a keyed hash, fresh per process, so no
         # number (nor an offline-guessable hash of one) is ever held.
-        self._pepper = secrets.token_bytes(16)
+        self._pepper = pepper if pepper is not None else secrets.token_bytes(16)
 
     @property
     def config(self) -> RiskConfig:
@@ -303,7 +305,7 @@ class RiskEngine:
         score = model.score(x)
         by_model = _by_score(score, m.challenge_at, m.block_at)
         action, reasons = ruled.action, ruled.reasons
-        if _SEVERITY[by_model] > _SEVERITY[action]:
+        if m.enforce and _SEVERITY[by_model] > _SEVERITY[action]:
             action, reasons = by_model, (*reasons, "model_score")
         if self._shadow is not None:
             self._shade(x, action, m.challenge_at, m.block_at, inp.user_id)
@@ -321,6 +323,15 @@ class RiskEngine:
                      shadow_score=round(score, 4), live_action=live, user_id=user_id)
 
     def _signals(self, inp: RiskInput) -> Signals:
+        """``inp`` as the features read it; the one ``assess`` made is reused by ``record``."""
+        last = self._last
+        if last is not None and last[0] is inp:
+            return last[1]
+        signals = self._signals_of(inp)
+        self._last = (inp, signals)
+        return signals
+
+    def _signals_of(self, inp: RiskInput) -> Signals:
         hist, limit = inp.history, self._rules.cfg.max_amount_base
         avg = hist.average_amount_base if hist is not None else None
         return Signals(

@@ -20,6 +20,7 @@ one is dropped), so the least recently seen keys go first and a lookup stays O(1
 from __future__ import annotations
 
 import math
+import zlib
 from array import array
 from dataclasses import dataclass
 from typing import Final
@@ -76,7 +77,7 @@ _TWO_PI = 2 * math.pi
 
 # -- state layouts: one array('d') per key -------------------------------------------------
 # Time in the arrays is seconds since the book's epoch (its first signal), so doubles stay
-# exact; hashed slots hold 52-bit key hashes (0: empty), replaced round-robin when full.
+# exact; hashed slots hold 52-bit key hashes (0: empty); a full set overwrites a slot picked by the hash.
 
 # user
 (U_T, U_FIRST, U_LAST, U_N, U_SUML, U_SUMSQ, U_MAXL, U_C1M, U_C10M, U_C1H, U_C24H, U_A10M, U_A1H,
@@ -94,7 +95,9 @@ _HASH_MASK = (1 << 52) - 1
 
 
 def _h(key: str) -> float:
-    return float((hash(key) & _HASH_MASK) | 1)  # never 0, the empty slot
+    # A stable hash (not the salted hash()): which key a full set overwrites, and so every
+    # feature after it, must not depend on the process.
+    return float(((zlib.crc32(key.encode()) << 20) ^ len(key)) & _HASH_MASK | 1)  # never 0, the empty slot
 
 
 def _has(state: array, start: int, size: int, h: float) -> bool:
@@ -105,18 +108,23 @@ def _has(state: array, start: int, size: int, h: float) -> bool:
 
 
 def _add(state: array, start: int, size: int, count_at: int, h: float) -> bool:
-    """Put ``h`` in the slots unless there; count a new one at ``count_at``. True if new."""
+    """Put ``h`` in the slots unless there; True if it was not. The count at ``count_at``
+    saturates at ``size``: once full, a slot picked by the hash is overwritten, so a key
+    evicted and coming back is not counted again (it is still "new" to the flags)."""
     if _has(state, start, size, h):
         return False
     n = int(state[count_at])
-    state[start + n % size] = h
-    state[count_at] = n + 1
+    if n < size:
+        state[start + n] = h
+        state[count_at] = n + 1
+    else:
+        state[start + int(h) % size] = h
     return True
 
 
 class _Generations:
     """A map bounded to ``cap`` keys: a young and an old generation of ``cap / 2`` each;
-    a key read from the old one moves to the young one."""
+    a key written while in the old one moves to the young one (reads move nothing)."""
 
     __slots__ = ("half", "old", "young")
 
@@ -161,11 +169,12 @@ class FeatureBook:
     """Per-user, per-instrument and per-device state, and the features read from it."""
 
     def __init__(self, max_users: int = 1_000_000, max_instruments: int = 1_000_000,
-                 max_devices: int = 500_000, max_pending: int = 100_000) -> None:
+                 max_devices: int = 500_000, max_pending: int = 1_000_000) -> None:
         self._users = _Generations(max_users)
         self._instruments = _Generations(max_instruments)
         self._devices = _Generations(max_devices)
-        # Accepted recharges awaiting their outcome: recharge id -> its keys (bounded too).
+        # Accepted recharges awaiting their outcome: recharge id -> its keys (bounded too: at
+        # 1,200/s a decline reported more than about 7 minutes later is not counted).
         self._pending = _PendingKeys(max_pending)
         self._epoch: float | None = None
 

@@ -12,6 +12,7 @@ format, features other than this build computes, or numbers missing or not finit
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,9 @@ class RiskModel:
 
     def explain(self, x: list[float], top: int = 5) -> list[Contribution]:
         """The features that moved this score most from the average recharge's, either way."""
-        terms = [Contribution(name, v, w * (v - c))
-                 for name, v, w, c in zip(FEATURES, x, self.weights, self.centre, strict=True)]
-        terms.sort(key=lambda term: abs(term.log_odds), reverse=True)
-        return terms[:top]
+        terms = [abs(w * (v - c)) for v, w, c in zip(x, self.weights, self.centre, strict=True)]
+        most = heapq.nlargest(top, range(len(terms)), key=terms.__getitem__)
+        return [Contribution(FEATURES[i], x[i], self.weights[i] * (x[i] - self.centre[i])) for i in most]
 
 
 def load(ref: str) -> RiskModel:

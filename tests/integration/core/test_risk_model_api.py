@@ -127,3 +127,15 @@ async def test_an_artefact_that_cannot_be_served_is_refused_at_reload(tmp_path):
             assert api.service.loaded.version == running
         resp, rec = await api.post(BODY, key="after")
         assert rec["risk"]["model"] == "velocity-test", "the running model stays"
+
+
+async def test_a_model_not_enforced_scores_and_explains_but_does_not_act(tmp_path):
+    async with running_api_with(parse(_doc(tmp_path, enforce=False))) as api:
+        api.service.user_limits.reconfigure(1000, 1000)
+        for i in range(25):
+            resp, rec = await api.post({**BODY, "user_id": "u_watched"}, key=f"w-{i}")
+        assert rec["status"] == "succeeded" and rec["risk"]["action"] == "allow", rec
+        assert rec["risk"]["score"] >= 0.95 and rec["risk"]["model"] == "velocity-test"
+        _, why = await _explain(api, rec["id"])
+        assert why["features"][0]["feature"] == "user_count_10m" and why["action"] == "allow", why
+        await api.invariants()
