@@ -309,7 +309,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"## Per recharge ({lat['users']:,} users, {lat['recorded_before']:,} recharges recorded before, "
         f"{lat['measured']:,} timed at {lat['rate_per_s']:,.0f}/s; GC on)", "",
         "| part | p50 us | p99 us | p99.9 us | mean us |", "| --- | ---: | ---: | ---: | ---: |"]
-    labels = {"features": "features (51)", "score": "score", "explain_top5": "explain, top 5", "record": "record",
+    labels = {"features": f"features ({len(FEATURES)})", "score": "score", "explain_top5": "explain, top 5", "record": "record",
               "per_recharge": "**the four together**", "outcome": "outcome (per call, 2 s later)"}
     for part, label in labels.items():
         s = p[part]
@@ -354,7 +354,7 @@ def reading(r: dict[str, Any]) -> str:
     held = "holds" if growth < 0.05 * full[0]["rss_mb"] else "still grows"
     return (f"The model's whole cost for a recharge is p50 {whole['p50_us']} us, p99 {whole['p99_us']} us: "
             f"{TARGET_P99_US / whole['p99_us']:.0f} times under the 1 ms target. The score itself is "
-            f"{lat['score']['p50_us']} us; explain (51 contributions built and sorted for the top 5) is "
+            f"{lat['score']['p50_us']} us; explain ({len(FEATURES)} terms, the top 5 kept) is "
             f"{share:.0%} of the median, the first thing to trim if it ever matters. Under the bounds memory grows "
             f"linearly, about {d[0]['rss_bytes_per_user_kept']:,} bytes per user with its token and device: "
             f"{d[-1]['rss_mb']:,.0f} MB at {d[-1]['users_pushed']:,} users"

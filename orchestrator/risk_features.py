@@ -57,7 +57,7 @@ FEATURES: Final[tuple[str, ...]] = (
     "user_recharges", "user_first_recharge", "user_age_h", "since_last_s", "user_history",
     "user_declines_1h", "user_declines_24h", "user_blocked_24h", "user_decline_ratio_24h",
     # the hour against the user's habit
-    "hour_sin", "hour_cos", "hour_off_habit", "hour_habit_strength",
+    "hour_off_habit", "hour_habit_strength",
     # what the user is paying with and from
     "user_instruments", "user_countries", "user_devices", "new_instrument_for_user",
     "new_device_for_user", "new_country_for_user", "user_new_instruments_1h",
@@ -208,9 +208,6 @@ class FeatureBook:
         return x
 
     def _user_features(self, s: Signals, t: float, la: float) -> list[float]:
-        hour = (s.at_s % _DAY) / _HOUR
-        angle = hour / 24.0 * _TWO_PI
-        hs, hc = math.sin(angle), math.cos(angle)
         hist = [_ln(float(s.history_count))]
         avg = s.history_avg_base
         vs_avg = la - math.log1p(avg) if avg else 0.0
@@ -218,7 +215,7 @@ class FeatureBook:
         if u is None:
             first = 1.0 if s.history_count == 0 else 0.0
             return ([0.0, 0.0, vs_avg, 1.0] + [0.0] * 7 + [0.0, first, 0.0, _NEVER_S] + hist
-                    + [0.0] * 4 + [hs, hc, 0.0, 0.0] + [0.0] * 7)
+                    + [0.0] * 6 + [0.0] * 7)
         n = u[U_N]  # 0 for a user only ever blocked
         dt = t - u[U_T]
         d1m, d10m, d1h, d24h = _decay(dt, _MIN), _decay(dt, _10MIN), _decay(dt, _HOUR), _decay(dt, _DAY)
@@ -236,7 +233,9 @@ class FeatureBook:
             strength = math.hypot(mc, ms)
             if strength > 0:
                 # 0 at the user's usual hour, 1 opposite it, weighted by how steady the habit is.
-                off = strength * (1.0 - (hc * mc + hs * ms) / strength) / 2.0
+                # Only the hour against the habit: an absolute UTC hour mixes markets' days.
+                angle = (s.at_s % _DAY) / _DAY * _TWO_PI
+                off = strength * (1.0 - (math.cos(angle) * mc + math.sin(angle) * ms) / strength) / 2.0
         new_instr = (1.0 if n and s.instrument_key is not None
                      and not _has(u, _U_INSTR, 6, _h(s.instrument_key)) else 0.0)
         new_dev = 1.0 if n and s.device_id and not _has(u, _U_DEV, 4, _h(s.device_id)) else 0.0
@@ -248,7 +247,7 @@ class FeatureBook:
             _ln(n), 1.0 if n == 0 and s.history_count == 0 else 0.0,
             _ln((t - u[U_FIRST]) / _HOUR) if n else 0.0, _ln(t - u[U_LAST]) if n else _NEVER_S, *hist,
             _ln(u[U_DECL1H] * d1h), _ln(decl24), _ln(u[U_BLK24H] * d24h), decl24 / (c24 + decl24 + 1.0),
-            hs, hc, off, strength,
+            off, strength,
             _ln(u[U_NI]), _ln(u[U_NC]), _ln(u[U_ND]), new_instr, new_dev, new_ctry, _ln(u[U_NEWI1H] * d1h),
         ]
 

@@ -29,7 +29,7 @@ def feature(book: FeatureBook, s: Signals, name: str) -> float:
 
 def test_the_vector_has_one_value_per_feature_for_known_and_unknown_keys() -> None:
     book = FeatureBook()
-    assert len(book.features(sig())) == len(FEATURES) == 51
+    assert len(book.features(sig())) == len(FEATURES) == 49
     book.record(sig())
     assert len(book.features(sig(at=T0 + 5))) == len(FEATURES)
     assert len(book.features(sig(instrument=None, device=None, at=T0 + 5))) == len(FEATURES)
@@ -284,8 +284,6 @@ def test_the_hour_off_habit_is_near_zero_at_the_usual_hour_and_high_twelve_hours
     assert feature(book, opposite, "hour_off_habit") > 0.95
     six_hours = feature(book, sig(at=T0 + 10 * day + 6 * 3600), "hour_off_habit")
     assert 0.4 < six_hours < 0.6
-    assert feature(book, usual, "hour_sin") == pytest.approx(math.sin(20 / 24 * 2 * math.pi))
-    assert feature(book, usual, "hour_cos") == pytest.approx(math.cos(20 / 24 * 2 * math.pi))
 
 
 def test_no_habit_before_three_recharges_nor_with_hours_spread_around_the_clock() -> None:
