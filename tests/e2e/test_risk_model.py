@@ -24,6 +24,7 @@ import yaml
 from procs import FRONT_KEY, SRE_KEY, SqliteReader, ledger, orchestrator, orchestrator_doc, settle, simulator
 
 from orchestrator.invariants import check
+from orchestrator.risk import luhn_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = {"latency_ms": 5, "latency_jitter_ms": 1, "ping_latency_ms": 0}
@@ -41,11 +42,7 @@ FAN_AMOUNTS = [6800, 6800, 3000, 6800, 6800, 3000]  # CNY 68 and 30: about 9.5 a
 
 def luhn_card(serial: int) -> str:
     body = f"{STOLEN_BIN}{serial:09d}"
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return body + str((10 - total % 10) % 10)
+    return next(body + d for d in "0123456789" if luhn_ok(body + d))
 
 
 def shipped_risk() -> dict[str, Any]:
